@@ -1,0 +1,100 @@
+"""Command line: `easy-diffuser IMAGE_OR_FOLDER... [--model NAME|PATH] [--json]`.
+
+Images print their prompts (or one JSON object each with --json); folders get a `.txt`
+caption beside every image. A bad image costs one line on stderr, never the others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from .batch import caption_folder
+from .engine import Engine, ExtractOptions, Extraction
+from .images import ImageError
+from .models import DEFAULT_MODEL, REGISTRY, ModelError
+from .session import default_device
+
+EXIT_IMAGE_FAILED = 1
+EXIT_SETUP_FAILED = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="easy-diffuser", description="Turn images into Stable Diffusion prompts with CLIP.")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model folder or checkpoint file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing .txt captions")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--cache-dir", default=None, help="weights and embedding cache (default: ~/.cache/easy_diffuser)")
+    parser.add_argument("--vocabulary", action="append", default=[], metavar="DIR", help="extra folder of <category>.txt tag lists")
+    parser.add_argument("--tags", type=int, default=ExtractOptions.max_tags, help="most positive tags")
+    parser.add_argument("--per-category", type=int, default=ExtractOptions.max_per_category, help="most positive tags per category")
+    parser.add_argument("--tau", type=float, default=None, help="relevance threshold of the negative prompt (default: calibrated or model default)")
+    parser.add_argument("--negatives", type=int, default=ExtractOptions.negatives, help="most negative tags from the image's relevant subset")
+    parser.add_argument("--quality-negatives", type=int, default=ExtractOptions.quality_negatives, help="standard quality negatives to append (0: none)")
+    parser.add_argument("--weights", action="store_true", help="write (tag:weight) from the scores")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = ExtractOptions(
+        max_tags=args.tags,
+        max_per_category=args.per_category,
+        tau=args.tau,
+        negatives=args.negatives,
+        quality_negatives=args.quality_negatives,
+        weights=args.weights,
+    )
+    try:
+        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary)
+    except (ModelError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    failed = False
+    for item in map(Path, args.inputs):
+        run = _run_folder if item.is_dir() else _run_image
+        failed |= not run(engine, item, options, args)
+    return EXIT_IMAGE_FAILED if failed else 0
+
+
+def _run_image(engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace) -> bool:
+    try:
+        result = engine.extract(path, options)
+    except ImageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    _print(result, args.json)
+    return True
+
+
+def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: argparse.Namespace) -> bool:
+    bar = tqdm(desc=f"Captioning {folder}", unit="image", disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    summary = caption_folder(
+        engine, folder, options, args.recursive, args.overwrite, progress,
+        on_result=(lambda result: _print(result, True)) if args.json else None,
+    )
+    bar.close()
+    for path, reason in summary.failed:
+        print(f"error: {reason}", file=sys.stderr)
+    print(f"{folder}: {summary}", file=sys.stderr)
+    return not summary.failed
+
+
+def _print(result: Extraction, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        return
+    name = f"{result.source}\n" if result.source else ""
+    print(f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n(tau {result.tau:g}, {result.tau_source})\n", flush=True)

@@ -1,0 +1,123 @@
+"""The pipeline every entry point calls: image -> embedding -> scores -> tags -> prompts.
+
+    engine = Engine("shapes-demo")
+    result = engine.extract("image.png")
+    result.prompt, result.negative_prompt, result.tags
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import embedding, label_cache, scoring
+from .embedding import ProgressFn
+from .files import safe_name
+from .images import ImageInput, load_image
+from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, load_model
+from .prompt import prompts
+from .selection import SelectionOptions, TagScore, select
+from .vocabulary import BUILTIN_DIR, Vocabulary, load_vocabulary
+
+DEFAULT_TAU = 1.0
+
+
+@dataclass(frozen=True)
+class ExtractOptions(SelectionOptions):
+    tau: float | None = None  # None: the calibrated tau if there is one, else the model's default
+    weights: bool = False
+
+
+@dataclass(frozen=True)
+class Extraction:
+    prompt: str
+    negative_prompt: str
+    tags: list[TagScore]
+    model: str
+    tau: float
+    tau_source: str  # where tau came from: "option", a calibration file, "model default", ...
+    source: str = ""  # the image's path or name, for batch output
+
+    def to_dict(self) -> dict:
+        data = {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "tags": [t.to_dict() for t in self.tags]}
+        data.update(model=self.model, tau=self.tau, tau_source=self.tau_source)
+        if self.source:
+            data["source"] = self.source
+        return data
+
+
+class Engine:
+    """A loaded model with its vocabulary and cached tag embeddings, ready to extract."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        vocabulary_dirs: Sequence[str | os.PathLike] = (),
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+        self.loaded: LoadedModel = load_model(model, device, dtype, self.cache_dir)
+        folders = [self.loaded.vocabulary_dir or BUILTIN_DIR, *map(Path, vocabulary_dirs)]
+        self.vocabulary: Vocabulary = load_vocabulary(folders)
+        self.text_embeddings = label_cache.text_embeddings(self.loaded, self.vocabulary, self.cache_dir, progress)
+        self.token_costs = (embedding.token_lengths(embedding.tokenize(self.loaded, self.vocabulary.tags)) - 2).tolist()
+        self._lock = threading.Lock()  # one model, many callers (HTTP routes, the tab)
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Engine":
+        with self._lock:
+            self.loaded.to(device, dtype)
+        return self
+
+    def extract(self, image: ImageInput, options: ExtractOptions = ExtractOptions(), name: str | None = None) -> Extraction:
+        return self.extract_many([load_image(image, name)], options, [name or ""])[0]
+
+    def extract_many(self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()) -> list[Extraction]:
+        """Extract a batch of already loaded PIL images (one forward pass)."""
+        tau, tau_source = self.resolve_tau(options.tau)
+        selection = replace(options, tau=tau, **self._model_selection_defaults(options))
+        with self._lock:
+            image_embeddings = embedding.encode_images(self.loaded, images)
+        results = []
+        for index, scores in enumerate(scoring.score(image_embeddings, self.text_embeddings)):
+            tags = select(scores, self.vocabulary, self.text_embeddings, self.token_costs, selection)
+            prompt, negative = prompts(tags, options.weights)
+            source = names[index] if index < len(names) else ""
+            results.append(Extraction(prompt, negative, tags, self.model_id, tau, tau_source, source))
+        return results
+
+    def _model_selection_defaults(self, options: ExtractOptions) -> dict:
+        """A model folder may ask for other defaults (shapes-demo: one tag per category)."""
+        defaults = {}
+        if options.max_per_category == ExtractOptions.max_per_category and "max_per_category" in self.loaded.defaults:
+            defaults["max_per_category"] = int(self.loaded.defaults["max_per_category"])
+        return defaults
+
+    def resolve_tau(self, requested: float | None) -> tuple[float, str]:
+        if requested is not None:
+            return float(requested), "option"
+        learned = calibration_path(self.cache_dir, self.model_id)
+        if learned.is_file():
+            try:
+                return float(json.loads(learned.read_text())["tau"]), f"calibrated ({learned})"
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged calibration file falls back to the default, never breaks extraction
+        if "tau" in self.loaded.defaults:
+            return float(self.loaded.defaults["tau"]), "model default"
+        return DEFAULT_TAU, "built-in default"
+
+
+def calibration_path(cache_dir: Path, model_id: str) -> Path:
+    """Where a learned tau for this model lives (written by `easy_diffuser calibrate`)."""
+    return Path(cache_dir) / "calibration" / f"{safe_name(model_id)}.json"

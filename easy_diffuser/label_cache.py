@@ -1,0 +1,73 @@
+"""Text-embedding cache: a vocabulary is encoded once per model, then loaded in milliseconds.
+
+Files are safetensors named by model id and the vocabulary's fingerprint, so a changed list or
+another model never reuses stale embeddings; a file that is corrupt, truncated or does not
+match is rebuilt, never trusted.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .embedding import ProgressFn, encode_texts
+from .files import safe_name, write_atomically
+from .models import LoadedModel
+from .vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def cache_path(cache_dir: Path, model_id: str, vocabulary: Vocabulary) -> Path:
+    return Path(cache_dir) / "text_embeddings" / f"{safe_name(model_id)}-{vocabulary.fingerprint}.safetensors"
+
+
+def text_embeddings(
+    loaded: LoadedModel, vocabulary: Vocabulary, cache_dir: Path, progress: ProgressFn | None = None
+) -> torch.Tensor:
+    """Unit-length embeddings of every tag (float32, CPU), from the cache or built and cached."""
+    path = cache_path(cache_dir, loaded.model_id, vocabulary)
+    cached = _read(path, vocabulary)
+    if cached is not None:
+        return cached
+    # Round through fp16 as the file stores it, so the first run and cached runs agree exactly.
+    embeddings = _build(loaded, vocabulary, progress).half().float()
+    _write(path, embeddings, vocabulary)
+    return embeddings
+
+
+def _read(path: Path, vocabulary: Vocabulary) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("fingerprint") != vocabulary.fingerprint:
+                raise ValueError("written for other tags")
+            embeddings = handle.get_tensor("embeddings").float()
+        if embeddings.shape[0] != len(vocabulary) or not torch.isfinite(embeddings).all():
+            raise ValueError(f"shape {tuple(embeddings.shape)} or values do not match {len(vocabulary)} tags")
+    except Exception as error:  # any damage at all means: rebuild
+        log.warning("rebuilding text-embedding cache %s: %s", path, error)
+        return None
+    return embeddings
+
+
+def _build(loaded: LoadedModel, vocabulary: Vocabulary, progress: ProgressFn | None) -> torch.Tensor:
+    if progress is not None:
+        return encode_texts(loaded, vocabulary.tags, progress=progress)
+    with tqdm(total=len(vocabulary), desc=f"Embedding {len(vocabulary)} tags", unit="tag") as bar:
+        return encode_texts(loaded, vocabulary.tags, progress=lambda done, _: bar.update(done - bar.n))
+
+
+def _write(path: Path, embeddings: torch.Tensor, vocabulary: Vocabulary) -> None:
+    from safetensors.torch import save_file
+
+    metadata = {"fingerprint": vocabulary.fingerprint, "tags": str(len(vocabulary))}
+    try:
+        write_atomically(path, lambda temp: save_file({"embeddings": embeddings.half().contiguous()}, str(temp), metadata))
+    except OSError as error:  # a read-only cache folder costs speed next time, not this result
+        log.warning("cannot write text-embedding cache %s: %s", path, error)

@@ -1,0 +1,318 @@
+"""Model registry and loading: one entry point, `load_model(spec)`, over a table of known CLIPs.
+
+A model spec is one of:
+  * a registry name: "ViT-L-14/openai", "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k",
+    "shapes-demo" (the tiny model shipped in the package), or any other open_clip "ARCH/TAG" pair;
+  * a local model folder holding open_clip_config.json and open_clip_model.safetensors
+    (or open_clip_pytorch_model.bin), as published on model hubs;
+  * a local checkpoint file (.safetensors, .bin, .pt) whose architecture is named in its file
+    name ("ViT-L-14-openai.safetensors") or given as "ARCH=PATH".
+Weights are never unpickled: safetensors, or torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+DATA_DIR = Path(__file__).parent / "data"
+DEFAULT_MODEL = "ViT-L-14/openai"
+DEFAULT_CACHE_DIR = Path(os.environ.get("EASY_DIFFUSER_CACHE", Path.home() / ".cache" / "easy_diffuser"))
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+# Keys OpenAI's checkpoints carry beside the weights (open_clip drops them the same way).
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be had; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model beyond open_clip's own tables."""
+
+    name: str
+    use: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+REGISTRY: dict[str, ModelInfo] = {
+    info.name: info
+    for info in (
+        ModelInfo("ViT-L-14/openai", "SD 1.x and SDXL (the CLIP-L text encoder both use)", {"tau": 1.5}),
+        ModelInfo("ViT-H-14/laion2b_s32b_b79k", "SD 2.x (its OpenCLIP-H text encoder)", {"tau": 1.5}),
+        ModelInfo("ViT-bigG-14/laion2b_s39b_b160k", "SDXL (its OpenCLIP-bigG text encoder)", {"tau": 1.5}),
+        ModelInfo("shapes-demo", "the tiny shapes-world model shipped for offline tries and tests"),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model with everything needed to use it."""
+
+    model_id: str  # stable key for caches: the registry name, or the file name plus a content hash
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    defaults: dict[str, Any]
+    vocabulary_dir: Path | None  # a model folder may carry its own vocabulary
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "LoadedModel":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+
+def list_models() -> list[str]:
+    return list(REGISTRY)
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+_cache: dict[tuple, LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """Load a model once per (spec, cache folder) and reuse it; move it to `device`/`dtype`."""
+    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+    dtype = dtype or default_dtype(device)
+    key = (spec, str(cache_dir))
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = _load(spec, cache_dir)
+        loaded = _cache[key]
+    return loaded.to(device, dtype)
+
+
+def unload_models() -> None:
+    """Forget every loaded model so its memory can be freed."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _load(spec: str, cache_dir: Path) -> LoadedModel:
+    if spec == "shapes-demo":
+        return _load_folder(DATA_DIR / "shapes-demo", model_id="shapes-demo")
+    arch, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return _load_folder(local, model_id=f"{local.name}-{_content_hash(_weights_in(local))}")
+    if local.is_file() or local.suffix in WEIGHT_SUFFIXES:
+        return _load_file(local, arch or _arch_from_file_name(local))
+    if "/" in spec:
+        return _load_pretrained(*spec.split("/", 1), cache_dir=cache_dir)
+    raise ModelError(
+        f"unknown model {spec!r}: use one of {', '.join(REGISTRY)}, an open_clip ARCH/TAG pair, "
+        "a model folder or a checkpoint file path"
+    )
+
+
+def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
+    open_clip = _open_clip()
+
+    name = f"{arch}/{tag}"
+    placed = _placed_file(arch, tag, cache_dir)
+    if placed:
+        return _load_file(placed, arch, model_id=name)
+    if arch not in open_clip.list_models():
+        raise ModelError(f"unknown model architecture {arch!r} in {name!r}: open_clip knows {', '.join(open_clip.list_models()[:8])}, ...")
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not pretrained_cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch))
+        raise ModelError(f"open_clip has no weights {tag!r} for {arch}: choose one of {tags}")
+    try:
+        with _weights_only_torch_load():
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, cache_dir=str(cache_dir))
+    except Exception as error:  # network, hub and file errors all mean the same thing to the user
+        source = pretrained_cfg.get("hf_hub") or pretrained_cfg.get("url")
+        raise ModelError(
+            f"no network and no cached weights for {name} ({type(error).__name__}: {error}). "
+            f"Download them from {source} and put the file at {cache_dir / (arch + '-' + tag + '.safetensors')} "
+            "(or .bin/.pt), or pass a local checkpoint path as the model"
+        ) from error
+    return _finish(model, preprocess, open_clip.get_tokenizer(arch), name, folder=None)
+
+
+def _placed_file(arch: str, tag: str, cache_dir: Path) -> Path | None:
+    """A checkpoint the user put in the cache folder by hand, for machines without network."""
+    for suffix in WEIGHT_SUFFIXES:
+        candidate = cache_dir / f"{arch}-{tag}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_folder(folder: Path, model_id: str) -> LoadedModel:
+    open_clip = _open_clip()
+
+    config_path = folder / "open_clip_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        model_cfg = config["model_cfg"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"{config_path}: missing or not an open_clip config ({error})") from None
+    arch = _register_config(model_id, model_cfg)
+    preprocess_cfg = config.get("preprocess_cfg", {})
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        arch, image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std")
+    )
+    _load_weights(model, _weights_in(folder))
+    defaults_path = folder / "easy_diffuser.json"
+    defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+    vocabulary = folder / "vocabulary"
+    return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id, vocabulary if vocabulary.is_dir() else None, defaults)
+
+
+def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedModel:
+    open_clip = _open_clip()
+
+    if not path.is_file():
+        raise ModelError(f"{path}: no such checkpoint file")
+    if arch not in open_clip.list_models():
+        raise ModelError(f"{path}: unknown architecture {arch!r}; name it as ARCH=PATH, e.g. ViT-L-14={path}")
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, force_quick_gelu=_is_openai_checkpoint(path))
+    _load_weights(model, path)
+    return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id or f"{arch}-{path.stem}-{_content_hash(path)}", None)
+
+
+def _finish(model, preprocess, tokenizer, model_id: str, folder: Path | None, defaults: dict | None = None) -> LoadedModel:
+    model.eval()  # open_clip leaves BatchNorm/Dropout in training mode
+    model.requires_grad_(False)
+    info = REGISTRY.get(model_id)
+    merged = {**(info.defaults if info else {}), **(defaults or {})}
+    return LoadedModel(model_id, model, preprocess, tokenizer, merged, folder)
+
+
+def _weights_in(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelError(f"{folder}: no weights file ({' or '.join(WEIGHT_FILES)})")
+
+
+def _arch_from_file_name(path: Path) -> str:
+    open_clip = _open_clip()
+
+    # Longest first, so "ViT-L-14-336" wins over "ViT-L-14".
+    for arch in sorted(open_clip.list_models(), key=len, reverse=True):
+        if path.name.lower().startswith(arch.lower()):
+            return arch
+    raise ModelError(f"{path}: cannot tell the architecture from the file name; pass it as ARCH=PATH, e.g. ViT-L-14={path}")
+
+
+def _is_openai_checkpoint(path: Path) -> bool:
+    """OpenAI's own weights use QuickGELU; their names say so ("openai" or "quickgelu")."""
+    name = path.name.lower()
+    return "openai" in name or "quickgelu" in name
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    try:
+        state_dict = read_state_dict(path)
+        for key in OPENAI_EXTRA_KEYS:
+            state_dict.pop(key, None)
+        model.load_state_dict(state_dict, strict=True)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise ModelError(f"{path}: not a usable checkpoint for this architecture ({type(error).__name__}: {error})") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights without unpickling: safetensors, TorchScript archives, or weights-only torch files."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if _is_torchscript(path):
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelError(f"{path}: refused to load ({error}); only plain weight files are read, convert it to .safetensors") from None
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict):
+        raise ModelError(f"{path}: holds no state dict")
+    return {key.removeprefix("module."): value for key, value in state_dict.items()}
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's .pt files are TorchScript archives: code is TorchScript, not pickled Python."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _register_config(model_id: str, model_cfg: dict) -> str:
+    """open_clip builds models only from registered config files; register this one under a unique name."""
+    open_clip = _open_clip()
+
+    arch = f"easy-diffuser-{model_id}"
+    if arch not in open_clip.list_models():
+        folder = Path(tempfile.mkdtemp(prefix="easy_diffuser_cfg_"))
+        (folder / f"{arch}.json").write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(folder)
+    return arch
+
+
+def _content_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """Hash of size plus first and last MiB: cheap for multi-GB files, different for different weights."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(chunk))
+        handle.seek(max(0, path.stat().st_size - chunk))
+        digest.update(handle.read(chunk))
+    return digest.hexdigest()[:12]
+
+
+def _open_clip():
+    """Import open_clip without the FutureWarning its timm import prints on every start."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import open_clip
+    return open_clip
+
+
+@contextlib.contextmanager
+def _weights_only_torch_load() -> Iterator[None]:
+    """open_clip calls torch.load without weights_only; on the webui's torch 2.1 that unpickles. Force it."""
+    original = torch.load
+
+    def safe_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = safe_load
+    try:
+        yield
+    finally:
+        torch.load = original

@@ -1,0 +1,147 @@
+"""Step 4 of the data flow: scores -> the tags of the positive and the negative prompt.
+
+Positive: the most relevant tags, at most `max_per_category` from each category, near-duplicates
+merged (of two tags whose text embeddings are almost the same, the better one stays), until
+`max_tags` or the token budget is reached.
+
+Negative, the product's own rule: the tags with relevance >= tau are the image's relevant
+subset; the negatives are the lowest-scoring tags inside that subset, i.e. things the image is
+related to but does not show. The least related tags of the whole vocabulary would be
+meaningless ("a tractor" as a negative for a portrait). Optionally the standard
+negative-quality tags the image is most associated with follow. No tag is in both prompts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence
+
+import torch
+
+from .scoring import Scores
+from .vocabulary import NEGATIVE_QUALITY, Vocabulary
+
+Role = Literal["positive", "negative", "off"]
+TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    max_tags: int = 24
+    max_per_category: int = 3
+    tau: float = 1.0  # relevance threshold of the negative prompt's subset (see scoring.py)
+    negatives: int = 8
+    quality_negatives: int = 6  # standard quality negatives appended; 0 for none
+    token_budget: int = TOKEN_BUDGET
+    dedup_threshold: float = 0.95  # text-embedding cosine above which two tags count as one
+
+
+@dataclass(frozen=True)
+class TagScore:
+    tag: str
+    category: str
+    score: float  # cosine similarity of image and tag
+    relevance: float  # standardised score, comparable across images and models
+    role: Role
+
+    def to_dict(self) -> dict:
+        return {
+            "tag": self.tag,
+            "score": round(self.score, 4),
+            "relevance": round(self.relevance, 3),
+            "category": self.category,
+            "role": self.role,
+        }
+
+
+def select(
+    scores: Scores,
+    vocabulary: Vocabulary,
+    text_embeddings: torch.Tensor,
+    token_costs: Sequence[int],
+    options: SelectionOptions,
+) -> list[TagScore]:
+    """Positive tags by falling relevance, then negative tags by rising relevance."""
+    quality = set(vocabulary.in_category(NEGATIVE_QUALITY))
+    positives = _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, quality)
+    negative_budget = _Budget(options.token_budget)
+    negatives = _pick_negatives(scores, text_embeddings, token_costs, options, quality, positives, negative_budget)
+    extras = _pick_quality_negatives(scores, token_costs, options, quality, negative_budget)
+
+    def tag(index: int, role: Role) -> TagScore:
+        return TagScore(vocabulary.tags[index], vocabulary.categories[index], float(scores.cosine[index]), float(scores.relevance[index]), role)
+
+    return [tag(i, "positive") for i in positives] + [tag(i, "negative") for i in negatives + extras]
+
+
+def _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, quality) -> list[int]:
+    chosen: list[int] = []
+    per_category: dict[str, int] = {}
+    budget = _Budget(options.token_budget)
+    for index in torch.argsort(scores.relevance, descending=True).tolist():
+        if len(chosen) >= options.max_tags:
+            break
+        category = vocabulary.categories[index]
+        if index in quality or per_category.get(category, 0) >= options.max_per_category:
+            continue
+        if _near_duplicate(index, chosen, text_embeddings, options.dedup_threshold):
+            continue
+        if not budget.take(token_costs[index]):
+            continue
+        chosen.append(index)
+        per_category[category] = per_category.get(category, 0) + 1
+    return chosen
+
+
+def _pick_negatives(scores, text_embeddings, token_costs, options, quality, positives, budget) -> list[int]:
+    relevant = (scores.relevance >= options.tau).nonzero().flatten()
+    ascending = relevant[torch.argsort(scores.relevance[relevant])].tolist()
+    chosen: list[int] = []
+    for index in ascending:
+        if len(chosen) >= options.negatives:
+            break
+        if index in quality or index in positives:
+            continue
+        # A near-twin of a positive tag as a negative would fight the prompt itself.
+        if _near_duplicate(index, positives + chosen, text_embeddings, options.dedup_threshold):
+            continue
+        if budget.take(token_costs[index]):
+            chosen.append(index)
+    return chosen
+
+
+def _pick_quality_negatives(scores, token_costs, options, quality, budget) -> list[int]:
+    """The standard quality faults this image's content is most associated with."""
+    chosen: list[int] = []
+    for index in sorted(quality, key=lambda index: float(scores.relevance[index]), reverse=True):
+        if len(chosen) >= options.quality_negatives:
+            break
+        if budget.take(token_costs[index]):
+            chosen.append(index)
+    return chosen
+
+
+def _near_duplicate(index: int, chosen: list[int], text_embeddings: torch.Tensor, threshold: float) -> bool:
+    if not chosen:
+        return False
+    return bool((text_embeddings[chosen] @ text_embeddings[index]).max() > threshold)
+
+
+class _Budget:
+    """Tokens left in a prompt chunk; every tag after the first also costs its comma."""
+
+    def __init__(self, tokens: int) -> None:
+        self.left = tokens
+        self.first = True
+
+    def take(self, cost: int) -> bool:
+        cost += 0 if self.first else 1
+        if cost > self.left:
+            return False
+        self.left -= cost
+        self.first = False
+        return True
+
+
+def with_role(tags: Sequence[TagScore], tag: str, role: Role) -> list[TagScore]:
+    """The tags with one tag moved to another role (the tab's click on a tag)."""
+    return [replace(item, role=role) if item.tag == tag else item for item in tags]

@@ -1,0 +1,59 @@
+"""The tags a model ranks: categorised lists, one `.txt` file per category, one tag per line.
+
+The package ships lists in data/vocabulary/; a model folder may bring its own (the shapes-demo
+model knows only its own world); users add lists by dropping `.txt` files into a folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+BUILTIN_DIR = Path(__file__).parent / "data" / "vocabulary"
+# Tags of this category only ever go into negative prompts (lowres, watermark, ...).
+NEGATIVE_QUALITY = "negative_quality"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    tags: tuple[str, ...]
+    categories: tuple[str, ...]  # category of each tag, same order
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever any tag or its order changes: the key of the embedding cache."""
+        return hashlib.sha256("\n".join(self.tags).encode()).hexdigest()[:16]
+
+    def in_category(self, category: str) -> list[int]:
+        return [index for index, name in enumerate(self.categories) if name == category]
+
+
+def load_vocabulary(folders: Sequence[Path | str]) -> Vocabulary:
+    """Read every `*.txt` in the folders, in order; a tag already seen keeps its first category."""
+    seen: dict[str, str] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).expanduser().glob("*.txt")):
+            for tag in _read_tags(path):
+                seen.setdefault(tag, path.stem)
+    if not seen:
+        raise ValueError(f"no tags found in {', '.join(map(str, folders))}: add one .txt file per category, one tag per line")
+    return Vocabulary(tuple(seen), tuple(seen.values()))
+
+
+def _read_tags(path: Path) -> Iterable[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        # A broken user list must not stop extraction with the other lists.
+        log.warning("skipping tag list %s: %s", path, error)
+        return []
+    # Commas separate prompt tags, so a comma inside a tag would split it in two.
+    tags = (" ".join(line.replace(",", " ").split()) for line in lines)
+    return [tag for tag in tags if tag and not tag.startswith("#")]
