@@ -1,0 +1,53 @@
+"""Shared fixtures: a random-weight tiny CLIP folder for mechanics, the shipped shapes-demo model for semantics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TINY_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+TINY_VOCABULARY = {
+    "colour": ["red", "green", "blue", "yellow", "crimson red", "light blue (sky)"],
+    "shape": ["circle", "square", "triangle", "star", "five pointed star shape"],
+    "negative_quality": ["blurry", "lowres", "watermark"],
+}
+
+
+def write_model_folder(folder: Path, seed: int = 0) -> Path:
+    """A model folder in the hub layout (config + safetensors + vocabulary) with random weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from easy_diffuser.models import _open_clip, _register_config
+
+    open_clip = _open_clip()
+    (folder / "vocabulary").mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {}}))
+    for category, tags in TINY_VOCABULARY.items():
+        (folder / "vocabulary" / f"{category}.txt").write_text("\n".join(tags) + "\n")
+    torch.manual_seed(seed)
+    model = open_clip.create_model(_register_config("test-tiny", TINY_CONFIG))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_model_folder(tmp_path_factory.mktemp("tiny") / "tiny-clip")
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def shapes_engine(tmp_path_factory):
+    from easy_diffuser.engine import Engine
+
+    return Engine("shapes-demo", "cpu", cache_dir=tmp_path_factory.mktemp("shapes-cache"))

@@ -1,0 +1,81 @@
+"""Trimmed text encoding is exact, and the embedding cache is fast, keyed and self-healing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from easy_diffuser import label_cache
+from easy_diffuser.embedding import encode_texts
+from easy_diffuser.models import load_model
+from easy_diffuser.vocabulary import load_vocabulary
+
+TEXTS = ["red", "a photo of a circle", "highly detailed oil painting of a cat on a windowsill at dusk", "x " * 40, "star"]
+
+
+@pytest.fixture
+def tiny(tiny_model_dir, cache_dir):
+    return load_model(str(tiny_model_dir), "cpu", cache_dir=cache_dir)
+
+
+def test_trimmed_encoding_equals_77_token_encoding(tiny):
+    trimmed = encode_texts(tiny, TEXTS * 3, batch_size=4, trim=True)
+    padded = encode_texts(tiny, TEXTS * 3, batch_size=4, trim=False)
+    assert trimmed.shape == (15, 64)
+    assert (trimmed - padded).abs().max() < 1e-5
+
+
+def test_trimmed_encoding_equals_open_clip_on_vit_b_32():
+    """The real architecture family (ViT text tower, 12 layers), random weights."""
+    from easy_diffuser.models import LoadedModel, _open_clip
+
+    open_clip = _open_clip()
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
+    loaded = LoadedModel("ViT-B-32-random", model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"), {}, None)
+    reference = torch.nn.functional.normalize(model.encode_text(open_clip.tokenize(TEXTS)), dim=-1)
+    assert (encode_texts(loaded, TEXTS, trim=True) - reference).abs().max() < 1e-5
+
+
+def test_results_keep_input_order(tiny):
+    one_by_one = torch.cat([encode_texts(tiny, [text]) for text in TEXTS])
+    assert (encode_texts(tiny, TEXTS, batch_size=2) - one_by_one).abs().max() < 1e-5
+
+
+def vocabulary(folder):
+    return load_vocabulary([folder / "vocabulary"])
+
+
+def test_cache_is_built_once_then_loaded(tiny, tiny_model_dir, cache_dir, monkeypatch):
+    vocab = vocabulary(tiny_model_dir)
+    first = label_cache.text_embeddings(tiny, vocab, cache_dir)
+    assert label_cache.cache_path(cache_dir, tiny.model_id, vocab).is_file()
+    monkeypatch.setattr(label_cache, "encode_texts", lambda *a, **k: pytest.fail("cache was not used"))
+    assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), first)
+
+
+def test_cache_is_rebuilt_when_labels_change(tiny, tiny_model_dir, cache_dir, tmp_path):
+    label_cache.text_embeddings(tiny, vocabulary(tiny_model_dir), cache_dir)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "mood.txt").write_text("serene\n")
+    changed = load_vocabulary([tiny_model_dir / "vocabulary", extra])
+    embeddings = label_cache.text_embeddings(tiny, changed, cache_dir)
+    assert embeddings.shape[0] == len(changed) == len(vocabulary(tiny_model_dir)) + 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_damaged_cache_is_rebuilt_not_trusted(tiny, tiny_model_dir, cache_dir, damage):
+    vocab = vocabulary(tiny_model_dir)
+    good = label_cache.text_embeddings(tiny, vocab, cache_dir)
+    path = label_cache.cache_path(cache_dir, tiny.model_id, vocab)
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00" * len(data), "empty": b""}[damage])
+    assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), good)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(path))["embeddings"].float(), good)  # rewritten whole
+
+
+def test_cache_write_leaves_no_temp_files(tiny, tiny_model_dir, cache_dir):
+    label_cache.text_embeddings(tiny, vocabulary(tiny_model_dir), cache_dir)
+    assert [p.name for p in (cache_dir / "text_embeddings").iterdir() if p.name.startswith(".")] == []
