@@ -41,6 +41,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return write_model_folder(tmp_path_factory.mktemp("tiny") / "tiny-clip")
 
 
+@pytest.fixture(scope="session")
+def tiny_arch(tiny_model_dir) -> str:
+    """The tiny config registered with open_clip, usable as ARCH in "ARCH=PATH" specs."""
+    from easy_diffuser.models import _register_config
+
+    return _register_config("test-tiny", TINY_CONFIG)
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
