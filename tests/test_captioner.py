@@ -1,0 +1,239 @@
+"""The captioner on tiny BLIP and GIT models built here with random weights.
+
+No weights can be downloaded in CI, so each model is built from a small config, saved with
+save_pretrained (safetensors) next to a processor made from a tokenizer over a local vocabulary
+file, and loaded back through the real `load_captioner(folder)` path. That shows loading,
+generation with the decoding options, device and dtype moves, the offline error and the prompt
+composition. It cannot show caption quality: a random model strings random words of the tiny
+vocabulary together, so whether BLIP or GIT describes an image well is not tested here.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+transformers = pytest.importorskip("transformers")
+
+from easy_diffuser.captioner import (  # noqa: E402
+    CAPTIONERS,
+    CaptionOptions,
+    Captioner,
+    compose,
+    load_captioner,
+    placed_folder,
+)
+from easy_diffuser.models import ModelError  # noqa: E402
+from easy_diffuser.selection import TagScore  # noqa: E402
+
+# Whole words only: a decoded caption then re-tokenizes to as many tokens as were generated.
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+WORDS = "a woman man dog cat sitting standing on in the park bench street red blue photo of with".split()
+SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+VISION = dict(image_size=32, patch_size=8, **SMALL)
+
+
+def _tokenizer(folder: Path) -> "transformers.BertTokenizer":
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n")
+    return transformers.BertTokenizer(str(vocab), bos_token="[DEC]")  # BLIP's start token; special, so never decoded
+
+
+def _ids(*tokens: str) -> list[int]:
+    return [SPECIALS.index(token) for token in tokens]
+
+
+def build_blip(folder: Path) -> Path:
+    pad, sep, dec = _ids("[PAD]", "[SEP]", "[DEC]")
+    text = dict(vocab_size=len(SPECIALS + WORDS), max_position_embeddings=64, bos_token_id=dec, sep_token_id=sep, eos_token_id=sep, pad_token_id=pad, **SMALL)
+    model = transformers.BlipForConditionalGeneration(transformers.BlipConfig(text_config=text, vision_config=VISION, projection_dim=32))
+    image_processor = transformers.BlipImageProcessor(size={"height": 32, "width": 32})
+    processor = transformers.BlipProcessor(image_processor, _tokenizer(folder))
+    return _save(model, processor, folder)
+
+
+def build_git(folder: Path) -> Path:
+    pad, cls, sep = _ids("[PAD]", "[CLS]", "[SEP]")
+    config = transformers.GitConfig(vision_config=VISION, vocab_size=len(SPECIALS + WORDS), max_position_embeddings=64, bos_token_id=cls, eos_token_id=sep, pad_token_id=pad, **SMALL)
+    model = transformers.GitForCausalLM(config)
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return _save(model, transformers.GitProcessor(image_processor, _tokenizer(folder)), folder)
+
+
+def _save(model, processor, folder: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)  # the default only from transformers 4.35 on
+    processor.save_pretrained(folder)
+    return folder
+
+
+def as_bin_only(folder: Path) -> Path:
+    """The folder as an old Hub repository has it: pytorch_model.bin, no safetensors (transformers 5 writes none)."""
+    from safetensors.torch import load_file
+
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("captioners")
+    return {"blip": build_blip(root / "blip"), "git": build_git(root / "git")}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small run slower, not faster, on several threads of a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return Image.new("RGB", (48, 40), (200, 30, 30))
+
+
+def tag(text: str, role: str = "positive") -> TagScore:
+    return TagScore(text, "subject", 0.3, 1.0, role)
+
+
+@pytest.mark.parametrize("kind, model_class", [("blip", "BlipForConditionalGeneration"), ("git", "GitForCausalLM")])
+def test_loads_a_folder_and_captions_within_max_length(tiny, image, kind, model_class):
+    captioner = load_captioner(str(tiny[kind]))
+    assert type(captioner.model).__name__ == model_class
+    assert not captioner.model.training
+    tokenizer = captioner.processor.tokenizer
+    for max_length in (3, 8):
+        text = captioner.caption(image, CaptionOptions(beams=2, min_length=1, max_length=max_length))
+        assert isinstance(text, str) and text == text.strip()
+        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length
+        assert set(text.split()) <= set(WORDS)  # special tokens are not part of the caption
+
+
+def test_is_loaded_once_and_reused(tiny):
+    assert load_captioner(str(tiny["blip"])) is load_captioner(str(tiny["blip"]))
+
+
+def test_caption_is_deterministic(tiny, image):
+    captioner = load_captioner(str(tiny["git"]))
+    options = CaptionOptions(beams=3, min_length=2, max_length=10)
+    assert captioner.caption(image, options) == captioner.caption(image, options)
+
+
+@pytest.mark.parametrize("kind", ["blip", "git"])
+def test_device_and_dtype_moves(tiny, image, kind):
+    captioner = load_captioner(str(tiny[kind]), device="cpu")
+    assert (captioner.device.type, captioner.dtype) == ("cpu", torch.float32)  # fp32 on the CPU
+    captioner.to("cpu", torch.bfloat16)
+    assert captioner.dtype == torch.bfloat16
+    assert isinstance(captioner.caption(image, CaptionOptions(beams=1, min_length=1, max_length=4)), str)
+    captioner.to("cpu")
+    assert (captioner.device.type, captioner.dtype) == ("cpu", torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_runs_in_fp16_and_moves_back(tiny, image):
+    captioner = load_captioner(str(tiny["blip"]), device="cuda")
+    assert (captioner.device.type, captioner.dtype) == ("cuda", torch.float16)
+    assert isinstance(captioner.caption(image), str)
+    captioner.to("cpu")
+    assert captioner.device.type == "cpu" and all(p.device.type == "cpu" for p in captioner.model.parameters())
+
+
+def test_offline_without_weights_names_the_id_the_folder_and_the_local_option(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_id = "Salesforce/blip-image-captioning-base"
+    with pytest.raises(ModelError) as error:
+        load_captioner(model_id, cache_dir=tmp_path)
+    message = str(error.value)
+    assert model_id in message
+    assert str(placed_folder(model_id, tmp_path)) in message
+    assert "local model folder" in message
+
+
+def test_files_placed_in_the_cache_folder_load_by_id_offline(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_id = "microsoft/git-base-coco"
+    shutil.copytree(tiny["git"], placed_folder(model_id, tmp_path))
+    captioner = load_captioner(model_id, cache_dir=tmp_path)
+    assert captioner.model_id == model_id and type(captioner.model).__name__ == "GitForCausalLM"
+
+
+def test_a_bin_only_folder_loads_without_unpickling_code(tmp_path, monkeypatch):
+    folder = as_bin_only(build_blip(tmp_path / "blip-bin"))
+    calls = []
+    original = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    assert isinstance(load_captioner(str(folder)), Captioner)
+    assert calls and all(calls)
+
+
+def test_other_models_and_names_are_refused(tmp_path):
+    transformers.BertConfig(**SMALL).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelError, match="BLIP or GIT"):
+        load_captioner(str(tmp_path / "bert"))
+    with pytest.raises(ModelError, match="unknown captioner"):
+        load_captioner("blip", cache_dir=tmp_path)
+
+
+def test_registry_and_options():
+    assert set(CAPTIONERS) == {
+        "Salesforce/blip-image-captioning-base",
+        "Salesforce/blip-image-captioning-large",
+        "microsoft/git-base-coco",
+        "microsoft/git-large-coco",
+    }
+    assert all(info.use for info in CAPTIONERS.values())
+    assert CaptionOptions() == CaptionOptions(beams=3, min_length=5, max_length=30)
+    with pytest.raises(ValueError):
+        CaptionOptions(min_length=10, max_length=5)
+    with pytest.raises(ValueError):
+        CaptionOptions(beams=0)
+
+
+def words(text: str) -> int:
+    """A stand-in for CLIP's token count: one token per word or comma."""
+    return len(text.replace(",", " ,").split())
+
+
+def test_compose_drops_tags_that_repeat_the_caption():
+    tags = [tag("woman"), tag("park bench"), tag("dogs"), tag("the park"), tag("oil painting"), tag("horse"), tag("ponies")]
+    caption, kept = compose("a woman sitting on a bench in a park with a dog, horses and a pony.", tags, words)
+    assert caption == "a woman sitting on a bench in a park with a dog, horses and a pony"  # end punctuation off
+    assert [t.tag for t in kept] == ["oil painting"]
+
+
+def test_compose_leaves_negative_tags_out():
+    tags = [tag("blurry", "negative"), tag("sunset"), tag("lowres", "negative")]
+    assert [t.tag for t in compose("a beach", tags, words)[1]] == ["sunset"]
+
+
+def test_compose_keeps_caption_and_tags_within_the_budget():
+    tags = [tag("one"), tag("two words"), tag("three more words"), tag("four")]
+    caption, kept = compose("a b c", tags, words, budget=9)  # 3 + (1+1) + (1+2) = 8; "three more words" costs 4
+    assert [t.tag for t in kept] == ["one", "two words"]
+    caption, kept = compose("a b c", tags, words, budget=10)  # the long tag is skipped, "four" still fits
+    assert [t.tag for t in kept] == ["one", "two words", "four"]
+    assert words(", ".join([caption, *(t.tag for t in kept)])) <= 10
+
+
+def test_compose_cuts_a_long_caption_at_a_word_boundary():
+    caption, kept = compose("a very long caption that goes on and on", [tag("red")], words, budget=5)
+    assert caption == "a very long caption that" and kept == []
+
+
+def test_compose_without_caption_gives_the_first_tag_no_comma():
+    caption, kept = compose("", [tag("red"), tag("blue")], words, budget=3)
+    assert caption == "" and [t.tag for t in kept] == ["red", "blue"]
