@@ -58,12 +58,12 @@ CAPTIONERS: dict[str, CaptionerInfo] = {
 @dataclass(frozen=True)
 class CaptionOptions:
     beams: int = 3
-    min_length: int = 5  # tokens of the captioner's own tokenizer, not CLIP's
+    min_length: int = 5  # tokens of the captioner's own tokenizer, not CLIP's; capped at max_length
     max_length: int = 30
 
     def __post_init__(self) -> None:
-        if self.beams < 1 or not 0 <= self.min_length <= self.max_length or self.max_length < 1:
-            raise ValueError(f"caption options need beams >= 1 and 0 <= min_length <= max_length, max_length >= 1: {self}")
+        if self.beams < 1 or self.min_length < 0 or self.max_length < 1:
+            raise ValueError(f"caption options need beams >= 1, min_length >= 0 and max_length >= 1: {self}")
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Captioner:
                 pixel_values=pixels.to(self.device, self.dtype),
                 num_beams=options.beams,
                 # new tokens, so that the start token (and GIT's image tokens) do not count
-                min_new_tokens=options.min_length,
+                min_new_tokens=min(options.min_length, options.max_length),  # a lowered max wins over the default min
                 max_new_tokens=options.max_length,
             )
         text = self.processor.batch_decode(ids, skip_special_tokens=True)[0]
@@ -139,6 +139,7 @@ def placed_folder(model_id: str, cache_dir: str | os.PathLike | None = None) -> 
 
 
 def _load(spec: str, cache_dir: Path) -> Captioner:
+    _require_transformers()
     local = Path(spec).expanduser()
     if local.is_dir():
         return _load_folder(local, model_id=str(local))
@@ -190,6 +191,14 @@ def _load_weights(model_class: Any, source: str, **hub: Any) -> Any:
             return model_class.from_pretrained(source, use_safetensors=True, **hub)
         except OSError:
             return model_class.from_pretrained(source, use_safetensors=False, **hub)
+
+
+def _require_transformers() -> None:
+    """transformers is an optional extra: say how to get it rather than fail as a missing model."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ModelError("captions need the transformers package: pip install 'easy-diffuser[caption]' (or transformers>=4.30.2)") from None
 
 
 def _offline() -> bool:

@@ -14,6 +14,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from .batch import caption_folder
+from .captioner import CAPTIONERS, DEFAULT_CAPTIONER
 from .engine import Engine, ExtractOptions, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError
@@ -39,21 +40,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--negatives", type=int, default=ExtractOptions.negatives, help="most negative tags from the image's relevant subset")
     parser.add_argument("--quality-negatives", type=int, default=ExtractOptions.quality_negatives, help="standard quality negatives to append (0: none)")
     parser.add_argument("--weights", action="store_true", help="write (tag:weight) from the scores")
+    _add_caption_arguments(parser)
     return parser
+
+
+def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("caption", "a captioner's sentence in front of the tags (needs: pip install 'easy-diffuser[caption]')")
+    group.add_argument(
+        "--caption", nargs="?", const=DEFAULT_CAPTIONER, default=None, metavar="MODEL",
+        help=f"caption first; MODEL is {', '.join(CAPTIONERS)} or a model folder (default {DEFAULT_CAPTIONER}); "
+        "put it after the images or write --caption=MODEL, so that an image is not taken for MODEL",
+    )
+    group.add_argument("--caption-beams", type=int, default=ExtractOptions.caption_beams, help="beam search width")
+    group.add_argument("--caption-min-length", type=int, default=ExtractOptions.caption_min_length, help="fewest caption tokens")
+    group.add_argument("--caption-max-length", type=int, default=ExtractOptions.caption_max_length, help="most caption tokens")
+    group.add_argument("--keep-in-vram", action="store_true", help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = ExtractOptions(
-        max_tags=args.tags,
-        max_per_category=args.per_category,
-        tau=args.tau,
-        negatives=args.negatives,
-        quality_negatives=args.quality_negatives,
-        weights=args.weights,
-    )
     try:
-        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary)
+        options = ExtractOptions(
+            max_tags=args.tags,
+            max_per_category=args.per_category,
+            tau=args.tau,
+            negatives=args.negatives,
+            quality_negatives=args.quality_negatives,
+            weights=args.weights,
+            caption=args.caption,
+            caption_beams=args.caption_beams,
+            caption_min_length=args.caption_min_length,
+            caption_max_length=args.caption_max_length,
+        )
+        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary, keep_in_vram=args.keep_in_vram)
+        if options.caption:
+            engine.captioner(options.caption)  # now: a missing captioner is a setup error, not one per image
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED

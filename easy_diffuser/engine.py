@@ -3,6 +3,9 @@
     engine = Engine("shapes-demo")
     result = engine.extract("image.png")
     result.prompt, result.negative_prompt, result.tags
+
+With `ExtractOptions(caption=MODEL)` a captioner (captioner.py) runs first and its caption leads
+the positive prompt: `caption, tag, tag, ...` in the same token budget.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ from typing import Sequence
 import torch
 
 from . import embedding, label_cache, scoring
+from .captioner import CaptionOptions, Captioner, compose, load_captioner
 from .embedding import ProgressFn
 from .files import safe_name
 from .images import ImageInput, load_image
 from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, load_model
-from .prompt import prompts
+from .prompt import escape, format_prompt, prompts
 from .selection import SelectionOptions, TagScore, select
 from .vocabulary import BUILTIN_DIR, Vocabulary, load_vocabulary
 
@@ -31,6 +35,17 @@ DEFAULT_TAU = 1.0
 class ExtractOptions(SelectionOptions):
     tau: float | None = None  # None: the calibrated tau if there is one, else the model's default
     weights: bool = False
+    caption: str | None = None  # a captioner (captioner.CAPTIONERS id or model folder); None: tags only
+    caption_beams: int = CaptionOptions.beams
+    caption_min_length: int = CaptionOptions.min_length
+    caption_max_length: int = CaptionOptions.max_length
+
+    def __post_init__(self) -> None:
+        CaptionOptions(self.caption_beams, self.caption_min_length, self.caption_max_length)  # bad ones fail now, not at the first image
+
+    @property
+    def caption_options(self) -> CaptionOptions:
+        return CaptionOptions(self.caption_beams, self.caption_min_length, self.caption_max_length)
 
 
 @dataclass(frozen=True)
@@ -42,10 +57,11 @@ class Extraction:
     tau: float
     tau_source: str  # where tau came from: "option", a calibration file, "model default", ...
     source: str = ""  # the image's path or name, for batch output
+    caption: str = ""  # the captioner's text at the head of the prompt; "" when captioning is off
 
     def to_dict(self) -> dict:
         data = {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "tags": [t.to_dict() for t in self.tags]}
-        data.update(model=self.model, tau=self.tau, tau_source=self.tau_source)
+        data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
         if self.source:
             data["source"] = self.source
         return data
@@ -62,8 +78,10 @@ class Engine:
         cache_dir: str | os.PathLike | None = None,
         vocabulary_dirs: Sequence[str | os.PathLike] = (),
         progress: ProgressFn | None = None,
+        keep_in_vram: bool = False,
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+        self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
         self.loaded: LoadedModel = load_model(model, device, dtype, self.cache_dir)
         folders = [self.loaded.vocabulary_dir or BUILTIN_DIR, *map(Path, vocabulary_dirs)]
         self.vocabulary: Vocabulary = load_vocabulary(folders)
@@ -87,15 +105,41 @@ class Engine:
         """Extract a batch of already loaded PIL images (one forward pass)."""
         tau, tau_source = self.resolve_tau(options.tau)
         selection = replace(options, tau=tau, **self._model_selection_defaults(options))
+        captions = self.caption(images, options) if options.caption else [""] * len(images)
         with self._lock:
             image_embeddings = embedding.encode_images(self.loaded, images)
         results = []
         for index, scores in enumerate(scoring.score(image_embeddings, self.text_embeddings)):
             tags = select(scores, self.vocabulary, self.text_embeddings, self.token_costs, selection)
             prompt, negative = prompts(tags, options.weights)
+            caption = captions[index]
+            if options.caption:
+                prompt, tags, caption = self._with_caption(caption, tags, options)
             source = names[index] if index < len(names) else ""
-            results.append(Extraction(prompt, negative, tags, self.model_id, tau, tau_source, source))
+            results.append(Extraction(prompt, negative, tags, self.model_id, tau, tau_source, source, caption))
         return results
+
+    def captioner(self, spec: str) -> Captioner:
+        """The captioner, loaded on first use, on CLIP's device and dtype (loading it early surfaces its errors early)."""
+        return load_captioner(spec, self.loaded.device, self.loaded.dtype, self.cache_dir)
+
+    def caption(self, images: Sequence, options: ExtractOptions) -> list[str]:
+        """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM."""
+        with self._lock:
+            captioner = self.captioner(options.caption)
+            try:
+                return [captioner.caption(image, options.caption_options) for image in images]
+            finally:
+                if not self.keep_in_vram and captioner.device.type != "cpu":
+                    captioner.to("cpu")
+
+    def _with_caption(self, caption: str, tags: list[TagScore], options: ExtractOptions) -> tuple[str, list[TagScore], str]:
+        """(prompt, tags, caption): `caption, tags...` in the token budget; positive tags the caption
+        repeats or that no longer fit go "off", so the tags' roles still match the prompt."""
+        caption, kept = compose(caption, tags, lambda text: embedding.token_count(self.loaded, text), options.token_budget)
+        dropped = {tag.tag for tag in tags if tag.role == "positive"} - {tag.tag for tag in kept}
+        tags = [replace(tag, role="off") if tag.tag in dropped else tag for tag in tags]
+        return ", ".join(filter(None, [escape(caption), format_prompt(kept, options.weights)])), tags, caption
 
     def _model_selection_defaults(self, options: ExtractOptions) -> dict:
         """A model folder may ask for other defaults (shapes-demo: one tag per category)."""

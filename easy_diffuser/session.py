@@ -5,6 +5,9 @@
     ed.print_caption()
     ed.input_img("other.jpg")
     ed.send2ui()          # POST prompt and negative_prompt to a running webui's /sdapi/v1/txt2img
+
+    easy_diffuser.start("image.jpg", caption=True)   # BLIP's caption first, then the tags
+    easy_diffuser.start("image.jpg", caption="microsoft/git-base-coco", caption_max_length=20)
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .captioner import DEFAULT_CAPTIONER
 from .engine import Engine, ExtractOptions, Extraction
 from .images import ImageInput, load_image
 from .models import DEFAULT_MODEL
@@ -22,10 +26,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def captioner_spec(caption: str | bool | None) -> str | None:
+    """caption=True means the default captioner; False or None, none."""
+    return DEFAULT_CAPTIONER if caption is True else caption or None
+
+
 class EasyDiffuser:
-    def __init__(self, image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, **options) -> None:
+    def __init__(
+        self, image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: str | bool | None = None, **options
+    ) -> None:
         self.engine = Engine(model, device or default_device())
-        self.options = ExtractOptions(**options)
+        self.options = ExtractOptions(caption=captioner_spec(caption), **options)
         self.image = None
         self.result: Extraction | None = None
         if image is not None:
@@ -62,6 +73,12 @@ class EasyDiffuser:
         return self.result if self.result is not None else self.run()
 
 
-def start(image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, **options) -> EasyDiffuser:
-    """Load a model (once per process) and take an image; call .run() to extract."""
-    return EasyDiffuser(image, model, device, **options)
+def start(
+    image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: str | bool | None = None, **options
+) -> EasyDiffuser:
+    """Load a model (once per process) and take an image; call .run() to extract.
+
+    caption: True or a captioner (captioner.CAPTIONERS id or model folder) puts its caption in
+    front of the tags; caption_beams, caption_min_length, caption_max_length tune it.
+    """
+    return EasyDiffuser(image, model, device, caption, **options)

@@ -10,6 +10,7 @@ vocabulary together, so whether BLIP or GIT describes an image well is not teste
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_loads_a_folder_and_captions_within_max_length(tiny, image, kind, model_
     assert not captioner.model.training
     tokenizer = captioner.processor.tokenizer
     for max_length in (3, 8):
-        text = captioner.caption(image, CaptionOptions(beams=2, min_length=1, max_length=max_length))
+        text = captioner.caption(image, CaptionOptions(beams=2, max_length=max_length))  # 3: below the default min_length 5
         assert isinstance(text, str) and text == text.strip()
         assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length
         assert set(text.split()) <= set(WORDS)  # special tokens are not part of the caption
@@ -188,6 +189,12 @@ def test_other_models_and_names_are_refused(tmp_path):
         load_captioner("blip", cache_dir=tmp_path)
 
 
+def test_without_transformers_the_error_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    with pytest.raises(ModelError, match=r"easy-diffuser\[caption\]"):
+        load_captioner("Salesforce/blip-image-captioning-base", cache_dir=tmp_path)
+
+
 def test_registry_and_options():
     assert set(CAPTIONERS) == {
         "Salesforce/blip-image-captioning-base",
@@ -197,10 +204,9 @@ def test_registry_and_options():
     }
     assert all(info.use for info in CAPTIONERS.values())
     assert CaptionOptions() == CaptionOptions(beams=3, min_length=5, max_length=30)
-    with pytest.raises(ValueError):
-        CaptionOptions(min_length=10, max_length=5)
-    with pytest.raises(ValueError):
-        CaptionOptions(beams=0)
+    for bad in (dict(beams=0), dict(min_length=-1), dict(max_length=0)):
+        with pytest.raises(ValueError):
+            CaptionOptions(**bad)
 
 
 def words(text: str) -> int:
@@ -237,3 +243,111 @@ def test_compose_cuts_a_long_caption_at_a_word_boundary():
 def test_compose_without_caption_gives_the_first_tag_no_comma():
     caption, kept = compose("", [tag("red"), tag("blue")], words, budget=3)
     assert caption == "" and [t.tag for t in kept] == ["red", "blue"]
+
+
+# The entry points, on the tiny random CLIP folder of conftest.py: wiring, not tag quality.
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    from easy_diffuser.engine import Engine
+
+    return Engine(str(tiny_model_dir), "cpu", cache_dir=tmp_path_factory.mktemp("caption-cache"))
+
+
+def with_fixed_caption(monkeypatch, text: str) -> None:
+    monkeypatch.setattr(Captioner, "caption", lambda self, image, options=CaptionOptions(): text)
+
+
+def test_engine_puts_the_caption_first_and_leaves_the_negative_prompt(engine, tiny, image):
+    from easy_diffuser.embedding import token_count
+    from easy_diffuser.engine import ExtractOptions
+
+    plain = engine.extract(image)
+    result = engine.extract(image, ExtractOptions(caption=str(tiny["blip"]), caption_beams=1, caption_max_length=6))
+    assert result.caption and result.prompt.startswith(result.caption)
+    assert result.to_dict()["caption"] == result.caption and plain.to_dict()["caption"] == ""
+    assert result.negative_prompt == plain.negative_prompt
+    assert token_count(engine.loaded, result.prompt) <= ExtractOptions.token_budget
+
+
+def test_engine_turns_tags_the_caption_repeats_off(engine, tiny, image, monkeypatch):
+    from easy_diffuser.engine import ExtractOptions
+    from easy_diffuser.prompt import escape
+
+    with_fixed_caption(monkeypatch, "a red circle and a blue square.")
+    result = engine.extract(image, ExtractOptions(caption=str(tiny["git"])))
+    tags_part = result.prompt.removeprefix("a red circle and a blue square").removeprefix(", ").split(", ")
+    assert result.caption == "a red circle and a blue square"
+    assert not {"red", "circle", "blue", "square"} & set(tags_part)
+    assert [escape(t.tag) for t in result.tags if t.role == "positive"] == [t for t in tags_part if t]
+    assert {t.tag for t in result.tags if t.role == "off"} <= {"red", "circle", "blue", "square"}
+
+
+def test_engine_cuts_a_caption_longer_than_the_budget(engine, tiny, image, monkeypatch):
+    from easy_diffuser.engine import ExtractOptions
+
+    with_fixed_caption(monkeypatch, " ".join(["word"] * 100))
+    result = engine.extract(image, ExtractOptions(caption=str(tiny["git"]), token_budget=20))
+    assert result.prompt == result.caption == " ".join(["word"] * 20)
+    assert not [t for t in result.tags if t.role == "positive"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("keep", [False, True])
+def test_engine_moves_the_captioner_off_the_gpu_unless_kept(tiny_model_dir, tiny, image, tmp_path, keep):
+    from easy_diffuser.captioner import _cache
+    from easy_diffuser.engine import Engine, ExtractOptions
+
+    gpu_engine = Engine(str(tiny_model_dir), "cuda", cache_dir=tmp_path, keep_in_vram=keep)
+    gpu_engine.extract(image, ExtractOptions(caption=str(tiny["blip"])))
+    captioner = next(loaded for (spec, _), loaded in _cache.items() if spec == str(tiny["blip"]))
+    assert captioner.device.type == ("cuda" if keep else "cpu")
+    assert gpu_engine.loaded.device.type == "cuda"
+
+
+def test_extract_options_refuse_bad_decoding_options():
+    from easy_diffuser.engine import ExtractOptions
+
+    with pytest.raises(ValueError):
+        ExtractOptions(caption="x", caption_beams=0)
+
+
+def test_cli_caption_option(tiny_model_dir, tiny, tmp_path, capsys):
+    import json
+
+    from easy_diffuser.cli import main
+
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (40, 40), "blue").save(picture)
+    args = [str(picture), "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--json", "--device", "cpu"]
+    assert main([*args, "--caption", str(tiny["blip"]), "--caption-beams", "1", "--caption-max-length", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["caption"] and result["prompt"].startswith(result["caption"])
+    assert main([*args, "--caption-beams", "0", "--caption"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_cli_missing_captioner_is_a_setup_error(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from easy_diffuser.cli import build_parser, main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert build_parser().parse_args(["x.png", "--caption"]).caption == "Salesforce/blip-image-captioning-base"
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (40, 40), "blue").save(picture)
+    code = main([str(picture), "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu", "--caption=microsoft/git-base-coco"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "microsoft/git-base-coco" in err and "Traceback" not in err
+
+
+def test_python_api_caption_keyword(tiny_model_dir, tiny, image, tmp_path, monkeypatch):
+    import easy_diffuser
+
+    monkeypatch.setattr("easy_diffuser.engine.DEFAULT_CACHE_DIR", tmp_path)  # start() has no cache_dir
+
+    ed = easy_diffuser.start(image, model=str(tiny_model_dir), device="cpu", caption=str(tiny["git"]), caption_max_length=4)
+    assert ed.options.caption == str(tiny["git"]) and ed.options.caption_max_length == 4
+    assert ed.run().caption and ed.prompt.startswith(ed.result.caption)
+    assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu", caption=True).options.caption == "Salesforce/blip-image-captioning-base"
+    assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu").options.caption is None
