@@ -276,9 +276,11 @@ def _register_config(model_id: str, model_cfg: dict) -> str:
 
     arch = f"easy-diffuser-{model_id}"
     if arch not in open_clip.list_models():
-        folder = Path(tempfile.mkdtemp(prefix="easy_diffuser_cfg_"))
-        (folder / f"{arch}.json").write_text(json.dumps(model_cfg))
-        open_clip.add_model_config(folder)
+        # open_clip reads the file once into its table, so the file need not outlive the call.
+        with tempfile.TemporaryDirectory(prefix="easy_diffuser_cfg_") as folder:
+            path = Path(folder) / f"{arch}.json"
+            path.write_text(json.dumps(model_cfg))
+            open_clip.add_model_config(path)
     return arch
 
 
