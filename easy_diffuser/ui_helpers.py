@@ -1,0 +1,149 @@
+"""The webui tab's logic, free of webui and gradio imports so it runs and is tested anywhere.
+
+`Service` owns the one engine that the tab and the HTTP routes share. The webui adapter
+(scripts/easy_diffuser_tab.py) gives it the host's rules: which model, where it runs, how to make
+room on the GPU, and the queue lock that keeps it from running beside image generation.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TypeVar
+
+import torch
+
+from .batch import BatchSummary
+from .embedding import ProgressFn
+from .engine import Engine, ExtractOptions, Extraction
+from .models import LoadedModel, load_model, unload_models
+from .prompt import prompts
+from .selection import Role, TagScore, with_role
+
+T = TypeVar("T")
+
+AUTO = "Auto"  # the model setting that follows the loaded checkpoint
+SD2_MODEL = "ViT-H-14/laion2b_s32b_b79k"  # SD 2.x conditions on OpenCLIP ViT-H/14
+SD1_MODEL = "ViT-L-14/openai"  # SD 1.x, and SDXL's first text encoder, use OpenAI's ViT-L/14
+NEXT_ROLE: dict[Role, Role] = {"positive": "negative", "negative": "off", "off": "positive"}
+
+
+def auto_model(is_sd2: bool) -> str:
+    return SD2_MODEL if is_sd2 else SD1_MODEL
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the host wants the model, and its hooks around every use."""
+
+    device: torch.device
+    dtype: torch.dtype
+    acquire: Callable[[LoadedModel], None]  # before a use: make room, put the model on `device`
+    release: Callable[[LoadedModel], None]  # after a use: move it off unless the user keeps it
+
+
+class Service:
+    """One engine, loaded on first use, every use run through `exclusive` (the webui's queue lock)."""
+
+    def __init__(
+        self,
+        resolve_model: Callable[[Optional[str]], str],
+        cache_dir: Callable[[], Path],
+        placement: Callable[[], Placement],
+        exclusive: Callable[[Callable[[], T]], T],
+    ) -> None:
+        self._resolve_model = resolve_model  # requested name (None: the configured one) -> model spec
+        self._cache_dir = cache_dir
+        self._placement = placement
+        self._exclusive = exclusive
+        self._spec: str | None = None
+        self._engine: Engine | None = None
+
+    def run(self, work: Callable[[Engine], T], model: str | None = None, progress: ProgressFn | None = None) -> T:
+        """`work(engine)` with the engine on the host's device; raises ModelError if the weights can't be had."""
+        return self._exclusive(lambda: self._run(work, self.resolve(model), progress))
+
+    def resolve(self, model: str | None) -> str:
+        """The model spec a requested name means now (None: the configured one)."""
+        return self._resolve_model(model)
+
+    def unload(self) -> None:
+        self._exclusive(self._forget)
+
+    def _run(self, work: Callable[[Engine], T], spec: str, progress: ProgressFn | None) -> T:
+        placement = self._placement()
+        if self._engine and spec != self._spec:
+            self._forget()  # one model in memory at a time: the webui's own models need the room
+        loaded = self._engine.loaded if self._engine else load_model(spec, "cpu", placement.dtype, self._cache_dir())
+        placement.acquire(loaded)
+        try:
+            if self._engine is None:
+                # The model is already on its device, so the first-use vocabulary encoding runs there.
+                self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
+                self._spec = spec
+            return work(self._engine)
+        finally:
+            placement.release(loaded)
+
+    def _forget(self) -> None:
+        self._engine = self._spec = None
+        unload_models()
+
+
+def extract_options(
+    max_tags: float, auto_tau: bool, tau: float, weights: bool, quality_negatives: float, negatives: int
+) -> ExtractOptions:
+    """The tab's control values (sliders give floats) as ExtractOptions."""
+    return ExtractOptions(
+        max_tags=int(max_tags),
+        tau=None if auto_tau else float(tau),
+        weights=bool(weights),
+        quality_negatives=int(quality_negatives),
+        negatives=int(negatives),
+    )
+
+
+def cycle_tag(tags: Sequence[TagScore], tag: str, weights: bool) -> tuple[list[TagScore], str, str]:
+    """A click on a tag: positive -> negative -> off -> positive; returns (tags, prompt, negative prompt)."""
+    role = next((item.role for item in tags if item.tag == tag), None)
+    changed = with_role(tags, tag, NEXT_ROLE[role]) if role else list(tags)
+    return (changed, *prompts(changed, weights))
+
+
+def tag_bars_html(tags: Sequence[TagScore]) -> str:
+    """One clickable bar per tag; its length is the tag's relevance against the most relevant one."""
+    if not tags:
+        return ""
+    top = max(max(tag.relevance for tag in tags), 1e-6)
+    rows = "".join(_tag_bar(tag, 4 + 96 * min(max(tag.relevance / top, 0.0), 1.0)) for tag in tags)
+    hint = "Click a tag to move it: positive &rarr; negative &rarr; off."
+    return f'<div class="easy-diffuser-tags"><p class="easy-diffuser-hint">{hint}</p>{rows}</div>'
+
+
+def _tag_bar(tag: TagScore, width: float) -> str:
+    name = html.escape(tag.tag, quote=True)
+    title = html.escape(f"{tag.category}: score {tag.score:.3f}, relevance {tag.relevance:.2f}", quote=True)
+    return (
+        f'<button type="button" class="easy-diffuser-tag easy-diffuser-{tag.role}" data-tag="{name}" title="{title}">'
+        f'<span class="easy-diffuser-bar" style="width:{width:.0f}%"></span>'
+        f'<span class="easy-diffuser-role">{tag.role}</span>'
+        f'<span class="easy-diffuser-name">{name}</span>'
+        f'<span class="easy-diffuser-score">{tag.score:.3f}</span></button>'
+    )
+
+
+def status_html(result: Extraction) -> str:
+    """Which model and which tau made this result, and where that tau came from."""
+    positive = sum(tag.role == "positive" for tag in result.tags)
+    negative = sum(tag.role == "negative" for tag in result.tags)
+    text = f"{result.model} &middot; tau {result.tau:.2f} ({html.escape(result.tau_source)}) &middot; {positive} positive, {negative} negative tags"
+    return f'<p class="easy-diffuser-status">{text}</p>'
+
+
+def error_html(message: str) -> str:
+    return f'<p class="easy-diffuser-status easy-diffuser-error">{html.escape(message)}</p>'
+
+
+def batch_html(summary: BatchSummary) -> str:
+    failed = "".join(f"<li>{html.escape(reason)}</li>" for _, reason in summary.failed)  # reasons name their file
+    return f'<p class="easy-diffuser-status">{html.escape(str(summary))}</p>' + (f"<ul>{failed}</ul>" if failed else "")

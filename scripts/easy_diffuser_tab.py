@@ -1,0 +1,304 @@
+"""Easy Diffuser tab for AUTOMATIC1111's webui and Forge: the thin part that talks to the webui.
+
+The logic lives in the webui-free modules easy_diffuser.ui_helpers (model service, tag bars) and
+easy_diffuser.http_api (routes); this file supplies the host's rules: settings, flags, device and
+memory handling, the queue lock, and the wiring to the txt2img and img2img components.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from modules import call_queue, devices, lowvram, paths, script_callbacks, sd_models, shared
+
+try:
+    from modules.infotext_utils import paste_fields
+except ImportError:  # webui before 1.8
+    from modules.generation_parameters_copypaste import paste_fields
+
+from easy_diffuser import http_api, ui_helpers
+from easy_diffuser.batch import BatchSummary, caption_folder
+from easy_diffuser.engine import Engine, ExtractOptions
+from easy_diffuser.images import ImageError
+from easy_diffuser.models import LoadedModel, ModelError, default_dtype, list_models
+from easy_diffuser.prompt import prompts
+from easy_diffuser.selection import TagScore
+
+try:  # Forge: GPU memory belongs to its memory manager, which its own interrogator also goes through
+    from backend import memory_management
+    from backend.patcher.base import ModelPatcher
+except ImportError:
+    memory_management = None
+
+GRADIO_3 = gr.__version__.startswith("3.")
+SECTION = ("easy_diffuser", "Easy Diffuser")
+VOCABULARY_PROGRESS = "Encoding the tag vocabulary (first use of this model only)"
+
+
+# -- model, device and memory: the webui's rules ---------------------------------------------
+
+
+def configured_model() -> str:
+    return shared.cmd_opts.easy_diffuser_model or shared.opts.easy_diffuser_model
+
+
+def model_choices() -> list[str]:
+    return list(dict.fromkeys([ui_helpers.AUTO, *list_models(), configured_model()]))
+
+
+def resolve_model(requested: Optional[str]) -> str:
+    name = requested or configured_model()
+    return ui_helpers.auto_model(_checkpoint_is_sd2()) if name == ui_helpers.AUTO else name
+
+
+def _checkpoint_is_sd2() -> bool:
+    # model_data.sd_model rather than shared.sd_model: in A1111 the latter loads a checkpoint when none is loaded.
+    return bool(getattr(sd_models.model_data.sd_model, "is_sd2", False))
+
+
+def weights_folder() -> Path:
+    return Path(shared.cmd_opts.easy_diffuser_model_path or os.path.join(paths.models_path, "easy_diffuser"))
+
+
+def placement() -> ui_helpers.Placement:
+    device = _device()
+    dtype = torch.float32 if shared.cmd_opts.no_half else default_dtype(device)
+    if memory_management is not None:
+        return ui_helpers.Placement(device, dtype, partial(_forge.acquire, device), _forge.release)
+    return ui_helpers.Placement(device, dtype, partial(_acquire, device, dtype), _release)
+
+
+def _device() -> torch.device:
+    # A1111's device_interrogate already honours --use-cpu; Forge ignores the flag, so check it for both.
+    if {"interrogate", "all"} & set(shared.cmd_opts.use_cpu):
+        return devices.cpu
+    return memory_management.text_encoder_device() if memory_management is not None else devices.device_interrogate
+
+
+def _acquire(device: torch.device, dtype: torch.dtype, loaded: LoadedModel) -> None:
+    if shared.cmd_opts.lowvram or shared.cmd_opts.medvram:  # as modules/interrogate.py: the SD model leaves first
+        lowvram.send_everything_to_cpu()
+        devices.torch_gc()
+    loaded.to(device, dtype)
+
+
+def _release(loaded: LoadedModel) -> None:
+    if not shared.opts.easy_diffuser_keep_in_vram:
+        loaded.to(devices.cpu)
+    devices.torch_gc()
+
+
+class _ForgeMemory:
+    """Forge moves models only through backend.memory_management, which frees room for them."""
+
+    def __init__(self) -> None:
+        self.patcher: Any = None
+
+    def acquire(self, device: torch.device, loaded: LoadedModel) -> None:
+        if self.patcher is None or self.patcher.model is not loaded.model:
+            offload = memory_management.text_encoder_offload_device()
+            self.patcher = ModelPatcher(loaded.model, load_device=device, offload_device=offload)
+        memory_management.load_models_gpu([self.patcher])
+
+    def release(self, loaded: LoadedModel) -> None:
+        if not shared.opts.easy_diffuser_keep_in_vram:
+            # What free_memory() does to the models it evicts, for ours alone.
+            for entry in [e for e in memory_management.current_loaded_models if e.model is self.patcher]:
+                memory_management.current_loaded_models.remove(entry)
+                entry.model_unload()
+        memory_management.soft_empty_cache()
+
+
+def _queued(work: Callable[[], Any]) -> Any:
+    return call_queue.wrap_queued_call(work)()  # never beside image generation
+
+
+_forge = _ForgeMemory()
+service = ui_helpers.Service(resolve_model, weights_folder, placement, _queued)
+_stop_batch = threading.Event()
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
+def _reporter(progress: gr.Progress, desc: str, unit: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress((done, total), desc=desc, unit=unit)
+
+
+def _options(max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float) -> ExtractOptions:
+    return ui_helpers.extract_options(max_tags, auto_tau, tau, weights, quality, shared.opts.easy_diffuser_negatives)
+
+
+def extract(
+    image: Optional[Image.Image], max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
+    tags: list[TagScore], progress: gr.Progress = gr.Progress(),
+) -> tuple:
+    """-> prompt, negative prompt, tag bars, status, tau slider, tags."""
+    unchanged = (gr.update(), gr.update(), gr.update())
+    if image is None:
+        return (*unchanged, ui_helpers.error_html("Drop an image first."), gr.update(), tags)
+    options = _options(max_tags, auto_tau, tau, weights, quality)
+    progress(0, desc="Loading the CLIP model")
+    try:
+        result = service.run(lambda engine: engine.extract(image, options), progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+    except (ImageError, ModelError) as error:  # their messages are written for the user
+        return (*unchanged, ui_helpers.error_html(str(error)), gr.update(), tags)
+    bars, status = ui_helpers.tag_bars_html(result.tags), ui_helpers.status_html(result)
+    return result.prompt, result.negative_prompt, bars, status, gr.update(value=result.tau), result.tags
+
+
+def extract_on_drop(
+    image: Optional[Image.Image], max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
+    tags: list[TagScore], progress: gr.Progress = gr.Progress(),
+) -> tuple:
+    if not shared.opts.easy_diffuser_extract_on_drop:
+        return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), tags
+    return extract(image, max_tags, auto_tau, tau, weights, quality, tags, progress)
+
+
+def click_tag(tag: str, tags: list[TagScore], weights: bool) -> tuple:
+    """-> prompt, negative prompt, tag bars, tags."""
+    tags, prompt, negative = ui_helpers.cycle_tag(tags, tag, weights)
+    return prompt, negative, ui_helpers.tag_bars_html(tags), tags
+
+
+def toggle_weights(tags: list[TagScore], weights: bool) -> tuple:
+    return prompts(tags, weights) if tags else (gr.update(), gr.update())  # no tags: keep what the user typed
+
+
+def caption(
+    folder: str, recursive: bool, overwrite: bool, max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
+    progress: gr.Progress = gr.Progress(),
+) -> str:
+    if not folder.strip():
+        return ui_helpers.error_html("Enter the folder to caption.")
+    _stop_batch.clear()
+    options = _options(max_tags, auto_tau, tau, weights, quality)
+    images = _reporter(progress, "Captioning", "images")
+
+    def work(engine: Engine) -> BatchSummary:
+        return caption_folder(engine, folder.strip(), options, recursive, overwrite, progress=images, should_stop=_stop_batch.is_set)
+
+    try:
+        summary = service.run(work, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+    except (ModelError, OSError) as error:  # OSError: no such folder, or one that can't be read
+        return ui_helpers.error_html(str(error))
+    return ui_helpers.batch_html(summary)
+
+
+# -- the tab -------------------------------------------------------------------------------------
+
+
+def _js(code: str) -> dict[str, str]:
+    return {"_js" if GRADIO_3 else "js": code}
+
+
+def _prompt_fields(tab: str) -> list[gr.components.Component]:
+    """The tab's prompt boxes, as the webui registered them for pasting (only the registry is used)."""
+    fields = {label: component for component, label in paste_fields[tab]["fields"]}
+    return [fields["Prompt"], fields["Negative prompt"]]
+
+
+def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
+    opts = shared.opts
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                image_sources = {} if GRADIO_3 else {"sources": ["upload", "clipboard"]}
+                image = gr.Image(label="Image", type="pil", elem_id="easy_diffuser_image", **image_sources)
+                extract_button = gr.Button("Extract", variant="primary", elem_id="easy_diffuser_extract")
+                max_tags = gr.Slider(1, 75, value=opts.easy_diffuser_max_tags, step=1, label="Number of tags", elem_id="easy_diffuser_max_tags")
+                with gr.Row():
+                    auto_tau = gr.Checkbox(value=True, label="Automatic tau", elem_id="easy_diffuser_auto_tau")
+                    weights = gr.Checkbox(value=opts.easy_diffuser_weights, label="Weights", elem_id="easy_diffuser_weights")
+                tau = gr.Slider(0, 4, value=1.0, step=0.05, label="tau: relevance a tag needs to be a negative candidate", elem_id="easy_diffuser_tau")
+                quality = gr.Slider(0, 16, value=opts.easy_diffuser_quality_negatives, step=1, label="Quality negatives", elem_id="easy_diffuser_quality")
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="easy_diffuser_prompt")
+                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="easy_diffuser_neg_prompt")
+                with gr.Row():
+                    to_txt2img = gr.Button("Send to txt2img", elem_id="easy_diffuser_send_txt2img")
+                    to_img2img = gr.Button("Send to img2img", elem_id="easy_diffuser_send_img2img")
+                status = gr.HTML(elem_id="easy_diffuser_status")
+                bars = gr.HTML(elem_id="easy_diffuser_tags")
+                # The tag bars are plain HTML: javascript/easy_diffuser.js puts a clicked tag here and presses the button.
+                clicked = gr.Textbox(elem_id="easy_diffuser_clicked_tag", elem_classes=["easy-diffuser-hidden"], show_label=False)
+                click = gr.Button("tag", elem_id="easy_diffuser_tag_click", elem_classes=["easy-diffuser-hidden"])
+        tags = gr.State([])
+        controls = [max_tags, auto_tau, tau, weights, quality]
+        results = [prompt, negative, bars, status, tau, tags]
+        extract_button.click(extract, inputs=[image, *controls, tags], outputs=results)
+        image.upload(extract_on_drop, inputs=[image, *controls, tags], outputs=results)
+        click.click(click_tag, inputs=[clicked, tags, weights], outputs=[prompt, negative, bars, tags], queue=False)
+        weights.change(toggle_weights, inputs=[tags, weights], outputs=[prompt, negative], queue=False)
+        _wire_send(to_txt2img, [prompt, negative], _prompt_fields("txt2img"), "txt2img")
+        _wire_send(to_img2img, [prompt, negative, image], [*_prompt_fields("img2img"), paste_fields["img2img"]["init_img"]], "img2img")
+        if not shared.cmd_opts.hide_ui_dir_config:  # server folders are off limits then, as in the webui's own tabs
+            _batch_section(controls)
+    return [(tab, "Easy Diffuser", "easy_diffuser")]
+
+
+def _wire_send(button: gr.Button, sources: list, targets: list, tab: str) -> None:
+    """Copy straight into the tab's components (not the infotext paste path), then let the page switch tabs."""
+    copy = button.click(_keep_empty, inputs=sources, outputs=targets, queue=False)
+    copy.then(None, **_js(f"() => easyDiffuserShow('{tab}')"))
+
+
+def _keep_empty(*values: Any) -> tuple:
+    """The values as they are, except that no image leaves the target's image alone."""
+    return tuple(gr.update() if value is None else value for value in values)
+
+
+def _batch_section(controls: list) -> None:
+    with gr.Accordion("Batch: caption a folder", open=False, elem_id="easy_diffuser_batch"):
+        folder = gr.Textbox(label="Folder", placeholder="a folder on the webui's machine", elem_id="easy_diffuser_batch_folder")
+        with gr.Row():
+            recursive = gr.Checkbox(label="Include sub-folders")
+            overwrite = gr.Checkbox(label="Overwrite existing captions")
+        with gr.Row():
+            run = gr.Button("Caption folder", variant="primary", elem_id="easy_diffuser_batch_run")
+            stop = gr.Button("Stop", elem_id="easy_diffuser_batch_stop")
+        report = gr.HTML(elem_id="easy_diffuser_batch_report")
+    run.click(caption, inputs=[folder, recursive, overwrite, *controls], outputs=[report])
+    stop.click(_stop_batch.set, queue=False)  # unqueued, so it runs while the batch holds the queue
+
+
+# -- settings, API and lifecycle -----------------------------------------------------------------
+
+
+def on_ui_settings() -> None:
+    def add(key: str, default: Any, label: str, component: Any = None, args: Optional[dict] = None) -> None:
+        shared.opts.add_option(f"easy_diffuser_{key}", shared.OptionInfo(default, label, component, args, section=SECTION))
+
+    count = {"minimum": 0, "maximum": 32, "step": 1}
+    add("model", ui_helpers.AUTO, "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai; --easy-diffuser-model overrides)",
+        gr.Dropdown, {"choices": [ui_helpers.AUTO, *list_models()], "allow_custom_value": True})
+    add("keep_in_vram", False, "Keep the CLIP model in VRAM between uses (faster, but the VRAM stays taken during generation)")
+    add("extract_on_drop", True, "Extract as soon as an image is dropped")
+    add("max_tags", 24, "Default number of tags", gr.Slider, {**count, "minimum": 1, "maximum": 75})
+    add("negatives", 8, "Tags in the negative prompt (besides the quality negatives)", gr.Slider, count)
+    add("quality_negatives", 6, "Default number of standard quality negatives", gr.Slider, {**count, "maximum": 16})
+    add("weights", False, "Weights on by default")
+
+
+def on_app_started(demo: Optional[gr.Blocks], app: Any) -> None:
+    if demo is None or shared.cmd_opts.api:  # demo is None under --nowebui, which serves the API alone
+        http_api.add_routes(app, service, model_choices, configured_model, shared.cmd_opts.api_auth)
+
+
+def on_script_unloaded() -> None:
+    service.unload()
+    devices.torch_gc()
+
+
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_ui_tabs(on_ui_tabs)
+script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_script_unloaded(on_script_unloaded)

@@ -1,0 +1,319 @@
+"""The webui adapter's rules, against the stand-in `modules`: settings, flags, model choice,
+device and memory handling (A1111 and Forge), the queue lock, progress, batch, install.py."""
+from __future__ import annotations
+
+import importlib.metadata
+import random
+import runpy
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+import torch  # noqa: E402
+
+import webui_host  # noqa: E402
+from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
+from modules import call_queue, devices, lowvram, sd_models, shared  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def webui(models_path, shapes_model, monkeypatch):
+    """Start the stand-in webui with a command line; yields the extension's script module."""
+    monkeypatch.setattr(devices, "device_interrogate", devices.cpu)
+    monkeypatch.setattr(sd_models.model_data, "sd_model", None)
+
+    def start(*args: str):
+        module = webui_host.load_extension(list(args), models_path)
+        shared.opts.easy_diffuser_model = shapes_model
+        return module
+
+    return start
+
+
+class FakeLoaded:
+    """A LoadedModel that records where it is sent."""
+
+    def __init__(self) -> None:
+        self.model = torch.nn.Linear(1, 1)
+        self.moves: list[tuple] = []
+
+    def to(self, device, dtype=None):
+        self.moves.append((torch.device(device), dtype))
+        return self
+
+
+def test_settings_are_registered_in_their_section(webui):
+    webui()
+    labels = shared.opts.data_labels
+    keys = {"model", "keep_in_vram", "extract_on_drop", "max_tags", "negatives", "quality_negatives", "weights"}
+    assert {f"easy_diffuser_{key}" for key in keys} <= set(labels)
+    assert {info.section for key, info in labels.items() if key.startswith("easy_diffuser_")} == {("easy_diffuser", "Easy Diffuser")}
+    assert shared.opts.easy_diffuser_keep_in_vram is False
+
+
+def test_the_model_flag_overrides_the_setting_and_the_weights_go_under_models(webui, models_path, tmp_path):
+    module = webui()
+    assert module.weights_folder() == models_path / "easy_diffuser"
+    module = webui("--easy-diffuser-model", "ViT-bigG-14/laion2b_s39b_b160k", "--easy-diffuser-model-path", str(tmp_path))
+    assert module.resolve_model(None) == "ViT-bigG-14/laion2b_s39b_b160k"
+    assert module.weights_folder() == tmp_path
+    assert module.resolve_model("shapes-demo") == "shapes-demo"  # an API request names its own
+
+
+@pytest.mark.parametrize(
+    "checkpoint, expected",
+    [
+        (None, "ViT-L-14/openai"),
+        (SimpleNamespace(is_sd1=True, is_sd2=False, is_sdxl=False), "ViT-L-14/openai"),
+        (SimpleNamespace(is_sd1=False, is_sd2=True, is_sdxl=False), "ViT-H-14/laion2b_s32b_b79k"),
+        (SimpleNamespace(is_sd1=False, is_sd2=False, is_sdxl=True), "ViT-L-14/openai"),
+    ],
+)
+def test_auto_matches_the_loaded_checkpoint(webui, monkeypatch, checkpoint, expected):
+    module = webui()
+    shared.opts.easy_diffuser_model = "Auto"
+    monkeypatch.setattr(sd_models.model_data, "sd_model", checkpoint)
+    assert module.resolve_model(None) == expected
+
+
+@pytest.mark.parametrize(
+    "args, device, dtype",
+    [
+        ([], "cuda", torch.float16),
+        (["--no-half"], "cuda", torch.float32),
+        (["--use-cpu", "interrogate"], "cpu", torch.float32),
+        (["--use-cpu", "all"], "cpu", torch.float32),
+        (["--use-cpu", "esrgan"], "cuda", torch.float16),
+    ],
+)
+def test_device_and_precision_follow_the_webui_flags(webui, monkeypatch, args, device, dtype):
+    module = webui(*args)
+    monkeypatch.setattr(devices, "device_interrogate", torch.device("cuda"))
+    placement = module.placement()
+    assert (placement.device.type, placement.dtype) == (device, dtype)
+
+
+@pytest.mark.parametrize("flag", ["--lowvram", "--medvram"])
+def test_low_vram_sends_the_sd_model_to_the_cpu_first_and_ours_back_after(webui, monkeypatch, flag):
+    module = webui(flag)
+    monkeypatch.setattr(lowvram, "calls", [])
+    loaded, placement = FakeLoaded(), module.placement()
+    placement.acquire(loaded)
+    assert lowvram.calls == ["send_everything_to_cpu"] and loaded.moves == [(placement.device, placement.dtype)]
+    gc_before = devices.gc_calls
+    placement.release(loaded)
+    assert loaded.moves[-1][0] == devices.cpu and devices.gc_calls == gc_before + 1
+
+
+def test_keep_in_vram_leaves_the_model_where_it_is(webui, monkeypatch):
+    module = webui()
+    monkeypatch.setattr(lowvram, "calls", [])
+    shared.opts.easy_diffuser_keep_in_vram = True
+    loaded, placement = FakeLoaded(), module.placement()
+    placement.acquire(loaded)
+    placement.release(loaded)
+    assert lowvram.calls == [] and len(loaded.moves) == 1
+
+
+@pytest.fixture
+def forge(monkeypatch):
+    """Forge's backend package: a memory manager that records what it is asked to do."""
+    manager = ModuleType("backend.memory_management")
+    manager.current_loaded_models = []
+    manager.calls = []
+
+    class Entry:
+        def __init__(self, patcher):
+            self.model = patcher
+
+        def model_unload(self):
+            manager.calls.append(("unload", self.model))
+
+    def load_models_gpu(patchers):
+        manager.calls.append(("load", patchers[0]))
+        manager.current_loaded_models.insert(0, Entry(patchers[0]))
+
+    manager.load_models_gpu = load_models_gpu
+    manager.text_encoder_device = lambda: torch.device("cuda")
+    manager.text_encoder_offload_device = lambda: torch.device("cpu")
+    manager.soft_empty_cache = lambda force=False: manager.calls.append(("empty_cache",))
+    patcher_module = ModuleType("backend.patcher.base")
+    patcher_module.ModelPatcher = lambda model, load_device, offload_device: SimpleNamespace(
+        model=model, load_device=load_device, offload_device=offload_device
+    )
+    backend = ModuleType("backend")
+    backend.memory_management = manager
+    fakes = {"backend": backend, "backend.memory_management": manager, "backend.patcher": ModuleType("backend.patcher")}
+    for name, module in {**fakes, "backend.patcher.base": patcher_module}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return manager
+
+
+def test_forge_goes_through_its_memory_manager(webui, forge):
+    module = webui()
+    other = SimpleNamespace(model="the SD model")
+    forge.current_loaded_models.append(other)
+    loaded, placement = FakeLoaded(), module.placement()
+    assert placement.device.type == "cuda" and placement.dtype == torch.float16
+    placement.acquire(loaded)
+    (action, patcher), = forge.calls
+    assert action == "load" and patcher.model is loaded.model and patcher.load_device.type == "cuda"
+    placement.release(loaded)
+    assert forge.calls[1:] == [("unload", patcher), ("empty_cache",)]
+    assert forge.current_loaded_models == [other]  # only ours was evicted
+    placement.acquire(loaded)
+    assert forge.calls[-1] == ("load", patcher)  # the same patcher again, not a new one
+
+
+def test_forge_keep_in_vram_leaves_it_to_the_manager(webui, forge):
+    module = webui()
+    shared.opts.easy_diffuser_keep_in_vram = True
+    loaded, placement = FakeLoaded(), module.placement()
+    placement.acquire(loaded)
+    placement.release(loaded)
+    assert [call[0] for call in forge.calls] == ["load", "empty_cache"]
+
+
+def test_work_runs_under_the_queue_lock(webui):
+    module = webui()
+    assert module.service.run(lambda engine: call_queue.queue_lock.locked()) is True
+    assert not call_queue.queue_lock.locked()
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, value, desc=None, unit=None, **kwargs):
+        self.calls.append((value, desc))
+
+
+def test_first_use_shows_progress_while_the_vocabulary_is_encoded(webui, red_circle, tmp_path):
+    from PIL import Image
+
+    module = webui("--easy-diffuser-model-path", str(tmp_path / "fresh"))
+    image = Image.open(red_circle)
+    first = Progress()
+    prompt, negative, bars, status, tau, tags = module.extract(image, 24, True, 1.0, False, 6, [], first)
+    assert "red" in prompt and "easy-diffuser-tag" in bars and tags
+    encoding = [value for value, desc in first.calls if desc == module.VOCABULARY_PROGRESS]
+    assert encoding and encoding[-1][0] == encoding[-1][1]  # (done, total), finished
+    again = Progress()
+    module.extract(image, 24, True, 1.0, False, 6, [], again)
+    assert all(desc != module.VOCABULARY_PROGRESS for _, desc in again.calls)  # cached now
+
+
+def test_no_image_and_bad_weights_are_messages(webui, red_circle, tmp_path):
+    from PIL import Image
+
+    module = webui()
+    *_, status, _, tags = module.extract(None, 24, True, 1.0, False, 6, ["kept"], Progress())
+    assert "Drop an image first" in status and tags == ["kept"]
+    shared.opts.easy_diffuser_model = str(tmp_path / "missing.safetensors")
+    *_, status, _, _ = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, [], Progress())
+    assert "easy-diffuser-error" in status and "missing.safetensors" in status
+
+
+def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts(webui, red_circle):
+    from PIL import Image
+
+    module = webui()
+    prompt, _, _, _, _, tags = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, [], Progress())
+    first = tags[0].tag
+    prompt2, negative2, bars2, tags2 = module.click_tag(first, tags, False)
+    assert first not in prompt2.split(", ") and negative2.split(", ")[0] == first  # tags keep their order
+    assert f'data-tag="{first}"' in bars2
+    weighted, _ = module.toggle_weights(tags, True)
+    assert weighted != prompt and "(" in weighted
+    assert module.toggle_weights([], True) == (gr.update(), gr.update())  # nothing extracted: keep typed text
+
+
+def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypatch):
+    module = webui()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(10):
+        draw(random_scene(random.Random(index), colour="blue", size="large"), 64).save(folder / f"{index}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+
+    stop_after_first_chunk = Progress()
+    original = module._reporter
+
+    def reporter(progress, desc, unit):
+        report = original(progress, desc, unit)
+        return (lambda done, total: (report(done, total), module._stop_batch.set())) if desc == "Captioning" else report
+
+    monkeypatch.setattr(module, "_reporter", reporter)
+    stopped = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, stop_after_first_chunk)
+    assert "(stopped)" in stopped and len(list(folder.glob("*.txt"))) == 8
+    monkeypatch.setattr(module, "_reporter", original)
+    done = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, Progress())
+    assert "2 captioned, 8 already captioned, 1 failed" in done and "broken.png" in done
+    assert "blue" in (folder / "9.txt").read_text()
+    assert "Enter the folder" in module.caption("  ", False, False, 8, True, 1.0, False, 0, Progress())
+    assert "no such folder" in module.caption(str(tmp_path / "nope"), False, False, 8, True, 1.0, False, 0, Progress())
+
+
+def elem_ids(demo: gr.Blocks) -> set:
+    return {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+
+def test_the_tab_has_its_elem_ids_and_hides_the_folder_batch_when_told(webui):
+    webui()
+    shown = elem_ids(webui_host.build_page())
+    assert {"easy_diffuser_prompt", "easy_diffuser_neg_prompt", "easy_diffuser_image", "easy_diffuser_batch_folder"} <= shown
+    webui("--hide-ui-dir-config")
+    assert "easy_diffuser_batch_folder" not in elem_ids(webui_host.build_page())
+
+
+def test_unloading_the_script_frees_the_model(webui):
+    module = webui()
+    module.service.run(lambda engine: None)
+    assert module.service._engine is not None
+    gc_before = devices.gc_calls
+    from modules import script_callbacks
+
+    script_callbacks.script_unloaded_callback()
+    assert module.service._engine is None and devices.gc_calls > gc_before
+
+
+@pytest.fixture
+def launch(monkeypatch):
+    fake = ModuleType("launch")
+    fake.installed = True
+    fake.pip_calls = []
+
+    def run_pip(command, desc=None):
+        constraints = command.split('-c "')[1].rstrip('"')
+        fake.pip_calls.append((command, Path(constraints).read_text()))
+
+    fake.is_installed = lambda package: fake.installed
+    fake.run_pip = run_pip
+    monkeypatch.setitem(sys.modules, "launch", fake)
+    return fake
+
+
+def test_install_does_nothing_when_open_clip_is_there(launch):
+    runpy.run_path(str(ROOT / "install.py"))
+    assert launch.pip_calls == []
+
+
+def test_install_adds_only_open_clip_and_pins_what_the_webui_pinned(launch):
+    launch.installed = False
+    runpy.run_path(str(ROOT / "install.py"))
+    (command, constraints), = launch.pip_calls
+    assert command.startswith('install "open-clip-torch==2.20.0" -c ')
+    pins = constraints.split()
+    assert f"torch=={importlib.metadata.version('torch')}" in pins and f"gradio=={gr.__version__}" in pins
+    assert not Path(command.split('-c "')[1].rstrip('"')).exists()  # the temporary file is gone
+
+
+def test_sending_without_an_image_keeps_the_image_img2img_has(webui):
+    module = webui()
+    assert module._keep_empty("red, circle", "blue", None) == ("red, circle", "blue", gr.update())

@@ -1,0 +1,159 @@
+"""The tab in a real browser, the way a user works it: drop, Extract, click a tag, Send to txt2img/img2img.
+
+Runs under whichever gradio the venv has (3.41.2 as in A1111, 4.40 as in Forge), in Debian's
+headless Chromium driven by Playwright.
+"""
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+import webui_host  # noqa: E402  (after the skips: it imports gradio)
+from modules import shared  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
+WEIGHTED = "(red:1.20), (circle:1.10), (star:0.90)"  # the infotext paste path would turn this into an empty prompt
+TIMEOUT_MS = 60_000
+expect = sync_api.expect
+
+
+@pytest.fixture(scope="module")
+def page_url(models_path, shapes_model):
+    webui_host.load_extension([], models_path)
+    shared.opts.easy_diffuser_model = shapes_model
+    demo = webui_host.build_page()
+    yield webui_host.serve(demo)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, page_url):
+    shared.opts.easy_diffuser_extract_on_drop = False
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(page_url)
+    page.wait_for_selector("#easy_diffuser_extract")
+    yield page
+    page.close()
+
+
+def textarea(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea")
+
+
+def selected_tab(page, tabs_id: str = "tabs"):
+    return page.locator(f"#{tabs_id} > .tab-nav > button.selected")
+
+
+def upload(page, image: Path) -> None:
+    page.set_input_files("#easy_diffuser_image input[type=file]", str(image))
+    page.wait_for_selector("#easy_diffuser_image img")
+
+
+def extract(page) -> str:
+    page.click("#easy_diffuser_extract")
+    expect(textarea(page, "easy_diffuser_prompt")).to_have_value(re.compile(r"\bred\b"))
+    return textarea(page, "easy_diffuser_prompt").input_value()
+
+
+def test_extract_click_a_tag_and_send_to_txt2img(page, red_circle):
+    upload(page, red_circle)
+    prompt = extract(page)
+    assert "circle" in prompt
+    expect(page.locator("#easy_diffuser_status .easy-diffuser-status")).to_contain_text(re.compile(r"tau \d\.\d\d \(.+\)"))
+    if gr.__version__.startswith("3."):  # the README shows the A1111 look
+        page.locator("#tab_easy_diffuser").screenshot(path=str(SCREENSHOT))
+
+    circle = page.locator('#easy_diffuser_tags .easy-diffuser-tag[data-tag="circle"]')
+    expect(circle).to_have_class(re.compile("easy-diffuser-positive"))
+    circle.click()  # positive -> negative
+    expect(circle).to_have_class(re.compile("easy-diffuser-negative"))
+    assert "circle" not in textarea(page, "easy_diffuser_prompt").input_value().split(", ")
+    assert "circle" in textarea(page, "easy_diffuser_neg_prompt").input_value().split(", ")
+    circle.click()  # negative -> off
+    expect(circle).to_have_class(re.compile("easy-diffuser-off"))
+    assert "circle" not in textarea(page, "easy_diffuser_neg_prompt").input_value().split(", ")
+
+    prompt, negative = textarea(page, "easy_diffuser_prompt").input_value(), textarea(page, "easy_diffuser_neg_prompt").input_value()
+    page.click("#easy_diffuser_send_txt2img")
+    expect(selected_tab(page)).to_have_text("txt2img")  # found by its label although it is the third tab
+    expect(textarea(page, "txt2img_prompt")).to_have_value(prompt)
+    expect(textarea(page, "txt2img_neg_prompt")).to_have_value(negative)
+    expect(page.locator("#tab_txt2img")).to_be_visible()
+    assert page.evaluate("window.tokenCountersUpdated") == ["txt2img"]
+
+
+def test_a_weighted_one_line_prompt_arrives_intact(page):
+    textarea(page, "easy_diffuser_prompt").fill(WEIGHTED)
+    textarea(page, "easy_diffuser_neg_prompt").fill("blurry, (lowres:1.10)")
+    page.click("#easy_diffuser_send_txt2img")
+    expect(selected_tab(page)).to_have_text("txt2img")
+    expect(textarea(page, "txt2img_prompt")).to_have_value(WEIGHTED)
+    expect(textarea(page, "txt2img_neg_prompt")).to_have_value("blurry, (lowres:1.10)")
+
+
+def test_send_to_img2img_brings_the_image(page, red_circle):
+    upload(page, red_circle)
+    prompt = extract(page)
+    page.click("#easy_diffuser_send_img2img")
+    expect(selected_tab(page)).to_have_text("img2img")
+    expect(selected_tab(page, "mode_img2img")).to_have_text("img2img")
+    expect(textarea(page, "img2img_prompt")).to_have_value(prompt)
+    expect(page.locator("#img2img_image img")).to_be_visible()
+    assert page.evaluate("window.tokenCountersUpdated") == ["img2img"]
+
+
+def test_dropping_an_image_extracts_it(page, red_circle):
+    shared.opts.easy_diffuser_extract_on_drop = True
+    data = base64.b64encode(red_circle.read_bytes()).decode()
+    page.evaluate(
+        """([data, name]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: "image/png"}));
+            const zone = gradioApp().querySelector("#easy_diffuser_image input[type=file]").parentElement;
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            }
+        }""",
+        [data, red_circle.name],
+    )
+    expect(textarea(page, "easy_diffuser_prompt")).to_have_value(re.compile(r"\bred\b.*\bcircle\b|\bcircle\b.*\bred\b"))
+
+
+def test_weights_that_cannot_be_had_give_a_message_not_a_traceback(page, red_circle, tmp_path, shapes_model):
+    upload(page, red_circle)
+    shared.opts.easy_diffuser_model = str(tmp_path / "ViT-L-14-openai.safetensors")
+    try:
+        page.click("#easy_diffuser_extract")
+        expect(page.locator("#easy_diffuser_status .easy-diffuser-error")).to_contain_text("no such checkpoint file")
+    finally:
+        shared.opts.easy_diffuser_model = shapes_model
+    assert "Traceback" not in page.content()
+    assert textarea(page, "easy_diffuser_prompt").input_value() == ""

@@ -1,0 +1,176 @@
+"""The HTTP routes as the webui serves them: registered by on_app_started, behind --api and --api-auth."""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("gradio")  # the adapter that registers the routes is built on it
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import webui_host  # noqa: E402
+from easy_diffuser import models, ui_helpers  # noqa: E402
+from modules import call_queue, script_callbacks, shared  # noqa: E402
+
+EXTRACT = "/easy-diffuser/v1/extract"
+MODELS = "/easy-diffuser/v1/models"
+
+
+def start_webui(args: list[str], models_path, model: str, webui: bool = True) -> FastAPI:
+    """A webui started with `args`; webui=False is --nowebui, where demo is None."""
+    webui_host.load_extension(args, models_path)
+    shared.opts.easy_diffuser_model = model
+    app = FastAPI()
+    script_callbacks.app_started_callback(object() if webui else None, app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def image_b64(red_circle) -> str:
+    return base64.b64encode(red_circle.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def client(models_path, shapes_model) -> TestClient:
+    return TestClient(start_webui(["--api"], models_path, shapes_model))
+
+
+def test_extract_answers_prompts_and_scored_tags(client, image_b64):
+    response = client.post(EXTRACT, json={"image": image_b64, "max_tags": 8, "weights": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "red" in body["prompt"] and "circle" in body["prompt"]
+    assert body["negative_prompt"]
+    assert {"tag", "score", "category", "role"} <= set(body["tags"][0])
+    assert body["tau_source"]
+
+
+def test_a_data_url_works_too(client, image_b64):
+    response = client.post(EXTRACT, json={"image": f"data:image/png;base64,{image_b64}"})
+    assert response.status_code == 200, response.text
+    assert "red" in response.json()["prompt"]
+
+
+def test_models_lists_the_choices_and_what_auto_means(client, shapes_model):
+    body = client.get(MODELS).json()
+    names = [entry["name"] for entry in body["models"]]
+    assert names[0] == "Auto" and "ViT-L-14/openai" in names and shapes_model in names
+    assert body["selected"] == shapes_model and body["resolved"] == shapes_model
+
+
+@pytest.mark.parametrize(
+    "payload, status, detail",
+    [
+        ({"image": "not base64 at all!"}, 400, "not valid base64"),
+        ({"image": base64.b64encode(b"just some text").decode()}, 400, "not an image"),
+        ({"image": "data:image/png,rawbytes"}, 400, "base64"),
+        ({"image": 42}, 422, None),
+        ({}, 422, None),
+        ({"image": "aGk=", "max_tags": "many"}, 422, None),
+        ({"image": "aGk=", "max_tags": 0}, 422, None),
+        ({"image": "aGk=", "weights": "yes"}, 422, None),
+        ({"image": "aGk=", "tau": "high"}, 422, None),
+    ],
+)
+def test_bad_input_gets_a_4xx_json_answer(client, payload, status, detail):
+    response = client.post(EXTRACT, json=payload)
+    assert response.status_code == status
+    assert "detail" in response.json()
+    if detail:
+        assert detail in response.json()["detail"]
+
+
+def test_a_body_that_is_not_json_is_refused(client):
+    response = client.post(EXTRACT, content=b"\x89PNG...", headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422) and response.json()  # fastapi 0.94 says 400, 0.104 says 422
+
+
+def test_an_unknown_model_is_refused_before_any_loading(client, image_b64):
+    response = client.post(EXTRACT, json={"image": image_b64, "model": "/etc/passwd"})
+    assert response.status_code == 400
+    assert "is not one of" in response.json()["detail"]
+
+
+def test_weights_that_cannot_be_had_are_a_503_with_the_fix(models_path, image_b64, tmp_path):
+    client = TestClient(start_webui(["--api"], models_path, str(tmp_path / "ViT-L-14-openai.safetensors")))
+    response = client.post(EXTRACT, json={"image": image_b64})
+    assert response.status_code == 503
+    assert "no such checkpoint file" in response.json()["detail"]
+
+
+def test_no_routes_without_api_but_with_nowebui(models_path, shapes_model):
+    assert TestClient(start_webui([], models_path, shapes_model)).get(MODELS).status_code == 404
+    assert TestClient(start_webui([], models_path, shapes_model, webui=False)).get(MODELS).status_code == 200
+
+
+def test_api_auth_is_checked_as_the_webui_checks_it(models_path, shapes_model, image_b64):
+    client = TestClient(start_webui(["--api", "--api-auth", "alice:secret,bob:pa:ss"], models_path, shapes_model))
+    for path, call in ((MODELS, client.get), (EXTRACT, lambda path, **kw: client.post(path, json={"image": image_b64}, **kw))):
+        missing = call(path)
+        assert missing.status_code == 401 and missing.json()
+        assert call(path, auth=("alice", "wrong")).status_code == 401
+        denied = call(path, auth=("mallory", "secret"))
+        assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Basic"
+        assert call(path, auth=("alice", "secret")).status_code == 200
+        assert call(path, auth=("bob", "pa:ss")).status_code == 200
+
+
+@pytest.fixture
+def server(models_path, shapes_model):
+    """The routes on a real uvicorn server, so requests really run side by side."""
+    app = start_webui(["--api"], models_path, shapes_model)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_50_concurrent_requests_load_the_model_once(server, image_b64, monkeypatch):
+    models.unload_models()
+    loads, engines = [], []
+    real_load, real_engine = models._load, ui_helpers.Engine
+    monkeypatch.setattr(models, "_load", lambda *args: loads.append(args) or real_load(*args))
+    monkeypatch.setattr(ui_helpers, "Engine", lambda *args, **kwargs: engines.append(args) or real_engine(*args, **kwargs))
+
+    def post(index: int) -> httpx.Response:
+        return httpx.post(server + EXTRACT, json={"image": image_b64, "max_tags": 4 + index % 8}, timeout=120)
+
+    with ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(post, range(50)))
+    assert [r.status_code for r in responses] == [200] * 50, [r.text for r in responses if r.status_code != 200][:3]
+    assert all("red" in r.json()["prompt"] for r in responses)
+    assert len(loads) == 1 and len(engines) == 1
+
+
+def test_a_request_waiting_for_the_queue_lock_does_not_block_the_server(server, image_b64):
+    with call_queue.queue_lock:  # the webui is generating an image
+        waiting = ThreadPoolExecutor(1).submit(httpx.post, server + EXTRACT, json={"image": image_b64}, timeout=60)
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert httpx.get(server + MODELS, timeout=10).status_code == 200
+        assert time.monotonic() - started < 2
+        assert not waiting.done()
+    assert waiting.result().status_code == 200
+
+
+def test_big_images_are_fine(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (2048, 1536), "red").save(buffer, format="JPEG")
+    response = client.post(EXTRACT, json={"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert response.status_code == 200, response.text

@@ -1,0 +1,95 @@
+"""A stand-in webui for the tests, built the way the real one builds itself.
+
+The stub `modules` package replaces the webui's; the extension's script is imported as
+modules/scripts.py imports it; txt2img and img2img are stand-ins with the real elem_ids and paste
+fields; the tabs are rendered as modules/ui.py renders them (in a user-chosen order), and the
+extension's javascript/ and style.css are put into the page as modules/ui_gradio_extensions.py does.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parents[2]
+STUB = Path(__file__).resolve().parent / "webui_stub"
+for path in (STUB, ROOT):  # the extension folder comes first on sys.path while its scripts import
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import gradio as gr  # noqa: E402
+
+from modules import infotext_utils, paths, script_callbacks, shared  # noqa: E402
+
+# The user moved the Easy Diffuser tab first and img2img before txt2img (Settings > User interface > Tabs order).
+TAB_ORDER = ("easy_diffuser", "img2img", "txt2img")
+
+
+def load_extension(args: list[str], models_path: Path) -> ModuleType:
+    """Start the webui with a command line: fresh settings, callbacks and script module (like Reload UI)."""
+    script_callbacks.clear_callbacks()
+    infotext_utils.paste_fields.clear()
+    shared.reset(args)
+    paths.models_path = str(models_path)
+    spec = importlib.util.spec_from_file_location("easy_diffuser_tab", ROOT / "scripts" / "easy_diffuser_tab.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    script_callbacks.ui_settings_callback()
+    return module
+
+
+def build_page() -> gr.Blocks:
+    with gr.Blocks(analytics_enabled=False) as txt2img:
+        prompt = gr.Textbox(label="Prompt", elem_id="txt2img_prompt", lines=3)
+        negative = gr.Textbox(label="Negative prompt", elem_id="txt2img_neg_prompt", lines=3)
+        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+        infotext_utils.add_paste_fields("txt2img", None, [(prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps")])
+    with gr.Blocks(analytics_enabled=False) as img2img:
+        prompt = gr.Textbox(label="Prompt", elem_id="img2img_prompt", lines=3)
+        negative = gr.Textbox(label="Negative prompt", elem_id="img2img_neg_prompt", lines=3)
+        with gr.Tabs(elem_id="mode_img2img"):
+            with gr.TabItem("Sketch", id="img2img_sketch", elem_id="img2img_img2img_sketch_tab"):
+                gr.Image(label="Sketch", elem_id="img2img_sketch", type="pil")
+            with gr.TabItem("img2img", id="img2img", elem_id="img2img_img2img_tab"):
+                init_img = gr.Image(label="Image for img2img", elem_id="img2img_image", type="pil", image_mode="RGBA")
+        infotext_utils.add_paste_fields("img2img", init_img, [(prompt, "Prompt"), (negative, "Negative prompt")])
+    built = [(txt2img, "txt2img", "txt2img"), (img2img, "img2img", "img2img"), *script_callbacks.ui_tabs_callback()]
+    interfaces = {ifid: (interface, label) for interface, label, ifid in built}
+    with gr.Blocks(analytics_enabled=False, title="Stable Diffusion") as demo:
+        with gr.Tabs(elem_id="tabs"):
+            for ifid in TAB_ORDER:
+                interface, label = interfaces[ifid]
+                with gr.TabItem(label, id=ifid, elem_id=f"tab_{ifid}"):
+                    interface.render()
+    return demo
+
+
+def inject_javascript_and_css() -> None:
+    """What reload_javascript() does: scripts before </head>, style sheets before </body>."""
+    scripts = [STUB / "script.js", *sorted((ROOT / "javascript").glob("*.js"))]
+    head = "".join(f"<script>{path.read_text()}</script>" for path in scripts)
+    css = f"<style>{(ROOT / 'style.css').read_text()}</style>"
+    original = getattr(gr.routes.templates, "easy_diffuser_original", gr.routes.templates.TemplateResponse)
+    gr.routes.templates.easy_diffuser_original = original
+
+    def template_response(*args, **kwargs):
+        response = original(*args, **kwargs)
+        response.body = response.body.replace(b"</head>", f"{head}</head>".encode()).replace(b"</body>", f"{css}</body>".encode())
+        response.init_headers()
+        return response
+
+    gr.routes.templates.TemplateResponse = template_response
+
+
+def serve(demo: gr.Blocks) -> str:
+    """Launch as webui.py does (queue(64), then on_app_started with the app); returns the page's URL."""
+    inject_javascript_and_css()
+    demo.queue(64)
+    app, local_url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    script_callbacks.app_started_callback(demo, app)
+    return local_url

@@ -1,0 +1,9 @@
+"""Stand-in for modules/sd_models.py: model_data.sd_model is the loaded checkpoint (None if none)."""
+
+
+class SdModelData:
+    def __init__(self):
+        self.sd_model = None
+
+
+model_data = SdModelData()

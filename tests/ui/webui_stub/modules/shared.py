@@ -1,0 +1,71 @@
+"""Stand-in for modules/shared.py (opts, cmd_opts) and OptionInfo/Options of modules/options.py."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[4]
+
+
+class OptionInfo:
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, refresh=None, comment_before='', comment_after='', infotext=None, restrict_api=False, category_id=None):
+        self.default = default
+        self.label = label
+        self.component = component
+        self.component_args = component_args
+        self.onchange = onchange
+        self.section = section
+        self.category_id = category_id
+        self.refresh = refresh
+
+
+class Options:
+    def __init__(self):
+        self.__dict__["data"] = {}
+        self.__dict__["data_labels"] = {}
+
+    def add_option(self, key, info):
+        self.data_labels[key] = info
+        if key not in self.data:
+            self.data[key] = info.default
+
+    def __setattr__(self, key, value):
+        if key not in self.data_labels:
+            raise AttributeError(f"no setting {key!r}")
+        self.data[key] = value
+
+    def __getattr__(self, item):
+        if item in self.data:
+            return self.data[item]
+        raise AttributeError(item)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The webui flags the extension reads (modules/cmd_args.py), then the extension's preload.py."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-half", action='store_true')
+    parser.add_argument("--medvram", action='store_true')
+    parser.add_argument("--lowvram", action='store_true')
+    parser.add_argument("--use-cpu", nargs='+', default=[], type=str.lower)
+    parser.add_argument("--hide-ui-dir-config", action='store_true', default=False)
+    parser.add_argument("--api", action='store_true')
+    parser.add_argument("--api-auth", type=str, default=None)
+    parser.add_argument("--nowebui", action='store_true')
+    spec = importlib.util.spec_from_file_location("preload", ROOT / "preload.py")
+    preload = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preload)
+    preload.preload(parser)
+    return parser
+
+
+def reset(args: list[str] = ()) -> None:
+    """A fresh start: new settings and a command line (the tests' way of restarting the webui)."""
+    global opts, cmd_opts
+    opts = Options()
+    cmd_opts = make_parser().parse_args(list(args))
+
+
+opts: Options
+cmd_opts: argparse.Namespace
+reset()
