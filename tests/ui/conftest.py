@@ -18,7 +18,7 @@ def draw_scene(path: Path, pixels: int = 256, **fixed) -> Path:
 
 @pytest.fixture(scope="session")
 def red_circle(tmp_path_factory) -> Path:
-    return draw_scene(tmp_path_factory.mktemp("images") / "red_circle.png", colour="red", shape="circle", background="white", size="large")
+    return draw_scene(tmp_path_factory.mktemp("images") / "red_circle.png", colour="red", shape="circle", background="gray", size="large")
 
 
 @pytest.fixture(scope="session")

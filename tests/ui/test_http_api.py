@@ -50,8 +50,9 @@ def test_extract_answers_prompts_and_scored_tags(client, image_b64):
     assert response.status_code == 200, response.text
     body = response.json()
     assert "red" in body["prompt"] and "circle" in body["prompt"]
-    assert body["negative_prompt"]
     assert {"tag", "score", "category", "role"} <= set(body["tags"][0])
+    negatives = [tag["tag"] for tag in body["tags"] if tag["role"] == "negative"]
+    assert body["negative_prompt"] == ", ".join(negatives)
     assert body["tau_source"]
 
 
