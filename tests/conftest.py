@@ -59,3 +59,17 @@ def shapes_engine(tmp_path_factory):
     from easy_diffuser.engine import Engine
 
     return Engine("shapes-demo", "cpu", cache_dir=tmp_path_factory.mktemp("shapes-cache"))
+
+
+def draw_scene(path: Path, pixels: int = 256, **fixed) -> Path:
+    import random
+
+    from easy_diffuser.shapes.world import draw, random_scene
+
+    draw(random_scene(random.Random(0), **fixed), pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def shapes_red_circle(tmp_path) -> Path:
+    return draw_scene(tmp_path / "red_circle.png", colour="red", shape="circle", background="gray")
