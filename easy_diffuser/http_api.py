@@ -11,15 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 from secrets import compare_digest
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, Field, StrictBool, StrictStr, confloat, conint
 
+from .captioner import CAPTIONERS, CaptionOptions
 from .engine import ExtractOptions
 from .images import ImageError, load_image
 from .models import REGISTRY, ModelError
+from .session import captioner_spec
 from .ui_helpers import Service
 
 PREFIX = "/easy-diffuser/v1"
@@ -36,6 +38,10 @@ class ExtractRequest(BaseModel):
     negatives: conint(strict=True, ge=0, le=75) = DEFAULTS.negatives
     quality_negatives: conint(strict=True, ge=0, le=75) = DEFAULTS.quality_negatives
     weights: StrictBool = False
+    caption: Union[StrictBool, StrictStr] = Field(False, description="caption first: true (BLIP base), a captioner id, or false")
+    caption_beams: conint(strict=True, ge=1, le=16) = CaptionOptions.beams
+    caption_min_length: conint(strict=True, ge=0, le=75) = CaptionOptions.min_length
+    caption_max_length: conint(strict=True, ge=1, le=75) = CaptionOptions.max_length
 
 
 class TagOut(BaseModel):
@@ -53,6 +59,7 @@ class ExtractResponse(BaseModel):
     model: str
     tau: float
     tau_source: str
+    caption: str
 
 
 class ModelOut(BaseModel):
@@ -80,6 +87,9 @@ def add_routes(
         image = _decode_image(request.image)
         if request.model is not None and request.model not in choices():
             raise HTTPException(status_code=400, detail=f"model {request.model!r} is not one of {', '.join(choices())}")
+        if request.caption not in (True, False) and request.caption not in CAPTIONERS:
+            # Any other id would make the server download whatever a client names.
+            raise HTTPException(status_code=400, detail=f"caption {request.caption!r} is not one of true, false, {', '.join(CAPTIONERS)}")
         options = ExtractOptions(
             max_tags=request.max_tags,
             max_per_category=request.max_per_category,
@@ -87,6 +97,10 @@ def add_routes(
             negatives=request.negatives,
             quality_negatives=request.quality_negatives,
             weights=request.weights,
+            caption=captioner_spec(request.caption),
+            caption_beams=request.caption_beams,
+            caption_min_length=request.caption_min_length,
+            caption_max_length=request.caption_max_length,
         )
         try:
             return service.run(lambda engine: engine.extract(image, options), model=request.model).to_dict()

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 import torch
 
 from .batch import BatchSummary
+from .captioner import CaptionOptions
 from .embedding import ProgressFn
 from .engine import Engine, ExtractOptions, Extraction
 from .models import LoadedModel, load_model, unload_models
@@ -40,6 +41,7 @@ class Placement:
     dtype: torch.dtype
     acquire: Callable[[LoadedModel], None]  # before a use: make room, put the model on `device`
     release: Callable[[LoadedModel], None]  # after a use: move it off unless the user keeps it
+    keep_in_vram: bool = False  # the captioner, too, stays on the device between uses
 
 
 class Service:
@@ -81,6 +83,7 @@ class Service:
                 # The model is already on its device, so the first-use vocabulary encoding runs there.
                 self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
                 self._spec = spec
+            self._engine.keep_in_vram = placement.keep_in_vram
             return work(self._engine)
         finally:
             placement.release(loaded)
@@ -91,15 +94,20 @@ class Service:
 
 
 def extract_options(
-    max_tags: float, auto_tau: bool, tau: float, weights: bool, quality_negatives: float, negatives: int
+    max_tags: float, auto_tau: bool, tau: float, weights: bool, quality_negatives: float, negatives: int,
+    caption: Optional[str] = None, caption_options: CaptionOptions = CaptionOptions(),
 ) -> ExtractOptions:
-    """The tab's control values (sliders give floats) as ExtractOptions."""
+    """The tab's control values (sliders give floats) as ExtractOptions; caption: a captioner, or None for tags only."""
     return ExtractOptions(
         max_tags=int(max_tags),
         tau=None if auto_tau else float(tau),
         weights=bool(weights),
         quality_negatives=int(quality_negatives),
         negatives=int(negatives),
+        caption=caption or None,
+        caption_beams=caption_options.beams,
+        caption_min_length=caption_options.min_length,
+        caption_max_length=caption_options.max_length,
     )
 
 

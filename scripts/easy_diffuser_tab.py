@@ -25,6 +25,7 @@ except ImportError:  # webui before 1.8
 
 from easy_diffuser import http_api, ui_helpers
 from easy_diffuser.batch import BatchSummary, caption_folder
+from easy_diffuser.captioner import CAPTIONERS, DEFAULT_CAPTIONER, CaptionOptions
 from easy_diffuser.engine import Engine, ExtractOptions
 from easy_diffuser.images import ImageError
 from easy_diffuser.models import LoadedModel, ModelError, default_dtype, list_models
@@ -70,9 +71,10 @@ def weights_folder() -> Path:
 def placement() -> ui_helpers.Placement:
     device = _device()
     dtype = torch.float32 if shared.cmd_opts.no_half else default_dtype(device)
+    keep = shared.opts.easy_diffuser_keep_in_vram
     if memory_management is not None:
-        return ui_helpers.Placement(device, dtype, partial(_forge.acquire, device), _forge.release)
-    return ui_helpers.Placement(device, dtype, partial(_acquire, device, dtype), _release)
+        return ui_helpers.Placement(device, dtype, partial(_forge.acquire, device), _forge.release, keep)
+    return ui_helpers.Placement(device, dtype, partial(_acquire, device, dtype), _release, keep)
 
 
 def _device() -> torch.device:
@@ -132,19 +134,27 @@ def _reporter(progress: gr.Progress, desc: str, unit: str) -> Callable[[int, int
     return lambda done, total: progress((done, total), desc=desc, unit=unit)
 
 
-def _options(max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float) -> ExtractOptions:
-    return ui_helpers.extract_options(max_tags, auto_tau, tau, weights, quality, shared.opts.easy_diffuser_negatives)
+def _options(
+    max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float, caption_on: bool, caption_model: str
+) -> ExtractOptions:
+    opts = shared.opts
+    decoding = CaptionOptions(opts.easy_diffuser_caption_beams, opts.easy_diffuser_caption_min_length, opts.easy_diffuser_caption_max_length)
+    captioner = caption_model if caption_on else None
+    return ui_helpers.extract_options(max_tags, auto_tau, tau, weights, quality, opts.easy_diffuser_negatives, captioner, decoding)
 
 
 def extract(
     image: Optional[Image.Image], max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
-    tags: list[TagScore], progress: gr.Progress = gr.Progress(),
+    caption_on: bool, caption_model: str, tags: list[TagScore], progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     """-> prompt, negative prompt, tag bars, status, tau slider, tags."""
     unchanged = (gr.update(), gr.update(), gr.update())
     if image is None:
         return (*unchanged, ui_helpers.error_html("Drop an image first."), gr.update(), tags)
-    options = _options(max_tags, auto_tau, tau, weights, quality)
+    try:
+        options = _options(max_tags, auto_tau, tau, weights, quality, caption_on, caption_model)
+    except ValueError as error:  # caption lengths that contradict each other
+        return (*unchanged, ui_helpers.error_html(str(error)), gr.update(), tags)
     progress(0, desc="Loading the CLIP model")
     try:
         result = service.run(lambda engine: engine.extract(image, options), progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
@@ -156,11 +166,11 @@ def extract(
 
 def extract_on_drop(
     image: Optional[Image.Image], max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
-    tags: list[TagScore], progress: gr.Progress = gr.Progress(),
+    caption_on: bool, caption_model: str, tags: list[TagScore], progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     if not shared.opts.easy_diffuser_extract_on_drop:
         return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), tags
-    return extract(image, max_tags, auto_tau, tau, weights, quality, tags, progress)
+    return extract(image, max_tags, auto_tau, tau, weights, quality, caption_on, caption_model, tags, progress)
 
 
 def click_tag(tag: str, tags: list[TagScore], weights: bool) -> tuple:
@@ -175,12 +185,15 @@ def toggle_weights(tags: list[TagScore], weights: bool) -> tuple:
 
 def caption(
     folder: str, recursive: bool, overwrite: bool, max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
-    progress: gr.Progress = gr.Progress(),
+    caption_on: bool, caption_model: str, progress: gr.Progress = gr.Progress(),
 ) -> str:
     if not folder.strip():
         return ui_helpers.error_html("Enter the folder to caption.")
     _stop_batch.clear()
-    options = _options(max_tags, auto_tau, tau, weights, quality)
+    try:
+        options = _options(max_tags, auto_tau, tau, weights, quality, caption_on, caption_model)
+    except ValueError as error:
+        return ui_helpers.error_html(str(error))
     images = _reporter(progress, "Captioning", "images")
 
     def work(engine: Engine) -> BatchSummary:
@@ -220,6 +233,11 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                     weights = gr.Checkbox(value=opts.easy_diffuser_weights, label="Weights", elem_id="easy_diffuser_weights")
                 tau = gr.Slider(0, 4, value=1.0, step=0.05, label="tau: relevance a tag needs to be a negative candidate", elem_id="easy_diffuser_tau")
                 quality = gr.Slider(0, 16, value=opts.easy_diffuser_quality_negatives, step=1, label="Quality negatives", elem_id="easy_diffuser_quality")
+                with gr.Row():
+                    caption_on = gr.Checkbox(value=opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption")
+                    caption_model = gr.Dropdown(
+                        list(CAPTIONERS), value=opts.easy_diffuser_caption_model, label="Captioner", elem_id="easy_diffuser_caption_model"
+                    )
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="easy_diffuser_prompt")
                 negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="easy_diffuser_neg_prompt")
@@ -232,7 +250,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                 clicked = gr.Textbox(elem_id="easy_diffuser_clicked_tag", elem_classes=["easy-diffuser-hidden"], show_label=False)
                 click = gr.Button("tag", elem_id="easy_diffuser_tag_click", elem_classes=["easy-diffuser-hidden"])
         tags = gr.State([])
-        controls = [max_tags, auto_tau, tau, weights, quality]
+        controls = [max_tags, auto_tau, tau, weights, quality, caption_on, caption_model]
         results = [prompt, negative, bars, status, tau, tags]
         extract_button.click(extract, inputs=[image, *controls, tags], outputs=results)
         image.upload(extract_on_drop, inputs=[image, *controls, tags], outputs=results)
@@ -286,6 +304,11 @@ def on_ui_settings() -> None:
     add("negatives", 8, "Tags in the negative prompt (besides the quality negatives)", gr.Slider, count)
     add("quality_negatives", 6, "Default number of standard quality negatives", gr.Slider, {**count, "maximum": 16})
     add("weights", False, "Weights on by default")
+    add("caption", False, "Caption the image before the tags (BLIP or GIT; needs transformers, which the webui has)")
+    add("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)})
+    add("caption_beams", CaptionOptions.beams, "Captioner beams", gr.Slider, {"minimum": 1, "maximum": 8, "step": 1})
+    add("caption_min_length", CaptionOptions.min_length, "Caption minimum length (tokens)", gr.Slider, {"minimum": 0, "maximum": 40, "step": 1})
+    add("caption_max_length", CaptionOptions.max_length, "Caption maximum length (tokens)", gr.Slider, {"minimum": 5, "maximum": 75, "step": 1})
 
 
 def on_app_started(demo: Optional[gr.Blocks], app: Any) -> None:

@@ -21,6 +21,8 @@ from modules import call_queue, devices, lowvram, sd_models, shared  # noqa: E40
 
 ROOT = Path(__file__).resolve().parents[2]
 
+NO_CAPTION = (False, "Salesforce/blip-image-captioning-base")  # the tab's "Caption first" off
+
 
 @pytest.fixture
 def webui(models_path, shapes_model, monkeypatch):
@@ -200,12 +202,12 @@ def test_first_use_shows_progress_while_the_vocabulary_is_encoded(webui, red_cir
     module = webui("--easy-diffuser-model-path", str(tmp_path / "fresh"))
     image = Image.open(red_circle)
     first = Progress()
-    prompt, negative, bars, status, tau, tags = module.extract(image, 24, True, 1.0, False, 6, [], first)
+    prompt, negative, bars, status, tau, tags = module.extract(image, 24, True, 1.0, False, 6, *NO_CAPTION, [], first)
     assert "red" in prompt and "easy-diffuser-tag" in bars and tags
     encoding = [value for value, desc in first.calls if desc == module.VOCABULARY_PROGRESS]
     assert encoding and encoding[-1][0] == encoding[-1][1]  # (done, total), finished
     again = Progress()
-    module.extract(image, 24, True, 1.0, False, 6, [], again)
+    module.extract(image, 24, True, 1.0, False, 6, *NO_CAPTION, [], again)
     assert all(desc != module.VOCABULARY_PROGRESS for _, desc in again.calls)  # cached now
 
 
@@ -213,10 +215,10 @@ def test_no_image_and_bad_weights_are_messages(webui, red_circle, tmp_path):
     from PIL import Image
 
     module = webui()
-    *_, status, _, tags = module.extract(None, 24, True, 1.0, False, 6, ["kept"], Progress())
+    *_, status, _, tags = module.extract(None, 24, True, 1.0, False, 6, *NO_CAPTION, ["kept"], Progress())
     assert "Drop an image first" in status and tags == ["kept"]
     shared.opts.easy_diffuser_model = str(tmp_path / "missing.safetensors")
-    *_, status, _, _ = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, [], Progress())
+    *_, status, _, _ = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, *NO_CAPTION, [], Progress())
     assert "easy-diffuser-error" in status and "missing.safetensors" in status
 
 
@@ -224,7 +226,7 @@ def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts(webui, red_circle
     from PIL import Image
 
     module = webui()
-    prompt, _, _, _, _, tags = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, [], Progress())
+    prompt, _, _, _, _, tags = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, *NO_CAPTION, [], Progress())
     first = tags[0].tag
     prompt2, negative2, bars2, tags2 = module.click_tag(first, tags, False)
     assert first not in prompt2.split(", ") and negative2.split(", ")[0] == first  # tags keep their order
@@ -250,14 +252,14 @@ def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypat
         return (lambda done, total: (report(done, total), module._stop_batch.set())) if desc == "Captioning" else report
 
     monkeypatch.setattr(module, "_reporter", reporter)
-    stopped = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, stop_after_first_chunk)
+    stopped = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, *NO_CAPTION, stop_after_first_chunk)
     assert "(stopped)" in stopped and len(list(folder.glob("*.txt"))) == 8
     monkeypatch.setattr(module, "_reporter", original)
-    done = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, Progress())
+    done = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, *NO_CAPTION, Progress())
     assert "2 captioned, 8 already captioned, 1 failed" in done and "broken.png" in done
     assert "blue" in (folder / "9.txt").read_text()
-    assert "Enter the folder" in module.caption("  ", False, False, 8, True, 1.0, False, 0, Progress())
-    assert "no such folder" in module.caption(str(tmp_path / "nope"), False, False, 8, True, 1.0, False, 0, Progress())
+    assert "Enter the folder" in module.caption("  ", False, False, 8, True, 1.0, False, 0, *NO_CAPTION, Progress())
+    assert "no such folder" in module.caption(str(tmp_path / "nope"), False, False, 8, True, 1.0, False, 0, *NO_CAPTION, Progress())
 
 
 def elem_ids(demo: gr.Blocks) -> set:

@@ -81,6 +81,8 @@ def test_models_lists_the_choices_and_what_auto_means(client, shapes_model):
         ({"image": "aGk=", "max_tags": 0}, 422, None),
         ({"image": "aGk=", "weights": "yes"}, 422, None),
         ({"image": "aGk=", "tau": "high"}, 422, None),
+        ({"image": "aGk=", "caption_beams": 0}, 422, None),
+        ({"image": "aGk=", "caption": 3}, 422, None),
     ],
 )
 def test_bad_input_gets_a_4xx_json_answer(client, payload, status, detail):
@@ -94,6 +96,12 @@ def test_bad_input_gets_a_4xx_json_answer(client, payload, status, detail):
 def test_a_body_that_is_not_json_is_refused(client):
     response = client.post(EXTRACT, content=b"\x89PNG...", headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 422) and response.json()  # fastapi 0.94 says 400, 0.104 says 422
+
+
+def test_only_listed_captioners_can_be_asked_for(client, image_b64):
+    response = client.post(EXTRACT, json={"image": image_b64, "caption": "someone/any-hub-model"})
+    assert response.status_code == 400 and "is not one of true, false, Salesforce/blip" in response.json()["detail"]
+    assert client.post(EXTRACT, json={"image": image_b64, "caption": False}).json()["caption"] == ""
 
 
 def test_an_unknown_model_is_refused_before_any_loading(client, image_b64):
