@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .files import safe_name
-from .models import DEFAULT_CACHE_DIR, ModelError, _weights_only_torch_load, default_dtype
+from .models import DEFAULT_CACHE_DIR, LoadOnce, ModelError, _weights_only_torch_load, default_dtype
 from .selection import TOKEN_BUDGET, TagScore
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -107,10 +107,6 @@ def list_captioners() -> list[str]:
     return list(CAPTIONERS)
 
 
-_cache: dict[tuple, Captioner] = {}
-_cache_lock = threading.Lock()
-
-
 def load_captioner(
     spec: str = DEFAULT_CAPTIONER,
     device: str | torch.device = "cpu",
@@ -118,19 +114,12 @@ def load_captioner(
     cache_dir: str | os.PathLike | None = None,
 ) -> Captioner:
     """Load a captioner once per (spec, cache folder) and reuse it; move it to `device`/`dtype`."""
-    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
-    key = (spec, str(cache_dir))
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = _load(spec, cache_dir)
-        captioner = _cache[key]
-    return captioner.to(device, dtype)
+    return _loaded(spec, Path(cache_dir or DEFAULT_CACHE_DIR)).to(device, dtype)
 
 
 def unload_captioners() -> None:
     """Forget every loaded captioner so its memory can be freed."""
-    with _cache_lock:
-        _cache.clear()
+    _loaded.clear()
 
 
 def placed_folder(model_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -158,6 +147,9 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
             f"Without network: download the files of https://huggingface.co/{spec} (config.json, model.safetensors, "
             f"and the tokenizer and preprocessor files) into {placed}, or pass a local model folder as the captioner"
         ) from error
+
+
+_loaded: LoadOnce[Captioner] = LoadOnce(_load)
 
 
 def _load_folder(folder: Path, model_id: str) -> Captioner:

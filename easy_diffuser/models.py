@@ -20,7 +20,7 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 
@@ -31,6 +31,9 @@ WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 # Keys OpenAI's checkpoints carry beside the weights (open_clip drops them the same way).
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+T = TypeVar("T")
 
 
 class ModelError(RuntimeError):
@@ -89,8 +92,24 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-_cache: dict[tuple, LoadedModel] = {}
-_cache_lock = threading.Lock()
+class LoadOnce(Generic[T]):
+    """Loads each (spec, cache folder) once per process and hands out the same object afterwards."""
+
+    def __init__(self, load: Callable[[str, Path], T]) -> None:
+        self._load = load
+        self._loaded: dict[tuple[str, str], T] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, spec: str, cache_dir: Path) -> T:
+        key = (spec, str(cache_dir))
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = self._load(spec, cache_dir)
+            return self._loaded[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
 
 
 def load_model(
@@ -100,20 +119,12 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a model once per (spec, cache folder) and reuse it; move it to `device`/`dtype`."""
-    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
-    dtype = dtype or default_dtype(device)
-    key = (spec, str(cache_dir))
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = _load(spec, cache_dir)
-        loaded = _cache[key]
-    return loaded.to(device, dtype)
+    return _loaded(spec, Path(cache_dir or DEFAULT_CACHE_DIR)).to(device, dtype or default_dtype(device))
 
 
 def unload_models() -> None:
     """Forget every loaded model so its memory can be freed."""
-    with _cache_lock:
-        _cache.clear()
+    _loaded.clear()
 
 
 def _load(spec: str, cache_dir: Path) -> LoadedModel:
@@ -131,6 +142,9 @@ def _load(spec: str, cache_dir: Path) -> LoadedModel:
         f"unknown model {spec!r}: use one of {', '.join(REGISTRY)}, an open_clip ARCH/TAG pair, "
         "a model folder or a checkpoint file path"
     )
+
+
+_loaded: LoadOnce[LoadedModel] = LoadOnce(_load)
 
 
 def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
