@@ -16,7 +16,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from modules import call_queue, devices, lowvram, paths, script_callbacks, sd_models, shared
+from modules import call_queue, devices, lowvram, paths, script_callbacks, sd_models, shared, ui_components
 
 try:
     from modules.infotext_utils import paste_fields
@@ -297,7 +297,9 @@ def on_ui_settings() -> None:
 
     count = {"minimum": 0, "maximum": 32, "step": 1}
     add("model", ui_helpers.AUTO, "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai; --easy-diffuser-model overrides)",
-        gr.Dropdown, {"choices": [ui_helpers.AUTO, *list_models()], "allow_custom_value": True})
+        # The webui's own editable dropdown: gradio 3's Dropdown.update() rejects allow_custom_value, and the
+        # webui calls update(**args) for every setting at page load, so that argument breaks the whole Settings page.
+        ui_components.DropdownEditable, {"choices": [ui_helpers.AUTO, *list_models()]})
     add("keep_in_vram", False, "Keep the CLIP model in VRAM between uses (faster, but the VRAM stays taken during generation)")
     add("extract_on_drop", True, "Extract as soon as an image is dropped")
     add("max_tags", 24, "Default number of tags", gr.Slider, {**count, "minimum": 1, "maximum": 75})

@@ -59,6 +59,24 @@ def test_settings_are_registered_in_their_section(webui):
     assert shared.opts.easy_diffuser_keep_in_vram is False
 
 
+def test_every_setting_survives_the_settings_page_refresh(webui):
+    """The webui builds each setting as component(label, value, elem_id, **args) and, at every page load,
+    sends gr.update(value, **args) to it (modules/ui_settings.py); under gradio 3 that is Component.update(**args).
+    One argument the update rejects breaks the whole Settings page, not just ours."""
+    import gradio as gr
+
+    webui()
+    for key, info in shared.opts.data_labels.items():
+        if not key.startswith("easy_diffuser_"):
+            continue
+        component_class = info.component or {bool: gr.Checkbox, int: gr.Number, str: gr.Textbox}[type(info.default)]
+        args = info.component_args or {}
+        with gr.Blocks():
+            component_class(label=info.label, value=info.default, elem_id=f"setting_{key}", **args)
+        if hasattr(component_class, "update"):  # gradio 3; gradio 4 re-creates the component from the same args
+            component_class.update(value=info.default, **args)
+
+
 def test_the_model_flag_overrides_the_setting_and_the_weights_go_under_models(webui, models_path, tmp_path):
     module = webui()
     assert module.weights_folder() == models_path / "easy_diffuser"

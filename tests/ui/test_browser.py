@@ -152,7 +152,9 @@ def test_weights_that_cannot_be_had_give_a_message_not_a_traceback(page, red_cir
     shared.opts.easy_diffuser_model = str(tmp_path / "ViT-L-14-openai.safetensors")
     try:
         page.click("#easy_diffuser_extract")
-        expect(page.locator("#easy_diffuser_status .easy-diffuser-error")).to_contain_text("no such checkpoint file")
+        error = page.locator("#easy_diffuser_status .easy-diffuser-error")
+        expect(error).to_contain_text("no such checkpoint file")
+        expect(error).to_have_css("color", "rgb(220, 38, 38)")  # red, over gradio's own text colour
     finally:
         shared.opts.easy_diffuser_model = shapes_model
     assert "Traceback" not in page.content()
