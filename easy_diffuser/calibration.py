@@ -1,0 +1,385 @@
+"""Learn the negative-prompt threshold tau by the round trip: extract -> generate -> compare.
+
+For every image of a folder and every setting (tau, number of negatives) of a sweep: extract the
+prompts, generate an image from them with a fixed seed, and score the generated image against
+the source with metric.py's BCE. The setting with the lowest mean loss wins; its tau is written to
+`{cache_dir}/calibration/{model}.json`, which Engine.resolve_tau uses from then on.
+
+    python -m easy_diffuser calibrate FOLDER --model shapes-demo --generator shapes
+
+Cheap and resumable: settings that give the same prompts for an image share one generation (most
+do), and every finished generation's loss is kept in `{model}.partial.json`, saved as it goes, so
+a rerun (after Stop, a crash, or with more taus) only generates what is missing.
+
+The positive prompt matters: if it already names everything the image shows, a negative prompt
+has nothing left to decide and every tau scores the same. Calibrate with the number of positive
+tags the model's defaults give as "calibration_tags" (shapes-demo: 2, so colour and shape are named
+and background and size are left to the negative prompt), else the usual ExtractOptions.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image
+from tqdm import tqdm
+
+from .batch import find_images
+from .embedding import ProgressFn
+from .engine import Engine, ExtractOptions, calibration_path
+from .files import write_text_atomically
+from .generators import GenerationStopped, Generator, make_generator
+from .images import ImageError, load_image
+from .metric import Embedded, Metric
+from .models import DEFAULT_MODEL, ModelError
+
+# tau is a z-score over the vocabulary; below -1 the "relevant subset" is most of the vocabulary,
+# which is the whole-vocabulary rule the product rejects, so the sweep starts there.
+DEFAULT_TAUS = tuple(x / 4 for x in range(-4, 11))  # -1.0, -0.75, ..., 2.5
+DEFAULT_NEGATIVES = (1, 2, 3, 4, 6, 8)
+WHOLE_VOCABULARY = float("-inf")  # tau that makes every tag "relevant": the lowest of the whole vocabulary
+CHUNK = 16  # generations per metric forward pass (and per save of the partial results)
+EXTRACT_BATCH = 64  # images per extraction pass: few passes, yet a big folder never fills the GPU
+NO_NEGATIVES = "no negative prompt"
+WHOLE_VOCABULARY_LABEL = "whole-vocabulary lowest"
+
+
+@dataclass(frozen=True)
+class Setting:
+    tau: float
+    negatives: int
+    label: str = ""  # empty for the sweep; a baseline's name otherwise
+
+    def describe(self) -> str:
+        return self.label or f"tau {self.tau:g}, {self.negatives} negatives"
+
+    def options(self, base: ExtractOptions) -> ExtractOptions:
+        if self.label == NO_NEGATIVES:
+            return replace(base, tau=self.tau, negatives=0, quality_negatives=0)
+        return replace(base, tau=self.tau, negatives=self.negatives)
+
+
+@dataclass
+class Row:
+    """One setting measured over all images."""
+
+    setting: Setting
+    loss: float  # mean BCE over the images
+    cosine: float  # mean image-image cosine
+    losses: list[float]
+    prompts: list[tuple[str, str]]  # (prompt, negative prompt) per image
+
+    def to_dict(self) -> dict:
+        tau = None if math.isinf(self.setting.tau) else self.setting.tau
+        return {"tau": tau, "negatives": self.setting.negatives, "label": self.setting.label,
+                "loss": round(self.loss, 5), "cosine": round(self.cosine, 5)}
+
+
+@dataclass
+class Calibration:
+    model: str
+    generator: str
+    rows: list[Row]  # the sweep
+    baselines: list[Row]  # no negative prompt; whole-vocabulary lowest at each number of negatives
+    best: Row | None
+    images: list[Path]
+    seed: int = 0
+    stopped: bool = False
+    path: Path | None = None  # the calibration JSON, once written
+    report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def tau(self) -> float | None:
+        return self.best.setting.tau if self.best else None
+
+
+class PartialResults:
+    """Loss and cosine of every generation done so far, on disk, so a rerun resumes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, list[float]] = {}
+        if path and path.is_file():
+            try:
+                self.entries = dict(json.loads(path.read_text())["entries"])
+            except (OSError, ValueError, KeyError, TypeError):
+                self.entries = {}  # a damaged partial file only costs the work it held
+
+    def save(self) -> None:
+        if self.path:
+            write_text_atomically(self.path, json.dumps({"entries": self.entries}))
+
+
+@dataclass(frozen=True)
+class _Job:
+    key: str
+    image: int
+    prompt: str
+    negative: str
+    seed: int
+
+
+def image_key(image: Image.Image) -> str:
+    """Identity of an image by its pixels, so renamed or moved files keep their results."""
+    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()[:16]
+
+
+def image_seed(key: str, seed: int) -> int:
+    """A fixed generation seed per image (the same for every setting: paired comparisons)."""
+    return seed + int(key[:7], 16)
+
+
+def measure(
+    engine: Engine,
+    images: Sequence[Image.Image],
+    generator: Generator,
+    settings: Sequence[Setting],
+    options: ExtractOptions,
+    metric: Metric | None = None,
+    seed: int = 0,
+    partial: PartialResults | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[list[Row], bool]:
+    """Each setting's mean loss over the images; (rows, stopped). Rows are empty if stopped."""
+    metric = metric or Metric(engine)
+    partial = partial or PartialResults(None)
+    keys = [image_key(image) for image in images]
+    prompts = {s: _prompts(engine, images, s.options(options)) for s in settings}
+    jobs = {job.key: job for s in settings for job in _jobs(prompts[s], keys, generator, metric, seed)}
+    stopped = _run_jobs(list(jobs.values()), images, generator, metric, partial, progress, should_stop)
+    if stopped:
+        return [], True
+    rows = []
+    for setting in settings:
+        results = [partial.entries[job.key] for job in _jobs(prompts[setting], keys, generator, metric, seed)]
+        losses = [loss for loss, _ in results]
+        cosine = sum(c for _, c in results) / len(results)
+        rows.append(Row(setting, sum(losses) / len(losses), cosine, losses, prompts[setting]))
+    return rows, False
+
+
+def _prompts(engine: Engine, images: Sequence[Image.Image], options: ExtractOptions) -> list[tuple[str, str]]:
+    out = []
+    for start in range(0, len(images), EXTRACT_BATCH):
+        out += [(e.prompt, e.negative_prompt) for e in engine.extract_many(images[start : start + EXTRACT_BATCH], options)]
+    return out
+
+
+def _jobs(prompts: list[tuple[str, str]], keys: list[str], generator: Generator, metric: Metric, seed: int) -> list[_Job]:
+    jobs = []
+    fingerprint = metric.fingerprint
+    for index, ((prompt, negative), key) in enumerate(zip(prompts, keys)):
+        generation_seed = image_seed(key, seed)
+        # Everything that changes the loss is in the key, so a cached loss is never stale.
+        identity = [generator.name, fingerprint, key, prompt, negative, generation_seed]
+        job_key = hashlib.sha1(json.dumps(identity).encode()).hexdigest()
+        jobs.append(_Job(job_key, index, prompt, negative, generation_seed))
+    return jobs
+
+
+def _run_jobs(jobs, images, generator, metric, partial, progress, should_stop) -> bool:
+    """Generate and score the jobs not done yet, a chunk at a time; True if stopped."""
+    pending = [job for job in jobs if job.key not in partial.entries]
+    sources = metric.embed(images) if pending else None
+    done = len(jobs) - len(pending)
+    if progress:
+        progress(done, len(jobs))
+    for start in range(0, len(pending), CHUNK):
+        chunk, generated = pending[start : start + CHUNK], []
+        try:
+            stopped = _generate(chunk, generator, should_stop, generated)
+        finally:  # on Stop or an error too: what was generated is scored and kept
+            if generated:
+                _score(chunk[: len(generated)], generated, sources, metric, partial)
+                partial.save()
+        done += len(generated)
+        if progress:
+            progress(done, len(jobs))
+        if stopped:
+            return True
+    return False
+
+
+def _generate(chunk: list[_Job], generator: Generator, should_stop: Callable[[], bool], out: list[Image.Image]) -> bool:
+    """Append each job's image to `out`; True if stopped before the chunk was done."""
+    for job in chunk:
+        if should_stop():
+            return True
+        try:
+            out.append(generator.generate(job.prompt, job.negative, job.seed))
+        except GenerationStopped:
+            return True
+    return False
+
+
+def _score(chunk: list[_Job], generated: list[Image.Image], sources: Embedded, metric: Metric, partial: PartialResults) -> None:
+    rows = [job.image for job in chunk]
+    source = Embedded(sources.embeddings[rows], sources.probabilities[rows])
+    loss, cosine = metric.compare(source, metric.embed(generated))
+    for job, job_loss, job_cosine in zip(chunk, loss.tolist(), cosine.tolist()):
+        partial.entries[job.key] = [job_loss, job_cosine]
+
+
+def best_row(rows: Sequence[Row]) -> Row:
+    """The lowest loss; ties (settings that gave the same prompts) go to the middle tau of the tie."""
+    lowest = min(row.loss for row in rows)
+    tied = [row for row in rows if row.loss <= lowest + 1e-9]
+    fewest = min(row.setting.negatives for row in tied)
+    tied = sorted((row for row in tied if row.setting.negatives == fewest), key=lambda row: row.setting.tau)
+    return tied[(len(tied) - 1) // 2]  # the middle of a plateau is farthest from both failure modes
+
+
+def calibration_options(engine: Engine) -> ExtractOptions:
+    """Positive tags for calibrating: the model's "calibration_tags" default, else the usual count."""
+    tags = int(engine.loaded.defaults.get("calibration_tags", ExtractOptions.max_tags))
+    return ExtractOptions(max_tags=tags)
+
+
+def load_folder(folder: Path) -> tuple[list[Image.Image], list[Path]]:
+    """The folder's readable images; unreadable ones are reported and skipped."""
+    images, paths = [], []
+    for path in find_images(folder):
+        try:
+            images.append(load_image(path))
+            paths.append(path)
+        except ImageError as error:
+            print(f"skipped: {error}", file=sys.stderr)
+    if not images:
+        raise ValueError(f"{folder}: no readable images to calibrate on")
+    return images, paths
+
+
+def calibrate(
+    engine: Engine,
+    folder: str | Path,
+    generator: Generator,
+    taus: Sequence[float] = DEFAULT_TAUS,
+    negatives: Sequence[int] = DEFAULT_NEGATIVES,
+    options: ExtractOptions | None = None,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    report: bool = True,
+) -> Calibration:
+    """Sweep, pick the lowest loss, write the calibration JSON (and report) unless stopped."""
+    images, paths = load_folder(Path(folder))
+    # No captioner: it would run again for every setting, and tau only moves the tags.
+    options = replace(options or calibration_options(engine), caption=None)
+    target = calibration_path(engine.cache_dir, engine.model_id)
+    if out_dir:
+        target = Path(out_dir) / target.name
+    partial = PartialResults(target.with_suffix(".partial.json"))
+    sweep = [Setting(t, n) for n in negatives for t in taus]
+    # The baselines cost a few generations more and let the report say what calibration bought.
+    baselines = [Setting(0.0, 0, NO_NEGATIVES)] + [Setting(WHOLE_VOCABULARY, n, WHOLE_VOCABULARY_LABEL) for n in negatives]
+    metric = Metric(engine)
+    rows, stopped = measure(engine, images, generator, sweep + baselines, options, metric, seed, partial, progress, should_stop)
+    if stopped:
+        return Calibration(engine.model_id, generator.name, [], [], None, paths, seed, stopped=True)
+    rows, baseline_rows = rows[: len(sweep)], rows[len(sweep) :]
+    best = best_row(rows)
+    result = Calibration(engine.model_id, generator.name, rows, baseline_rows, best, paths, seed)
+    if report:
+        from .calibration_report import write_report  # matplotlib and drawing only when reporting
+
+        result.report = write_report(result, images, generator, target)
+    _write(result, target, options, seed, metric)
+    return result
+
+
+def _write(result: Calibration, target: Path, options: ExtractOptions, seed: int, metric: Metric) -> None:
+    assert result.best is not None
+    data = {
+        "tau": result.best.setting.tau,
+        "negatives": result.best.setting.negatives,
+        "loss": round(result.best.loss, 5),
+        "model": result.model,
+        "generator": result.generator,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "images": len(result.images),
+        "folder": str(result.images[0].parent.resolve()),
+        "seed": seed,
+        "positive_tags": options.max_tags,
+        "probabilities": metric.calibration.to_dict(),
+        "table": [row.to_dict() for row in result.rows],
+        "baselines": [row.to_dict() for row in result.baselines],
+        "report": {name: str(path) for name, path in result.report.items()},
+    }
+    write_text_atomically(target, json.dumps(data, indent=2) + "\n")
+    result.path = target
+
+
+def table_text(rows: Sequence[Row]) -> str:
+    lines = ["| setting | loss (BCE) | image cosine |", "|---|---|---|"]
+    lines += [f"| {row.setting.describe()} | {row.loss:.4f} | {row.cosine:.4f} |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- command line: python -m easy_diffuser calibrate FOLDER ... -----------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="easy-diffuser calibrate", description="Learn the negative-prompt tau of a model by generating from extracted prompts and comparing.")
+    parser.add_argument("folder", type=Path, help="images to calibrate on")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name, ARCH/TAG, model folder or checkpoint file")
+    parser.add_argument("--generator", default="shapes", help="'shapes' or the URL of a webui started with --api (e.g. http://127.0.0.1:7860)")
+    parser.add_argument("--taus", type=float, nargs="+", default=list(DEFAULT_TAUS))
+    parser.add_argument("--negatives", type=int, nargs="+", default=list(DEFAULT_NEGATIVES))
+    parser.add_argument("--tags", type=int, default=None, help="positive tags while calibrating (default: the model's calibration_tags)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=256, help="webui generation size")
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=12, help="webui sampling steps")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (not used by default)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .session import default_device
+
+    args = build_parser().parse_args(argv)
+    try:
+        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
+        generator = make_generator(args.generator, args.width, args.height, args.steps)
+    except (ModelError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    options = replace(calibration_options(engine), max_tags=args.tags) if args.tags else None
+    bar = tqdm(desc="Calibrating", unit="generation", disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = calibrate(engine, args.folder, generator, args.taus, args.negatives, options, args.seed, args.out_dir, progress)
+    except (ValueError, OSError, RuntimeError) as error:  # WebuiError is a RuntimeError
+        bar.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    bar.close()
+    _print_result(result, engine)
+    return 0
+
+
+def _print_result(result: Calibration, engine: Engine) -> None:
+    assert result.best is not None and result.path is not None
+    print(table_text(result.rows + result.baselines))
+    print(f"\nbest: {result.best.setting.describe()} (loss {result.best.loss:.4f}) over {len(result.images)} images")
+    print(f"wrote {result.path}")
+    for name, path in result.report.items():
+        print(f"{name}: {path}")
+    if result.path.parent == calibration_path(engine.cache_dir, engine.model_id).parent:
+        tau, source = engine.resolve_tau(None)
+        print(f"tau in force for {engine.model_id}: {tau:g} ({source})")

@@ -1,0 +1,133 @@
+"""The calibration report, written next to the calibration JSON:
+
+* `{model}.md`: the loss table;
+* `{model}-loss.png`: loss against tau, one line per number of negatives, with the baselines;
+* `{model}-grid.png`: source images beside what the best and a poor tau generated from them.
+
+The plot needs matplotlib (optional: without it the plot is skipped and the table says how to
+get it); the grid is drawn with PIL only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw
+
+from .files import write_atomically, write_text_atomically
+from .generators import Generator
+
+GRID_ROWS = 6
+CELL = 128
+HEADER = 34
+LABEL_COLOUR = (20, 20, 20)
+
+
+def write_report(result, images: Sequence[Image.Image], generator: Generator, target: Path) -> dict[str, Path]:
+    """Write the report files for a finished `calibration.Calibration`; returns them by kind."""
+    from .calibration import table_text
+
+    stem = target.with_suffix("")
+    paths = {"table": stem.with_suffix(".md")}
+    plot = Path(f"{stem}-loss.png")
+    plotted = plot_losses(result, plot)
+    if plotted:
+        paths["plot"] = plot
+    grid = Path(f"{stem}-grid.png")
+    poor = poor_row(result)
+    write_atomically(grid, lambda temp: draw_grid(images, generator, result, poor).save(temp, format="PNG"))
+    paths["grid"] = grid
+    best = result.best.setting.describe()
+    text = (
+        f"# Calibration of {result.model}\n\n{len(images)} images, generator: {result.generator}\n\n"
+        f"Best: {best}, loss {result.best.loss:.4f}.\n\n{table_text(result.rows + result.baselines)}\n"
+    )
+    if not plotted:
+        text += "\n(loss plot skipped: `pip install matplotlib` to get it)\n"
+    write_text_atomically(paths["table"], text)
+    return paths
+
+
+def poor_row(result):
+    """The worst tau at the best number of negatives: what a badly chosen tau costs."""
+    same = [row for row in result.rows if row.setting.negatives == result.best.setting.negatives]
+    return max(same, key=lambda row: row.loss)
+
+
+def plot_losses(result, path: Path) -> bool:
+    """Loss against tau; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: only files
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    by_count: dict[int, list] = {}
+    for row in result.rows:
+        by_count.setdefault(row.setting.negatives, []).append(row)
+    # The whole-vocabulary rule as one more point per line, left of the sweep, in the line's colour.
+    whole_x = min(row.setting.tau for row in result.rows) - 0.5
+    whole = {row.setting.negatives: row.loss for row in result.baselines if row.setting.label == "whole-vocabulary lowest"}
+    for count, rows in sorted(by_count.items()):
+        rows.sort(key=lambda row: row.setting.tau)
+        line, = axes.plot([r.setting.tau for r in rows], [r.loss for r in rows], marker="o", markersize=3, label=f"{count} negatives")
+        if count in whole:
+            axes.plot([whole_x], [whole[count]], marker="s", markersize=5, color=line.get_color(), linestyle="none")
+    ticks = [tick for tick in axes.get_xticks() if tick > whole_x + 0.25]
+    axes.set_xticks([whole_x, *ticks], ["all tags", *(f"{tick:g}" for tick in ticks)])
+    _plot_baselines(axes, result)
+    best = result.best
+    axes.scatter([best.setting.tau], [best.loss], s=120, facecolors="none", edgecolors="black", zorder=5,
+                 label=f"chosen: tau {best.setting.tau:g}, {best.setting.negatives} negatives")
+    axes.set_xlabel("tau (relevance threshold of the negative prompt's subset); squares: whole vocabulary")
+    axes.set_ylabel("mean BCE loss, source vs generated")
+    axes.set_title(f"{result.model}: round-trip loss over {len(result.images)} images")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    write_atomically(path, lambda temp: figure.savefig(temp, format="png"))
+    plt.close(figure)
+    return True
+
+
+def _plot_baselines(axes, result) -> None:
+    for row in result.baselines:
+        if row.setting.label == "no negative prompt":
+            axes.axhline(row.loss, color="gray", linestyle="--", label="no negative prompt")
+    axes.plot([], [], marker="s", color="gray", linestyle="none", label="whole-vocabulary lowest (square)")
+
+
+def draw_grid(images: Sequence[Image.Image], generator: Generator, result, poor) -> Image.Image:
+    """Rows of source | generated with the best setting | generated with a poor tau."""
+    from .calibration import image_key, image_seed
+
+    count = min(GRID_ROWS, len(images))
+    columns = [("source", None), (f"best: {result.best.setting.describe()}", result.best), (f"poor: {poor.setting.describe()}", poor)]
+    grid = Image.new("RGB", (CELL * len(columns), HEADER + CELL * count), (225, 225, 225))  # gaps show as lines
+    pen = ImageDraw.Draw(grid)
+    for column, (title, row) in enumerate(columns):
+        pen.text((column * CELL + 4, 4), _wrap(title, 22), fill=LABEL_COLOUR)
+        for index in range(count):
+            if row is None:
+                picture = images[index]
+            else:
+                prompt, negative = row.prompts[index]
+                # The same seed as in the sweep, so this is the very image that was scored.
+                picture = generator.generate(prompt, negative, image_seed(image_key(images[index]), result.seed))
+            grid.paste(picture.convert("RGB").resize((CELL - 4, CELL - 4)), (column * CELL + 2, HEADER + index * CELL + 2))
+            if row is not None:
+                pen.text((column * CELL + 4, HEADER + index * CELL + 4), f"{row.losses[index]:.3f}", fill=(255, 0, 255))
+    return grid
+
+
+def _wrap(text: str, width: int) -> str:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join(lines + [line])

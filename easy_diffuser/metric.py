@@ -1,0 +1,128 @@
+"""The round trip's metric: does the generated image y have the tags the source image x has?
+
+Each image gets a probability per vocabulary tag from its relevance (scoring.py):
+
+    p = sigmoid((relevance - center) / temperature)
+
+and the loss is the mean binary cross-entropy with the source's p(x) as the target and the
+generated image's p(y) as the prediction:
+
+    loss = mean over tags of -[p(x) log p(y) + (1 - p(x)) log(1 - p(y))]
+
+A missing feature (p(x) high, p(y) low) and an unwanted one (p(x) low, p(y) high) both cost;
+the loss cannot reach 0 when p(x) is not 0 or 1 (its floor is the entropy of p(x)), but only
+differences between settings matter. Beside it the CLIP image-image cosine is reported.
+
+Per-model calibration of center and temperature: relevance is a z-score over the vocabulary,
+so "how many standard deviations make a tag present" depends on how many of the model's tags
+an image usually shows. A model folder can state it in easy_diffuser.json ("prob_center",
+"prob_temperature"); shapes-demo's values were fitted by logistic regression on labelled
+shapes-world scenes (`fit_tag_calibration`, see docs/calibration.md). Without them the default
+below is used: in a vocabulary of thousands of tags an image shows a small fraction, so a tag
+counts as present about two standard deviations above the image's mean tag.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import embedding, scoring
+from .engine import Engine
+
+DEFAULT_CENTER = 2.0
+DEFAULT_TEMPERATURE = 0.5
+_EPS = 1e-6  # keeps log() finite for probabilities that round to 0 or 1
+BATCH = 64  # images per forward pass
+
+
+@dataclass(frozen=True)
+class TagCalibration:
+    center: float = DEFAULT_CENTER
+    temperature: float = DEFAULT_TEMPERATURE
+    source: str = "built-in default"
+
+    def probabilities(self, relevance: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid((relevance - self.center) / self.temperature)
+
+    def to_dict(self) -> dict:
+        return {"center": round(self.center, 4), "temperature": round(self.temperature, 4), "source": self.source}
+
+
+def tag_calibration(engine: Engine) -> TagCalibration:
+    """The model's own center/temperature from its defaults, else the built-in default."""
+    defaults = engine.loaded.defaults
+    if "prob_center" in defaults and "prob_temperature" in defaults:
+        return TagCalibration(float(defaults["prob_center"]), float(defaults["prob_temperature"]), "model default")
+    return TagCalibration()
+
+
+def fit_tag_calibration(relevance: torch.Tensor, present: torch.Tensor, steps: int = 500) -> TagCalibration:
+    """Logistic regression of "tag is present" on relevance ([images, tags] each) -> center, temperature."""
+    x, y = relevance.flatten().float(), present.flatten().float()
+    weight = torch.ones((), requires_grad=True)
+    bias = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(weight * x + bias, y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    w, b = weight.item(), bias.item()
+    # sigmoid(w * r + b) = sigmoid((r - center) / temperature)
+    return TagCalibration(center=-b / w, temperature=1.0 / w, source="fitted")
+
+
+def bce(target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the last dimension (tags), one value per row."""
+    prediction = prediction.clamp(_EPS, 1 - _EPS)
+    return -(target * prediction.log() + (1 - target) * (1 - prediction).log()).mean(dim=-1)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """What the metric needs of a batch of images: unit embeddings and tag probabilities."""
+
+    embeddings: torch.Tensor  # [images, dim]
+    probabilities: torch.Tensor  # [images, tags]
+
+
+class Metric:
+    """BCE between tag probabilities, and image-image cosine, with one model."""
+
+    def __init__(self, engine: Engine, calibration: TagCalibration | None = None) -> None:
+        self.engine = engine
+        self.calibration = calibration or tag_calibration(engine)
+
+    @cached_property  # hashing a large vocabulary's embeddings once is enough
+    def fingerprint(self) -> str:
+        """Changes when any loss would: the model's weights and vocabulary (through the tag
+        embeddings) or the probability calibration. Keys the calibration's saved results."""
+        digest = hashlib.sha1(self.engine.text_embeddings.float().contiguous().numpy().tobytes())
+        digest.update(f"{self.engine.model_id} {self.calibration.center} {self.calibration.temperature}".encode())
+        return digest.hexdigest()[:16]
+
+    def embed(self, images: Sequence[Image.Image]) -> Embedded:
+        embeddings, relevance = self.relevance(images)
+        return Embedded(embeddings, self.calibration.probabilities(relevance))
+
+    def relevance(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit image embeddings [images, dim], relevance of every tag [images, tags])."""
+        # Bounded batches: a big folder must not fill the GPU.
+        embeddings = torch.cat([embedding.encode_images(self.engine.loaded, images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+        relevance = torch.stack([s.relevance for s in scoring.score(embeddings, self.engine.text_embeddings)])
+        return embeddings, relevance
+
+    def compare(self, source: Embedded, generated: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, cosine) per pair of rows: source row i against generated row i."""
+        loss = bce(source.probabilities, generated.probabilities)
+        cosine = (source.embeddings * generated.embeddings).sum(dim=-1)
+        return loss, cosine
