@@ -1,4 +1,5 @@
-"""Command line: `easy-diffuser IMAGE_OR_FOLDER... [--model NAME|PATH] [--json]`.
+"""Command line: `easy-diffuser IMAGE_OR_FOLDER... [--model NAME|PATH] [--json]`
+(and `easy-diffuser calibrate FOLDER ...`, see calibration.py).
 
 Images print their prompts (or one JSON object each with --json); folders get a `.txt`
 caption beside every image. A bad image costs one line on stderr, never the others.
@@ -58,6 +59,11 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["calibrate"]:  # `easy-diffuser calibrate FOLDER ...`: its own parser
+        from .calibration import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         options = ExtractOptions(
