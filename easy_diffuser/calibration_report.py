@@ -15,7 +15,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw
 
 from .files import write_atomically, write_text_atomically
-from .generators import Generator
+from .generators import GenerationStopped, Generator
 
 GRID_ROWS = 6
 CELL = 128
@@ -34,9 +34,12 @@ def write_report(result, images: Sequence[Image.Image], generator: Generator, ta
     if plotted:
         paths["plot"] = plot
     grid = Path(f"{stem}-grid.png")
-    poor = poor_row(result)
-    write_atomically(grid, lambda temp: draw_grid(images, generator, result, poor).save(temp, format="PNG"))
-    paths["grid"] = grid
+    try:
+        picture = draw_grid(images, generator, result, poor_row(result))
+        write_atomically(grid, lambda temp: picture.save(temp, format="PNG"))
+        paths["grid"] = grid
+    except GenerationStopped:
+        pass  # Stop while drawing the grid: the calibration itself is complete, keep it
     best = result.best.setting.describe()
     text = (
         f"# Calibration of {result.model}\n\n{len(images)} images, generator: {result.generator}\n\n"
