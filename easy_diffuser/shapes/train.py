@@ -91,16 +91,33 @@ def load_folder(folder: Path) -> tuple[torch.nn.Module, Preprocess, Tokenizer]:
 
 # --- training ---------------------------------------------------------------
 
-def _batch(rng: random.Random, size: int, shape_only: bool) -> tuple[list[world.Scene], list[tuple[str, ...]]]:
+def _batch_kind(step: int) -> str:
+    """Odd steps: shape batches; even steps alternate mixed and colour/background batches."""
+    if step % 2 == 1:
+        return "shape"
+    return "mixed" if step % 4 == 0 else "backdrop"
+
+
+def _batch(rng: random.Random, size: int, kind: str) -> tuple[list[world.Scene], list[tuple[str, ...]]]:
     """Scenes plus, per scene, which attributes its caption describes.
 
-    Shape-only batches share one colour and background: BatchNorm then removes
+    "shape" batches share one colour and background: BatchNorm then removes
     the constant colour, so only shape can lower the loss (without this the
-    shape words collapse onto one embedding)."""
-    if shape_only:
+    shape words collapse onto one embedding). That also hides colour and
+    background in half the batches, and mixed batches alone taught backgrounds
+    too weakly (white was called gray), so "backdrop" batches are fully random
+    scenes whose captions alternate background-only and colour-only: every
+    background caption matches a third of the batch, and colour keeps its share
+    of training (pinning the colour here instead starved colour)."""
+    if kind == "shape":
         pinned = {"colour": rng.choice(list(world.COLOURS)),
                   "background": rng.choice(list(world.BACKGROUNDS))}
         return [world.random_scene(rng, **pinned) for _ in range(size)], [("shape",)] * size
+    if kind == "backdrop":
+        return ([world.random_scene(rng) for _ in range(size)],
+                [("background",) if i % 2 == 0 else ("colour",) for i in range(size)])
+    if kind != "mixed":
+        raise ValueError(f"unknown batch kind {kind!r}")
     kinds = list(_KIND_WEIGHTS)
     chosen = rng.choices(kinds, weights=list(_KIND_WEIGHTS.values()), k=size)
     return [world.random_scene(rng) for _ in range(size)], chosen
@@ -139,7 +156,7 @@ def train(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.Module,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, steps))
     progress = tqdm(range(steps), desc="training", file=sys.stdout)
     for step in progress:
-        scenes, kinds = _batch(rng, batch_size, shape_only=step % 2 == 1)
+        scenes, kinds = _batch(rng, batch_size, _batch_kind(step))
         texts = [world.caption(s, k, rng) for s, k in zip(scenes, kinds)]
         images = torch.stack([preprocess(world.draw(s, 64)) for s in scenes])
         image_features = F.normalize(model.encode_image(images), dim=-1)
@@ -152,8 +169,30 @@ def train(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.Module,
         optimizer.step()
         schedule.step()
         progress.set_postfix(loss=f"{loss.item():.3f}")
+    _recompute_batchnorm(model, preprocess, rng, batch_size)
     model.eval()
     return model, preprocess, tokenizer
+
+
+@torch.no_grad()
+def _recompute_batchnorm(model: torch.nn.Module, preprocess: Preprocess, rng: random.Random,
+                         batch_size: int, batches: int = 64) -> None:
+    """Replace BatchNorm's running statistics by plain averages over random scenes.
+
+    The running averages kept during training mix in the pinned shape batches,
+    which look nothing like a real image's batch; single images are encoded
+    with these statistics, so measure them on what will be seen."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    for _ in range(batches):
+        scenes = [world.random_scene(rng) for _ in range(batch_size)]
+        model.encode_image(torch.stack([preprocess(world.draw(s, 64)) for s in scenes]))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 # --- evaluation ---------------------------------------------------------------
@@ -164,7 +203,8 @@ def evaluate(model: torch.nn.Module, preprocess: Preprocess, tokenizer: Tokenize
              sizes: tuple[int, ...] = EVAL_SIZES) -> dict[int, dict[str, float]]:
     """Zero-shot accuracy on fresh scenes, scored as the product does: cosine
     against every bare vocabulary tag. Per size: true colour / shape among the
-    top 3 of all tags, and top-1 within its own category."""
+    top 3 of all tags, top-1 within its own category, and per background the
+    share whose best background tag is the true one."""
     vocab = [(cat, tag) for cat, tags in world.VOCABULARY.items() for tag in tags]
     text = F.normalize(model.encode_text(tokenizer([tag for _, tag in vocab])), dim=-1)
     rng = random.Random(seed)
@@ -172,6 +212,7 @@ def evaluate(model: torch.nn.Module, preprocess: Preprocess, tokenizer: Tokenize
     results: dict[int, dict[str, float]] = {}
     for pixels in sizes:
         hits = {"colour_top3": 0, "shape_top3": 0, "colour_top1": 0, "shape_top1": 0}
+        backgrounds = {name: [0, 0] for name in world.BACKGROUNDS}  # [right, seen]
         for start in range(0, count, 100):
             chunk = scenes[start:start + 100]
             images = torch.stack([preprocess(world.draw(s, pixels)) for s in chunk])
@@ -184,16 +225,25 @@ def evaluate(model: torch.nn.Module, preprocess: Preprocess, tokenizer: Tokenize
                     in_cat = [i for i, (c, _) in enumerate(vocab) if c == cat]
                     best = max(in_cat, key=lambda i: row[i].item())
                     hits[f"{cat}_top1"] += vocab[best][1] == truth
+                in_cat = [i for i, (c, _) in enumerate(vocab) if c == "background"]
+                best = max(in_cat, key=lambda i: row[i].item())
+                backgrounds[scene.background][0] += vocab[best][1] == scene.tags()["background"]
+                backgrounds[scene.background][1] += 1
         results[pixels] = {k: v / count for k, v in hits.items()}
+        results[pixels].update({f"background_{name}": right / max(1, seen)
+                                for name, (right, seen) in backgrounds.items()})
     return results
 
 
 def results_table(results: dict[int, dict[str, float]]) -> str:
-    lines = ["| pixels | colour top-3 (all 13 tags) | shape top-3 (all 13 tags) | colour top-1 (colours) | shape top-1 (shapes) |",
-             "|---|---|---|---|---|"]
+    names = list(world.BACKGROUNDS)
+    lines = ["| pixels | colour top-3 (all 13 tags) | shape top-3 (all 13 tags) | colour top-1 (colours) "
+             "| shape top-1 (shapes) | " + " | ".join(f"{n} bg top-1 (backgrounds)" for n in names) + " |",
+             "|---|---|---|---|---|" + "---|" * len(names)]
     for pixels, r in results.items():
         lines.append(f"| {pixels} | {r['colour_top3']:.3f} | {r['shape_top3']:.3f} "
-                     f"| {r['colour_top1']:.3f} | {r['shape_top1']:.3f} |")
+                     f"| {r['colour_top1']:.3f} | {r['shape_top1']:.3f} | "
+                     + " | ".join(f"{r[f'background_{n}']:.3f}" for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -208,14 +258,19 @@ def tensor_hash(state: dict[str, torch.Tensor]) -> str:
 
 # --- writing the folder -------------------------------------------------------
 
-def _write_folder(model: torch.nn.Module, folder: Path) -> dict[str, torch.Tensor]:
-    """Everything except the README; returns the fp16 state dict written."""
+def _write_folder(model: torch.nn.Module, folder: Path, keep_settings: Path | None = None) -> dict[str, torch.Tensor]:
+    """Everything except the README; returns the fp16 state dict written.
+    `keep_settings`: an existing easy_diffuser.json (e.g. with a calibrated
+    tau) to carry over instead of the defaults."""
     state = {k: (v.half() if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     config = {"model_cfg": MODEL_CFG, "preprocess_cfg": {"mean": MEAN, "std": STD}}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "easy_diffuser.json").write_text(json.dumps({"tau": 1.0, "max_per_category": 1}, indent=2) + "\n")
+    if keep_settings is not None and keep_settings.is_file():
+        shutil.copyfile(keep_settings, folder / "easy_diffuser.json")
+    else:
+        (folder / "easy_diffuser.json").write_text(json.dumps({"tau": 1.0, "max_per_category": 1}, indent=2) + "\n")
     (folder / "vocabulary").mkdir()
     for category, tags in world.VOCABULARY.items():
         (folder / "vocabulary" / f"{category}.txt").write_text("\n".join(tags) + "\n")
@@ -243,7 +298,8 @@ Made with (CPU, {seconds:.0f} s of training, reproducible for a fixed seed and s
 
 Zero-shot accuracy of the shipped fp16 weights on 600 fresh scenes per size
 (rendered at that size, preprocessed to 64 px as open_clip does; text = bare tag,
-cosine of normalised embeddings):
+cosine of normalised embeddings; "bg top-1": scenes on that background whose
+best-scoring background tag is the right one, about 200 scenes each):
 
 {table}
 """
@@ -278,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the shipped folder should not be
     try:
-        digest = tensor_hash(_write_folder(model, tmp))
+        digest = tensor_hash(_write_folder(model, tmp, keep_settings=out / "easy_diffuser.json"))
         # Evaluate what is shipped: the fp16 file loaded back, in eval mode.
         results = evaluate(*load_folder(tmp), count=args.eval_count)
         table = results_table(results)
