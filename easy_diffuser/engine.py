@@ -104,7 +104,7 @@ class Engine:
     def extract_many(self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()) -> list[Extraction]:
         """Extract a batch of already loaded PIL images (one forward pass)."""
         tau, tau_source = self.resolve_tau(options.tau)
-        selection = replace(options, tau=tau, **self._model_selection_defaults(options))
+        selection = replace(options, tau=tau, **self._model_selection_defaults(options), **self._learned_negatives(options))
         captions = self.caption(images, options) if options.caption else [""] * len(images)
         with self._lock:
             image_embeddings = embedding.encode_images(self.loaded, images)
@@ -148,18 +148,31 @@ class Engine:
             defaults["max_per_category"] = int(self.loaded.defaults["max_per_category"])
         return defaults
 
+    def _learned_negatives(self, options: ExtractOptions) -> dict:
+        """With tau automatic and the default count, the count of negatives learned with tau."""
+        if options.tau is not None or options.negatives != ExtractOptions.negatives:
+            return {}
+        learned = self._calibration().get("negatives", self.loaded.defaults.get("negatives"))
+        return {"negatives": int(learned)} if isinstance(learned, (int, float)) else {}
+
     def resolve_tau(self, requested: float | None) -> tuple[float, str]:
+        """tau and where it came from: the option, this model's calibration file, or its defaults."""
         if requested is not None:
             return float(requested), "option"
-        learned = calibration_path(self.cache_dir, self.model_id)
-        if learned.is_file():
-            try:
-                return float(json.loads(learned.read_text())["tau"]), f"calibrated ({learned})"
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # a damaged calibration file falls back to the default, never breaks extraction
+        learned = self._calibration()
+        if isinstance(learned.get("tau"), (int, float)):
+            return float(learned["tau"]), f"calibrated ({calibration_path(self.cache_dir, self.model_id)})"
         if "tau" in self.loaded.defaults:
             return float(self.loaded.defaults["tau"]), "model default"
         return DEFAULT_TAU, "built-in default"
+
+    def _calibration(self) -> dict:
+        """What `easy-diffuser calibrate` learned for this model; {} when nothing (or a damaged file)."""
+        try:
+            learned = json.loads(calibration_path(self.cache_dir, self.model_id).read_text())
+        except (OSError, ValueError):
+            return {}  # a missing or damaged calibration file falls back to the defaults, never breaks extraction
+        return learned if isinstance(learned, dict) else {}
 
 
 def calibration_path(cache_dir: Path, model_id: str) -> Path:

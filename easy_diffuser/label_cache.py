@@ -20,15 +20,15 @@ from .vocabulary import Vocabulary
 log = logging.getLogger(__name__)
 
 
-def cache_path(cache_dir: Path, model_id: str, vocabulary: Vocabulary) -> Path:
-    return Path(cache_dir) / "text_embeddings" / f"{safe_name(model_id)}-{vocabulary.fingerprint}.safetensors"
+def cache_path(cache_dir: Path, cache_key: str, vocabulary: Vocabulary) -> Path:
+    return Path(cache_dir) / "text_embeddings" / f"{safe_name(cache_key)}-{vocabulary.fingerprint}.safetensors"
 
 
 def text_embeddings(
     loaded: LoadedModel, vocabulary: Vocabulary, cache_dir: Path, progress: ProgressFn | None = None
 ) -> torch.Tensor:
     """Unit-length embeddings of every tag (float32, CPU), from the cache or built and cached."""
-    path = cache_path(cache_dir, loaded.model_id, vocabulary)
+    path = cache_path(cache_dir, loaded.cache_key, vocabulary)
     cached = _read(path, vocabulary)
     if cached is not None:
         return cached

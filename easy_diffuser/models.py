@@ -64,12 +64,13 @@ REGISTRY: dict[str, ModelInfo] = {
 class LoadedModel:
     """An open_clip model with everything needed to use it."""
 
-    model_id: str  # stable key for caches: the registry name, or the file name plus a content hash
+    model_id: str  # the name users see and calibrations are filed under
     model: torch.nn.Module
     preprocess: Callable
     tokenizer: Callable
     defaults: dict[str, Any]
     vocabulary_dir: Path | None  # a model folder may carry its own vocabulary
+    cache_key: str  # model_id plus a hash of the weights file when there is one: new weights, new caches
 
     @property
     def device(self) -> torch.device:
@@ -133,7 +134,7 @@ def _load(spec: str, cache_dir: Path) -> LoadedModel:
     arch, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
     local = Path(path).expanduser()
     if local.is_dir():
-        return _load_folder(local, model_id=f"{local.name}-{_content_hash(_weights_in(local))}")
+        return _load_folder(local)
     if local.is_file() or local.suffix in WEIGHT_SUFFIXES:
         return _load_file(local, arch or _arch_from_file_name(local))
     if "/" in spec:
@@ -170,7 +171,7 @@ def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
             f"Download them from {source} and put the file at {cache_dir / (arch + '-' + tag + '.safetensors')} "
             "(or .bin/.pt), or pass a local checkpoint path as the model"
         ) from error
-    return _finish(model, preprocess, open_clip.get_tokenizer(arch), name, folder=None)
+    return _finish(model, preprocess, open_clip.get_tokenizer(arch), name, name, folder=None)
 
 
 def _placed_file(arch: str, tag: str, cache_dir: Path) -> Path | None:
@@ -182,8 +183,11 @@ def _placed_file(arch: str, tag: str, cache_dir: Path) -> Path | None:
     return None
 
 
-def _load_folder(folder: Path, model_id: str) -> LoadedModel:
+def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
     open_clip = _open_clip()
+    weights = _weights_in(folder)
+    cache_key = f"{folder.name}-{_content_hash(weights)}"
+    model_id = model_id or cache_key
 
     config_path = folder / "open_clip_config.json"
     try:
@@ -196,11 +200,11 @@ def _load_folder(folder: Path, model_id: str) -> LoadedModel:
     model, _, preprocess = open_clip.create_model_and_transforms(
         arch, image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std")
     )
-    _load_weights(model, _weights_in(folder))
+    _load_weights(model, weights)
     defaults_path = folder / "easy_diffuser.json"
     defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
     vocabulary = folder / "vocabulary"
-    return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id, vocabulary if vocabulary.is_dir() else None, defaults)
+    return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id, cache_key, vocabulary if vocabulary.is_dir() else None, defaults)
 
 
 def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedModel:
@@ -212,15 +216,16 @@ def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedMode
         raise ModelError(f"{path}: unknown architecture {arch!r}; name it as ARCH=PATH, e.g. ViT-L-14={path}")
     model, _, preprocess = open_clip.create_model_and_transforms(arch, force_quick_gelu=_is_openai_checkpoint(path))
     _load_weights(model, path)
-    return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id or f"{arch}-{path.stem}-{_content_hash(path)}", None)
+    cache_key = f"{arch}-{path.stem}-{_content_hash(path)}"
+    return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id or cache_key, cache_key, None)
 
 
-def _finish(model, preprocess, tokenizer, model_id: str, folder: Path | None, defaults: dict | None = None) -> LoadedModel:
+def _finish(model, preprocess, tokenizer, model_id: str, cache_key: str, folder: Path | None, defaults: dict | None = None) -> LoadedModel:
     model.eval()  # open_clip leaves BatchNorm/Dropout in training mode
     model.requires_grad_(False)
     info = REGISTRY.get(model_id)
     merged = {**(info.defaults if info else {}), **(defaults or {})}
-    return LoadedModel(model_id, model, preprocess, tokenizer, merged, folder)
+    return LoadedModel(model_id, model, preprocess, tokenizer, merged, folder, cache_key)
 
 
 def _weights_in(folder: Path) -> Path:

@@ -68,6 +68,22 @@ def test_learned_tau_is_used_by_default(shapes_engine, tmp_path):
     assert engine.extract(world.draw(scenes(1, seed=4)[0])).tau == result.tau
 
 
+def test_learned_number_of_negatives_is_used_unless_the_user_sets_tau(tmp_path):
+    engine = Engine("shapes-demo", cache_dir=tmp_path / "cache")
+    path = calibration_path(tmp_path / "cache", "shapes-demo")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"tau": -5, "negatives": 1}')
+    image = world.draw(scenes(1, seed=4)[0])
+
+    def negatives(options=ExtractOptions()):
+        return [tag for tag in engine.extract(image, options).tags if tag.role == "negative"]
+
+    assert len(negatives()) == 1
+    assert len(negatives(ExtractOptions(tau=-5))) > 1  # a tau of the user's own keeps the usual count
+    path.write_text('{"tau": ')  # damaged: back to the model's defaults, no error
+    assert engine.extract(image).tau_source == "model default"
+
+
 def test_stop_then_rerun_resumes_from_partial_results(shapes_engine, tmp_path):
     write_folder(tmp_path / "images", scenes(20, seed=5))
     calls = []

@@ -31,7 +31,7 @@ def test_trimmed_encoding_equals_open_clip_on_vit_b_32():
     open_clip = _open_clip()
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
-    loaded = LoadedModel("ViT-B-32-random", model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"), {}, None)
+    loaded = LoadedModel("ViT-B-32-random", model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"), {}, None, "random")
     reference = torch.nn.functional.normalize(model.encode_text(open_clip.tokenize(TEXTS)), dim=-1)
     assert (encode_texts(loaded, TEXTS, trim=True) - reference).abs().max() < 1e-5
 
@@ -48,7 +48,7 @@ def vocabulary(folder):
 def test_cache_is_built_once_then_loaded(tiny, tiny_model_dir, cache_dir, monkeypatch):
     vocab = vocabulary(tiny_model_dir)
     first = label_cache.text_embeddings(tiny, vocab, cache_dir)
-    assert label_cache.cache_path(cache_dir, tiny.model_id, vocab).is_file()
+    assert label_cache.cache_path(cache_dir, tiny.cache_key, vocab).is_file()
     monkeypatch.setattr(label_cache, "encode_texts", lambda *a, **k: pytest.fail("cache was not used"))
     assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), first)
 
@@ -67,7 +67,7 @@ def test_cache_is_rebuilt_when_labels_change(tiny, tiny_model_dir, cache_dir, tm
 def test_damaged_cache_is_rebuilt_not_trusted(tiny, tiny_model_dir, cache_dir, damage):
     vocab = vocabulary(tiny_model_dir)
     good = label_cache.text_embeddings(tiny, vocab, cache_dir)
-    path = label_cache.cache_path(cache_dir, tiny.model_id, vocab)
+    path = label_cache.cache_path(cache_dir, tiny.cache_key, vocab)
     data = path.read_bytes()
     path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00" * len(data), "empty": b""}[damage])
     assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), good)
@@ -79,3 +79,18 @@ def test_damaged_cache_is_rebuilt_not_trusted(tiny, tiny_model_dir, cache_dir, d
 def test_cache_write_leaves_no_temp_files(tiny, tiny_model_dir, cache_dir):
     label_cache.text_embeddings(tiny, vocabulary(tiny_model_dir), cache_dir)
     assert [p.name for p in (cache_dir / "text_embeddings").iterdir() if p.name.startswith(".")] == []
+
+
+def test_new_weights_under_the_same_name_get_new_embeddings(tmp_path, cache_dir):
+    """A model folder (or shapes-demo after an update) keeps its name but not its cached tag embeddings."""
+    from conftest import write_model_folder
+
+    from easy_diffuser.models import unload_models
+
+    folder = write_model_folder(tmp_path / "my-clip", seed=0)
+    vocab = vocabulary(folder)
+    before = label_cache.text_embeddings(load_model(str(folder), cache_dir=cache_dir), vocab, cache_dir)
+    write_model_folder(folder, seed=1)
+    unload_models()
+    after = label_cache.text_embeddings(load_model(str(folder), cache_dir=cache_dir), vocab, cache_dir)
+    assert not torch.allclose(before, after)
