@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -197,9 +198,7 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
         raise ModelError(f"{config_path}: missing or not an open_clip config ({error})") from None
     arch = _register_config(model_id, model_cfg)
     preprocess_cfg = config.get("preprocess_cfg", {})
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        arch, image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std")
-    )
+    model, preprocess = _architecture(arch, image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std"))
     _load_weights(model, weights)
     defaults_path = folder / "easy_diffuser.json"
     defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
@@ -214,10 +213,30 @@ def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedMode
         raise ModelError(f"{path}: no such checkpoint file")
     if arch not in open_clip.list_models():
         raise ModelError(f"{path}: unknown architecture {arch!r}; name it as ARCH=PATH, e.g. ViT-L-14={path}")
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, force_quick_gelu=_is_openai_checkpoint(path))
+    model, preprocess = _architecture(arch, force_quick_gelu=_is_openai_checkpoint(path))
     _load_weights(model, path)
     cache_key = f"{arch}-{path.stem}-{_content_hash(path)}"
     return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id or cache_key, cache_key, None)
+
+
+class _RandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+def _architecture(arch: str, **kwargs: Any) -> tuple[torch.nn.Module, Callable]:
+    """The model without weights (ours are loaded next), and its preprocessing.
+
+    open_clip 3.x warns on the root logger that the model is "initialized randomly", which
+    is true only until the next line; users should not see it.
+    """
+    notice = _RandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        model, _, preprocess = _open_clip().create_model_and_transforms(arch, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(notice)
+    return model, preprocess
 
 
 def _finish(model, preprocess, tokenizer, model_id: str, cache_key: str, folder: Path | None, defaults: dict | None = None) -> LoadedModel:
