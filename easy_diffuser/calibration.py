@@ -245,6 +245,8 @@ def calibration_options(engine: Engine) -> ExtractOptions:
 
 def load_folder(folder: Path) -> tuple[list[Image.Image], list[Path]]:
     """The folder's readable images; unreadable ones are reported and skipped."""
+    if not folder.is_dir():  # else a mistyped folder would read as an empty one
+        raise NotADirectoryError(f"{folder}: no such folder")
     images, paths = [], []
     for path in find_images(folder):
         try:

@@ -7,6 +7,8 @@ room on the GPU, and the queue lock that keeps it from running beside image gene
 from __future__ import annotations
 
 import html
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -14,6 +16,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 import torch
 
 from .batch import BatchSummary
+from .calibration import Calibration, Row
 from .captioner import CaptionOptions
 from .embedding import ProgressFn
 from .engine import Engine, ExtractOptions, Extraction
@@ -155,3 +158,96 @@ def error_html(message: str) -> str:
 def batch_html(summary: BatchSummary) -> str:
     failed = "".join(f"<li>{html.escape(reason)}</li>" for _, reason in summary.failed)  # reasons name their file
     return f'<p class="easy-diffuser-status">{html.escape(str(summary))}</p>' + (f"<ul>{failed}</ul>" if failed else "")
+
+
+# -- the Calibrate section -------------------------------------------------------------------
+
+
+def numbers_text(values: Sequence[float]) -> str:
+    """A sweep as the text field shows it: "-1, -0.75, 0"."""
+    return ", ".join(f"{value:g}" for value in values)
+
+
+def parse_taus(text: str) -> tuple[float, ...]:
+    """The taus field: numbers separated by commas or spaces; ValueError with a message for the user."""
+    return tuple(dict.fromkeys(_numbers(text, "taus", float, "-0.5, 0, 0.5, 1")))  # a repeat would only cost time
+
+
+def parse_negatives(text: str) -> tuple[int, ...]:
+    """The negatives field: whole numbers of negative tags, 0 or more."""
+    counts = _numbers(text, "negatives", int, "2, 4, 8")
+    if any(count < 0 for count in counts):
+        raise ValueError("negatives: the numbers of negative tags can't be below 0.")
+    return tuple(dict.fromkeys(counts))
+
+
+def _numbers(text: str, name: str, kind: type, example: str) -> list:
+    tokens = [token for token in re.split(r"[,;\s]+", text.strip()) if token]
+    if not tokens:
+        raise ValueError(f"{name}: enter at least one number, e.g. {example}.")
+    values = []
+    for token in tokens:
+        try:
+            value = kind(token)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise ValueError(f"{name}: {token!r} is not {what}; separate numbers with commas, e.g. {example}.") from None
+        if not math.isfinite(value):  # float() reads "nan" and "inf", which no sweep can use
+            raise ValueError(f"{name}: {token!r} is not a finite number.")
+        values.append(value)
+    return values
+
+
+def tau_in_force_html(model: str, tau: float, source: str) -> str:
+    """What Automatic tau means now for this model (after a calibration: the learned value)."""
+    text = f"{html.escape(model)} &middot; tau in force with Automatic tau: {tau:.2f} ({html.escape(source)})"
+    return f'<p class="easy-diffuser-status">{text}</p>'
+
+
+def calibration_html(result: Calibration) -> str:
+    """A finished calibration: the choice, what it beat, where it was saved, and the whole table."""
+    assert result.best is not None
+    best = result.best
+    lines = [
+        f"Best on {len(result.images)} images: <b>{html.escape(_describe(best))}</b> (loss {best.loss:.4f}).",
+        *(f"{html.escape(_describe(row))}: loss {row.loss:.4f}." for row in _best_baselines(result.baselines)),
+    ]
+    if result.path:
+        lines.append(f"Saved to {html.escape(str(result.path))}: Automatic tau uses it from now on.")
+    summary = "".join(f"<p>{line}</p>" for line in lines)
+    return f'<div class="easy-diffuser-calibration">{summary}{_table_html(result.rows + result.baselines, best)}</div>'
+
+
+def _best_baselines(baselines: Sequence[Row]) -> list[Row]:
+    """One line per kind of baseline: its best number of negatives is the fair comparison."""
+    by_label: dict[str, Row] = {}
+    for row in baselines:
+        if row.setting.label not in by_label or row.loss < by_label[row.setting.label].loss:
+            by_label[row.setting.label] = row
+    return list(by_label.values())
+
+
+def _describe(row: Row) -> str:
+    """Setting.describe(), with the count a baseline was measured at (one whole-vocabulary row per count)."""
+    setting = row.setting
+    return f"{setting.label}, {setting.negatives} negatives" if setting.label and setting.negatives else setting.describe()
+
+
+def _table_html(rows: Sequence[Row], best: Row) -> str:
+    head = "<tr><th>setting</th><th>loss (BCE)</th><th>image cosine</th></tr>"
+    body = "".join(_table_row(row, row is best) for row in rows)
+    return f'<table class="easy-diffuser-table">{head}{body}</table>'
+
+
+def _table_row(row: Row, best: bool) -> str:
+    marked = ' class="easy-diffuser-best"' if best else ""
+    cells = f"<td>{html.escape(_describe(row))}</td><td>{row.loss:.4f}</td><td>{row.cosine:.4f}</td>"
+    return f"<tr{marked}>{cells}</tr>"
+
+
+def calibration_stopped_html(done: int, total: int) -> str:
+    counted = f" after {done} of {total} generations" if total else ""
+    return (
+        f'<p class="easy-diffuser-status">Stopped{counted}. The finished generations are kept: '
+        "press Calibrate to go on from there.</p>"
+    )

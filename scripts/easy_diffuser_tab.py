@@ -2,7 +2,8 @@
 
 The logic lives in the webui-free modules easy_diffuser.ui_helpers (model service, tag bars) and
 easy_diffuser.http_api (routes); this file supplies the host's rules: settings, flags, device and
-memory handling, the queue lock, and the wiring to the txt2img and img2img components.
+memory handling, the queue lock, in-process txt2img for calibration, and the wiring to the txt2img
+and img2img components.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from modules import call_queue, devices, lowvram, paths, script_callbacks, sd_models, shared, ui_components
+from modules import call_queue, devices, lowvram, paths, processing, script_callbacks, sd_models, shared, ui_components
 
 try:
     from modules.infotext_utils import paste_fields
@@ -25,8 +26,10 @@ except ImportError:  # webui before 1.8
 
 from easy_diffuser import http_api, ui_helpers
 from easy_diffuser.batch import BatchSummary, caption_folder
+from easy_diffuser.calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibrate
 from easy_diffuser.captioner import CAPTIONERS, DEFAULT_CAPTIONER, CaptionOptions
 from easy_diffuser.engine import Engine, ExtractOptions
+from easy_diffuser.generators import CallableGenerator, webui_generator
 from easy_diffuser.images import ImageError
 from easy_diffuser.models import LoadedModel, ModelError, default_dtype, list_models
 from easy_diffuser.prompt import prompts
@@ -125,6 +128,8 @@ def _queued(work: Callable[[], Any]) -> Any:
 _forge = _ForgeMemory()
 service = ui_helpers.Service(resolve_model, weights_folder, placement, _queued)
 _stop_batch = threading.Event()
+_stop_calibration = threading.Event()
+_calibrating = threading.Event()  # set while a calibration holds the queue
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -206,6 +211,92 @@ def caption(
     return ui_helpers.batch_html(summary)
 
 
+def calibrate_folder(
+    folder: str, taus_text: str, negatives_text: str, width: float, height: float, steps: float,
+    progress: gr.Progress = gr.Progress(),
+) -> tuple:
+    """-> report, loss plot, grid, status line."""
+    hidden = gr.update(value=None, visible=False)  # no report: no pictures from an earlier one either
+    if not folder.strip():
+        return ui_helpers.error_html("Enter the folder of images to calibrate on."), hidden, hidden, gr.update()
+    try:
+        taus, negatives = ui_helpers.parse_taus(taus_text), ui_helpers.parse_negatives(negatives_text)
+    except ValueError as error:
+        return ui_helpers.error_html(str(error)), hidden, hidden, gr.update()
+    _stop_calibration.clear()
+    counts = [0, 0]  # generations done, total: for the message after a Stop
+    generations = _reporter(progress, "Calibrating: extract, generate, compare", "generations")
+
+    def report(done: int, total: int) -> None:
+        counts[:] = done, total
+        generations(done, total)
+
+    def work(engine: Engine) -> tuple[Calibration, tuple[float, str]]:
+        generator = _webui_txt2img(engine, int(width), int(height), int(steps))
+        result = _as_job(lambda: calibrate(
+            engine, folder.strip(), generator, taus, negatives, progress=report, should_stop=_calibration_stopped,
+        ))
+        return result, engine.resolve_tau(None)
+
+    progress(0, desc="Loading the CLIP model")
+    try:
+        result, (tau, source) = service.run(work, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+    except (ModelError, OSError, ValueError) as error:  # no such folder, no images, no weights: written for the user
+        return ui_helpers.error_html(str(error)), hidden, hidden, gr.update()
+    if result.stopped:
+        return ui_helpers.calibration_stopped_html(*counts), hidden, hidden, gr.update()
+    plot, grid = (_picture(result.report.get(kind)) for kind in ("plot", "grid"))
+    return ui_helpers.calibration_html(result), plot, grid, ui_helpers.tau_in_force_html(result.model, tau, source)
+
+
+def stop_calibration() -> None:
+    _stop_calibration.set()
+    if _calibrating.is_set():  # only then: while we wait for the queue, the generation running is someone else's
+        shared.state.interrupt()
+
+
+def _calibration_stopped() -> bool:
+    return _stop_calibration.is_set() or shared.state.interrupted  # the webui's own Interrupt stops it too
+
+
+def _as_job(work: Callable[[], Calibration]) -> Calibration:
+    """A webui job, as wrap_gradio_gpu_call makes one (the queue is already held: its lock is not re-entrant)."""
+    shared.state.begin()  # no job name: begin() took none before webui 1.6
+    _calibrating.set()
+    try:
+        return work()
+    finally:
+        _calibrating.clear()
+        shared.state.end()
+        shared.state.interrupted = False  # as wrap_gradio_call does after every job
+
+
+def _webui_txt2img(engine: Engine, width: int, height: int, steps: int) -> CallableGenerator:
+    """The webui's txt2img, with our CLIP model off the GPU while the checkpoint generates.
+
+    The same rule as between two extractions (Keep in VRAM decides), and under Forge the way back
+    too: its memory manager may evict our model to make room for the checkpoint."""
+    txt2img = webui_generator(processing, shared, width, height, steps, queue_lock=None)  # service.run holds the queue
+    rules = placement()
+
+    def generate(prompt: str, negative_prompt: str, seed: int) -> Image.Image:
+        rules.release(engine.loaded)
+        try:
+            return txt2img.generate(prompt, negative_prompt, seed)
+        finally:
+            rules.acquire(engine.loaded)
+
+    return CallableGenerator(generate, txt2img.name)
+
+
+def _picture(path: Optional[Path]) -> dict:
+    # A PIL image, not the path: gradio 4 serves no file outside the working and temp folders.
+    if path is None or not path.is_file():
+        return gr.update(value=None, visible=False)
+    with Image.open(path) as picture:
+        return gr.update(value=picture.copy(), visible=True)
+
+
 # -- the tab -------------------------------------------------------------------------------------
 
 
@@ -260,6 +351,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         _wire_send(to_img2img, [prompt, negative, image], [*_prompt_fields("img2img"), paste_fields["img2img"]["init_img"]], "img2img")
         if not shared.cmd_opts.hide_ui_dir_config:  # server folders are off limits then, as in the webui's own tabs
             _batch_section(controls)
+            _calibrate_section(status)
     return [(tab, "Easy Diffuser", "easy_diffuser")]
 
 
@@ -286,6 +378,34 @@ def _batch_section(controls: list) -> None:
         report = gr.HTML(elem_id="easy_diffuser_batch_report")
     run.click(caption, inputs=[folder, recursive, overwrite, *controls], outputs=[report])
     stop.click(_stop_batch.set, queue=False)  # unqueued, so it runs while the batch holds the queue
+
+
+def _calibrate_section(status: gr.HTML) -> None:
+    with gr.Accordion("Calibrate tau", open=False, elem_id="easy_diffuser_calibrate"):
+        gr.HTML(
+            "<p class='easy-diffuser-hint'>Learns the tau for this model from your images: extracts their prompts, "
+            "generates from them with the loaded checkpoint (fixed seeds, nothing saved) and keeps the tau whose "
+            "images come closest to the sources. Automatic tau uses the result from then on.</p>"
+        )
+        folder = gr.Textbox(label="Folder", placeholder="a folder of images on the webui's machine", elem_id="easy_diffuser_calibrate_folder")
+        with gr.Row():
+            taus = gr.Textbox(label="taus to try", value=ui_helpers.numbers_text(DEFAULT_TAUS), elem_id="easy_diffuser_calibrate_taus")
+            negatives = gr.Textbox(
+                label="Numbers of negative tags to try", value=ui_helpers.numbers_text(DEFAULT_NEGATIVES), elem_id="easy_diffuser_calibrate_negatives"
+            )
+        with gr.Row():
+            width = gr.Slider(64, 1024, value=256, step=64, label="Width", elem_id="easy_diffuser_calibrate_width")
+            height = gr.Slider(64, 1024, value=256, step=64, label="Height", elem_id="easy_diffuser_calibrate_height")
+            steps = gr.Slider(1, 50, value=12, step=1, label="Sampling steps", elem_id="easy_diffuser_calibrate_steps")
+        with gr.Row():
+            run = gr.Button("Calibrate", variant="primary", elem_id="easy_diffuser_calibrate_run")
+            stop = gr.Button("Stop", elem_id="easy_diffuser_calibrate_stop")
+        report = gr.HTML(elem_id="easy_diffuser_calibrate_report")
+        with gr.Row(equal_height=False):  # the plot keeps its shape beside the tall grid
+            plot = gr.Image(label="Loss against tau", type="pil", interactive=False, visible=False, elem_id="easy_diffuser_calibrate_plot")
+            grid = gr.Image(label="Source | best tau | poor tau", type="pil", interactive=False, visible=False, elem_id="easy_diffuser_calibrate_grid")
+    run.click(calibrate_folder, inputs=[folder, taus, negatives, width, height, steps], outputs=[report, plot, grid, status])
+    stop.click(stop_calibration, queue=False)  # unqueued, so it runs while the calibration holds the queue
 
 
 # -- settings, API and lifecycle -----------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The webui adapter's rules, against the stand-in `modules`: settings, flags, model choice,
-device and memory handling (A1111 and Forge), the queue lock, progress, batch, install.py."""
+device and memory handling (A1111 and Forge), the queue lock, progress, batch, calibration, install.py."""
 from __future__ import annotations
 
+import html
 import importlib.metadata
+import json
 import random
 import runpy
 import sys
@@ -16,8 +18,10 @@ gr = pytest.importorskip("gradio")
 import torch  # noqa: E402
 
 import webui_host  # noqa: E402
+from easy_diffuser.calibration_shapes import scenes, write_folder  # noqa: E402
+from easy_diffuser.engine import calibration_path  # noqa: E402
 from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
-from modules import call_queue, devices, lowvram, sd_models, shared  # noqa: E402
+from modules import call_queue, devices, lowvram, processing, sd_models, shared  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -280,6 +284,84 @@ def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypat
     assert "no such folder" in module.caption(str(tmp_path / "nope"), False, False, 8, True, 1.0, False, 0, *NO_CAPTION, Progress())
 
 
+# Two taus at two negatives on 10 shapes-world scenes, drawn at the shapes model's own size: a few seconds on a CPU.
+CALIBRATE = ("0, 1", "2", 64, 64, 12)  # taus, negatives, width, height, steps
+
+
+@pytest.fixture
+def calibration(webui, tmp_path, monkeypatch):
+    """The extension with its own model folder (the calibration lands there), a folder of scenes, and
+    the stand-in txt2img recording whether it ran under the queue lock."""
+    module = webui("--easy-diffuser-model-path", str(tmp_path / "models"))
+    write_folder(tmp_path / "scenes", scenes(10, seed=3))
+    module.under_lock = []
+    generate = processing.process_images
+
+    def process_images(p):
+        module.under_lock.append(call_queue.queue_lock.locked())
+        return generate(p)
+
+    monkeypatch.setattr(processing, "process_images", process_images)
+    monkeypatch.setattr(processing, "calls", [])
+    return module, tmp_path / "scenes", calibration_path(tmp_path / "models", "shapes-demo")
+
+
+def test_calibrate_writes_the_learned_tau_that_extraction_then_uses(calibration, red_circle):
+    from PIL import Image
+
+    module, folder, saved = calibration
+    report, plot, grid, status = module.calibrate_folder(str(folder), *CALIBRATE, Progress())
+    data = json.loads(saved.read_text())
+    assert "Best on 10 images" in report and str(saved) in report and "no negative prompt" in report
+    assert "calibrated" in status and f"{data['tau']:.2f}" in status and data["images"] == 10
+    assert plot["visible"] and grid["visible"] and grid["value"].size[1] > 128
+    # One hold of the queue: the generator did not take the lock again (A1111's would deadlock).
+    assert module.under_lock and all(module.under_lock) and not call_queue.queue_lock.locked()
+    assert all(p.do_not_save_samples and p.width == 64 and p.steps == 12 for p in processing.calls)
+    *_, status, tau, _ = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, *NO_CAPTION, [], Progress())
+    assert "(calibrated" in status and tau["value"] == data["tau"]
+
+
+def test_stop_keeps_what_was_generated_and_calibrate_again_resumes(calibration, monkeypatch):
+    module, folder, saved = calibration
+    generate = processing.process_images
+
+    def stop_at_the_fifth(p):
+        if len(processing.calls) == 4:  # the click arrives while the checkpoint generates (Stop is unqueued)
+            module.stop_calibration()
+        return generate(p)
+
+    monkeypatch.setattr(processing, "process_images", stop_at_the_fifth)
+    report, plot, grid, status = module.calibrate_folder(str(folder), *CALIBRATE, Progress())
+    assert "Stopped after 4 of" in report and not plot["visible"] and status == gr.update()
+    assert not saved.exists() and saved.with_suffix(".partial.json").exists()
+    assert not shared.state.interrupted  # cleared after the job, as the webui does
+    monkeypatch.setattr(processing, "process_images", generate)
+    again = Progress()
+    report, _, _, status = module.calibrate_folder(str(folder), *CALIBRATE, again)
+    first = next(value for value, desc in again.calls if desc and desc.startswith("Calibrating"))
+    assert first[0] == 4 and "Best on 10 images" in report and saved.exists()  # went on from the 4 kept
+
+
+def test_calibrate_errors_are_one_line(calibration, tmp_path):
+    module, folder, _ = calibration
+    (tmp_path / "empty").mkdir()
+    cases = {
+        ("0, x", "2"): "'x' is not a number",
+        ("0", "2.5"): "'2.5' is not a whole number",
+        ("", "2"): "enter at least one number",
+    }
+    for (taus, negatives), message in cases.items():
+        assert message in html.unescape(module.calibrate_folder(str(folder), taus, negatives, 64, 64, 12, Progress())[0])
+    for where, message in [("  ", "Enter the folder"), (tmp_path / "nope", "no such folder"), (tmp_path / "empty", "no readable images")]:
+        report, plot, _, status = module.calibrate_folder(str(where), *CALIBRATE, Progress())
+        assert message in report and "easy-diffuser-error" in report and "Traceback" not in report
+    shared.opts.easy_diffuser_model = str(tmp_path / "missing.safetensors")
+    report = module.calibrate_folder(str(folder), *CALIBRATE, Progress())[0]
+    assert "easy-diffuser-error" in report and "missing.safetensors" in report
+    assert processing.calls == []
+
+
 def elem_ids(demo: gr.Blocks) -> set:
     return {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
 
@@ -288,8 +370,10 @@ def test_the_tab_has_its_elem_ids_and_hides_the_folder_batch_when_told(webui):
     webui()
     shown = elem_ids(webui_host.build_page())
     assert {"easy_diffuser_prompt", "easy_diffuser_neg_prompt", "easy_diffuser_image", "easy_diffuser_batch_folder"} <= shown
+    assert {"easy_diffuser_calibrate_folder", "easy_diffuser_calibrate_run", "easy_diffuser_calibrate_stop"} <= shown
     webui("--hide-ui-dir-config")
-    assert "easy_diffuser_batch_folder" not in elem_ids(webui_host.build_page())
+    hidden = elem_ids(webui_host.build_page())
+    assert "easy_diffuser_batch_folder" not in hidden and "easy_diffuser_calibrate_folder" not in hidden
 
 
 def test_unloading_the_script_frees_the_model(webui):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ gr = pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import webui_host  # noqa: E402  (after the skips: it imports gradio)
-from modules import shared  # noqa: E402
+from easy_diffuser.calibration_shapes import scenes, write_folder  # noqa: E402
+from easy_diffuser.engine import calibration_path  # noqa: E402
+from modules import processing, shared  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -86,7 +90,7 @@ def test_extract_click_a_tag_and_send_to_txt2img(page, red_circle):
     upload(page, red_circle)
     prompt = extract(page)
     assert "circle" in prompt
-    expect(page.locator("#easy_diffuser_status .easy-diffuser-status")).to_contain_text(re.compile(r"tau \d\.\d\d \(.+\)"))
+    expect(page.locator("#easy_diffuser_status .easy-diffuser-status")).to_contain_text(re.compile(r"tau -?\d\.\d\d \(.+\)"))
     if gr.__version__.startswith("3."):  # the README shows the A1111 look
         page.locator("#tab_easy_diffuser").screenshot(path=str(SCREENSHOT))
 
@@ -159,3 +163,46 @@ def test_weights_that_cannot_be_had_give_a_message_not_a_traceback(page, red_cir
         shared.opts.easy_diffuser_model = shapes_model
     assert "Traceback" not in page.content()
     assert textarea(page, "easy_diffuser_prompt").input_value() == ""
+
+
+def test_calibrate_stops_on_stop_and_goes_on_when_pressed_again(page, tmp_path, models_path, monkeypatch):
+    """Stop is unqueued, so it must get through while the calibration holds the queue (gradio 3 and 4)."""
+    write_folder(tmp_path / "scenes", scenes(8, seed=3))
+    saved = calibration_path(models_path / "easy_diffuser", "shapes-demo")
+    generate, calls = processing.process_images, []
+
+    def slow(p):  # a checkpoint takes its time: room to press Stop
+        calls.append(p)
+        time.sleep(0.2)
+        return generate(p)
+
+    monkeypatch.setattr(processing, "process_images", slow)
+    try:
+        page.locator("#easy_diffuser_calibrate").get_by_text("Calibrate tau", exact=True).click()
+        textarea(page, "easy_diffuser_calibrate_folder").fill(str(tmp_path / "scenes"))
+        textarea(page, "easy_diffuser_calibrate_taus").fill("0, 1")
+        textarea(page, "easy_diffuser_calibrate_negatives").fill("2")
+        page.click("#easy_diffuser_calibrate_run")
+        _wait_for(lambda: len(calls) >= 3)
+        page.click("#easy_diffuser_calibrate_stop")
+        stopped = page.locator("#easy_diffuser_calibrate_report .easy-diffuser-status")  # gradio 3 repeats the id
+        expect(stopped).to_contain_text(re.compile(r"Stopped after \d+ of \d+ generations"))
+        assert not saved.exists()
+        monkeypatch.setattr(processing, "process_images", generate)
+        page.click("#easy_diffuser_calibrate_run")
+        report = page.locator("#easy_diffuser_calibrate_report .easy-diffuser-calibration")
+        expect(report).to_contain_text("Best on 8 images")
+        expect(report.locator(".easy-diffuser-best")).to_have_count(1)
+        expect(page.locator("#easy_diffuser_calibrate_plot img")).to_be_visible()
+        expect(page.locator("#easy_diffuser_calibrate_grid img")).to_be_visible()
+        expect(page.locator("#easy_diffuser_status .easy-diffuser-status")).to_contain_text("(calibrated")
+        assert saved.exists()
+    finally:
+        shutil.rmtree(saved.parent, ignore_errors=True)  # the other tests extract with the shipped tau
+
+
+def _wait_for(condition, seconds: float = TIMEOUT_MS / 1000) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

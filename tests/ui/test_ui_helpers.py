@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from easy_diffuser import ui_helpers
+from easy_diffuser.calibration import DEFAULT_TAUS, NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Calibration, Row, Setting
 from easy_diffuser.models import ModelError
 from easy_diffuser.selection import TagScore
 
@@ -49,6 +50,37 @@ def test_control_values_become_extract_options():
 def test_auto_model():
     assert ui_helpers.auto_model(is_sd2=True) == "ViT-H-14/laion2b_s32b_b79k"
     assert ui_helpers.auto_model(is_sd2=False) == "ViT-L-14/openai"
+
+
+def test_the_calibration_fields_read_numbers_and_explain_bad_input():
+    assert ui_helpers.parse_taus(" -1, 0.5 0.5;2 ") == (-1.0, 0.5, 2.0)  # commas, spaces or semicolons; repeats once
+    assert ui_helpers.parse_negatives("2 4") == (2, 4)
+    assert ui_helpers.parse_taus(ui_helpers.numbers_text(DEFAULT_TAUS)) == DEFAULT_TAUS  # the defaults shown read back
+    for parse, text, message in [
+        (ui_helpers.parse_taus, "", "enter at least one number"),
+        (ui_helpers.parse_taus, "0, high", "'high' is not a number"),
+        (ui_helpers.parse_taus, "nan", "not a finite number"),
+        (ui_helpers.parse_negatives, "2.5", "'2.5' is not a whole number"),
+        (ui_helpers.parse_negatives, "-1", "can't be below 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse(text)
+
+
+def test_the_calibration_report_marks_the_best_and_names_each_baseline(tmp_path):
+    def row(tau, negatives, loss, label=""):
+        return Row(Setting(tau, negatives, label), loss, 0.8, [loss], [("red", "blue")])
+
+    rows = [row(0.0, 2, 1.0), row(1.0, 2, 1.5)]
+    baselines = [row(0.0, 0, 1.6, NO_NEGATIVES), row(WHOLE_VOCABULARY, 2, 1.4, WHOLE_VOCABULARY_LABEL), row(WHOLE_VOCABULARY, 4, 1.3, WHOLE_VOCABULARY_LABEL)]
+    result = Calibration("shapes-demo", "shapes", rows, baselines, rows[0], [tmp_path / "a.png"], path=tmp_path / "<m>.json")
+    text = ui_helpers.calibration_html(result)
+    assert "Best on 1 images: <b>tau 0, 2 negatives</b> (loss 1.0000)" in text
+    assert '<tr class="easy-diffuser-best"><td>tau 0, 2 negatives</td>' in text and text.count("easy-diffuser-best") == 1
+    assert "<p>whole-vocabulary lowest, 4 negatives: loss 1.3000.</p>" in text  # the fairer of the two in the summary
+    assert "<td>whole-vocabulary lowest, 2 negatives</td>" in text and "<p>no negative prompt: loss 1.6000.</p>" in text
+    assert "&lt;m&gt;.json" in text and "<m>" not in text
+    assert "after 4 of 9 generations" in ui_helpers.calibration_stopped_html(4, 9)
 
 
 class Recorder:

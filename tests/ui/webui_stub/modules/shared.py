@@ -1,4 +1,5 @@
-"""Stand-in for modules/shared.py (opts, cmd_opts) and OptionInfo/Options of modules/options.py."""
+"""Stand-in for modules/shared.py (opts, cmd_opts, state, sd_model), OptionInfo/Options of modules/options.py
+and State of modules/shared_state.py."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,30 @@ class Options:
         raise AttributeError(item)
 
 
+class State:
+    """modules/shared_state.py: the flags the Interrupt button sets and generation reads."""
+
+    skipped = False
+    interrupted = False
+    stopping_generation = False
+    job = ""
+    job_count = 0
+
+    def interrupt(self):
+        self.interrupted = True
+
+    def begin(self, job: str = "(unknown)"):
+        self.job_count = -1
+        self.skipped = False
+        self.interrupted = False
+        self.stopping_generation = False
+        self.job = job
+
+    def end(self):
+        self.job = ""
+        self.job_count = 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The webui flags the extension reads (modules/cmd_args.py), then the extension's preload.py."""
     parser = argparse.ArgumentParser()
@@ -61,11 +86,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 def reset(args: list[str] = ()) -> None:
     """A fresh start: new settings and a command line (the tests' way of restarting the webui)."""
-    global opts, cmd_opts
+    global opts, cmd_opts, state
     opts = Options()
     cmd_opts = make_parser().parse_args(list(args))
+    state = State()
 
 
 opts: Options
 cmd_opts: argparse.Namespace
+state: State
+sd_model = None  # the loaded checkpoint; the stand-in processing draws shapes-world scenes without one
 reset()
