@@ -166,7 +166,8 @@ def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
         with _weights_only_torch_load():
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, cache_dir=str(cache_dir))
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
-        source = pretrained_cfg.get("hf_hub") or pretrained_cfg.get("url")
+        hub = pretrained_cfg.get("hf_hub")
+        source = f"https://huggingface.co/{hub.rstrip('/')}" if hub else pretrained_cfg.get("url")
         raise ModelError(
             f"no network and no cached weights for {name} ({type(error).__name__}: {error}). "
             f"Download them from {source} and put the file at {cache_dir / (arch + '-' + tag + '.safetensors')} "

@@ -77,7 +77,7 @@ def test_offline_without_weights_names_the_file_to_place(offline, cache_dir):
     message = str(error.value)
     assert message.startswith("no network and no cached weights for ViT-L-14/openai")
     assert str(cache_dir / "ViT-L-14-openai.safetensors") in message
-    assert "openaipublic" in message  # where to download it
+    assert "https://" in message  # where to download it (open_clip 2.20 names OpenAI's URL, 3.x the hub page)
 
 
 def test_weights_placed_by_hand_are_used_offline(offline, tiny_model_dir, tiny_arch, cache_dir):

@@ -153,8 +153,8 @@ def server(models_path, shapes_model):
 def test_50_concurrent_requests_load_the_model_once(server, image_b64, monkeypatch):
     models.unload_models()
     loads, engines = [], []
-    real_load, real_engine = models._load, ui_helpers.Engine
-    monkeypatch.setattr(models, "_load", lambda *args: loads.append(args) or real_load(*args))
+    real_engine = ui_helpers.Engine
+    monkeypatch.setattr(models, "_loaded", models.LoadOnce(lambda *args: loads.append(args) or models._load(*args)))
     monkeypatch.setattr(ui_helpers, "Engine", lambda *args, **kwargs: engines.append(args) or real_engine(*args, **kwargs))
 
     def post(index: int) -> httpx.Response:
