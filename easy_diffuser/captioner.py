@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .files import safe_name
-from .models import DEFAULT_CACHE_DIR, LoadOnce, ModelError, _weights_only_torch_load, default_dtype
+from .models import DEFAULT_CACHE_DIR, LoadOnce, ModelError, OnDevice, _weights_only_torch_load, default_dtype
 from .selection import TOKEN_BUDGET, TagScore
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -67,21 +67,13 @@ class CaptionOptions:
 
 
 @dataclass
-class Captioner:
+class Captioner(OnDevice):
     """A captioning model and its processor (image preprocessing plus tokenizer)."""
 
     model_id: str
     model: Any  # a transformers PreTrainedModel; typed loosely so transformers stays optional
     processor: Any
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one model, many callers
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Captioner":
         with self._lock:

@@ -61,8 +61,22 @@ REGISTRY: dict[str, ModelInfo] = {
 }
 
 
+class OnDevice:
+    """Where a wrapper's `model` lives, read off its parameters."""
+
+    model: torch.nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
 @dataclass
-class LoadedModel:
+class LoadedModel(OnDevice):
     """An open_clip model with everything needed to use it."""
 
     model_id: str  # the name users see and calibrations are filed under
@@ -72,14 +86,6 @@ class LoadedModel:
     defaults: dict[str, Any]
     vocabulary_dir: Path | None  # a model folder may carry its own vocabulary
     cache_key: str  # model_id plus a hash of the weights file when there is one: new weights, new caches
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "LoadedModel":
         self.model.to(device=device, dtype=dtype)
