@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .engine import Engine, ExtractOptions, Extraction
-from .files import write_text_atomically
+from .files import remove_leftover_temp_files, write_text_atomically
 from .images import ImageError, is_image_path, load_image
 
 BATCH_SIZE = 8  # images per forward pass: throughput without holding a folder in memory
@@ -60,7 +60,9 @@ def caption_folder(
             summary.stopped = True
             break
         for result in _extract_chunk(engine, chunk, options, summary):
-            write_text_atomically(caption_path(Path(result.source)), result.prompt + "\n")
+            caption = caption_path(Path(result.source))
+            remove_leftover_temp_files(caption)  # from a run killed while writing this caption
+            write_text_atomically(caption, result.prompt + "\n")
             summary.written.append(Path(result.source))
             if on_result:
                 on_result(result)

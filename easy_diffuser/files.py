@@ -1,6 +1,7 @@
 """Writing files so that a crash or kill never leaves a half-written one behind."""
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tempfile
@@ -8,10 +9,13 @@ from pathlib import Path
 from typing import Callable
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temp_path) on a temp file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
     temp = Path(temp_name)
     try:
@@ -19,6 +23,12 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def remove_leftover_temp_files(path: Path) -> None:
+    """Temp files of `path` that a killed process (SIGKILL runs no cleanup) left behind."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
 
 
 def write_text_atomically(path: Path, text: str) -> None:

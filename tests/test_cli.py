@@ -79,8 +79,17 @@ def test_killed_batch_leaves_no_half_caption_and_rerun_finishes(tmp_path, cache_
     process.wait()
     captions = list((tmp_path / "big").glob("*.txt"))
     assert 0 < len(captions) < len(images), "the kill should land mid-batch"
-    assert all(caption.read_text().endswith("\n") for caption in captions)
-    assert [p for p in os.listdir(tmp_path / "big") if p.endswith(".tmp")] == []
+    assert all(caption.read_text().endswith("\n") for caption in captions)  # whole, never cut short
     code, _, err = run_cli(str(tmp_path / "big"), cache=cache_dir)
     assert code == 0 and f"{len(images) - len(captions)} captioned, {len(captions)} already captioned" in err
     assert len(list((tmp_path / "big").glob("*.txt"))) == len(images)
+    # A temp file the kill left (SIGKILL runs no cleanup) is gone after the rerun.
+    assert [name for name in os.listdir(tmp_path / "big") if name.endswith(".tmp")] == []
+
+
+def test_rerun_removes_temp_files_a_killed_run_left(tmp_path, cache_dir, capsys):
+    images = make_folder(tmp_path / "set", 2)
+    leftover = tmp_path / "set" / f".{images[0].stem}.txt.k1ll3d.tmp"
+    leftover.write_text("red, cir")  # what a SIGKILL during the write leaves: never a caption
+    assert main([str(tmp_path / "set"), "--model", "shapes-demo", "--cache-dir", str(cache_dir)]) == 0
+    assert not leftover.exists() and images[0].with_suffix(".txt").read_text().endswith("\n")
