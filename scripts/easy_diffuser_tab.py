@@ -322,7 +322,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                 with gr.Row():
                     auto_tau = gr.Checkbox(value=True, label="Automatic tau", elem_id="easy_diffuser_auto_tau")
                     weights = gr.Checkbox(value=opts.easy_diffuser_weights, label="Weights", elem_id="easy_diffuser_weights")
-                tau = gr.Slider(0, 4, value=1.0, step=0.05, label="tau: relevance a tag needs to be a negative candidate", elem_id="easy_diffuser_tau")
+                tau = gr.Slider(-2, 4, value=1.0, step=0.05, label="tau: relevance a tag needs to be a negative candidate", elem_id="easy_diffuser_tau")
                 quality = gr.Slider(0, 16, value=opts.easy_diffuser_quality_negatives, step=1, label="Quality negatives", elem_id="easy_diffuser_quality")
                 with gr.Row():
                     caption_on = gr.Checkbox(value=opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption")
