@@ -103,8 +103,9 @@ class Engine:
 
     def extract_many(self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()) -> list[Extraction]:
         """Extract a batch of already loaded PIL images (one forward pass)."""
-        tau, tau_source = self.resolve_tau(options.tau)
-        selection = replace(options, tau=tau, **self._model_selection_defaults(options), **self._learned_negatives(options))
+        learned = self._calibration()  # read once per call, not once per setting
+        tau, tau_source = self._tau(options.tau, learned)
+        selection = replace(options, tau=tau, **self._model_selection_defaults(options), **self._learned_negatives(options, learned))
         captions = self.caption(images, options) if options.caption else [""] * len(images)
         with self._lock:
             image_embeddings = embedding.encode_images(self.loaded, images)
@@ -148,18 +149,20 @@ class Engine:
             defaults["max_per_category"] = int(self.loaded.defaults["max_per_category"])
         return defaults
 
-    def _learned_negatives(self, options: ExtractOptions) -> dict:
+    def _learned_negatives(self, options: ExtractOptions, learned: dict) -> dict:
         """With tau automatic and the default count, the count of negatives learned with tau."""
         if options.tau is not None or options.negatives != ExtractOptions.negatives:
             return {}
-        learned = self._calibration().get("negatives", self.loaded.defaults.get("negatives"))
-        return {"negatives": int(learned)} if isinstance(learned, (int, float)) else {}
+        count = learned.get("negatives", self.loaded.defaults.get("negatives"))
+        return {"negatives": int(count)} if isinstance(count, (int, float)) else {}
 
     def resolve_tau(self, requested: float | None) -> tuple[float, str]:
         """tau and where it came from: the option, this model's calibration file, or its defaults."""
+        return self._tau(requested, self._calibration())
+
+    def _tau(self, requested: float | None, learned: dict) -> tuple[float, str]:
         if requested is not None:
             return float(requested), "option"
-        learned = self._calibration()
         if isinstance(learned.get("tau"), (int, float)):
             return float(learned["tau"]), f"calibrated ({calibration_path(self.cache_dir, self.model_id)})"
         if "tau" in self.loaded.defaults:
