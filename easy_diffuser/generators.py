@@ -107,7 +107,7 @@ def webui_generator(
     """In-process txt2img with the webui's loaded checkpoint, for the tab.
 
     `processing` is `modules.processing` and `shared` is `modules.shared`, passed in by the tab so
-    this module stays free of webui imports. Pass `queue_lock=shared.queue_lock` when the caller
+    this module stays free of webui imports. Pass `queue_lock=modules.call_queue.queue_lock` when the caller
     does not already hold the queue (a handler wrapped with wrap_gradio_gpu_call does: then leave
     it None, A1111's lock is not re-entrant). Images are not saved to the user's outputs.
     Interrupt (shared.state.interrupted) raises GenerationStopped.
