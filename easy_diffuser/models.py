@@ -207,10 +207,22 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
     preprocess_cfg = config.get("preprocess_cfg", {})
     model, preprocess = _architecture(arch, image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std"))
     _load_weights(model, weights)
-    defaults_path = folder / "easy_diffuser.json"
-    defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else {}
+    defaults = _folder_defaults(folder / "easy_diffuser.json")
     vocabulary = folder / "vocabulary"
     return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id, cache_key, vocabulary if vocabulary.is_dir() else None, defaults)
+
+
+def _folder_defaults(path: Path) -> dict[str, Any]:
+    """A model folder's own defaults (tau, negatives, ...); none when the file is absent."""
+    if not path.is_file():
+        return {}
+    try:
+        defaults = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: not valid JSON ({error}); fix it or delete it to use the built-in defaults") from None
+    if not isinstance(defaults, dict):
+        raise ModelError(f"{path}: must hold a JSON object such as {{\"tau\": 1.0}}")
+    return defaults
 
 
 def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedModel:

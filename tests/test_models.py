@@ -85,3 +85,14 @@ def test_weights_placed_by_hand_are_used_offline(offline, tiny_model_dir, tiny_a
     (cache_dir / f"{tiny_arch}-mine.safetensors").write_bytes((tiny_model_dir / "open_clip_model.safetensors").read_bytes())
     loaded = load_model(f"{tiny_arch}/mine", cache_dir=cache_dir)
     assert loaded.model_id == f"{tiny_arch}/mine"
+
+
+@pytest.mark.parametrize("text", ['{"tau": ', '[1, 2]'])
+def test_broken_defaults_file_in_a_model_folder_names_the_file(tiny_model_dir, tmp_path, cache_dir, text):
+    import shutil
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "easy_diffuser.json").write_text(text)
+    with pytest.raises(ModelError, match="my-model/easy_diffuser.json: "):
+        load_model(str(folder), cache_dir=cache_dir)
