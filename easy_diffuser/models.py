@@ -172,14 +172,21 @@ def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
         with _weights_only_torch_load():
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, cache_dir=str(cache_dir))
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
-        hub = pretrained_cfg.get("hf_hub")
-        source = f"https://huggingface.co/{hub.rstrip('/')}" if hub else pretrained_cfg.get("url")
         raise ModelError(
             f"no network and no cached weights for {name} ({type(error).__name__}: {error}). "
-            f"Download them from {source} and put the file at {cache_dir / (arch + '-' + tag + '.safetensors')} "
-            "(or .bin/.pt), or pass a local checkpoint path as the model"
+            f"{_where_to_get(pretrained_cfg, cache_dir / f'{arch}-{tag}')}, or pass a local checkpoint path as the model"
         ) from error
     return _finish(model, preprocess, open_clip.get_tokenizer(arch), name, name, folder=None)
+
+
+def _where_to_get(pretrained_cfg: dict, target: Path) -> str:
+    """How to fetch the weights by hand and where to put them so the next start finds them."""
+    hub = pretrained_cfg.get("hf_hub")
+    if hub:
+        page = f"https://huggingface.co/{hub.rstrip('/')}"
+        return f"Download {WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]}) from {page} and save it as {target}.safetensors (or .bin)"
+    url = pretrained_cfg.get("url", "")
+    return f"Download {url} and save it as {target}{Path(url).suffix or '.pt'}"
 
 
 def _placed_file(arch: str, tag: str, cache_dir: Path) -> Path | None:
