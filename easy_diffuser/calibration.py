@@ -46,7 +46,6 @@ DEFAULT_TAUS = tuple(x / 4 for x in range(-4, 11))  # -1.0, -0.75, ..., 2.5
 DEFAULT_NEGATIVES = (1, 2, 3, 4, 6, 8)
 WHOLE_VOCABULARY = float("-inf")  # tau that makes every tag "relevant": the lowest of the whole vocabulary
 CHUNK = 16  # generations per metric forward pass (and per save of the partial results)
-EXTRACT_BATCH = 64  # images per extraction pass: few passes, yet a big folder never fills the GPU
 NO_NEGATIVES = "no negative prompt"
 WHOLE_VOCABULARY_LABEL = "whole-vocabulary lowest"
 
@@ -152,25 +151,20 @@ def measure(
     metric = metric or Metric(engine)
     partial = partial or PartialResults(None)
     keys = [image_key(image) for image in images]
-    prompts = {s: _prompts(engine, images, s.options(options)) for s in settings}
-    jobs = {job.key: job for s in settings for job in _jobs(prompts[s], keys, generator, metric, seed)}
-    stopped = _run_jobs(list(jobs.values()), images, generator, metric, partial, progress, should_stop)
+    embeddings = metric.encode(images)  # once: every setting only selects tags differently
+    prompts = {s: [(e.prompt, e.negative_prompt) for e in engine.extract_embeddings(embeddings, s.options(options))] for s in settings}
+    jobs_of = {s: _jobs(prompts[s], keys, generator, metric, seed) for s in settings}
+    jobs = {job.key: job for setting_jobs in jobs_of.values() for job in setting_jobs}
+    stopped = _run_jobs(list(jobs.values()), embeddings, generator, metric, partial, progress, should_stop)
     if stopped:
         return [], True
     rows = []
     for setting in settings:
-        results = [partial.entries[job.key] for job in _jobs(prompts[setting], keys, generator, metric, seed)]
+        results = [partial.entries[job.key] for job in jobs_of[setting]]
         losses = [loss for loss, _ in results]
         cosine = sum(c for _, c in results) / len(results)
         rows.append(Row(setting, sum(losses) / len(losses), cosine, losses, prompts[setting]))
     return rows, False
-
-
-def _prompts(engine: Engine, images: Sequence[Image.Image], options: ExtractOptions) -> list[tuple[str, str]]:
-    out = []
-    for start in range(0, len(images), EXTRACT_BATCH):
-        out += [(e.prompt, e.negative_prompt) for e in engine.extract_many(images[start : start + EXTRACT_BATCH], options)]
-    return out
 
 
 def _jobs(prompts: list[tuple[str, str]], keys: list[str], generator: Generator, metric: Metric, seed: int) -> list[_Job]:
@@ -185,10 +179,10 @@ def _jobs(prompts: list[tuple[str, str]], keys: list[str], generator: Generator,
     return jobs
 
 
-def _run_jobs(jobs, images, generator, metric, partial, progress, should_stop) -> bool:
+def _run_jobs(jobs, embeddings, generator, metric, partial, progress, should_stop) -> bool:
     """Generate and score the jobs not done yet, a chunk at a time; True if stopped."""
     pending = [job for job in jobs if job.key not in partial.entries]
-    sources = metric.embed(images) if pending else None
+    sources = metric.embedded(embeddings)
     done = len(jobs) - len(pending)
     if progress:
         progress(done, len(jobs))

@@ -50,7 +50,8 @@ def write_folder(folder: Path, items: Sequence[world.Scene], pixels: int = 64) -
 def fit_probabilities(engine: Engine, count: int = 400, seed: int = 7) -> TagCalibration:
     """center/temperature of p = sigmoid((relevance - center)/temperature), fitted to known scenes."""
     items = scenes(count, seed)
-    _, relevance = Metric(engine).relevance([world.draw(s) for s in items])
+    metric = Metric(engine)
+    relevance = metric.relevance(metric.encode([world.draw(s) for s in items]))
     truth = [set(s.tags().values()) for s in items]
     present = torch.tensor([[float(tag in true) for tag in engine.vocabulary.tags] for true in truth])
     return fit_tag_calibration(relevance, present)

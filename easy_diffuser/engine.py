@@ -103,19 +103,30 @@ class Engine:
 
     def extract_many(self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()) -> list[Extraction]:
         """Extract a batch of already loaded PIL images (one forward pass)."""
+        captions = self.caption(images, options) if options.caption else []
+        return self.extract_embeddings(self.encode(images), options, names, captions)
+
+    def encode(self, images: Sequence) -> torch.Tensor:
+        """Unit-length image embeddings (float32, CPU), one row per image."""
+        with self._lock:
+            return embedding.encode_images(self.loaded, images)
+
+    def extract_embeddings(
+        self, image_embeddings: torch.Tensor, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = (), captions: Sequence[str] = ()
+    ) -> list[Extraction]:
+        """Extract from images already encoded: calibration tries many settings on the same images.
+
+        With options.caption, `captions` holds each image's caption (extract_many makes them)."""
         learned = self._calibration()  # read once per call, not once per setting
         tau, tau_source = self._tau(options.tau, learned)
         selection = replace(options, tau=tau, **self._model_selection_defaults(options), **self._learned_negatives(options, learned))
-        captions = self.caption(images, options) if options.caption else [""] * len(images)
-        with self._lock:
-            image_embeddings = embedding.encode_images(self.loaded, images)
         results = []
         for index, scores in enumerate(scoring.score(image_embeddings, self.text_embeddings)):
             tags = select(scores, self.vocabulary, self.text_embeddings, self.token_costs, selection)
             prompt, negative = prompts(tags, options.weights)
-            caption = captions[index]
+            caption = ""
             if options.caption:
-                prompt, tags, caption = self._with_caption(caption, tags, options)
+                prompt, tags, caption = self._with_caption(captions[index], tags, options)
             source = names[index] if index < len(names) else ""
             results.append(Extraction(prompt, negative, tags, self.model_id, tau, tau_source, source, caption))
         return results

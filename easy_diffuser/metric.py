@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import embedding, scoring
+from . import scoring
 from .engine import Engine
 
 DEFAULT_CENTER = 2.0
@@ -111,15 +111,18 @@ class Metric:
         return digest.hexdigest()[:16]
 
     def embed(self, images: Sequence[Image.Image]) -> Embedded:
-        embeddings, relevance = self.relevance(images)
-        return Embedded(embeddings, self.calibration.probabilities(relevance))
+        return self.embedded(self.encode(images))
 
-    def relevance(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unit image embeddings [images, dim], relevance of every tag [images, tags])."""
-        # Bounded batches: a big folder must not fill the GPU.
-        embeddings = torch.cat([embedding.encode_images(self.engine.loaded, images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
-        relevance = torch.stack([s.relevance for s in scoring.score(embeddings, self.engine.text_embeddings)])
-        return embeddings, relevance
+    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Unit image embeddings [images, dim], in bounded batches: a big folder must not fill the GPU."""
+        return torch.cat([self.engine.encode(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+
+    def embedded(self, embeddings: torch.Tensor) -> Embedded:
+        return Embedded(embeddings, self.calibration.probabilities(self.relevance(embeddings)))
+
+    def relevance(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Relevance of every tag [images, tags] for image embeddings [images, dim]."""
+        return torch.stack([s.relevance for s in scoring.score(embeddings, self.engine.text_embeddings)])
 
     def compare(self, source: Embedded, generated: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, cosine) per pair of rows: source row i against generated row i."""
