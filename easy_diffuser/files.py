@@ -8,8 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-
 TEMP_SUFFIX = ".tmp"
+# The process's umask, read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -20,6 +22,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     temp = Path(temp_name)
     try:
         write(temp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+        os.chmod(temp, 0o666 & ~_UMASK)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

@@ -93,3 +93,11 @@ def test_rerun_removes_temp_files_a_killed_run_left(tmp_path, cache_dir, capsys)
     leftover.write_text("red, cir")  # what a SIGKILL during the write leaves: never a caption
     assert main([str(tmp_path / "set"), "--model", "shapes-demo", "--cache-dir", str(cache_dir)]) == 0
     assert not leftover.exists() and images[0].with_suffix(".txt").read_text().endswith("\n")
+
+
+def test_captions_get_the_permissions_a_plain_file_would(tmp_path, cache_dir):
+    images = make_folder(tmp_path / "set", 1)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert main([str(tmp_path / "set"), "--model", "shapes-demo", "--cache-dir", str(cache_dir)]) == 0
+    assert images[0].with_suffix(".txt").stat().st_mode == plain.stat().st_mode  # not mkstemp's private 0600
