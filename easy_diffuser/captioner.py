@@ -28,9 +28,9 @@ from PIL import Image
 
 from .files import safe_name
 from .models import DEFAULT_CACHE_DIR, LoadOnce, ModelError, OnDevice, _weights_only_torch_load, default_dtype
-from .selection import TOKEN_BUDGET, TagScore
+from .options import DEFAULT_CAPTIONER, TOKEN_BUDGET, CaptionOptions
+from .selection import TagScore
 
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 # model_type in config.json -> (model class, processor class) in transformers
 MODEL_CLASSES = {"blip": ("BlipForConditionalGeneration", "BlipProcessor"), "git": ("GitForCausalLM", "GitProcessor")}
 # Words a tag may share with any caption without repeating it ("a", "in the ...").
@@ -53,17 +53,6 @@ CAPTIONERS: dict[str, CaptionerInfo] = {
         CaptionerInfo("microsoft/git-large-coco", "GIT large tuned on COCO (about 1.6 GB): literal captions, better on busy scenes"),
     )
 }
-
-
-@dataclass(frozen=True)
-class CaptionOptions:
-    beams: int = 3
-    min_length: int = 5  # tokens of the captioner's own tokenizer, not CLIP's; capped at max_length
-    max_length: int = 30
-
-    def __post_init__(self) -> None:
-        if self.beams < 1 or self.min_length < 0 or self.max_length < 1:
-            raise ValueError(f"caption options need beams >= 1, min_length >= 0 and max_length >= 1: {self}")
 
 
 @dataclass

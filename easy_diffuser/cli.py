@@ -15,11 +15,11 @@ from typing import Sequence
 from tqdm import tqdm
 
 from .batch import caption_folder
-from .captioner import CAPTIONERS, DEFAULT_CAPTIONER
-from .engine import Engine, ExtractOptions, Extraction
+from .captioner import CAPTIONERS
+from .engine import Engine, Extraction
 from .images import ImageError
-from .models import DEFAULT_MODEL, REGISTRY, ModelError
-from .session import default_device
+from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
+from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option, OptionError
 
 EXIT_IMAGE_FAILED = 1
 EXIT_SETUP_FAILED = 2
@@ -35,14 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", default=None, help="weights and embedding cache (default: ~/.cache/easy_diffuser)")
     parser.add_argument("--vocabulary", action="append", default=[], metavar="DIR", help="extra folder of <category>.txt tag lists")
-    parser.add_argument("--tags", type=int, default=ExtractOptions.max_tags, help="most positive tags")
-    parser.add_argument("--per-category", type=int, default=ExtractOptions.max_per_category, help="most positive tags per category")
-    parser.add_argument("--tau", type=float, default=None, help="relevance threshold of the negative prompt (default: calibrated or model default)")
-    parser.add_argument("--negatives", type=int, default=ExtractOptions.negatives, help="most negative tags from the image's relevant subset")
-    parser.add_argument("--quality-negatives", type=int, default=ExtractOptions.quality_negatives, help="standard quality negatives to append (0: none)")
-    parser.add_argument("--weights", action="store_true", help="write (tag:weight) from the scores")
+    prompts = parser.add_argument_group("prompt options")
+    for option in OPTIONS:
+        _add_option(prompts, option, option.name)
     _add_caption_arguments(parser)
     return parser
+
+
+def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> None:
+    """A flag from the options schema: its range and default in the help, its check as the argument's type."""
+    if option.kind is bool:
+        group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
+        return
+    default = option.automatic or option.default
+    group.add_argument(
+        option.flag, dest=dest, type=_checked_by(option), default=option.default, metavar=option.kind.__name__.upper(),
+        help=f"{option.help}; {option.minimum:g} to {option.maximum:g} (default: {default})",
+    )
+
+
+def _checked_by(option: Option):
+    def parse(text: str):
+        try:
+            return option.parse(text)
+        except OptionError as error:
+            raise argparse.ArgumentTypeError(error.problem) from None  # argparse names the flag itself
+
+    parse.__name__ = option.kind.__name__
+    return parse
 
 
 def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,35 +72,31 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"caption first; MODEL is {', '.join(CAPTIONERS)} or a model folder (default {DEFAULT_CAPTIONER}); "
         "put it after the images or write --caption=MODEL, so that an image is not taken for MODEL",
     )
-    group.add_argument("--caption-beams", type=int, default=ExtractOptions.caption_beams, help="beam search width")
-    group.add_argument("--caption-min-length", type=int, default=ExtractOptions.caption_min_length, help="fewest caption tokens")
-    group.add_argument("--caption-max-length", type=int, default=ExtractOptions.caption_max_length, help="most caption tokens")
+    for option in CAPTION_OPTIONS:
+        _add_option(group, option, f"caption_{option.name}")
     group.add_argument("--keep-in-vram", action="store_true", help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)")
+
+
+def options_from(args: argparse.Namespace) -> ExtractOptions:
+    """The parsed flags as ExtractOptions (each flag was checked against the schema as it was read)."""
+    caption = None
+    if args.caption:
+        caption = CaptionOptions(args.caption, **{option.name: getattr(args, f"caption_{option.name}") for option in CAPTION_OPTIONS})
+    return ExtractOptions(**{option.name: getattr(args, option.name) for option in OPTIONS}, caption=caption)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["calibrate"]:  # `easy-diffuser calibrate FOLDER ...`: its own parser
-        from .calibration import main as calibrate_main
+        from .calibration.cli import main as calibrate_main
 
         return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        options = ExtractOptions(
-            max_tags=args.tags,
-            max_per_category=args.per_category,
-            tau=args.tau,
-            negatives=args.negatives,
-            quality_negatives=args.quality_negatives,
-            weights=args.weights,
-            caption=args.caption,
-            caption_beams=args.caption_beams,
-            caption_min_length=args.caption_min_length,
-            caption_max_length=args.caption_max_length,
-        )
+        options = options_from(args)
         engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary, keep_in_vram=args.keep_in_vram)
         if options.caption:
-            engine.captioner(options.caption)  # now: a missing captioner is a setup error, not one per image
+            engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED
@@ -93,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_image(engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace) -> bool:
     try:
-        result = engine.extract(path, options)
+        result = engine.extract(path, options, name=str(path))
     except ImageError as error:
         print(f"error: {error}", file=sys.stderr)
         return False

@@ -4,7 +4,7 @@
     result = engine.extract("image.png")
     result.prompt, result.negative_prompt, result.tags
 
-With `ExtractOptions(caption=MODEL)` a captioner (captioner.py) runs first and its caption leads
+With `ExtractOptions(caption=CaptionOptions(MODEL))` a captioner (captioner.py) runs first and its caption leads
 the positive prompt: `caption, tag, tag, ...` in the same token budget.
 """
 from __future__ import annotations
@@ -19,33 +19,18 @@ from typing import Sequence
 import torch
 
 from . import embedding, label_cache, scoring
-from .captioner import CaptionOptions, Captioner, compose, load_captioner
+from .captioner import Captioner, compose, load_captioner
 from .embedding import ProgressFn
 from .files import safe_name
 from .images import ImageInput, load_image
-from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, load_model
+from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, load_model
+from .options import CaptionOptions, ExtractOptions
 from .prompt import escape, format_prompt, prompts
 from .selection import SelectionOptions, TagScore, select
 from .vocabulary import BUILTIN_DIR, Vocabulary, load_vocabulary
 
 DEFAULT_TAU = 1.0
-
-
-@dataclass(frozen=True)
-class ExtractOptions(SelectionOptions):
-    tau: float | None = None  # None: the calibrated tau if there is one, else the model's default
-    weights: bool = False
-    caption: str | None = None  # a captioner (captioner.CAPTIONERS id or model folder); None: tags only
-    caption_beams: int = CaptionOptions.beams
-    caption_min_length: int = CaptionOptions.min_length
-    caption_max_length: int = CaptionOptions.max_length
-
-    def __post_init__(self) -> None:
-        CaptionOptions(self.caption_beams, self.caption_min_length, self.caption_max_length)  # bad ones fail now, not at the first image
-
-    @property
-    def caption_options(self) -> CaptionOptions:
-        return CaptionOptions(self.caption_beams, self.caption_min_length, self.caption_max_length)
+__all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +67,7 @@ class Engine:
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
-        self.loaded: LoadedModel = load_model(model, device, dtype, self.cache_dir)
+        self.loaded: LoadedModel = load_model(model, check_device(device), dtype, self.cache_dir)
         folders = [self.loaded.vocabulary_dir or BUILTIN_DIR, *map(Path, vocabulary_dirs)]
         self.vocabulary: Vocabulary = load_vocabulary(folders)
         self.text_embeddings = label_cache.text_embeddings(self.loaded, self.vocabulary, self.cache_dir, progress)
@@ -93,13 +78,10 @@ class Engine:
     def model_id(self) -> str:
         return self.loaded.model_id
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Engine":
-        with self._lock:
-            self.loaded.to(device, dtype)
-        return self
-
     def extract(self, image: ImageInput, options: ExtractOptions = ExtractOptions(), name: str | None = None) -> Extraction:
-        return self.extract_many([load_image(image, name)], options, [name or ""])[0]
+        """One image (path, bytes or PIL image); a path is the result's `source` unless `name` is given."""
+        source = name or (str(image) if isinstance(image, (str, os.PathLike)) else "")
+        return self.extract_many([load_image(image, name)], options, [source])[0]
 
     def extract_many(self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()) -> list[Extraction]:
         """Extract a batch of already loaded PIL images (one forward pass)."""
@@ -112,14 +94,21 @@ class Engine:
             return embedding.encode_images(self.loaded, images)
 
     def extract_embeddings(
-        self, image_embeddings: torch.Tensor, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = (), captions: Sequence[str] = ()
+        self,
+        image_embeddings: torch.Tensor,
+        options: ExtractOptions = ExtractOptions(),
+        names: Sequence[str] = (),
+        captions: Sequence[str] = (),
+        selection: SelectionOptions | None = None,
     ) -> list[Extraction]:
         """Extract from images already encoded: calibration tries many settings on the same images.
 
-        With options.caption, `captions` holds each image's caption (extract_many makes them)."""
-        learned = self._calibration()  # read once per call, not once per setting
-        tau, tau_source = self._tau(options.tau, learned)
-        selection = replace(options, tau=tau, **self._model_selection_defaults(options), **self._learned_negatives(options, learned))
+        With options.caption, `captions` holds each image's caption (extract_many makes them).
+        `selection` replaces what options would resolve to (calibration's sweep sets tau itself)."""
+        if selection is None:
+            selection, tau_source = self.selection_options(options)
+        else:
+            tau_source = "set by the caller"
         results = []
         for index, scores in enumerate(scoring.score(image_embeddings, self.text_embeddings)):
             tags = select(scores, self.vocabulary, self.text_embeddings, self.token_costs, selection)
@@ -128,8 +117,21 @@ class Engine:
             if options.caption:
                 prompt, tags, caption = self._with_caption(captions[index], tags, options)
             source = names[index] if index < len(names) else ""
-            results.append(Extraction(prompt, negative, tags, self.model_id, tau, tau_source, source, caption))
+            results.append(Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption))
         return results
+
+    def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
+        """What the options mean for this model now, and where tau came from: automatic tau
+        and the default counts resolve to the calibration file or the model's own defaults."""
+        learned = self._calibration()  # read once per call, not once per image
+        tau, tau_source = self._tau(options.tau, learned)
+        counts = {**self._model_selection_defaults(options), **self._learned_negatives(options, learned)}
+        selection = SelectionOptions(
+            max_tags=options.max_tags, max_per_category=counts.get("max_per_category", options.max_per_category),
+            tau=tau, negatives=counts.get("negatives", options.negatives), quality_negatives=options.quality_negatives,
+            token_budget=options.token_budget, dedup_threshold=options.dedup_threshold,
+        )
+        return selection, tau_source
 
     def captioner(self, spec: str) -> Captioner:
         """The captioner, loaded on first use, on CLIP's device and dtype (loading it early surfaces its errors early)."""
@@ -137,10 +139,11 @@ class Engine:
 
     def caption(self, images: Sequence, options: ExtractOptions) -> list[str]:
         """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM."""
+        assert options.caption is not None
         with self._lock:
-            captioner = self.captioner(options.caption)
+            captioner = self.captioner(options.caption.model)
             try:
-                return [captioner.caption(image, options.caption_options) for image in images]
+                return [captioner.caption(image, options.caption) for image in images]
             finally:
                 if not self.keep_in_vram and captioner.device.type != "cpu":
                     captioner.to("cpu")

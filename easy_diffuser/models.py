@@ -25,6 +25,8 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 
+from .options import OptionError
+
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL = "ViT-L-14/openai"
 DEFAULT_CACHE_DIR = Path(os.environ.get("EASY_DIFFUSER_CACHE", Path.home() / ".cache" / "easy_diffuser"))
@@ -96,6 +98,25 @@ def list_models() -> list[str]:
     return list(REGISTRY)
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, if this machine has it; else a one-line OptionError that says what to use."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError("device", f"{device!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
+    backend = getattr(torch, device.type, None)
+    available = device.type == "cpu" or (backend is not None and hasattr(backend, "is_available") and backend.is_available())
+    if not available:
+        raise OptionError("device", f"{device.type} is not available on this machine; use cpu or leave the device out")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise OptionError("device", f"{device} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
@@ -115,9 +136,13 @@ class LoadOnce(Generic[T]):
                 self._loaded[key] = self._load(spec, cache_dir)
             return self._loaded[key]
 
-    def clear(self) -> None:
+    def clear(self, spec: str | None = None, cache_dir: Path | None = None) -> None:
+        """Forget one (spec, cache folder), or everything when no spec is given."""
         with self._lock:
-            self._loaded.clear()
+            if spec is None:
+                self._loaded.clear()
+            else:
+                self._loaded.pop((spec, str(cache_dir)), None)
 
 
 def load_model(
@@ -130,9 +155,9 @@ def load_model(
     return _loaded(spec, Path(cache_dir or DEFAULT_CACHE_DIR)).to(device, dtype or default_dtype(device))
 
 
-def unload_models() -> None:
-    """Forget every loaded model so its memory can be freed."""
-    _loaded.clear()
+def unload_models(spec: str | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+    """Forget a loaded model (every one when no spec is given) so its memory can be freed."""
+    _loaded.clear(spec, Path(cache_dir or DEFAULT_CACHE_DIR))
 
 
 def _load(spec: str, cache_dir: Path) -> LoadedModel:

@@ -17,22 +17,27 @@ from typing import Literal, Sequence
 
 import torch
 
+from .options import ExtractOptions
 from .scoring import Scores
 from .vocabulary import NEGATIVE_QUALITY, Vocabulary
 
 Role = Literal["positive", "negative", "off"]
-TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
+_DEFAULTS = ExtractOptions()
 
 
 @dataclass(frozen=True)
 class SelectionOptions:
-    max_tags: int = 24
-    max_per_category: int = 3
+    """What select() needs, resolved: tau is a number here (Engine resolves "automatic").
+
+    Not checked like ExtractOptions: calibration's whole-vocabulary baseline uses tau = -inf."""
+
+    max_tags: int = _DEFAULTS.max_tags
+    max_per_category: int = _DEFAULTS.max_per_category
     tau: float = 1.0  # relevance threshold of the negative prompt's subset (see scoring.py)
-    negatives: int = 8
-    quality_negatives: int = 6  # standard quality negatives appended; 0 for none
-    token_budget: int = TOKEN_BUDGET
-    dedup_threshold: float = 0.95  # text-embedding cosine above which two tags count as one
+    negatives: int = _DEFAULTS.negatives
+    quality_negatives: int = _DEFAULTS.quality_negatives  # standard quality negatives appended; 0 for none
+    token_budget: int = _DEFAULTS.token_budget
+    dedup_threshold: float = _DEFAULTS.dedup_threshold  # text-embedding cosine above which two tags count as one
 
 
 @dataclass(frozen=True)

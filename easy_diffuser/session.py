@@ -7,36 +7,25 @@
     ed.send2ui()          # POST prompt and negative_prompt to a running webui's /sdapi/v1/txt2img
 
     easy_diffuser.start("image.jpg", caption=True)   # BLIP's caption first, then the tags
-    easy_diffuser.start("image.jpg", caption="microsoft/git-base-coco", caption_max_length=20)
+    easy_diffuser.start("image.jpg", caption={"model": "microsoft/git-base-coco", "max_length": 20})
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from .captioner import DEFAULT_CAPTIONER
 from .engine import Engine, ExtractOptions, Extraction
 from .images import ImageInput, load_image
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, default_device
 from .webui_client import DEFAULT_URL, save_images, txt2img
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def captioner_spec(caption: str | bool | None) -> str | None:
-    """caption=True means the default captioner; False or None, none."""
-    return DEFAULT_CAPTIONER if caption is True else caption or None
 
 
 class EasyDiffuser:
     def __init__(
-        self, image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: str | bool | None = None, **options
+        self, image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: Any = None, **options: Any
     ) -> None:
+        self.options = ExtractOptions.from_mapping({**options, "caption": caption})  # bad options fail before the model loads
         self.engine = Engine(model, device or default_device())
-        self.options = ExtractOptions(caption=captioner_spec(caption), **options)
         self.image = None
         self.result: Extraction | None = None
         if image is not None:
@@ -74,11 +63,12 @@ class EasyDiffuser:
 
 
 def start(
-    image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: str | bool | None = None, **options
+    image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: Any = None, **options: Any
 ) -> EasyDiffuser:
     """Load a model (once per process) and take an image; call .run() to extract.
 
-    caption: True or a captioner (captioner.CAPTIONERS id or model folder) puts its caption in
-    front of the tags; caption_beams, caption_min_length, caption_max_length tune it.
+    options: the ExtractOptions fields (max_tags=16, weights=True, ...), checked before the model loads.
+    caption: True, a captioner (captioner.CAPTIONERS id or model folder), or a dict / CaptionOptions
+    with model, beams, min_length and max_length puts its caption in front of the tags.
     """
     return EasyDiffuser(image, model, device, caption, **options)

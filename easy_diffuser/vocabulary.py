@@ -38,8 +38,10 @@ class Vocabulary:
 def load_vocabulary(folders: Sequence[Path | str]) -> Vocabulary:
     """Read every `*.txt` in the folders, in order; a tag already seen keeps its first category."""
     seen: dict[str, str] = {}
-    for folder in folders:
-        for path in sorted(Path(folder).expanduser().glob("*.txt")):
+    for folder in map(lambda name: Path(name).expanduser(), folders):
+        if not folder.is_dir():  # a mistyped folder would silently add nothing
+            raise ValueError(f"vocabulary folder {folder}: no such folder")
+        for path in sorted(folder.glob("*.txt")):
             for tag in _read_tags(path):
                 seen.setdefault(tag, path.stem)
     if not seen:

@@ -1,7 +1,7 @@
 """Easy Diffuser tab for AUTOMATIC1111's webui and Forge: the thin part that talks to the webui.
 
-The logic lives in the webui-free modules easy_diffuser.ui_helpers (model service, tag bars) and
-easy_diffuser.http_api (routes); this file supplies the host's rules: settings, flags, device and
+The logic lives in the webui-free package easy_diffuser.webui (model service, tab logic and HTML,
+routes); this file supplies the host's rules: settings, flags, device and
 memory handling, the queue lock, in-process txt2img for calibration, and the wiring to the txt2img
 and img2img components.
 """
@@ -24,14 +24,16 @@ try:
 except ImportError:  # webui before 1.8
     from modules.generation_parameters_copypaste import paste_fields
 
-from easy_diffuser import http_api, ui_helpers
+from easy_diffuser.webui import controls, http_api, markup
+from easy_diffuser.webui.service import AUTO, Placement, Service, auto_model
 from easy_diffuser.batch import BatchSummary, caption_folder
 from easy_diffuser.calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibrate
-from easy_diffuser.captioner import CAPTIONERS, DEFAULT_CAPTIONER, CaptionOptions
-from easy_diffuser.engine import Engine, ExtractOptions
-from easy_diffuser.generators import CallableGenerator, webui_generator
+from easy_diffuser.captioner import CAPTIONERS
+from easy_diffuser.engine import Engine
+from easy_diffuser.calibration.generators import CallableGenerator, webui_generator
 from easy_diffuser.images import ImageError
 from easy_diffuser.models import LoadedModel, ModelError, default_dtype, list_models
+from easy_diffuser.options import CAPTION_OPTION, CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, CaptionOptions, ExtractOptions, Option
 from easy_diffuser.prompt import prompts
 from easy_diffuser.selection import TagScore
 
@@ -54,12 +56,12 @@ def configured_model() -> str:
 
 
 def model_choices() -> list[str]:
-    return list(dict.fromkeys([ui_helpers.AUTO, *list_models(), configured_model()]))
+    return list(dict.fromkeys([AUTO, *list_models(), configured_model()]))
 
 
 def resolve_model(requested: Optional[str]) -> str:
     name = requested or configured_model()
-    return ui_helpers.auto_model(_checkpoint_is_sd2()) if name == ui_helpers.AUTO else name
+    return auto_model(_checkpoint_is_sd2()) if name == AUTO else name
 
 
 def _checkpoint_is_sd2() -> bool:
@@ -71,13 +73,13 @@ def weights_folder() -> Path:
     return Path(shared.cmd_opts.easy_diffuser_model_path or os.path.join(paths.models_path, "easy_diffuser"))
 
 
-def placement() -> ui_helpers.Placement:
+def placement() -> Placement:
     device = _device()
     dtype = torch.float32 if shared.cmd_opts.no_half else default_dtype(device)
     keep = shared.opts.easy_diffuser_keep_in_vram
     if memory_management is not None:
-        return ui_helpers.Placement(device, dtype, partial(_forge.acquire, device), _forge.release, keep)
-    return ui_helpers.Placement(device, dtype, partial(_acquire, device, dtype), _release, keep)
+        return Placement(device, dtype, partial(_forge.acquire, device), _forge.release, keep)
+    return Placement(device, dtype, partial(_acquire, device, dtype), _release, keep)
 
 
 def _device() -> torch.device:
@@ -126,7 +128,7 @@ def _queued(work: Callable[[], Any]) -> Any:
 
 
 _forge = _ForgeMemory()
-service = ui_helpers.Service(resolve_model, weights_folder, placement, _queued)
+service = Service(resolve_model, weights_folder, placement, _queued)
 _stop_batch = threading.Event()
 _stop_calibration = threading.Event()
 _calibrating = threading.Event()  # set while a calibration holds the queue
@@ -143,9 +145,11 @@ def _options(
     max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float, caption_on: bool, caption_model: str
 ) -> ExtractOptions:
     opts = shared.opts
-    decoding = CaptionOptions(opts.easy_diffuser_caption_beams, opts.easy_diffuser_caption_min_length, opts.easy_diffuser_caption_max_length)
-    captioner = caption_model if caption_on else None
-    return ui_helpers.extract_options(max_tags, auto_tau, tau, weights, quality, opts.easy_diffuser_negatives, captioner, decoding)
+    caption = None
+    if caption_on:
+        decoding = {name: getattr(opts, f"easy_diffuser_caption_{name}") for name in CAPTION_OPTION}
+        caption = CaptionOptions(caption_model, **decoding)
+    return controls.extract_options(max_tags, auto_tau, tau, weights, quality, opts.easy_diffuser_negatives, caption)
 
 
 def extract(
@@ -155,17 +159,17 @@ def extract(
     """-> prompt, negative prompt, tag bars, status, tau slider, tags."""
     unchanged = (gr.update(), gr.update(), gr.update())
     if image is None:
-        return (*unchanged, ui_helpers.error_html("Drop an image first."), gr.update(), tags)
+        return (*unchanged, markup.error_html("Drop an image first."), gr.update(), tags)
     try:
         options = _options(max_tags, auto_tau, tau, weights, quality, caption_on, caption_model)
     except ValueError as error:  # caption lengths that contradict each other
-        return (*unchanged, ui_helpers.error_html(str(error)), gr.update(), tags)
+        return (*unchanged, markup.error_html(str(error)), gr.update(), tags)
     progress(0, desc="Loading the CLIP model")
     try:
         result = service.run(lambda engine: engine.extract(image, options), progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
     except (ImageError, ModelError) as error:  # their messages are written for the user
-        return (*unchanged, ui_helpers.error_html(str(error)), gr.update(), tags)
-    bars, status = ui_helpers.tag_bars_html(result.tags), ui_helpers.status_html(result)
+        return (*unchanged, markup.error_html(str(error)), gr.update(), tags)
+    bars, status = markup.tag_bars_html(result.tags), markup.status_html(result)
     return result.prompt, result.negative_prompt, bars, status, gr.update(value=result.tau), result.tags
 
 
@@ -180,8 +184,8 @@ def extract_on_drop(
 
 def click_tag(tag: str, tags: list[TagScore], weights: bool) -> tuple:
     """-> prompt, negative prompt, tag bars, tags."""
-    tags, prompt, negative = ui_helpers.cycle_tag(tags, tag, weights)
-    return prompt, negative, ui_helpers.tag_bars_html(tags), tags
+    tags, prompt, negative = controls.cycle_tag(tags, tag, weights)
+    return prompt, negative, markup.tag_bars_html(tags), tags
 
 
 def toggle_weights(tags: list[TagScore], weights: bool) -> tuple:
@@ -193,12 +197,12 @@ def caption(
     caption_on: bool, caption_model: str, progress: gr.Progress = gr.Progress(),
 ) -> str:
     if not folder.strip():
-        return ui_helpers.error_html("Enter the folder to caption.")
+        return markup.error_html("Enter the folder to caption.")
     _stop_batch.clear()
     try:
         options = _options(max_tags, auto_tau, tau, weights, quality, caption_on, caption_model)
     except ValueError as error:
-        return ui_helpers.error_html(str(error))
+        return markup.error_html(str(error))
     images = _reporter(progress, "Captioning", "images")
 
     def work(engine: Engine) -> BatchSummary:
@@ -207,8 +211,8 @@ def caption(
     try:
         summary = service.run(work, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
     except (ModelError, OSError) as error:  # OSError: no such folder, or one that can't be read
-        return ui_helpers.error_html(str(error))
-    return ui_helpers.batch_html(summary)
+        return markup.error_html(str(error))
+    return markup.batch_html(summary)
 
 
 def calibrate_folder(
@@ -218,11 +222,11 @@ def calibrate_folder(
     """-> report, loss plot, grid, status line."""
     hidden = gr.update(value=None, visible=False)  # no report: no pictures from an earlier one either
     if not folder.strip():
-        return ui_helpers.error_html("Enter the folder of images to calibrate on."), hidden, hidden, gr.update()
+        return markup.error_html("Enter the folder of images to calibrate on."), hidden, hidden, gr.update()
     try:
-        taus, negatives = ui_helpers.parse_taus(taus_text), ui_helpers.parse_negatives(negatives_text)
+        taus, negatives = controls.parse_taus(taus_text), controls.parse_negatives(negatives_text)
     except ValueError as error:
-        return ui_helpers.error_html(str(error)), hidden, hidden, gr.update()
+        return markup.error_html(str(error)), hidden, hidden, gr.update()
     _stop_calibration.clear()
     counts = [0, 0]  # generations done, total: for the message after a Stop
     generations = _reporter(progress, "Calibrating: extract, generate, compare", "generations")
@@ -242,11 +246,11 @@ def calibrate_folder(
     try:
         result, (tau, source) = service.run(work, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
     except (ModelError, OSError, ValueError) as error:  # no such folder, no images, no weights: written for the user
-        return ui_helpers.error_html(str(error)), hidden, hidden, gr.update()
+        return markup.error_html(str(error)), hidden, hidden, gr.update()
     if result.stopped:
-        return ui_helpers.calibration_stopped_html(*counts), hidden, hidden, gr.update()
+        return markup.calibration_stopped_html(*counts), hidden, hidden, gr.update()
     plot, grid = (_picture(result.report.get(kind)) for kind in ("plot", "grid"))
-    return ui_helpers.calibration_html(result), plot, grid, ui_helpers.tau_in_force_html(result.model, tau, source)
+    return markup.calibration_html(result), plot, grid, markup.tau_in_force_html(result.model, tau, source)
 
 
 def stop_calibration() -> None:
@@ -318,12 +322,12 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                 image_sources = {} if GRADIO_3 else {"sources": ["upload", "clipboard"]}
                 image = gr.Image(label="Image", type="pil", elem_id="easy_diffuser_image", **image_sources)
                 extract_button = gr.Button("Extract", variant="primary", elem_id="easy_diffuser_extract")
-                max_tags = gr.Slider(1, 75, value=opts.easy_diffuser_max_tags, step=1, label="Number of tags", elem_id="easy_diffuser_max_tags")
+                max_tags = _slider(OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags")
                 with gr.Row():
                     auto_tau = gr.Checkbox(value=True, label="Automatic tau", elem_id="easy_diffuser_auto_tau")
-                    weights = gr.Checkbox(value=opts.easy_diffuser_weights, label="Weights", elem_id="easy_diffuser_weights")
-                tau = gr.Slider(-2, 4, value=1.0, step=0.05, label="tau: relevance a tag needs to be a negative candidate", elem_id="easy_diffuser_tau")
-                quality = gr.Slider(0, 16, value=opts.easy_diffuser_quality_negatives, step=1, label="Quality negatives", elem_id="easy_diffuser_quality")
+                    weights = gr.Checkbox(value=opts.easy_diffuser_weights, label=OPTION["weights"].label, elem_id="easy_diffuser_weights")
+                tau = _slider(OPTION["tau"], 1.0, elem_id="easy_diffuser_tau")
+                quality = _slider(OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality")
                 with gr.Row():
                     caption_on = gr.Checkbox(value=opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption")
                     caption_model = gr.Dropdown(
@@ -353,6 +357,15 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
             _batch_section(controls)
             _calibrate_section(status)
     return [(tab, "Easy Diffuser", "easy_diffuser")]
+
+
+def _slider(option: Option, value: float, **kwargs: Any) -> gr.Slider:
+    """A slider over the option's range (the schema's), so the tab can't send what the schema refuses."""
+    return gr.Slider(option.minimum, option.maximum, value=value, step=option.step, label=option.label, **kwargs)
+
+
+def _slider_args(option: Option) -> dict[str, float]:
+    return {"minimum": option.minimum, "maximum": option.maximum, "step": option.step}
 
 
 def _wire_send(button: gr.Button, sources: list, targets: list, tab: str) -> None:
@@ -389,9 +402,9 @@ def _calibrate_section(status: gr.HTML) -> None:
         )
         folder = gr.Textbox(label="Folder", placeholder="a folder of images on the webui's machine", elem_id="easy_diffuser_calibrate_folder")
         with gr.Row():
-            taus = gr.Textbox(label="taus to try", value=ui_helpers.numbers_text(DEFAULT_TAUS), elem_id="easy_diffuser_calibrate_taus")
+            taus = gr.Textbox(label="taus to try", value=controls.numbers_text(DEFAULT_TAUS), elem_id="easy_diffuser_calibrate_taus")
             negatives = gr.Textbox(
-                label="Numbers of negative tags to try", value=ui_helpers.numbers_text(DEFAULT_NEGATIVES), elem_id="easy_diffuser_calibrate_negatives"
+                label="Numbers of negative tags to try", value=controls.numbers_text(DEFAULT_NEGATIVES), elem_id="easy_diffuser_calibrate_negatives"
             )
         with gr.Row():
             width = gr.Slider(64, 1024, value=256, step=64, label="Width", elem_id="easy_diffuser_calibrate_width")
@@ -415,27 +428,28 @@ def on_ui_settings() -> None:
     def add(key: str, default: Any, label: str, component: Any = None, args: Optional[dict] = None) -> None:
         shared.opts.add_option(f"easy_diffuser_{key}", shared.OptionInfo(default, label, component, args, section=SECTION))
 
-    count = {"minimum": 0, "maximum": 32, "step": 1}
-    add("model", ui_helpers.AUTO, "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai; --easy-diffuser-model overrides)",
+    add("model", AUTO, "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai; --easy-diffuser-model overrides)",
         # The webui's own editable dropdown: gradio 3's Dropdown.update() rejects allow_custom_value, and the
         # webui calls update(**args) for every setting at page load, so that argument breaks the whole Settings page.
-        ui_components.DropdownEditable, {"choices": [ui_helpers.AUTO, *list_models()]})
+        ui_components.DropdownEditable, {"choices": [AUTO, *list_models()]})
     add("keep_in_vram", False, "Keep the CLIP model in VRAM between uses (faster, but the VRAM stays taken during generation)")
     add("extract_on_drop", True, "Extract as soon as an image is dropped")
-    add("max_tags", 24, "Default number of tags", gr.Slider, {**count, "minimum": 1, "maximum": 75})
-    add("negatives", 8, "Tags in the negative prompt (besides the quality negatives)", gr.Slider, count)
-    add("quality_negatives", 6, "Default number of standard quality negatives", gr.Slider, {**count, "maximum": 16})
-    add("weights", False, "Weights on by default")
+    for name, label in (("max_tags", "Default number of tags"), ("negatives", "Tags in the negative prompt (besides the quality negatives)"),
+                        ("quality_negatives", "Default number of standard quality negatives")):
+        add(name, OPTION[name].default, label, gr.Slider, _slider_args(OPTION[name]))
+    add("weights", OPTION["weights"].default, "Weights on by default")
     add("caption", False, "Caption the image before the tags (BLIP or GIT; needs transformers, which the webui has)")
     add("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)})
-    add("caption_beams", CaptionOptions.beams, "Captioner beams", gr.Slider, {"minimum": 1, "maximum": 8, "step": 1})
-    add("caption_min_length", CaptionOptions.min_length, "Caption minimum length (tokens)", gr.Slider, {"minimum": 0, "maximum": 40, "step": 1})
-    add("caption_max_length", CaptionOptions.max_length, "Caption maximum length (tokens)", gr.Slider, {"minimum": 5, "maximum": 75, "step": 1})
+    for option in CAPTION_OPTIONS:
+        add(f"caption_{option.name}", option.default, option.label, gr.Slider, _slider_args(option))
+    add("max_request_mb", http_api.DEFAULT_MAX_REQUEST_MB, "Largest HTTP request to /easy-diffuser/v1 (MB); larger ones get 413",
+        gr.Slider, {"minimum": 1, "maximum": 500, "step": 1})
 
 
 def on_app_started(demo: Optional[gr.Blocks], app: Any) -> None:
     if demo is None or shared.cmd_opts.api:  # demo is None under --nowebui, which serves the API alone
-        http_api.add_routes(app, service, model_choices, configured_model, shared.cmd_opts.api_auth)
+        http_api.add_routes(app, service, model_choices, configured_model, shared.cmd_opts.api_auth,
+                            lambda: shared.opts.easy_diffuser_max_request_mb)
 
 
 def on_script_unloaded() -> None:

@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 from easy_diffuser import cli
-from easy_diffuser.calibration import PartialResults, Setting, calibrate, measure
-from easy_diffuser.calibration_shapes import TOO_HIGH_LABEL, TOO_HIGH_TAU, comparison_table, compare_held_out, scenes, write_folder
+from easy_diffuser.calibration import calibrate
+from easy_diffuser.calibration.sweep import PartialResults, Setting, measure
+from easy_diffuser.calibration.shapes_proof import TOO_HIGH_LABEL, TOO_HIGH_TAU, comparison_table, compare_held_out, scenes, write_folder
 from easy_diffuser.engine import Engine, ExtractOptions, calibration_path
-from easy_diffuser.generators import CallableGenerator, GenerationStopped, ShapesGenerator, WebuiHttpGenerator, webui_generator
-from easy_diffuser.metric import Metric, TagCalibration, bce, fit_tag_calibration
+from easy_diffuser.calibration.generators import CallableGenerator, GenerationStopped, ShapesGenerator, WebuiHttpGenerator, webui_generator
+from easy_diffuser.calibration.metric import Metric, TagCalibration, bce, fit_tag_calibration
 from easy_diffuser.shapes import world
 
 # The same sets as `python -m easy_diffuser.calibration_shapes`, so the test measures the numbers in docs/calibration.md.

@@ -27,6 +27,7 @@ from easy_diffuser.captioner import (  # noqa: E402
     load_captioner,
     placed_folder,
 )
+from easy_diffuser.engine import Engine, ExtractOptions  # noqa: E402
 from easy_diffuser.models import ModelError  # noqa: E402
 from easy_diffuser.selection import TagScore  # noqa: E402
 
@@ -250,8 +251,6 @@ def test_compose_without_caption_gives_the_first_tag_no_comma():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tmp_path_factory):
-    from easy_diffuser.engine import Engine
-
     return Engine(str(tiny_model_dir), "cpu", cache_dir=tmp_path_factory.mktemp("caption-cache"))
 
 
@@ -261,10 +260,8 @@ def with_fixed_caption(monkeypatch, text: str) -> None:
 
 def test_engine_puts_the_caption_first_and_leaves_the_negative_prompt(engine, tiny, image):
     from easy_diffuser.embedding import token_count
-    from easy_diffuser.engine import ExtractOptions
-
     plain = engine.extract(image)
-    result = engine.extract(image, ExtractOptions(caption=str(tiny["blip"]), caption_beams=1, caption_max_length=6))
+    result = engine.extract(image, ExtractOptions(caption=CaptionOptions(str(tiny["blip"]), beams=1, max_length=6)))
     assert result.caption and result.prompt.startswith(result.caption)
     assert result.to_dict()["caption"] == result.caption and plain.to_dict()["caption"] == ""
     assert result.negative_prompt == plain.negative_prompt
@@ -272,11 +269,10 @@ def test_engine_puts_the_caption_first_and_leaves_the_negative_prompt(engine, ti
 
 
 def test_engine_turns_tags_the_caption_repeats_off(engine, tiny, image, monkeypatch):
-    from easy_diffuser.engine import ExtractOptions
     from easy_diffuser.prompt import escape
 
     with_fixed_caption(monkeypatch, "a red circle and a blue square.")
-    result = engine.extract(image, ExtractOptions(caption=str(tiny["git"])))
+    result = engine.extract(image, ExtractOptions(caption=CaptionOptions(str(tiny["git"]))))
     tags_part = result.prompt.removeprefix("a red circle and a blue square").removeprefix(", ").split(", ")
     assert result.caption == "a red circle and a blue square"
     assert not {"red", "circle", "blue", "square"} & set(tags_part)
@@ -285,10 +281,8 @@ def test_engine_turns_tags_the_caption_repeats_off(engine, tiny, image, monkeypa
 
 
 def test_engine_cuts_a_caption_longer_than_the_budget(engine, tiny, image, monkeypatch):
-    from easy_diffuser.engine import ExtractOptions
-
     with_fixed_caption(monkeypatch, " ".join(["word"] * 100))
-    result = engine.extract(image, ExtractOptions(caption=str(tiny["git"]), token_budget=20))
+    result = engine.extract(image, ExtractOptions(caption=CaptionOptions(str(tiny["git"])), token_budget=20))
     assert result.prompt == result.caption == " ".join(["word"] * 20)
     assert not [t for t in result.tags if t.role == "positive"]
 
@@ -296,21 +290,18 @@ def test_engine_cuts_a_caption_longer_than_the_budget(engine, tiny, image, monke
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("keep", [False, True])
 def test_engine_moves_the_captioner_off_the_gpu_unless_kept(tiny_model_dir, tiny, image, tmp_path, keep):
-    from easy_diffuser.captioner import _cache
-    from easy_diffuser.engine import Engine, ExtractOptions
-
     gpu_engine = Engine(str(tiny_model_dir), "cuda", cache_dir=tmp_path, keep_in_vram=keep)
-    gpu_engine.extract(image, ExtractOptions(caption=str(tiny["blip"])))
-    captioner = next(loaded for (spec, _), loaded in _cache.items() if spec == str(tiny["blip"]))
+    gpu_engine.extract(image, ExtractOptions(caption=CaptionOptions(str(tiny["blip"]))))
+    captioner = load_captioner(str(tiny["blip"]), cache_dir=tmp_path)  # the same object: loaded once
     assert captioner.device.type == ("cuda" if keep else "cpu")
     assert gpu_engine.loaded.device.type == "cuda"
 
 
 def test_extract_options_refuse_bad_decoding_options():
-    from easy_diffuser.engine import ExtractOptions
-
-    with pytest.raises(ValueError):
-        ExtractOptions(caption="x", caption_beams=0)
+    with pytest.raises(ValueError, match="caption.beams: must be a whole number from 1 to 16, not 0"):
+        ExtractOptions(caption=CaptionOptions("x", beams=0))
+    with pytest.raises(ValueError, match="caption: must be CaptionOptions or None"):
+        ExtractOptions(caption="x")
 
 
 def test_cli_caption_option(tiny_model_dir, tiny, tmp_path, capsys):
@@ -324,8 +315,10 @@ def test_cli_caption_option(tiny_model_dir, tiny, tmp_path, capsys):
     assert main([*args, "--caption", str(tiny["blip"]), "--caption-beams", "1", "--caption-max-length", "5"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["caption"] and result["prompt"].startswith(result["caption"])
-    assert main([*args, "--caption-beams", "0", "--caption"]) == 2
-    assert capsys.readouterr().err.startswith("error:")
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--caption-beams", "0", "--caption"])
+    assert exited.value.code == 2
+    assert "argument --caption-beams: must be a whole number from 1 to 16, not 0" in capsys.readouterr().err
 
 
 def test_cli_missing_captioner_is_a_setup_error(tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -346,8 +339,8 @@ def test_python_api_caption_keyword(tiny_model_dir, tiny, image, tmp_path, monke
 
     monkeypatch.setattr("easy_diffuser.engine.DEFAULT_CACHE_DIR", tmp_path)  # start() has no cache_dir
 
-    ed = easy_diffuser.start(image, model=str(tiny_model_dir), device="cpu", caption=str(tiny["git"]), caption_max_length=4)
-    assert ed.options.caption == str(tiny["git"]) and ed.options.caption_max_length == 4
+    ed = easy_diffuser.start(image, model=str(tiny_model_dir), device="cpu", caption={"model": str(tiny["git"]), "max_length": 4})
+    assert ed.options.caption == CaptionOptions(str(tiny["git"]), max_length=4)
     assert ed.run().caption and ed.prompt.startswith(ed.result.caption)
-    assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu", caption=True).options.caption == "Salesforce/blip-image-captioning-base"
+    assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu", caption=True).options.caption.model == "Salesforce/blip-image-captioning-base"
     assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu").options.caption is None

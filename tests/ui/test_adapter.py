@@ -18,7 +18,7 @@ gr = pytest.importorskip("gradio")
 import torch  # noqa: E402
 
 import webui_host  # noqa: E402
-from easy_diffuser.calibration_shapes import scenes, write_folder  # noqa: E402
+from easy_diffuser.calibration.shapes_proof import scenes, write_folder  # noqa: E402
 from easy_diffuser.engine import calibration_path  # noqa: E402
 from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
 from modules import call_queue, devices, lowvram, processing, sd_models, shared  # noqa: E402

@@ -17,7 +17,7 @@ gr = pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import webui_host  # noqa: E402  (after the skips: it imports gradio)
-from easy_diffuser.calibration_shapes import scenes, write_folder  # noqa: E402
+from easy_diffuser.calibration.shapes_proof import scenes, write_folder  # noqa: E402
 from easy_diffuser.engine import calibration_path  # noqa: E402
 from modules import processing, shared  # noqa: E402
 

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import webui_host  # noqa: E402
-from easy_diffuser import models, ui_helpers  # noqa: E402
+from easy_diffuser import models  # noqa: E402
+from easy_diffuser.webui import service  # noqa: E402
 from modules import call_queue, script_callbacks, shared  # noqa: E402
 
 EXTRACT = "/easy-diffuser/v1/extract"
@@ -81,7 +82,7 @@ def test_models_lists_the_choices_and_what_auto_means(client, shapes_model):
         ({"image": "aGk=", "max_tags": 0}, 422, None),
         ({"image": "aGk=", "weights": "yes"}, 422, None),
         ({"image": "aGk=", "tau": "high"}, 422, None),
-        ({"image": "aGk=", "caption_beams": 0}, 422, None),
+        ({"image": "aGk=", "caption": {"beams": 0}}, 422, "caption.beams"),
         ({"image": "aGk=", "caption": 3}, 422, None),
     ],
 )
@@ -153,9 +154,9 @@ def server(models_path, shapes_model):
 def test_50_concurrent_requests_load_the_model_once(server, image_b64, monkeypatch):
     models.unload_models()
     loads, engines = [], []
-    real_engine = ui_helpers.Engine
+    real_engine = service.Engine
     monkeypatch.setattr(models, "_loaded", models.LoadOnce(lambda *args: loads.append(args) or models._load(*args)))
-    monkeypatch.setattr(ui_helpers, "Engine", lambda *args, **kwargs: engines.append(args) or real_engine(*args, **kwargs))
+    monkeypatch.setattr(service, "Engine", lambda *args, **kwargs: engines.append(args) or real_engine(*args, **kwargs))
 
     def post(index: int) -> httpx.Response:
         return httpx.post(server + EXTRACT, json={"image": image_b64, "max_tags": 4 + index % 8}, timeout=120)

@@ -1,11 +1,7 @@
-"""Learn the negative-prompt threshold tau by the round trip: extract -> generate -> compare.
+"""The sweep: every setting (tau, number of negatives) measured over a set of images.
 
-For every image of a folder and every setting (tau, number of negatives) of a sweep: extract the
-prompts, generate an image from them with a fixed seed, and score the generated image against
-the source with metric.py's BCE. The setting with the lowest mean loss wins; its tau is written to
-`{cache_dir}/calibration/{model}.json`, which Engine.resolve_tau uses from then on.
-
-    python -m easy_diffuser calibrate FOLDER --model shapes-demo --generator shapes
+For every image and every setting: extract the prompts, generate an image from them with a fixed
+seed, and score the generated image against the source with metric.py's BCE.
 
 Cheap and resumable: settings that give the same prompts for an image share one generation (most
 do), and every finished generation's loss is kept in `{model}.partial.json`, saved as it goes, so
@@ -18,27 +14,21 @@ and background and size are left to the negative prompt), else the usual Extract
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from PIL import Image
-from tqdm import tqdm
 
-from .batch import find_images
-from .embedding import ProgressFn
-from .engine import Engine, ExtractOptions, calibration_path
-from .files import write_text_atomically
-from .generators import GenerationStopped, Generator, make_generator
-from .images import ImageError, load_image
+from ..embedding import ProgressFn
+from ..engine import Engine, ExtractOptions
+from ..selection import SelectionOptions
+from ..files import write_text_atomically
+from .generators import GenerationStopped, Generator
 from .metric import Embedded, Metric
-from .models import DEFAULT_MODEL, ModelError
 
 # tau is a z-score over the vocabulary; below -1 the "relevant subset" is most of the vocabulary,
 # which is the whole-vocabulary rule the product rejects, so the sweep starts there.
@@ -59,7 +49,7 @@ class Setting:
     def describe(self) -> str:
         return self.label or f"tau {self.tau:g}, {self.negatives} negatives"
 
-    def options(self, base: ExtractOptions) -> ExtractOptions:
+    def selection(self, base: SelectionOptions) -> SelectionOptions:
         if self.label == NO_NEGATIVES:
             return replace(base, tau=self.tau, negatives=0, quality_negatives=0)
         return replace(base, tau=self.tau, negatives=self.negatives)
@@ -152,7 +142,11 @@ def measure(
     partial = partial or PartialResults(None)
     keys = [image_key(image) for image in images]
     embeddings = metric.encode(images)  # once: every setting only selects tags differently
-    prompts = {s: [(e.prompt, e.negative_prompt) for e in engine.extract_embeddings(embeddings, s.options(options))] for s in settings}
+    base, _ = engine.selection_options(options)
+    prompts = {
+        s: [(e.prompt, e.negative_prompt) for e in engine.extract_embeddings(embeddings, options, selection=s.selection(base))]
+        for s in settings
+    }
     jobs_of = {s: _jobs(prompts[s], keys, generator, metric, seed) for s in settings}
     jobs = {job.key: job for setting_jobs in jobs_of.values() for job in setting_jobs}
     stopped = _run_jobs(list(jobs.values()), embeddings, generator, metric, partial, progress, should_stop)
@@ -237,145 +231,3 @@ def calibration_options(engine: Engine) -> ExtractOptions:
     return ExtractOptions(max_tags=tags)
 
 
-def load_folder(folder: Path) -> tuple[list[Image.Image], list[Path]]:
-    """The folder's readable images; unreadable ones are reported and skipped."""
-    if not folder.is_dir():  # else a mistyped folder would read as an empty one
-        raise NotADirectoryError(f"{folder}: no such folder")
-    images, paths = [], []
-    for path in find_images(folder):
-        try:
-            images.append(load_image(path))
-            paths.append(path)
-        except ImageError as error:
-            print(f"skipped: {error}", file=sys.stderr)
-    if not images:
-        raise ValueError(f"{folder}: no readable images to calibrate on")
-    return images, paths
-
-
-def calibrate(
-    engine: Engine,
-    folder: str | Path,
-    generator: Generator,
-    taus: Sequence[float] = DEFAULT_TAUS,
-    negatives: Sequence[int] = DEFAULT_NEGATIVES,
-    options: ExtractOptions | None = None,
-    seed: int = 0,
-    out_dir: Path | None = None,
-    progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    report: bool = True,
-) -> Calibration:
-    """Sweep, pick the lowest loss, write the calibration JSON (and report) unless stopped."""
-    images, paths = load_folder(Path(folder))
-    # No captioner: it would run again for every setting, and tau only moves the tags.
-    options = replace(options or calibration_options(engine), caption=None)
-    target = calibration_path(engine.cache_dir, engine.model_id)
-    if out_dir:
-        target = Path(out_dir) / target.name
-    partial = PartialResults(target.with_suffix(".partial.json"))
-    sweep = [Setting(t, n) for n in negatives for t in taus]
-    # The baselines cost a few generations more and let the report say what calibration bought.
-    baselines = [Setting(0.0, 0, NO_NEGATIVES)] + [Setting(WHOLE_VOCABULARY, n, WHOLE_VOCABULARY_LABEL) for n in negatives]
-    metric = Metric(engine)
-    rows, stopped = measure(engine, images, generator, sweep + baselines, options, metric, seed, partial, progress, should_stop)
-    if stopped:
-        return Calibration(engine.model_id, generator.name, [], [], None, paths, seed, stopped=True)
-    rows, baseline_rows = rows[: len(sweep)], rows[len(sweep) :]
-    best = best_row(rows)
-    result = Calibration(engine.model_id, generator.name, rows, baseline_rows, best, paths, seed)
-    if report:
-        from .calibration_report import write_report  # matplotlib and drawing only when reporting
-
-        result.report = write_report(result, images, generator, target)
-    _write(result, target, options, seed, metric)
-    return result
-
-
-def _write(result: Calibration, target: Path, options: ExtractOptions, seed: int, metric: Metric) -> None:
-    assert result.best is not None
-    data = {
-        "tau": result.best.setting.tau,
-        "negatives": result.best.setting.negatives,
-        "loss": round(result.best.loss, 5),
-        "model": result.model,
-        "generator": result.generator,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "images": len(result.images),
-        "folder": str(result.images[0].parent.resolve()),
-        "seed": seed,
-        "positive_tags": options.max_tags,
-        "probabilities": metric.calibration.to_dict(),
-        "table": [row.to_dict() for row in result.rows],
-        "baselines": [row.to_dict() for row in result.baselines],
-        "report": {name: str(path) for name, path in result.report.items()},
-    }
-    write_text_atomically(target, json.dumps(data, indent=2) + "\n")
-    result.path = target
-
-
-def table_text(rows: Sequence[Row]) -> str:
-    lines = ["| setting | loss (BCE) | image cosine |", "|---|---|---|"]
-    lines += [f"| {row.setting.describe()} | {row.loss:.4f} | {row.cosine:.4f} |" for row in rows]
-    return "\n".join(lines)
-
-
-# --- command line: python -m easy_diffuser calibrate FOLDER ... -----------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="easy-diffuser calibrate", description="Learn the negative-prompt tau of a model by generating from extracted prompts and comparing.")
-    parser.add_argument("folder", type=Path, help="images to calibrate on")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name, ARCH/TAG, model folder or checkpoint file")
-    parser.add_argument("--generator", default="shapes", help="'shapes' or the URL of a webui started with --api (e.g. http://127.0.0.1:7860)")
-    parser.add_argument("--taus", type=float, nargs="+", default=list(DEFAULT_TAUS))
-    parser.add_argument("--negatives", type=int, nargs="+", default=list(DEFAULT_NEGATIVES))
-    parser.add_argument("--tags", type=int, default=None, help="positive tags while calibrating (default: the model's calibration_tags)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=256, help="webui generation size")
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=12, help="webui sampling steps")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (not used by default)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .session import default_device
-
-    args = build_parser().parse_args(argv)
-    try:
-        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
-        generator = make_generator(args.generator, args.width, args.height, args.steps)
-    except (ModelError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    options = replace(calibration_options(engine), max_tags=args.tags) if args.tags else None
-    bar = tqdm(desc="Calibrating", unit="generation", disable=None)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
-        result = calibrate(engine, args.folder, generator, args.taus, args.negatives, options, args.seed, args.out_dir, progress)
-    except (ValueError, OSError, RuntimeError) as error:  # WebuiError is a RuntimeError
-        bar.close()
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    bar.close()
-    _print_result(result, engine)
-    return 0
-
-
-def _print_result(result: Calibration, engine: Engine) -> None:
-    assert result.best is not None and result.path is not None
-    print(table_text(result.rows + result.baselines))
-    print(f"\nbest: {result.best.setting.describe()} (loss {result.best.loss:.4f}) over {len(result.images)} images")
-    print(f"wrote {result.path}")
-    for name, path in result.report.items():
-        print(f"{name}: {path}")
-    if result.path.parent == calibration_path(engine.cache_dir, engine.model_id).parent:
-        tau, source = engine.resolve_tau(None)
-        print(f"tau in force for {engine.model_id}: {tau:g} ({source})")

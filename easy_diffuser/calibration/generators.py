@@ -22,7 +22,7 @@ from typing import Any, Callable, ContextManager, Protocol
 
 from PIL import Image
 
-from . import webui_client
+from .. import webui_client
 
 GenerateFn = Callable[[str, str, int], Image.Image]
 
@@ -45,7 +45,7 @@ class ShapesGenerator:
     name: str = "shapes"
 
     def generate(self, prompt: str, negative_prompt: str, seed: int) -> Image.Image:
-        from .shapes import world  # only this generator needs the shapes world
+        from ..shapes import world  # only this generator needs the shapes world
 
         rng = random.Random(seed)
         return world.draw(world.scene_from_prompt(prompt, negative_prompt, rng), self.pixels)

@@ -1,6 +1,6 @@
 """Proof on the shapes world that calibration works, and the fit of shapes-demo's tag probabilities.
 
-    python -m easy_diffuser.calibration_shapes [--out DIR]
+    python -m easy_diffuser.calibration.shapes_proof [--out DIR]
 
 Calibrates shapes-demo on one set of random scenes, then compares on held-out scenes the loss
 of the calibrated setting against three alternatives at the same number of negatives: the lowest
@@ -19,11 +19,12 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .calibration import NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Row, Setting, calibrate, calibration_options, measure
-from .engine import Engine
+from ..engine import Engine
+from ..shapes import world
 from .generators import ShapesGenerator
 from .metric import Metric, TagCalibration, fit_tag_calibration
-from .shapes import world
+from .run import calibrate
+from .sweep import NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Row, Setting, calibration_options, measure
 
 TOO_HIGH_LABEL = "tau too high"
 TOO_HIGH_TAU = 1.0  # shapes-demo's shipped tau before calibration

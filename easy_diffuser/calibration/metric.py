@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import scoring
-from .engine import Engine
+from .. import scoring
+from ..engine import Engine
 
 DEFAULT_CENTER = 2.0
 DEFAULT_TEMPERATURE = 0.5

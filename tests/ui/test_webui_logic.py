@@ -6,8 +6,8 @@ import threading
 import pytest
 import torch
 
-from easy_diffuser import ui_helpers
-from easy_diffuser.calibration import DEFAULT_TAUS, NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Calibration, Row, Setting
+from easy_diffuser.webui import controls, markup, service
+from easy_diffuser.calibration.sweep import DEFAULT_TAUS, NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Calibration, Row, Setting
 from easy_diffuser.models import ModelError
 from easy_diffuser.selection import TagScore
 
@@ -20,48 +20,51 @@ TAGS = [tag("red", "positive", 3.0), tag("circle", "positive", 2.0), tag("blue",
 
 
 def test_a_click_cycles_positive_negative_off_positive():
-    tags, prompt, negative = ui_helpers.cycle_tag(TAGS, "red", weights=False)
+    tags, prompt, negative = controls.cycle_tag(TAGS, "red", weights=False)
     assert (prompt, negative) == ("circle", "red, blue")
-    tags, prompt, negative = ui_helpers.cycle_tag(tags, "red", weights=False)
+    tags, prompt, negative = controls.cycle_tag(tags, "red", weights=False)
     assert (prompt, negative) == ("circle", "blue")
-    tags, prompt, negative = ui_helpers.cycle_tag(tags, "red", weights=False)
+    tags, prompt, negative = controls.cycle_tag(tags, "red", weights=False)
     assert (prompt, negative) == ("red, circle", "blue")
     assert tags == TAGS
 
 
 def test_an_unknown_tag_changes_nothing():
-    assert ui_helpers.cycle_tag(TAGS, "green", weights=True)[0] == TAGS
+    assert controls.cycle_tag(TAGS, "green", weights=True)[0] == TAGS
 
 
 def test_tag_bars_escape_the_text_and_scale_by_relevance():
-    bars = ui_helpers.tag_bars_html([tag('a "quoted" <b>tag</b>', "positive", 2.0), tag("half", "negative", 1.0), tag("low", "off", -0.5)])
+    bars = markup.tag_bars_html([tag('a "quoted" <b>tag</b>', "positive", 2.0), tag("half", "negative", 1.0), tag("low", "off", -0.5)])
     assert 'data-tag="a &quot;quoted&quot; &lt;b&gt;tag&lt;/b&gt;"' in bars and "<b>" not in bars
     assert "width:100%" in bars and "width:52%" in bars and "width:4%" in bars
     assert "easy-diffuser-off" in bars
-    assert ui_helpers.tag_bars_html([]) == ""
+    assert markup.tag_bars_html([]) == ""
 
 
 def test_control_values_become_extract_options():
-    options = ui_helpers.extract_options(12.0, True, 2.5, 1, 3.0, 5)
+    options = controls.extract_options(12.0, True, 2.5, True, 3.0, 5.0)
     assert (options.max_tags, options.tau, options.weights, options.quality_negatives, options.negatives) == (12, None, True, 3, 5)
-    assert ui_helpers.extract_options(12, False, 2.5, False, 0, 8).tau == 2.5
+    assert isinstance(options.max_tags, int)  # sliders give 12.0; the schema makes it a count
+    assert controls.extract_options(12, False, 2.5, False, 0, 8).tau == 2.5
+    with pytest.raises(ValueError, match="max_tags: must be a whole number from 1 to 75, not 12.5"):
+        controls.extract_options(12.5, True, 0, False, 0, 8)
 
 
 def test_auto_model():
-    assert ui_helpers.auto_model(is_sd2=True) == "ViT-H-14/laion2b_s32b_b79k"
-    assert ui_helpers.auto_model(is_sd2=False) == "ViT-L-14/openai"
+    assert service.auto_model(is_sd2=True) == "ViT-H-14/laion2b_s32b_b79k"
+    assert service.auto_model(is_sd2=False) == "ViT-L-14/openai"
 
 
 def test_the_calibration_fields_read_numbers_and_explain_bad_input():
-    assert ui_helpers.parse_taus(" -1, 0.5 0.5;2 ") == (-1.0, 0.5, 2.0)  # commas, spaces or semicolons; repeats once
-    assert ui_helpers.parse_negatives("2 4") == (2, 4)
-    assert ui_helpers.parse_taus(ui_helpers.numbers_text(DEFAULT_TAUS)) == DEFAULT_TAUS  # the defaults shown read back
+    assert controls.parse_taus(" -1, 0.5 0.5;2 ") == (-1.0, 0.5, 2.0)  # commas, spaces or semicolons; repeats once
+    assert controls.parse_negatives("2 4") == (2, 4)
+    assert controls.parse_taus(controls.numbers_text(DEFAULT_TAUS)) == DEFAULT_TAUS  # the defaults shown read back
     for parse, text, message in [
-        (ui_helpers.parse_taus, "", "enter at least one number"),
-        (ui_helpers.parse_taus, "0, high", "'high' is not a number"),
-        (ui_helpers.parse_taus, "nan", "not a finite number"),
-        (ui_helpers.parse_negatives, "2.5", "'2.5' is not a whole number"),
-        (ui_helpers.parse_negatives, "-1", "can't be below 0"),
+        (controls.parse_taus, "", "enter at least one number"),
+        (controls.parse_taus, "0, high", "'high' is not a number"),
+        (controls.parse_taus, "nan", "not a finite number"),
+        (controls.parse_negatives, "2.5", "'2.5' is not a whole number"),
+        (controls.parse_negatives, "-1", "can't be below 0"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse(text)
@@ -74,13 +77,13 @@ def test_the_calibration_report_marks_the_best_and_names_each_baseline(tmp_path)
     rows = [row(0.0, 2, 1.0), row(1.0, 2, 1.5)]
     baselines = [row(0.0, 0, 1.6, NO_NEGATIVES), row(WHOLE_VOCABULARY, 2, 1.4, WHOLE_VOCABULARY_LABEL), row(WHOLE_VOCABULARY, 4, 1.3, WHOLE_VOCABULARY_LABEL)]
     result = Calibration("shapes-demo", "shapes", rows, baselines, rows[0], [tmp_path / "a.png"], path=tmp_path / "<m>.json")
-    text = ui_helpers.calibration_html(result)
+    text = markup.calibration_html(result)
     assert "Best on 1 images: <b>tau 0, 2 negatives</b> (loss 1.0000)" in text
     assert '<tr class="easy-diffuser-best"><td>tau 0, 2 negatives</td>' in text and text.count("easy-diffuser-best") == 1
     assert "<p>whole-vocabulary lowest, 4 negatives: loss 1.3000.</p>" in text  # the fairer of the two in the summary
     assert "<td>whole-vocabulary lowest, 2 negatives</td>" in text and "<p>no negative prompt: loss 1.6000.</p>" in text
     assert "&lt;m&gt;.json" in text and "<m>" not in text
-    assert "after 4 of 9 generations" in ui_helpers.calibration_stopped_html(4, 9)
+    assert "after 4 of 9 generations" in markup.calibration_stopped_html(4, 9)
 
 
 class Recorder:
@@ -88,10 +91,10 @@ class Recorder:
 
     def __init__(self, model: str, cache_dir) -> None:
         self.model, self.events, self.lock = model, [], threading.Lock()
-        self.service = ui_helpers.Service(lambda name: name or self.model, lambda: cache_dir, self.placement, self.exclusive)
+        self.service = service.Service(lambda name: name or self.model, lambda: cache_dir, self.placement, self.exclusive)
 
-    def placement(self) -> ui_helpers.Placement:
-        return ui_helpers.Placement(
+    def placement(self) -> service.Placement:
+        return service.Placement(
             torch.device("cpu"), torch.float32, lambda loaded: self.events.append("acquire"), lambda loaded: self.events.append("release")
         )
 
@@ -109,4 +112,4 @@ def test_the_service_keeps_one_engine_and_releases_the_model_even_on_errors(shap
     assert host.events == ["acquire", "release"] * 3
     with pytest.raises(ModelError):
         host.service.run(lambda engine: engine, model=str(tmp_path / "missing.safetensors"))
-    assert host.service.run(lambda engine: engine) is not first  # switching models dropped the old one
+    assert host.service.run(lambda engine: engine) is first  # weights that can't be had leave the working model loaded

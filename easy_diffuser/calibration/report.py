@@ -14,8 +14,9 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from .files import write_atomically, write_text_atomically
+from ..files import write_atomically, write_text_atomically
 from .generators import GenerationStopped, Generator
+from .sweep import NO_NEGATIVES, WHOLE_VOCABULARY_LABEL, Calibration, Row, image_key, image_seed
 
 GRID_ROWS = 6
 CELL = 128
@@ -23,10 +24,8 @@ HEADER = 34
 LABEL_COLOUR = (20, 20, 20)
 
 
-def write_report(result, images: Sequence[Image.Image], generator: Generator, target: Path) -> dict[str, Path]:
-    """Write the report files for a finished `calibration.Calibration`; returns them by kind."""
-    from .calibration import table_text
-
+def write_report(result: Calibration, images: Sequence[Image.Image], generator: Generator, target: Path) -> dict[str, Path]:
+    """Write the report files for a finished calibration; returns them by kind."""
     stem = target.with_suffix("")
     paths = {"table": stem.with_suffix(".md")}
     plot = Path(f"{stem}-loss.png")
@@ -72,7 +71,7 @@ def plot_losses(result, path: Path) -> bool:
         by_count.setdefault(row.setting.negatives, []).append(row)
     # The whole-vocabulary rule as one more point per line, left of the sweep, in the line's colour.
     whole_x = min(row.setting.tau for row in result.rows) - 0.5
-    whole = {row.setting.negatives: row.loss for row in result.baselines if row.setting.label == "whole-vocabulary lowest"}
+    whole = {row.setting.negatives: row.loss for row in result.baselines if row.setting.label == WHOLE_VOCABULARY_LABEL}
     for count, rows in sorted(by_count.items()):
         rows.sort(key=lambda row: row.setting.tau)
         line, = axes.plot([r.setting.tau for r in rows], [r.loss for r in rows], marker="o", markersize=3, label=f"{count} negatives")
@@ -97,15 +96,13 @@ def plot_losses(result, path: Path) -> bool:
 
 def _plot_baselines(axes, result) -> None:
     for row in result.baselines:
-        if row.setting.label == "no negative prompt":
-            axes.axhline(row.loss, color="gray", linestyle="--", label="no negative prompt")
-    axes.plot([], [], marker="s", color="gray", linestyle="none", label="whole-vocabulary lowest (square)")
+        if row.setting.label == NO_NEGATIVES:
+            axes.axhline(row.loss, color="gray", linestyle="--", label=NO_NEGATIVES)
+    axes.plot([], [], marker="s", color="gray", linestyle="none", label=f"{WHOLE_VOCABULARY_LABEL} (square)")
 
 
 def draw_grid(images: Sequence[Image.Image], generator: Generator, result, poor) -> Image.Image:
     """Rows of source | generated with the best setting | generated with a poor tau."""
-    from .calibration import image_key, image_seed
-
     count = min(GRID_ROWS, len(images))
     columns = [("source", None), (f"best: {result.best.setting.describe()}", result.best), (f"poor: {poor.setting.describe()}", poor)]
     grid = Image.new("RGB", (CELL * len(columns), HEADER + CELL * count), (225, 225, 225))  # gaps show as lines
@@ -134,3 +131,11 @@ def _wrap(text: str, width: int) -> str:
         else:
             line = f"{line} {word}".strip()
     return "\n".join(lines + [line])
+
+
+def table_text(rows: Sequence[Row]) -> str:
+    lines = ["| setting | loss (BCE) | image cosine |", "|---|---|---|"]
+    lines += [f"| {row.setting.describe()} | {row.loss:.4f} | {row.cosine:.4f} |" for row in rows]
+    return "\n".join(lines)
+
+

@@ -1,0 +1,194 @@
+"""HTTP routes of the webui extension, on fastapi alone (A1111's fastapi 0.94 + pydantic 1, Forge's 0.104 + 2).
+
+    POST /easy-diffuser/v1/extract  {"image": base64 or data URL, "model": optional, options...}
+    GET  /easy-diffuser/v1/models
+    GET  /easy-diffuser/v1/options  what each option accepts (from the options schema)
+
+The request body is read here, not by pydantic: so that it can be capped (413 past the limit,
+before it is all in memory), so that NaN and Infinity are refused as the JSON they are not, and so
+that the options are checked by the same schema as on the command line, with the same one-line
+messages (422). The extraction itself runs in the threadpool: a request waiting for the webui's
+queue lock never blocks the server's event loop.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from secrets import compare_digest
+from typing import Any, Callable, List, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from ..captioner import CAPTIONERS
+from ..images import ImageError, load_image
+from ..models import REGISTRY, ModelError
+from ..options import ExtractOptions, OptionError, schema_help
+from .service import Service
+
+PREFIX = "/easy-diffuser/v1"
+DEFAULT_MAX_REQUEST_MB = 50  # a 30 MB photo in base64 is 40 MB
+
+
+class TagOut(BaseModel):
+    tag: str
+    score: float
+    relevance: float
+    category: str
+    role: str
+
+
+class ExtractResponse(BaseModel):
+    prompt: str
+    negative_prompt: str
+    tags: List[TagOut]
+    model: str
+    tau: float
+    tau_source: str
+    caption: str
+
+
+class ModelOut(BaseModel):
+    name: str
+    use: str
+
+
+class ModelsResponse(BaseModel):
+    models: List[ModelOut]
+    selected: str  # the setting or --easy-diffuser-model
+    resolved: str  # the model that `selected` means now ("Auto" follows the loaded checkpoint)
+
+
+REQUEST_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "required": ["image"],
+            "properties": {
+                "image": {"type": "string", "description": "the image file's bytes in base64, or a data: URL"},
+                "model": {"type": "string", "description": "a name from GET /models; default: the webui's setting"},
+            },
+            "additionalProperties": True,
+            "description": "plus any option of GET /options",
+        }}},
+    }
+}
+
+
+def add_routes(
+    app: FastAPI,
+    service: Service,
+    choices: Callable[[], List[str]],
+    selected: Callable[[], str],
+    api_auth: Optional[str],
+    max_request_mb: Callable[[], float] = lambda: DEFAULT_MAX_REQUEST_MB,
+) -> None:
+    """Register the routes; `api_auth` is the webui's --api-auth, checked as the webui checks its own."""
+    dependencies = [Depends(_basic_auth(api_auth))] if api_auth else []
+
+    async def extract(request: Request) -> dict:
+        body = await _read_json(request, int(max_request_mb() * 1024 * 1024))
+        image, model, options = _parse(body, choices())
+        try:
+            result = await run_in_threadpool(service.run, lambda engine: engine.extract(image, options), model)
+        except ModelError as error:  # the weights can't be had on this server: not the client's fault
+            raise HTTPException(status_code=503, detail=str(error)) from None
+        return result.to_dict()
+
+    def models() -> dict:
+        names = choices()
+        listed = [{"name": name, "use": REGISTRY[name].use if name in REGISTRY else ""} for name in names]
+        return {"models": listed, "selected": selected(), "resolved": service.resolve(None)}
+
+    def options() -> dict:
+        return schema_help()
+
+    app.add_api_route(f"{PREFIX}/extract", extract, methods=["POST"], response_model=ExtractResponse,
+                      dependencies=dependencies, openapi_extra=REQUEST_SCHEMA)
+    app.add_api_route(f"{PREFIX}/models", models, methods=["GET"], response_model=ModelsResponse, dependencies=dependencies)
+    app.add_api_route(f"{PREFIX}/options", options, methods=["GET"], dependencies=dependencies)
+
+
+async def _read_json(request: Request, limit: int) -> dict:
+    """The body as a JSON object; 413 as soon as it passes `limit` bytes, 400/422 for what isn't a JSON object."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # a client may lie about or leave out Content-Length
+            raise _too_large(limit)
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise HTTPException(status_code=400, detail=f"body: not valid JSON ({_first_line(error)})") from None
+    if not isinstance(body, dict):
+        raise HTTPException(status_code=422, detail="body: must be a JSON object such as {\"image\": \"...\"}")
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send finite numbers only")
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(status_code=413, detail=(
+        f"body: larger than {limit / 1024 / 1024:g} MB; send a smaller image, or raise the limit in "
+        "Settings > Easy Diffuser > Largest HTTP request"))
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().split("\n")[0][:200]
+
+
+def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], ExtractOptions]:
+    """(image, model, options) from the request, each checked; 400 for a bad image or model, 422 for options."""
+    fields = dict(body)
+    image_text, model = fields.pop("image", None), fields.pop("model", None)
+    if not isinstance(image_text, str):
+        raise HTTPException(status_code=422, detail="image: required, the image file's bytes in base64 or a data: URL")
+    if model is not None and model not in choices:
+        raise HTTPException(status_code=400, detail=f"model: {str(model)[:100]!r} is not one of {', '.join(choices)}")
+    try:
+        options = ExtractOptions.from_mapping(fields)
+    except OptionError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    if options.caption and options.caption.model not in CAPTIONERS:
+        # Any other id would make the server download whatever a client names.
+        listed = ", ".join(CAPTIONERS)
+        raise HTTPException(status_code=400, detail=f"caption: {options.caption.model[:100]!r} is not one of true, false, {listed}")
+    return _decode_image(image_text), model, options
+
+
+def _basic_auth(api_auth: str) -> Callable[[HTTPBasicCredentials], bool]:
+    """The check of modules/api/api.py (Api.auth): "user:password" pairs, comma-separated."""
+    credentials = dict(pair.split(":", 1) for pair in api_auth.split(","))
+
+    def check(given: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
+        if given.username in credentials and compare_digest(given.password, credentials[given.username]):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def _decode_image(text: str):
+    """base64 (line breaks allowed) or a data: URL -> an RGB image; 400 with a one-line reason otherwise."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise HTTPException(status_code=400, detail="image: a data: URL must be base64-encoded (data:image/png;base64,...)")
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(status_code=400, detail="image: not valid base64") from None
+    try:
+        return load_image(data, "image")
+    except ImageError as error:
+        raise HTTPException(status_code=400, detail=str(error)) from None

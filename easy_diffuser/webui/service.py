@@ -1,0 +1,101 @@
+"""The one engine that the webui tab and the HTTP routes share, free of webui and gradio imports.
+
+The webui adapter (scripts/easy_diffuser_tab.py) gives `Service` the host's rules: which model,
+where it runs, how to make room on the GPU, and the queue lock that keeps it from running beside
+image generation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+import torch
+
+from ..captioner import unload_captioners
+from ..embedding import ProgressFn
+from ..engine import Engine
+from ..models import LoadedModel, load_model, unload_models
+
+T = TypeVar("T")
+
+AUTO = "Auto"  # the model setting that follows the loaded checkpoint
+SD2_MODEL = "ViT-H-14/laion2b_s32b_b79k"  # SD 2.x conditions on OpenCLIP ViT-H/14
+SD1_MODEL = "ViT-L-14/openai"  # SD 1.x, and SDXL's first text encoder, use OpenAI's ViT-L/14
+
+
+
+def auto_model(is_sd2: bool) -> str:
+    return SD2_MODEL if is_sd2 else SD1_MODEL
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the host wants the model, and its hooks around every use."""
+
+    device: torch.device
+    dtype: torch.dtype
+    acquire: Callable[[LoadedModel], None]  # before a use: make room, put the model on `device`
+    release: Callable[[LoadedModel], None]  # after a use: move it off unless the user keeps it
+    keep_in_vram: bool = False  # the captioner, too, stays on the device between uses
+
+
+class Service:
+    """One engine, loaded on first use, every use run through `exclusive` (the webui's queue lock)."""
+
+    def __init__(
+        self,
+        resolve_model: Callable[[Optional[str]], str],
+        cache_dir: Callable[[], Path],
+        placement: Callable[[], Placement],
+        exclusive: Callable[[Callable[[], T]], T],
+    ) -> None:
+        self._resolve_model = resolve_model  # requested name (None: the configured one) -> model spec
+        self._cache_dir = cache_dir
+        self._placement = placement
+        self._exclusive = exclusive
+        self._spec: str | None = None
+        self._engine: Engine | None = None
+
+    def run(self, work: Callable[[Engine], T], model: str | None = None, progress: ProgressFn | None = None) -> T:
+        """`work(engine)` with the engine on the host's device; raises ModelError if the weights can't be had."""
+        return self._exclusive(lambda: self._run(work, self.resolve(model), progress))
+
+    def resolve(self, model: str | None) -> str:
+        """The model spec a requested name means now (None: the configured one)."""
+        return self._resolve_model(model)
+
+    def unload(self) -> None:
+        """Free the CLIP model and every captioner (Reload UI, script unload)."""
+        self._exclusive(self._forget_all)
+
+    def _run(self, work: Callable[[Engine], T], spec: str, progress: ProgressFn | None) -> T:
+        placement = self._placement()
+        if self._engine and spec == self._spec:
+            loaded = self._engine.loaded
+        else:
+            # Loaded before the old engine is let go: weights that can't be had (ModelError) leave it working.
+            loaded = load_model(spec, "cpu", placement.dtype, self._cache_dir())
+            self._forget()  # one model in memory at a time: the webui's own models need the room
+        placement.acquire(loaded)
+        try:
+            if self._engine is None:
+                # The model is already on its device, so the first-use vocabulary encoding runs there.
+                self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
+                self._spec = spec
+            self._engine.keep_in_vram = placement.keep_in_vram
+            return work(self._engine)
+        finally:
+            placement.release(loaded)
+
+    def _forget(self) -> None:
+        """Let go of the current engine: its CLIP model and the captioners it loaded."""
+        if self._spec is not None:
+            unload_models(self._spec, self._cache_dir())
+        self._engine = self._spec = None
+        unload_captioners()
+
+    def _forget_all(self) -> None:
+        self._forget()
+        unload_models()
+
