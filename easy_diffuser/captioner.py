@@ -84,10 +84,6 @@ class Captioner(OnDevice):
         return " ".join(text.split())
 
 
-def list_captioners() -> list[str]:
-    return list(CAPTIONERS)
-
-
 def load_captioner(
     spec: str = DEFAULT_CAPTIONER,
     device: str | torch.device = "cpu",

@@ -66,7 +66,7 @@ class Option:
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
         kind = "a whole number" if self.kind is int else "a number"
-        automatic = f" (or null: {self.automatic})" if self.automatic else ""
+        automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
 
     def _number(self, value: Any) -> int | float:

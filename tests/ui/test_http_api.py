@@ -184,3 +184,70 @@ def test_big_images_are_fine(client):
     Image.new("RGB", (2048, 1536), "red").save(buffer, format="JPEG")
     response = client.post(EXTRACT, json={"image": base64.b64encode(buffer.getvalue()).decode()})
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "body, status, detail",
+    [
+        (b'{"image": "aGk=", "tau": NaN}', 400, "NaN is not a JSON number"),
+        (b'{"image": "aGk=", "max_tags": Infinity}', 400, "Infinity is not a JSON number"),
+        (b'{"image": "aGk=", "tau": -Infinity}', 400, "-Infinity is not a JSON number"),
+        (b'{"image": "aGk=", "tau": 1e999}', 422, "tau: must be a number from -5 to 5"),  # json reads 1e999 as inf
+        (b'{"image": "aGk=", "max_tags": 2.5}', 422, "max_tags: must be a whole number from 1 to 75, not 2.5"),
+        (b'{"image": "aGk=", "max_tags": true}', 422, "max_tags: must be a whole number from 1 to 75, not True"),
+        (b'{"image": "aGk=", "colour": "red"}', 422, "colour: is not an option"),
+        (b'{"image": "aGk=", "caption": {"model": "microsoft/git-base-coco", "beams": 99}}', 422, "caption.beams"),
+        (b'{"image": "aGk=", "caption": {"model": "evil/model"}}', 400, "caption: 'evil/model' is not one of"),
+        (b'["image"]', 422, "body: must be a JSON object"),
+        (b'[' * 100_000 + b']' * 100_000, 400, "body: not valid JSON"),
+        (b'{"image": "\xff\xfe"}', 400, "body: not valid JSON"),
+        (b'{"image": null}', 422, "image: required"),
+    ],
+)
+def test_every_field_is_checked_by_the_options_schema(client, body, status, detail):
+    response = client.post(EXTRACT, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
+
+
+def test_the_answer_is_always_json_even_for_a_nan(client):
+    response = client.post(EXTRACT, content=b'{"image": NaN}', headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["detail"]
+
+
+def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read_whole(models_path, shapes_model, image_b64):
+    app = start_webui(["--api"], models_path, shapes_model)
+    shared.opts.easy_diffuser_max_request_mb = 1
+    client = TestClient(app)
+    big = {"image": "A" * (2 * 1024 * 1024)}
+    response = client.post(EXTRACT, json=big)
+    assert response.status_code == 413 and "larger than 1 MB" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the cap counts what arrives
+        for _ in range(40):
+            yield b"A" * 65536
+
+    response = client.post(EXTRACT, content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert client.post(EXTRACT, json={"image": image_b64}).status_code == 200  # a normal request still works
+    shared.opts.easy_diffuser_max_request_mb = 50
+
+
+def test_missing_weights_do_not_unload_the_working_model(models_path, shapes_model, image_b64, tmp_path, monkeypatch):
+    models.unload_models()
+    loads = []
+    monkeypatch.setattr(models, "_loaded", models.LoadOnce(lambda *args: loads.append(args) or models._load(*args)))
+    client = TestClient(start_webui(["--api"], models_path, shapes_model))
+    missing = str(tmp_path / "ViT-L-14-openai.safetensors")
+    for _ in range(3):
+        shared.opts.easy_diffuser_model = shapes_model
+        assert client.post(EXTRACT, json={"image": image_b64}).status_code == 200
+        shared.opts.easy_diffuser_model = missing
+        assert client.post(EXTRACT, json={"image": image_b64}).status_code == 503
+    assert [spec for spec, _ in loads].count(shapes_model) == 1  # loaded once, kept through three 503s
+
+
+def test_options_describes_every_option(client):
+    body = client.get("/easy-diffuser/v1/options").json()
+    assert body["max_tags"] == {"type": "int", "default": 24, "help": body["max_tags"]["help"], "minimum": 1, "maximum": 75}
+    assert body["tau"]["null"] and body["caption"]["fields"]["beams"]["maximum"] == 16
