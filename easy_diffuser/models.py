@@ -26,6 +26,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 
+from .settings_files import SettingsFileError, check_model_defaults, read_json_object
 from .torchscript import TorchScriptError, is_torchscript, read_torchscript_state_dict
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -307,15 +308,12 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
 
 def _folder_defaults(path: Path) -> dict[str, Any]:
     """A model folder's own defaults (tau, negatives, ...); none when the file is absent."""
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        defaults = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: not valid JSON ({error}); fix it or delete it to use the built-in defaults") from None
-    if not isinstance(defaults, dict):
-        raise ModelError(f"{path}: must hold a JSON object such as {{\"tau\": 1.0}}")
-    return defaults
+        return check_model_defaults(read_json_object(path), path)
+    except SettingsFileError as error:
+        raise ModelError(f"{error}; fix it or delete it to use the built-in defaults") from None
 
 
 def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedModel:

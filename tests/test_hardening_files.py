@@ -316,3 +316,129 @@ def test_scoped_weights_only_is_thread_safe_and_leaves_other_threads_alone(monke
     assert seen["inside"] == [True] * 8
     assert seen["outside"] == [False]
     assert torch.load is original
+
+
+# --- Calibration files and model-folder defaults -------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+DAMAGED_CALIBRATIONS = {
+    "tau NaN": '{"tau": NaN, "negatives": 3}',
+    "tau Infinity": '{"tau": Infinity}',
+    "tau -Infinity": '{"tau": -Infinity}',
+    "tau overflows to infinity": '{"tau": 1e999}',
+    "tau a string": '{"tau": "0.5"}',
+    "tau a boolean": '{"tau": true}',
+    "tau null": '{"tau": null}',
+    "tau out of range": '{"tau": 1000}',
+    "no tau": '{"negatives": 3}',
+    "negatives NaN": '{"tau": 0.5, "negatives": NaN}',
+    "negatives fractional": '{"tau": 0.5, "negatives": 2.5}',
+    "negatives negative": '{"tau": 0.5, "negatives": -1}',
+    "negatives too many": '{"tau": 0.5, "negatives": 1000}',
+    "negatives a string": '{"tau": 0.5, "negatives": "6"}',
+    "NaN in another field": '{"tau": 0.5, "loss": NaN}',
+    "deeply nested": DEEP,
+    "deeply nested object": '{"tau": 0.5, "table": ' + DEEP + "}",
+    "integer of 5000 digits": '{"tau": ' + "1" * 5000 + "}",
+    "a list": "[0.5]",
+    "empty": "",
+    "truncated": '{"tau": 0.',
+    "not UTF-8": b"\xff\xfe\x00{",
+}
+
+
+@pytest.fixture(scope="module")
+def calibrated_engine(tmp_path_factory):
+    from easy_diffuser.engine import Engine, calibration_path
+
+    engine = Engine("shapes-demo", "cpu", cache_dir=tmp_path_factory.mktemp("calibration-cache"))
+    path = calibration_path(engine.cache_dir, engine.model_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return engine, path
+
+
+def extract_summary(engine, image: Path) -> tuple:
+    result = engine.extract(image)
+    return result.prompt, result.negative_prompt, result.tau, result.tau_source
+
+
+@pytest.mark.parametrize("name", DAMAGED_CALIBRATIONS)
+def test_damaged_calibration_is_ignored_with_one_warning(calibrated_engine, shapes_red_circle, caplog, monkeypatch, name):
+    from easy_diffuser import engine as engine_module
+
+    engine, path = calibrated_engine
+    monkeypatch.setattr(engine_module, "_warned", set())
+    path.unlink(missing_ok=True)
+    expected = extract_summary(engine, shapes_red_circle)
+    content = DAMAGED_CALIBRATIONS[name]
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with caplog.at_level("WARNING"):
+        first = extract_summary(engine, shapes_red_circle)
+        second = extract_summary(engine, shapes_red_circle)
+    path.unlink()
+    assert first == second == expected  # the defaults, as if there were no file
+    assert expected[3] == "model default"
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "\n" not in warnings[0]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_calibration_path_that_is_not_a_file_is_ignored(calibrated_engine, shapes_red_circle, monkeypatch, kind):
+    import os
+
+    from easy_diffuser import engine as engine_module
+
+    engine, path = calibrated_engine
+    monkeypatch.setattr(engine_module, "_warned", set())
+    path.unlink(missing_ok=True)
+    expected = extract_summary(engine, shapes_red_circle)
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    try:
+        assert extract_summary(engine, shapes_red_circle) == expected  # and it returned: a FIFO does not block
+    finally:
+        path.rmdir() if kind == "folder" else path.unlink()
+
+
+def test_a_good_calibration_is_still_used(calibrated_engine, shapes_red_circle):
+    engine, path = calibrated_engine
+    path.write_text(json.dumps({"tau": 0.25, "negatives": 2, "loss": 0.5}))
+    try:
+        result = engine.extract(shapes_red_circle)
+    finally:
+        path.unlink()
+    assert result.tau == 0.25 and result.tau_source == f"calibrated ({path})"
+
+
+def test_read_calibration_is_reusable_by_the_writer(tmp_path):
+    from easy_diffuser.settings_files import SettingsFileError, check_calibration, read_calibration
+
+    assert read_calibration(tmp_path / "absent.json") == {}
+    assert check_calibration({"tau": 1.0, "negatives": 4.0}, "x.json") == {"tau": 1.0, "negatives": 4}
+    for bad in ({"tau": float("nan")}, {"tau": float("inf")}, {"tau": 1.0, "negatives": float("inf")}):
+        with pytest.raises(SettingsFileError, match="x.json: "):
+            check_calibration(dict(bad), "x.json")
+
+
+DAMAGED_DEFAULTS = {
+    "tau NaN": '{"tau": NaN}',
+    "tau Infinity": '{"tau": Infinity}',
+    "prob_temperature zero": '{"prob_center": 0.5, "prob_temperature": 0}',
+    "max_per_category a string": '{"max_per_category": "3"}',
+    "negatives fractional": '{"negatives": 2.5}',
+    "NaN in a nested note": '{"calibration": {"loss": NaN}}',
+    "deeply nested": DEEP,
+}
+
+
+@pytest.mark.parametrize("name", DAMAGED_DEFAULTS)
+def test_damaged_model_folder_defaults_are_one_line_errors(tiny_model_dir, tmp_path, cache_dir, name):
+    import shutil
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(tiny_model_dir, folder)
+    path = folder / "easy_diffuser.json"
+    path.write_text(DAMAGED_DEFAULTS[name])
+    with pytest.raises(ModelError) as error:
+        load_model(str(folder), cache_dir=cache_dir)
+    assert one_line_error(error, path).startswith(f"{path}: ")
