@@ -54,10 +54,14 @@ def read_regular_file(path: str | os.PathLike) -> bytes:
     """The bytes of a regular file. A FIFO would block a plain read forever (and a device may never
     end), so the file is opened without blocking and checked before anything is read."""
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with os.fdopen(descriptor, "rb") as handle:
+    try:
         mode = os.fstat(descriptor).st_mode
         if stat.S_ISDIR(mode):
             raise NotARegularFile(errno.EISDIR, "is a folder, not a file")
         if not stat.S_ISREG(mode):
             raise NotARegularFile(errno.EINVAL, "not a regular file (a FIFO, device or socket)")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
         return handle.read()
