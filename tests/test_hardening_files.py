@@ -442,3 +442,85 @@ def test_damaged_model_folder_defaults_are_one_line_errors(tiny_model_dir, tmp_p
     with pytest.raises(ModelError) as error:
         load_model(str(folder), cache_dir=cache_dir)
     assert one_line_error(error, path).startswith(f"{path}: ")
+
+
+# --- The text-embedding cache: its damage costs speed, never the result -----------------------------
+
+
+@pytest.fixture
+def tiny_loaded(tiny_model_dir, cache_dir):
+    return load_model(str(tiny_model_dir), "cpu", cache_dir=cache_dir)
+
+
+@pytest.fixture
+def tiny_vocabulary(tiny_model_dir):
+    from easy_diffuser.vocabulary import load_vocabulary
+
+    return load_vocabulary([tiny_model_dir / "vocabulary"])
+
+
+def cached_file(loaded, vocabulary, cache_dir) -> Path:
+    from easy_diffuser import label_cache
+
+    return label_cache.cache_path(cache_dir, loaded.cache_key, vocabulary)
+
+
+# Not /dev/full: run as root, safetensors' save_file replaces the device node with a regular file.
+@pytest.mark.parametrize("failure", ["SafetensorError", "OSError"])
+def test_a_cache_that_cannot_be_written_costs_nothing_but_speed(tiny_loaded, tiny_vocabulary, cache_dir, monkeypatch, caplog, failure):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from easy_diffuser import label_cache
+
+    expected = label_cache.text_embeddings(tiny_loaded, tiny_vocabulary, cache_dir / "good")
+
+    def failing_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a fil")  # what a full disk leaves behind
+        raise SafetensorError("No space left on device") if failure == "SafetensorError" else OSError(28, "No space left")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with caplog.at_level("WARNING"):
+        embeddings = label_cache.text_embeddings(tiny_loaded, tiny_vocabulary, cache_dir)
+    assert torch.equal(embeddings, expected)
+    assert any("cannot write text-embedding cache" in record.getMessage() for record in caplog.records)
+    folder = cache_dir / "text_embeddings"
+    assert not folder.exists() or list(folder.iterdir()) == []  # no half-written file, no temp file
+
+
+def damaged_embeddings(good: torch.Tensor, damage: str) -> torch.Tensor:
+    rows, width = good.shape
+    return {
+        "too narrow": good[:, : width // 2].contiguous(),
+        "too wide": torch.cat([good, good], dim=1),
+        "one row short": good[:-1].contiguous(),
+        "1-D": good.flatten().contiguous(),
+        "3-D": good.unsqueeze(0).contiguous(),
+        "integer": (good * 100).to(torch.int16),
+        "all zero": torch.zeros_like(good),
+        "not unit length": good * 2,
+        "a NaN": torch.where(torch.arange(rows * width).view(rows, width) == 5, float("nan"), good),
+        "an infinity": torch.where(torch.arange(rows * width).view(rows, width) == 5, float("inf"), good),
+        "empty": torch.zeros((0, width)),
+    }[damage].half() if damage != "integer" else (good * 100).to(torch.int16)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["too narrow", "too wide", "one row short", "1-D", "3-D", "integer", "all zero", "not unit length", "a NaN", "an infinity", "empty"],
+)
+def test_a_cache_of_the_wrong_shape_or_values_is_rebuilt(tiny_loaded, tiny_vocabulary, cache_dir, tiny_model_dir, damage):
+    from safetensors.torch import load_file, save_file
+
+    from easy_diffuser import label_cache
+    from easy_diffuser.engine import Engine
+
+    good = label_cache.text_embeddings(tiny_loaded, tiny_vocabulary, cache_dir)
+    path = cached_file(tiny_loaded, tiny_vocabulary, cache_dir)
+    metadata = {"fingerprint": tiny_vocabulary.fingerprint, "tags": str(len(tiny_vocabulary))}
+    save_file({"embeddings": damaged_embeddings(good, damage)}, str(path), metadata)
+    assert torch.equal(label_cache.text_embeddings(tiny_loaded, tiny_vocabulary, cache_dir), good)
+    assert torch.equal(load_file(str(path))["embeddings"].float(), good)  # rewritten whole
+    save_file({"embeddings": damaged_embeddings(good, damage)}, str(path), metadata)
+    engine = Engine(str(tiny_model_dir), cache_dir=cache_dir)  # and the whole pipeline works, no matmul error
+    assert torch.equal(engine.text_embeddings, good)
