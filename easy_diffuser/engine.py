@@ -9,7 +9,7 @@ the positive prompt: `caption, tag, tag, ...` in the same token budget.
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -27,10 +27,12 @@ from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device,
 from .options import CaptionOptions, ExtractOptions
 from .prompt import escape, format_prompt, prompts
 from .selection import SelectionOptions, TagScore, select
+from .settings_files import SettingsFileError, read_calibration
 from .vocabulary import BUILTIN_DIR, Vocabulary, load_vocabulary
 
 DEFAULT_TAU = 1.0
 __all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,20 @@ class Engine:
     def _calibration(self) -> dict:
         """What `easy-diffuser calibrate` learned for this model; {} when nothing (or a damaged file)."""
         try:
-            learned = json.loads(calibration_path(self.cache_dir, self.model_id).read_text())
-        except (OSError, ValueError):
-            return {}  # a missing or damaged calibration file falls back to the defaults, never breaks extraction
-        return learned if isinstance(learned, dict) else {}
+            return read_calibration(calibration_path(self.cache_dir, self.model_id))
+        except SettingsFileError as error:  # a damaged file falls back to the defaults, never breaks extraction
+            _warn_once(f"ignoring calibration: {error}; using the defaults")
+            return {}
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Once per process: a batch must not repeat the same line for every image."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def calibration_path(cache_dir: Path, model_id: str) -> Path:

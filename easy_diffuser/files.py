@@ -1,9 +1,11 @@
 """Writing files so that a crash or kill never leaves a half-written one behind."""
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -42,3 +44,24 @@ def write_text_atomically(path: Path, text: str) -> None:
 def safe_name(text: str) -> str:
     """A model id such as "ViT-L-14/openai" as a file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+class NotARegularFile(OSError):
+    """A folder, FIFO, device or socket where a file was expected."""
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file. A FIFO would block a plain read forever (and a device may never
+    end), so the file is opened without blocking and checked before anything is read."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise NotARegularFile(errno.EISDIR, "is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(errno.EINVAL, "not a regular file (a FIFO, device or socket)")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read()

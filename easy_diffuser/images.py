@@ -2,23 +2,44 @@
 
 Everything that can go wrong with a user's file is turned into an ImageError whose
 message names the file and the cause, so callers can report it in one line.
+Only raster formats that Pillow decodes itself are opened: EPS, PostScript and PDF
+would make Pillow run Ghostscript on the file.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .files import NotARegularFile, read_regular_file
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Pillow's names of the formats behind those suffixes; its JPEG reader also opens MPO (phones' multi-picture JPEGs).
+RASTER_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+OPENED_FORMATS = (*RASTER_FORMATS, "MPO")
 # PIL's own decompression-bomb limit (about 89 megapixels): CLIP sees a few hundred
 # pixels, so anything larger is a mistake or an attack, and would cost gigabytes to decode.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# EXIF orientation -> the transpose that shows the picture upright.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ORIENTATION_TAG = 0x0112
 
 
 class ImageError(ValueError):
@@ -27,23 +48,37 @@ class ImageError(ValueError):
 
 def load_image(image: ImageInput, name: str | None = None) -> Image.Image:
     """Open a path, bytes or PIL image and return it as an upright RGB image."""
-    label = name or _describe(image)
-    if isinstance(image, Image.Image):
-        return _to_rgb(image, label)
-    data = _read_bytes(image, label)
+    label = _printable(name or _describe(image))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
-            _check_size(opened, label)
-            opened.load()
+        if isinstance(image, Image.Image):
+            if image.format and image.format not in OPENED_FORMATS:
+                raise ImageError(f"{label}: {image.format} images are not opened; use {', '.join(RASTER_FORMATS)}")
+            _check_size(image, label)
+            return _to_rgb(image, _orientation(image))
+        return _decode(_read_bytes(image, label), label)
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{label}: image is too large to be a real picture (decompression bomb)") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image file PIL can read") from None
+        raise ImageError(f"{label}: not an image file PIL can read (supported: {', '.join(RASTER_FORMATS)})") from None
+    except MemoryError:
+        raise ImageError(f"{label}: not enough memory to decode this image") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{label}: broken or truncated image ({error})") from None
-    return _to_rgb(opened, label)
+        raise ImageError(f"{label}: broken or truncated image ({_printable(str(error))})") from None
+    except Exception as error:  # a decoder's own bug is still this file's problem, not the caller's (Ctrl-C passes)
+        raise ImageError(f"{label}: cannot decode image ({type(error).__name__}: {_printable(str(error))})") from None
+
+
+def _decode(data: bytes, label: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        opened = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)  # opened on the first frame
+        _check_size(opened, label)
+        opened.load()
+    # Read after load(): Pillow turns TIFFs upright itself while loading them (and Pillow 9.5 cannot read a
+    # multi-page TIFF's EXIF any more then, which _orientation takes as upright).
+    return _to_rgb(opened, _orientation(opened))
 
 
 def _describe(image: ImageInput) -> str:
@@ -52,18 +87,25 @@ def _describe(image: ImageInput) -> str:
     return "image" if isinstance(image, Image.Image) else "uploaded image"
 
 
+def _printable(text: str) -> str:
+    """Control characters (a NUL or newline in a file name) escaped, so the message stays one line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], text)
+
+
 def _read_bytes(image: ImageInput, label: str) -> bytes:
     if isinstance(image, (bytes, bytearray)):
         data = bytes(image)
     else:
         try:
-            data = Path(image).read_bytes()
+            data = read_regular_file(image)
         except FileNotFoundError:
             raise ImageError(f"{label}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{label}: is a folder, not an image") from None
+        except NotARegularFile as error:
+            raise ImageError(f"{label}: {'is a folder, not an image' if error.errno == errno.EISDIR else error.strerror}") from None
         except OSError as error:
-            raise ImageError(f"{label}: cannot read ({error.strerror})") from None
+            raise ImageError(f"{label}: cannot read ({error.strerror or error})") from None
+        except ValueError:  # os.open refuses a NUL in the name
+            raise ImageError(f"{label}: not a usable file name (it contains a NUL character)") from None
     if not data:
         raise ImageError(f"{label}: empty file")
     return data
@@ -73,27 +115,44 @@ def _check_size(image: Image.Image, label: str) -> None:
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"{label}: {width}x{height} pixels is too large (limit {MAX_PIXELS:,} pixels)")
+    if width < 1 or height < 1:
+        raise ImageError(f"{label}: {width}x{height} pixels: the image is empty")
 
 
-def _to_rgb(image: Image.Image, label: str) -> Image.Image:
-    """First frame, EXIF orientation applied, alpha flattened on white, 16-bit and CMYK converted."""
-    _check_size(image, label)
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation; 1 (upright) when there is none or it cannot be read."""
     try:
-        if getattr(image, "is_animated", False):
-            image.seek(0)
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # Scale 16-bit range down to 8 bits; convert("L") would clip everything to white.
-            image = image.point(lambda value: value / 256).convert("L")
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        if image.mode in ("RGBA", "LA", "PA"):
-            background = Image.new("RGB", image.size, "white")
-            background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-            return background
-        return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise ImageError(f"{label}: cannot convert image ({error})") from None
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # damaged EXIF must not cost the picture
+        return 1
+
+
+def _to_rgb(image: Image.Image, orientation: int) -> Image.Image:
+    """First frame, upright, alpha flattened on white, 16-bit and float scaled, CMYK converted."""
+    if getattr(image, "is_animated", False):
+        image.seek(0)
+    if orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_eight_bit(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, "white")
+        rgba = image.convert("RGBA")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _to_eight_bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greyscale (any byte order) as 8-bit L; convert("L") would clip to white."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if image.mode == "F" and values.max(initial=0.0) <= 1.0:
+        values = values * 255  # float images hold 0..1
+    elif image.mode != "F":
+        values = values / 256  # 16-bit range (PNG's 16-bit greyscale opens as "I")
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
 
 
 def is_image_path(path: Path) -> bool:

@@ -7,7 +7,9 @@ A model spec is one of:
     (or open_clip_pytorch_model.bin), as published on model hubs;
   * a local checkpoint file (.safetensors, .bin, .pt) whose architecture is named in its file
     name ("ViT-L-14-openai.safetensors") or given as "ARCH=PATH".
-Weights are never unpickled: safetensors, or torch.load(weights_only=True).
+Nothing a weights file holds ever runs: safetensors, torch.load(weights_only=True), or, for
+TorchScript archives (OpenAI's .pt), a reader that takes only their tensors (torchscript.py).
+open_clip never loads weights for us: it would torch.load or torch.jit.load them.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import logging
 import os
 import tempfile
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -26,11 +27,13 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 import torch
 
 from .options import OptionError
+from .settings_files import SettingsFileError, check_model_defaults, read_json_object
+from .torchscript import is_torchscript, read_torchscript_state_dict
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL = "ViT-L-14/openai"
 DEFAULT_CACHE_DIR = Path(os.environ.get("EASY_DIFFUSER_CACHE", Path.home() / ".cache" / "easy_diffuser"))
-WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # safest first
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 # Keys OpenAI's checkpoints carry beside the weights (open_clip drops them the same way).
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -50,12 +53,17 @@ class ModelInfo:
     name: str
     use: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    hf_hub: str = ""  # a hub repository with safetensors, where open_clip's table names only a .pt URL
 
 
 REGISTRY: dict[str, ModelInfo] = {
     info.name: info
     for info in (
-        ModelInfo("ViT-L-14/openai", "SD 1.x and SDXL (the CLIP-L text encoder both use)", {"tau": 1.5}),
+        # open_clip 3.x names this repository itself; 2.20 only OpenAI's TorchScript .pt.
+        ModelInfo(
+            "ViT-L-14/openai", "SD 1.x and SDXL (the CLIP-L text encoder both use)", {"tau": 1.5},
+            hf_hub="timm/vit_large_patch14_clip_224.openai/",
+        ),
         ModelInfo("ViT-H-14/laion2b_s32b_b79k", "SD 2.x (its OpenCLIP-H text encoder)", {"tau": 1.5}),
         ModelInfo("ViT-bigG-14/laion2b_s39b_b160k", "SDXL (its OpenCLIP-bigG text encoder)", {"tau": 1.5}),
         ModelInfo("shapes-demo", "the tiny shapes-world model shipped for offline tries and tests"),
@@ -189,19 +197,97 @@ def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
         return _load_file(placed, arch, model_id=name)
     if arch not in open_clip.list_models():
         raise ModelError(f"unknown model architecture {arch!r} in {name!r}: open_clip knows {', '.join(open_clip.list_models()[:8])}, ...")
-    pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag)
+    pretrained_cfg = pretrained_config(arch, tag)
     if not pretrained_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch))
         raise ModelError(f"open_clip has no weights {tag!r} for {arch}: choose one of {tags}")
     try:
-        with _weights_only_torch_load():
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, cache_dir=str(cache_dir))
+        weights = _fetch(weight_sources(pretrained_cfg), cache_dir)
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
         raise ModelError(
-            f"no network and no cached weights for {name} ({type(error).__name__}: {error}). "
+            f"no network and no cached weights for {name} ({type(error).__name__}: {_first_line(error)}). "
             f"{_where_to_get(pretrained_cfg, cache_dir / f'{arch}-{tag}')}, or pass a local checkpoint path as the model"
         ) from error
+    quick_gelu = tag == "openai" or bool(pretrained_cfg.get("quick_gelu"))
+    model, preprocess = _architecture(
+        arch, force_quick_gelu=quick_gelu, image_mean=pretrained_cfg.get("mean"), image_std=pretrained_cfg.get("std")
+    )
+    _load_weights(model, weights)
     return _finish(model, preprocess, open_clip.get_tokenizer(arch), name, name, folder=None)
+
+
+def pretrained_config(arch: str, tag: str) -> dict[str, Any]:
+    """open_clip's entry for ARCH/TAG, with our registry's hub repository where it has one."""
+    pretrained_cfg = dict(_open_clip().get_pretrained_cfg(arch, tag))
+    info = REGISTRY.get(f"{arch}/{tag}")
+    if pretrained_cfg and info and info.hf_hub:
+        pretrained_cfg["hf_hub"] = info.hf_hub
+    return pretrained_cfg
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One place the weights can come from: a file in a hub repository, or a URL."""
+
+    hub_repo: str = ""
+    filename: str = ""
+    url: str = ""
+
+    def fetch(self, cache_dir: Path, local_only: bool) -> Path | None:
+        """The local file, downloaded unless local_only; None when local_only and it is not here."""
+        if self.hub_repo:
+            from huggingface_hub import hf_hub_download
+
+            try:
+                return Path(hf_hub_download(self.hub_repo, self.filename, cache_dir=str(cache_dir), local_files_only=local_only))
+            except Exception:
+                if local_only:
+                    return None
+                raise
+        if local_only and not (cache_dir / Path(self.url).name).is_file():
+            return None
+        # open_clip checks OpenAI's checksum and downloads again when it does not match.
+        return Path(_open_clip().pretrained.download_pretrained_from_url(self.url, cache_dir=str(cache_dir)))
+
+
+def weight_sources(pretrained_cfg: dict[str, Any]) -> list[WeightSource]:
+    """Where the weights can be had, safest first: the hub's safetensors, its .bin, then a URL (OpenAI's: a .pt)."""
+    sources = []
+    hub = pretrained_cfg.get("hf_hub", "")
+    if hub:
+        # open_clip's convention: "org/name/" means its default file, "org/name/file.bin" that file.
+        repo, _, filename = hub.rpartition("/")
+        filename = filename or WEIGHT_FILES[1]
+        safe = WEIGHT_FILES[0] if filename == WEIGHT_FILES[1] else f"{Path(filename).stem}.safetensors"
+        sources += [WeightSource(repo, name) for name in dict.fromkeys((safe, filename))]
+    if pretrained_cfg.get("url"):
+        sources.append(WeightSource(url=pretrained_cfg["url"]))
+    return sources
+
+
+def _fetch(sources: list[WeightSource], cache_dir: Path) -> Path:
+    """A file already here first (nothing downloaded for what is cached), then downloads in order of safety."""
+    errors: list[Exception] = []
+    for local_only in (True, False):
+        for source in sources:
+            try:
+                path = source.fetch(cache_dir, local_only)
+            except Exception as error:
+                errors.append(error)
+                continue
+            if path is not None:
+                return path
+    raise errors[-1] if errors else FileNotFoundError("no download source")
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().split("\n")[0]
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """A multi-line error (load_state_dict lists every key) as one line a user can read."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _where_to_get(pretrained_cfg: dict, target: Path) -> str:
@@ -246,15 +332,12 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
 
 def _folder_defaults(path: Path) -> dict[str, Any]:
     """A model folder's own defaults (tau, negatives, ...); none when the file is absent."""
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        defaults = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: not valid JSON ({error}); fix it or delete it to use the built-in defaults") from None
-    if not isinstance(defaults, dict):
-        raise ModelError(f"{path}: must hold a JSON object such as {{\"tau\": 1.0}}")
-    return defaults
+        return check_model_defaults(read_json_object(path), path)
+    except SettingsFileError as error:
+        raise ModelError(f"{error}; fix it or delete it to use the built-in defaults") from None
 
 
 def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedModel:
@@ -324,39 +407,37 @@ def _is_openai_checkpoint(path: Path) -> bool:
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
         state_dict = read_state_dict(path)
-        for key in OPENAI_EXTRA_KEYS:
+        # TorchScript saves non-persistent buffers (open_clip's attn_mask) too; the model computes its own.
+        computed = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+        for key in (*OPENAI_EXTRA_KEYS, *computed):
             state_dict.pop(key, None)
         model.load_state_dict(state_dict, strict=True)
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"{path}: not a usable checkpoint for this architecture ({type(error).__name__}: {error})") from None
+        raise ModelError(f"{path}: not a usable checkpoint for this architecture ({type(error).__name__}: {_one_line(error)})") from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read weights without unpickling: safetensors, TorchScript archives, or weights-only torch files."""
+    """Weights, with nothing in the file run: safetensors, TorchScript tensors read as data, or weights-only torch files."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if _is_torchscript(path):
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    # Before torch.load, which hands TorchScript to torch.jit.load (torch < 2.4 even with weights_only=True).
+    if is_torchscript(path):
+        try:
+            return read_torchscript_state_dict(path)
+        except Exception as error:  # the archive is data to us: any fault in it is a refusal
+            raise ModelError(f"{path}: refused to load this TorchScript archive ({_first_line(error)}); use a .safetensors file") from None
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelError(f"{path}: refused to load ({error}); only plain weight files are read, convert it to .safetensors") from None
+        raise ModelError(f"{path}: refused to load ({_first_line(error)}); only plain weight files are read, convert it to .safetensors") from None
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state_dict, dict):
         raise ModelError(f"{path}: holds no state dict")
     return {key.removeprefix("module."): value for key, value in state_dict.items()}
-
-
-def _is_torchscript(path: Path) -> bool:
-    """OpenAI's .pt files are TorchScript archives: code is TorchScript, not pickled Python."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def _register_config(model_id: str, model_cfg: dict) -> str:
@@ -393,17 +474,42 @@ def _open_clip():
     return open_clip
 
 
-@contextlib.contextmanager
-def _weights_only_torch_load() -> Iterator[None]:
-    """open_clip calls torch.load without weights_only; on the webui's torch 2.1 that unpickles. Force it."""
-    original = torch.load
+class _WeightsOnlyTorchLoad:
+    """torch.load with weights_only=True forced for the threads inside the context, and only for them.
 
-    def safe_load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return original(*args, **kwargs)
+    transformers 4.30 (the webui's) reads pytorch_model.bin with a plain torch.load, which on the
+    webui's torch 2.1 unpickles. torch.load is one function for the whole process: it is replaced
+    once, under a lock, while any thread is inside, and put back when the last one leaves; calls
+    from other threads (the webui loading its own checkpoints) pass through unchanged.
+    """
 
-    torch.load = safe_load
-    try:
-        yield
-    finally:
-        torch.load = original
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = threading.local()
+        self._users = 0
+        self._original: Callable[..., Any] = torch.load
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._original = torch.load
+                torch.load = self._load
+            self._users += 1
+        self._inside.depth = getattr(self._inside, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._inside.depth -= 1
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    torch.load = self._original
+
+    def _load(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self._inside, "depth", 0):
+            kwargs["weights_only"] = True
+        return self._original(*args, **kwargs)
+
+
+_weights_only_torch_load = _WeightsOnlyTorchLoad()

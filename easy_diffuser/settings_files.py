@@ -1,0 +1,99 @@
+"""The small JSON files we read back: a model's calibration and a model folder's easy_diffuser.json.
+
+A user, an editor or an interrupted run may have written them. A damaged one (not JSON, NaN or
+Infinity anywhere, nesting deep enough to exhaust the parser, a value of the wrong type or out of
+range) raises SettingsFileError: one line naming the file and the field, never a traceback, and
+none of its values are used. The calibration writer validates with the same functions.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .files import read_regular_file
+from .options import OPTION
+
+# tau is a z-score over the vocabulary: beyond +-10 no tag (or every tag) is relevant.
+TAU_RANGE = (float(OPTION["tau"].minimum), float(OPTION["tau"].maximum))  # the options schema's, as on every surface
+MAX_NEGATIVES = int(OPTION["negatives"].maximum)
+
+
+class SettingsFileError(ValueError):
+    """A settings file that cannot be used; the message names the file and the field."""
+
+
+def read_calibration(path: Path) -> dict[str, Any]:
+    """What `easy-diffuser calibrate` learned; {} when there is no file. Raises SettingsFileError when damaged."""
+    if not Path(path).exists():
+        return {}
+    return check_calibration(read_json_object(path), path)
+
+
+def check_calibration(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """A calibration's tau and negatives, checked: tau a finite number in TAU_RANGE, negatives a whole number."""
+    _check_number(data, "tau", path, *TAU_RANGE, required=True)
+    _check_whole(data, "negatives", path, 0, MAX_NEGATIVES)
+    return data
+
+
+def check_model_defaults(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """A model folder's defaults, checked field by field (every other number is already known to be finite)."""
+    _check_number(data, "tau", path, *TAU_RANGE)
+    _check_whole(data, "negatives", path, 0, MAX_NEGATIVES)
+    _check_whole(data, "max_per_category", path, 1, 1000)
+    _check_whole(data, "calibration_tags", path, 1, 1000)
+    _check_number(data, "prob_center", path, -1e6, 1e6)
+    _check_number(data, "prob_temperature", path, 1e-6, 1e6)  # a divisor: 0 would make every probability NaN
+    return data
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, every number in it finite; SettingsFileError (one line) otherwise."""
+    try:
+        text = read_regular_file(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsFileError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise SettingsFileError(f"{path}: nested too deeply to be a settings file") from None
+    except ValueError as error:
+        raise SettingsFileError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise SettingsFileError(f'{path}: must hold a JSON object such as {{"tau": 1.0}}')
+    return data
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_number(data: dict, key: str, path: Path | str, low: float, high: float, required: bool = False) -> None:
+    if key not in data:
+        if required:
+            raise SettingsFileError(f"{path}: no {key!r}")
+        return
+    value = data[key]
+    if not _is_number(value) or not low <= value <= high:
+        raise SettingsFileError(f"{path}: {key!r} must be a number from {low:g} to {high:g}, not {json.dumps(value)[:40]}")
+
+
+def _check_whole(data: dict, key: str, path: Path | str, low: int, high: int) -> None:
+    value = data.get(key, low)
+    if not _is_number(value) or (isinstance(value, float) and not value.is_integer()) or not low <= value <= high:
+        raise SettingsFileError(f"{path}: {key!r} must be a whole number from {low} to {high}, not {json.dumps(value)[:40]}")
+    if key in data:
+        data[key] = int(value)
