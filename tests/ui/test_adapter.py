@@ -290,8 +290,12 @@ def test_every_control_reselects_from_the_stored_embedding_without_the_model_or_
     with call_queue.queue_lock:  # a generation holds the queue: re-selection still answers
         prompt, negative, *_ = module.reselect(state, {**TAB, "max_tags": 1})
         assert len(prompt.split(", ")) == 1
-        prompt, negative, *_ = module.reselect(state, {**TAB, "quality_negatives": 0})
-        assert "blurry" not in negative and "lowres" not in negative
+        seen = []
+        original = Engine.extract_embeddings
+        spy = lambda self, embedding, options, **kwargs: seen.append(options) or original(self, embedding, options, **kwargs)  # noqa: E731
+        monkeypatch.setattr(Engine, "extract_embeddings", spy)
+        module.reselect(state, {**TAB, "quality_negatives": 0})  # shapes-demo has no quality tags: see what it asks
+        assert seen[-1].quality_negatives == 0
         manual = {**TAB, "auto_tau": False, "tau": -1.0, "negatives": 6}
         *_, status, tau, negatives, same = module.reselect(state, manual)
         assert same.result.tags == state.result.tags and "(option)" in status  # the same tau, now set by hand
