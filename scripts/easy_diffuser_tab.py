@@ -176,7 +176,8 @@ def extract(
         return _unchanged(extracted, markup.error_html(str(error)))
     progress(0, desc="Loading the CLIP model")
     try:
-        fresh = service.run(lambda engine: controls.extract(engine, image, options), progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+        encoding = _reporter(progress, VOCABULARY_PROGRESS, "tags")
+        fresh = service.run(lambda engine: controls.extract(engine, image, options), progress=encoding)
     except (ImageError, ModelError) as error:  # their messages are written for the user
         return _unchanged(extracted, markup.error_html(str(error)))
     return _shown(fresh, values)
@@ -211,7 +212,8 @@ def click_tag(tag: str, extracted: Optional[controls.Extracted], weights: bool) 
         return gr.update(), gr.update(), gr.update(), gr.update(), None
     extracted = controls.cycle_tag(extracted, tag)
     prompt, negative = controls.tab_prompts(extracted, weights)
-    return prompt, negative, markup.tag_bars_html(extracted.result.tags), markup.status_html(extracted.result), extracted
+    result = extracted.result
+    return prompt, negative, markup.tag_bars_html(result.tags), markup.status_html(result), extracted
 
 
 def toggle_weights(extracted: Optional[controls.Extracted], weights: bool) -> tuple:
@@ -374,8 +376,10 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         _wire(image.upload, extract_on_drop, [image, extracted], inputs, results)
         for name in controls.RESELECTING:  # unqueued: they answer while a generation holds the queue
             _wire(inputs[name].input, reselect, [extracted], inputs, results, queue=False)
-        click.click(click_tag, inputs=[clicked, extracted, inputs["weights"]], outputs=[prompt, negative, bars, status, extracted], queue=False)
-        inputs["weights"].input(toggle_weights, inputs=[extracted, inputs["weights"]], outputs=[prompt, negative], queue=False)
+        weights = inputs["weights"]
+        clicked_outputs = [prompt, negative, bars, status, extracted]
+        click.click(click_tag, inputs=[clicked, extracted, weights], outputs=clicked_outputs, queue=False)
+        weights.input(toggle_weights, inputs=[extracted, weights], outputs=[prompt, negative], queue=False)
         _wire_send(to_txt2img, [prompt, negative], _prompt_fields("txt2img"), "txt2img")
         _wire_send(to_img2img, [prompt, negative, image], [*_prompt_fields("img2img"), paste_fields["img2img"]["init_img"]], "img2img")
         if not shared.cmd_opts.hide_ui_dir_config:  # server folders are off limits then, as in the webui's own tabs
@@ -389,16 +393,25 @@ def _controls() -> dict[str, gr.components.Component]:
     opts = shared.opts
     made = {"max_tags": _slider(OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags")}
     with gr.Row():
-        made["auto_tau"] = gr.Checkbox(value=True, label="Automatic tau and negatives", elem_id="easy_diffuser_auto_tau")
-        made["weights"] = gr.Checkbox(value=opts.easy_diffuser_weights, label=OPTION["weights"].label, elem_id="easy_diffuser_weights")
+        made["auto_tau"] = gr.Checkbox(True, label="Automatic tau and negatives", elem_id="easy_diffuser_auto_tau")
+        made["weights"] = gr.Checkbox(
+            opts.easy_diffuser_weights, label=OPTION["weights"].label, elem_id="easy_diffuser_weights"
+        )
     # Locked while automatic: they show the values in force, which the first extraction fills in.
     made["tau"] = _slider(OPTION["tau"], DEFAULT_TAU, elem_id="easy_diffuser_tau", interactive=False)
-    made["negatives"] = _slider(OPTION["negatives"], opts.easy_diffuser_negatives, elem_id="easy_diffuser_negatives", interactive=False)
-    made["quality_negatives"] = _slider(OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality")
+    made["negatives"] = _slider(
+        OPTION["negatives"], opts.easy_diffuser_negatives, elem_id="easy_diffuser_negatives", interactive=False
+    )
+    made["quality_negatives"] = _slider(
+        OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality"
+    )
     with gr.Row():
-        made["caption"] = gr.Checkbox(value=opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption")
+        made["caption"] = gr.Checkbox(
+            opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption"
+        )
         made["caption_model"] = gr.Dropdown(
-            list(CAPTIONERS), value=opts.easy_diffuser_caption_model, label="Captioner", elem_id="easy_diffuser_caption_model"
+            list(CAPTIONERS), value=opts.easy_diffuser_caption_model, label="Captioner",
+            elem_id="easy_diffuser_caption_model",
         )
     return {name: made[name] for name in controls.CONTROLS}
 
@@ -407,7 +420,8 @@ def _wire(event: Callable, handler: Callable, fixed: list, inputs: dict, outputs
     """handler(*values of `fixed`, {control name: value}[, progress]). The inputs go as a set, which gradio
     hands over as one dict: the controls are listed once, in _controls(), not in every handler's signature."""
     def values(data: dict) -> tuple:
-        return (*(data[component] for component in fixed), {name: data[component] for name, component in inputs.items()})
+        controlled = {name: data[component] for name, component in inputs.items()}
+        return (*(data[component] for component in fixed), controlled)
 
     def queued(data: dict, progress: gr.Progress = gr.Progress()) -> Any:
         return handler(*values(data), progress)
@@ -511,7 +525,7 @@ def _model_setting_label() -> str:
     """What the model setting means, and when the command line overrides it: the Settings page says so."""
     forced = shared.cmd_opts.easy_diffuser_model
     if forced:
-        return f"CLIP model: {forced} is in force, set by --easy-diffuser-model on the command line (this setting is ignored)"
+        return f"CLIP model: {forced} is in force, set by --easy-diffuser-model (this setting is ignored)"
     return "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai)"
 
 

@@ -277,7 +277,7 @@ def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts_and_the_status(we
     assert module.toggle_weights(None, True) == (gr.update(), gr.update())  # nothing extracted: keep typed text
 
 
-def test_every_control_reselects_from_the_stored_embedding_without_the_model_or_the_queue(webui, red_circle, monkeypatch):
+def test_every_control_reselects_from_the_stored_embedding_without_model_or_queue(webui, red_circle, monkeypatch):
     from PIL import Image
 
     from easy_diffuser.engine import Engine
@@ -292,7 +292,10 @@ def test_every_control_reselects_from_the_stored_embedding_without_the_model_or_
         assert len(prompt.split(", ")) == 1
         seen = []
         original = Engine.extract_embeddings
-        spy = lambda self, embedding, options, **kwargs: seen.append(options) or original(self, embedding, options, **kwargs)  # noqa: E731
+        def spy(self, embedding, options, **kwargs):
+            seen.append(options)
+            return original(self, embedding, options, **kwargs)
+
         monkeypatch.setattr(Engine, "extract_embeddings", spy)
         module.reselect(state, {**TAB, "quality_negatives": 0})  # shapes-demo has no quality tags: see what it asks
         assert seen[-1].quality_negatives == 0
