@@ -11,7 +11,7 @@ import os
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import gradio as gr
 import torch
@@ -29,13 +29,11 @@ from easy_diffuser.webui.service import AUTO, Placement, Service, auto_model
 from easy_diffuser.batch import BatchSummary, caption_folder
 from easy_diffuser.calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibrate
 from easy_diffuser.captioner import CAPTIONERS
-from easy_diffuser.engine import Engine
+from easy_diffuser.engine import DEFAULT_TAU, Engine
 from easy_diffuser.calibration.generators import CallableGenerator, webui_generator
 from easy_diffuser.images import ImageError
 from easy_diffuser.models import LoadedModel, ModelError, default_dtype, list_models
-from easy_diffuser.options import CAPTION_OPTION, CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, CaptionOptions, ExtractOptions, Option
-from easy_diffuser.prompt import prompts
-from easy_diffuser.selection import TagScore
+from easy_diffuser.options import CAPTION_OPTION, CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, ExtractOptions, Option
 
 try:  # Forge: GPU memory belongs to its memory manager, which its own interrogator also goes through
     from backend import memory_management
@@ -45,6 +43,11 @@ except ImportError:
 
 GRADIO_3 = gr.__version__.startswith("3.")
 SECTION = ("easy_diffuser", "Easy Diffuser")
+CATEGORY = "postprocessing"  # Settings' group of webui 1.7+, where the webui's own CLIP interrogator is
+NO_CHECKPOINT = (
+    "Calibrate generates images with a Stable Diffusion checkpoint, and the webui has none: put one in "
+    "models/Stable-diffusion, choose it at the top of the page, then press Calibrate again."
+)
 VOCABULARY_PROGRESS = "Encoding the tag vocabulary (first use of this model only)"
 
 
@@ -141,66 +144,92 @@ def _reporter(progress: gr.Progress, desc: str, unit: str) -> Callable[[int, int
     return lambda done, total: progress((done, total), desc=desc, unit=unit)
 
 
-def _options(
-    max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float, caption_on: bool, caption_model: str
-) -> ExtractOptions:
-    opts = shared.opts
-    caption = None
-    if caption_on:
-        decoding = {name: getattr(opts, f"easy_diffuser_caption_{name}") for name in CAPTION_OPTION}
-        caption = CaptionOptions(caption_model, **decoding)
-    return controls.extract_options(max_tags, auto_tau, tau, weights, quality, opts.easy_diffuser_negatives, caption)
+def _options(values: Mapping[str, Any]) -> ExtractOptions:
+    """The tab's control values (keyed by controls.CONTROLS) as options; the captioner decodes as Settings say."""
+    decoding = {name: getattr(shared.opts, f"easy_diffuser_caption_{name}") for name in CAPTION_OPTION}
+    return controls.extract_options(values, decoding)
+
+
+def _shown(extracted: controls.Extracted, values: Mapping[str, Any]) -> tuple:
+    """-> prompt, negative prompt, tag bars, status, tau slider, negatives slider, state: all from one selection."""
+    result, automatic = extracted.result, values["auto_tau"]
+    prompt, negative = controls.tab_prompts(extracted, values["weights"])
+    tau = gr.update(value=result.tau, interactive=not automatic)  # the tau in force; automatic locks it
+    negatives = gr.update(value=extracted.negatives, interactive=not automatic)
+    return prompt, negative, markup.tag_bars_html(result.tags), markup.status_html(result), tau, negatives, extracted
+
+
+def _unchanged(extracted: Optional[controls.Extracted], status: Any = None) -> tuple:
+    return (*[gr.update()] * 3, gr.update() if status is None else status, gr.update(), gr.update(), extracted)
 
 
 def extract(
-    image: Optional[Image.Image], max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
-    caption_on: bool, caption_model: str, tags: list[TagScore], progress: gr.Progress = gr.Progress(),
+    image: Optional[Image.Image], extracted: Optional[controls.Extracted], values: Mapping[str, Any],
+    progress: gr.Progress = gr.Progress(),
 ) -> tuple:
-    """-> prompt, negative prompt, tag bars, status, tau slider, tags."""
-    unchanged = (gr.update(), gr.update(), gr.update())
+    """-> prompt, negative prompt, tag bars, status, tau slider, negatives slider, state."""
     if image is None:
-        return (*unchanged, markup.error_html("Drop an image first."), gr.update(), tags)
+        return _unchanged(extracted, markup.error_html("Drop an image first."))
     try:
-        options = _options(max_tags, auto_tau, tau, weights, quality, caption_on, caption_model)
+        options = _options(values)
     except ValueError as error:  # caption lengths that contradict each other
-        return (*unchanged, markup.error_html(str(error)), gr.update(), tags)
+        return _unchanged(extracted, markup.error_html(str(error)))
     progress(0, desc="Loading the CLIP model")
     try:
-        result = service.run(lambda engine: engine.extract(image, options), progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+        encoding = _reporter(progress, VOCABULARY_PROGRESS, "tags")
+        fresh = service.run(lambda engine: controls.extract(engine, image, options), progress=encoding)
     except (ImageError, ModelError) as error:  # their messages are written for the user
-        return (*unchanged, markup.error_html(str(error)), gr.update(), tags)
-    bars, status = markup.tag_bars_html(result.tags), markup.status_html(result)
-    return result.prompt, result.negative_prompt, bars, status, gr.update(value=result.tau), result.tags
+        return _unchanged(extracted, markup.error_html(str(error)))
+    return _shown(fresh, values)
 
 
 def extract_on_drop(
-    image: Optional[Image.Image], max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
-    caption_on: bool, caption_model: str, tags: list[TagScore], progress: gr.Progress = gr.Progress(),
+    image: Optional[Image.Image], extracted: Optional[controls.Extracted], values: Mapping[str, Any],
+    progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     if not shared.opts.easy_diffuser_extract_on_drop:
-        return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), tags
-    return extract(image, max_tags, auto_tau, tau, weights, quality, caption_on, caption_model, tags, progress)
+        return _unchanged(extracted)
+    return extract(image, extracted, values, progress)
 
 
-def click_tag(tag: str, tags: list[TagScore], weights: bool) -> tuple:
-    """-> prompt, negative prompt, tag bars, tags."""
-    tags, prompt, negative = controls.cycle_tag(tags, tag, weights)
-    return prompt, negative, markup.tag_bars_html(tags), tags
+def reselect(extracted: Optional[controls.Extracted], values: Mapping[str, Any]) -> tuple:
+    """A control moved: select again from the stored embedding, outside the queue (no model forward pass)."""
+    if extracted is None:  # nothing extracted yet: only the lock on the sliders follows Automatic
+        locked = gr.update(interactive=not values["auto_tau"])
+        return (*[gr.update()] * 4, locked, locked, None)
+    engine = service.engine
+    try:
+        if engine is None:
+            raise ValueError(controls.STALE)
+        return _shown(controls.reselect(engine, extracted, _options(values)), values)
+    except ValueError as error:  # another model took the engine's place, or contradictory caption settings
+        return _unchanged(extracted, markup.error_html(str(error)))
 
 
-def toggle_weights(tags: list[TagScore], weights: bool) -> tuple:
-    return prompts(tags, weights) if tags else (gr.update(), gr.update())  # no tags: keep what the user typed
+def click_tag(tag: str, extracted: Optional[controls.Extracted], weights: bool) -> tuple:
+    """-> prompt, negative prompt, tag bars, status, state."""
+    if extracted is None:
+        return gr.update(), gr.update(), gr.update(), gr.update(), None
+    extracted = controls.cycle_tag(extracted, tag)
+    prompt, negative = controls.tab_prompts(extracted, weights)
+    result = extracted.result
+    return prompt, negative, markup.tag_bars_html(result.tags), markup.status_html(result), extracted
+
+
+def toggle_weights(extracted: Optional[controls.Extracted], weights: bool) -> tuple:
+    if extracted is None:  # nothing extracted: keep what the user typed
+        return gr.update(), gr.update()
+    return controls.tab_prompts(extracted, weights)
 
 
 def caption(
-    folder: str, recursive: bool, overwrite: bool, max_tags: float, auto_tau: bool, tau: float, weights: bool, quality: float,
-    caption_on: bool, caption_model: str, progress: gr.Progress = gr.Progress(),
+    folder: str, recursive: bool, overwrite: bool, values: Mapping[str, Any], progress: gr.Progress = gr.Progress(),
 ) -> str:
     if not folder.strip():
         return markup.error_html("Enter the folder to caption.")
     _stop_batch.clear()
     try:
-        options = _options(max_tags, auto_tau, tau, weights, quality, caption_on, caption_model)
+        options = _options(values)
     except ValueError as error:
         return markup.error_html(str(error))
     images = _reporter(progress, "Captioning", "images")
@@ -227,6 +256,8 @@ def calibrate_folder(
         taus, negatives = controls.parse_taus(taus_text), controls.parse_negatives(negatives_text)
     except ValueError as error:
         return markup.error_html(str(error)), hidden, hidden, gr.update()
+    if _no_checkpoint():
+        return markup.error_html(NO_CHECKPOINT), hidden, hidden, gr.update()
     _stop_calibration.clear()
     counts = [0, 0]  # generations done, total: for the message after a Stop
     generations = _reporter(progress, "Calibrating: extract, generate, compare", "generations")
@@ -251,6 +282,12 @@ def calibrate_folder(
         return markup.calibration_stopped_html(*counts), hidden, hidden, gr.update()
     plot, grid = (_picture(result.report.get(kind)) for kind in ("plot", "grid"))
     return markup.calibration_html(result), plot, grid, markup.tau_in_force_html(result.model, tau, source)
+
+
+def _no_checkpoint() -> bool:
+    """No checkpoint loaded and none to load: calibration could generate nothing (the webui would try to load
+    one from an empty list and print its tracebacks). model_data, not shared.sd_model, which would load one."""
+    return sd_models.model_data.sd_model is None and not getattr(sd_models, "checkpoints_list", None)
 
 
 def stop_calibration() -> None:
@@ -315,24 +352,13 @@ def _prompt_fields(tab: str) -> list[gr.components.Component]:
 
 
 def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
-    opts = shared.opts
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row(equal_height=False):
             with gr.Column():
                 image_sources = {} if GRADIO_3 else {"sources": ["upload", "clipboard"]}
                 image = gr.Image(label="Image", type="pil", elem_id="easy_diffuser_image", **image_sources)
                 extract_button = gr.Button("Extract", variant="primary", elem_id="easy_diffuser_extract")
-                max_tags = _slider(OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags")
-                with gr.Row():
-                    auto_tau = gr.Checkbox(value=True, label="Automatic tau", elem_id="easy_diffuser_auto_tau")
-                    weights = gr.Checkbox(value=opts.easy_diffuser_weights, label=OPTION["weights"].label, elem_id="easy_diffuser_weights")
-                tau = _slider(OPTION["tau"], 1.0, elem_id="easy_diffuser_tau")
-                quality = _slider(OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality")
-                with gr.Row():
-                    caption_on = gr.Checkbox(value=opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption")
-                    caption_model = gr.Dropdown(
-                        list(CAPTIONERS), value=opts.easy_diffuser_caption_model, label="Captioner", elem_id="easy_diffuser_caption_model"
-                    )
+                inputs = _controls()
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="easy_diffuser_prompt")
                 negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="easy_diffuser_neg_prompt")
@@ -344,19 +370,66 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                 # The tag bars are plain HTML: javascript/easy_diffuser.js puts a clicked tag here and presses the button.
                 clicked = gr.Textbox(elem_id="easy_diffuser_clicked_tag", elem_classes=["easy-diffuser-hidden"], show_label=False)
                 click = gr.Button("tag", elem_id="easy_diffuser_tag_click", elem_classes=["easy-diffuser-hidden"])
-        tags = gr.State([])
-        controls = [max_tags, auto_tau, tau, weights, quality, caption_on, caption_model]
-        results = [prompt, negative, bars, status, tau, tags]
-        extract_button.click(extract, inputs=[image, *controls, tags], outputs=results)
-        image.upload(extract_on_drop, inputs=[image, *controls, tags], outputs=results)
-        click.click(click_tag, inputs=[clicked, tags, weights], outputs=[prompt, negative, bars, tags], queue=False)
-        weights.change(toggle_weights, inputs=[tags, weights], outputs=[prompt, negative], queue=False)
+        extracted = gr.State(None)  # controls.Extracted: the image's embedding and its current tags
+        results = [prompt, negative, bars, status, inputs["tau"], inputs["negatives"], extracted]
+        _wire(extract_button.click, extract, [image, extracted], inputs, results)
+        _wire(image.upload, extract_on_drop, [image, extracted], inputs, results)
+        for name in controls.RESELECTING:  # unqueued: they answer while a generation holds the queue
+            _wire(inputs[name].input, reselect, [extracted], inputs, results, queue=False)
+        weights = inputs["weights"]
+        clicked_outputs = [prompt, negative, bars, status, extracted]
+        click.click(click_tag, inputs=[clicked, extracted, weights], outputs=clicked_outputs, queue=False)
+        weights.input(toggle_weights, inputs=[extracted, weights], outputs=[prompt, negative], queue=False)
         _wire_send(to_txt2img, [prompt, negative], _prompt_fields("txt2img"), "txt2img")
         _wire_send(to_img2img, [prompt, negative, image], [*_prompt_fields("img2img"), paste_fields["img2img"]["init_img"]], "img2img")
         if not shared.cmd_opts.hide_ui_dir_config:  # server folders are off limits then, as in the webui's own tabs
-            _batch_section(controls)
+            _batch_section(inputs)
             _calibrate_section(status)
     return [(tab, "Easy Diffuser", "easy_diffuser")]
+
+
+def _controls() -> dict[str, gr.components.Component]:
+    """The tab's controls, keyed by controls.CONTROLS; ranges from the options schema, starting values from Settings."""
+    opts = shared.opts
+    made = {"max_tags": _slider(OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags")}
+    with gr.Row():
+        made["auto_tau"] = gr.Checkbox(True, label="Automatic tau and negatives", elem_id="easy_diffuser_auto_tau")
+        made["weights"] = gr.Checkbox(
+            opts.easy_diffuser_weights, label=OPTION["weights"].label, elem_id="easy_diffuser_weights"
+        )
+    # Locked while automatic: they show the values in force, which the first extraction fills in.
+    made["tau"] = _slider(OPTION["tau"], DEFAULT_TAU, elem_id="easy_diffuser_tau", interactive=False)
+    made["negatives"] = _slider(
+        OPTION["negatives"], opts.easy_diffuser_negatives, elem_id="easy_diffuser_negatives", interactive=False
+    )
+    made["quality_negatives"] = _slider(
+        OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality"
+    )
+    with gr.Row():
+        made["caption"] = gr.Checkbox(
+            opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption"
+        )
+        made["caption_model"] = gr.Dropdown(
+            list(CAPTIONERS), value=opts.easy_diffuser_caption_model, label="Captioner",
+            elem_id="easy_diffuser_caption_model",
+        )
+    return {name: made[name] for name in controls.CONTROLS}
+
+
+def _wire(event: Callable, handler: Callable, fixed: list, inputs: dict, outputs: list, queue: bool = True) -> None:
+    """handler(*values of `fixed`, {control name: value}[, progress]). The inputs go as a set, which gradio
+    hands over as one dict: the controls are listed once, in _controls(), not in every handler's signature."""
+    def values(data: dict) -> tuple:
+        controlled = {name: data[component] for name, component in inputs.items()}
+        return (*(data[component] for component in fixed), controlled)
+
+    def queued(data: dict, progress: gr.Progress = gr.Progress()) -> Any:
+        return handler(*values(data), progress)
+
+    def unqueued(data: dict) -> Any:  # gradio tracks progress only in the queue
+        return handler(*values(data))
+
+    event(queued if queue else unqueued, inputs={*fixed, *inputs.values()}, outputs=outputs, queue=queue)
 
 
 def _slider(option: Option, value: float, **kwargs: Any) -> gr.Slider:
@@ -379,7 +452,7 @@ def _keep_empty(*values: Any) -> tuple:
     return tuple(gr.update() if value is None else value for value in values)
 
 
-def _batch_section(controls: list) -> None:
+def _batch_section(inputs: dict) -> None:
     with gr.Accordion("Batch: caption a folder", open=False, elem_id="easy_diffuser_batch"):
         folder = gr.Textbox(label="Folder", placeholder="a folder on the webui's machine", elem_id="easy_diffuser_batch_folder")
         with gr.Row():
@@ -389,7 +462,7 @@ def _batch_section(controls: list) -> None:
             run = gr.Button("Caption folder", variant="primary", elem_id="easy_diffuser_batch_run")
             stop = gr.Button("Stop", elem_id="easy_diffuser_batch_stop")
         report = gr.HTML(elem_id="easy_diffuser_batch_report")
-    run.click(caption, inputs=[folder, recursive, overwrite, *controls], outputs=[report])
+    _wire(run.click, caption, [folder, recursive, overwrite], inputs, [report])
     stop.click(_stop_batch.set, queue=False)  # unqueued, so it runs while the batch holds the queue
 
 
@@ -426,9 +499,11 @@ def _calibrate_section(status: gr.HTML) -> None:
 
 def on_ui_settings() -> None:
     def add(key: str, default: Any, label: str, component: Any = None, args: Optional[dict] = None) -> None:
-        shared.opts.add_option(f"easy_diffuser_{key}", shared.OptionInfo(default, label, component, args, section=SECTION))
+        info = shared.OptionInfo(default, label, component, args, section=SECTION)
+        info.category_id = CATEGORY  # as options_section() does with a 3-part section; older webuis ignore it
+        shared.opts.add_option(f"easy_diffuser_{key}", info)
 
-    add("model", AUTO, "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai; --easy-diffuser-model overrides)",
+    add("model", AUTO, _model_setting_label(),
         # The webui's own editable dropdown: gradio 3's Dropdown.update() rejects allow_custom_value, and the
         # webui calls update(**args) for every setting at page load, so that argument breaks the whole Settings page.
         ui_components.DropdownEditable, {"choices": [AUTO, *list_models()]})
@@ -444,6 +519,14 @@ def on_ui_settings() -> None:
         add(f"caption_{option.name}", option.default, option.label, gr.Slider, _slider_args(option))
     add("max_request_mb", http_api.DEFAULT_MAX_REQUEST_MB, "Largest HTTP request to /easy-diffuser/v1 (MB); larger ones get 413",
         gr.Slider, {"minimum": 1, "maximum": 500, "step": 1})
+
+
+def _model_setting_label() -> str:
+    """What the model setting means, and when the command line overrides it: the Settings page says so."""
+    forced = shared.cmd_opts.easy_diffuser_model
+    if forced:
+        return f"CLIP model: {forced} is in force, set by --easy-diffuser-model (this setting is ignored)"
+    return "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai)"
 
 
 def on_app_started(demo: Optional[gr.Blocks], app: Any) -> None:

@@ -1,32 +1,94 @@
-"""The tab's webui-free logic: a click on a tag, and the Calibrate section's number fields."""
+"""The tab's webui-free logic: its controls as options, re-selection without the model, a click on a
+tag, and the Calibrate section's number fields."""
 from __future__ import annotations
 
 import math
 import re
-from typing import Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Optional, Sequence
 
-from ..options import CaptionOptions, ExtractOptions
-from ..prompt import prompts
+import torch
+
+from ..engine import Engine, Extraction
+from ..images import ImageInput, load_image
+from ..options import OPTION, CaptionOptions, ExtractOptions
+from ..prompt import escape, prompts
 from ..selection import Role, TagScore, with_role
 
 NEXT_ROLE: dict[Role, Role] = {"positive": "negative", "negative": "off", "off": "positive"}
+# The tab's controls, in the order the tab lays them out; the values of a handler's `values` mapping.
+CONTROLS = ("max_tags", "auto_tau", "tau", "negatives", "quality_negatives", "weights", "caption", "caption_model")
+# The controls a re-selection answers at once; the captioner ones need the image again (Extract).
+RESELECTING = ("max_tags", "auto_tau", "tau", "negatives", "quality_negatives")
+STALE = "The CLIP model changed since this image was extracted: press Extract."
 
-def extract_options(
-    max_tags: float, auto_tau: bool, tau: float, weights: bool, quality_negatives: float, negatives: float,
-    caption: Optional[CaptionOptions] = None,
-) -> ExtractOptions:
-    """The tab's control values as ExtractOptions, checked by the options schema (sliders give floats: 12.0 is 12)."""
+
+def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, int] | None = None) -> ExtractOptions:
+    """The tab's control values (keyed by CONTROLS) as ExtractOptions, checked by the options schema
+    (sliders give floats: 12.0 is 12). `caption_decoding`: the captioner settings (beams, lengths).
+
+    Automatic covers tau and the number of negatives, which a calibration learns together: the
+    engine then resolves both (the calibration, else the model's defaults)."""
+    caption = CaptionOptions(values["caption_model"], **(caption_decoding or {})) if values["caption"] else None
+    automatic = values["auto_tau"]
     return ExtractOptions(
-        max_tags=max_tags, tau=None if auto_tau else tau, weights=weights, quality_negatives=quality_negatives,
-        negatives=negatives, caption=caption,
+        max_tags=values["max_tags"], tau=None if automatic else values["tau"],
+        negatives=OPTION["negatives"].default if automatic else values["negatives"],
+        quality_negatives=values["quality_negatives"], weights=values["weights"], caption=caption,
     )
 
 
-def cycle_tag(tags: Sequence[TagScore], tag: str, weights: bool) -> tuple[list[TagScore], str, str]:
-    """A click on a tag: positive -> negative -> off -> positive; returns (tags, prompt, negative prompt)."""
+def extract(engine: Engine, image: ImageInput, options: ExtractOptions) -> "Extracted":
+    """One image through the model (caption, embedding), kept for re-selection."""
+    image = load_image(image)
+    embedding = engine.encode([image])
+    captions = engine.caption([image], options) if options.caption else []
+    return _selected(engine, embedding, options, captions)
+
+
+def _selected(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, captions: list[str]) -> "Extracted":
+    result, = engine.extract_embeddings(embedding, options, captions=captions)
+    negatives = engine.selection_options(options)[0].negatives
+    return Extracted(engine.model_id, embedding.detach().to("cpu", torch.float32), options.caption, negatives, result)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """What the tab keeps of an extraction so that every control can re-select without the model:
+    the image embedding (a few KB), the model it belongs to, the caption, and the current tags."""
+
+    model: str  # the engine's model_id: another model's tags can't be scored against this embedding
+    embedding: torch.Tensor  # [1, dim], unit length, CPU
+    caption: Optional[CaptionOptions]  # how the caption was made; None: captioning was off
+    negatives: int  # the number of negative tags in force (automatic: the calibration's or the model's)
+    result: Extraction  # the tags, with the roles the user's clicks gave them
+
+    def with_tags(self, tags: list[TagScore]) -> "Extracted":
+        return replace(self, result=replace(self.result, tags=tags))
+
+
+def reselect(engine: Engine, extracted: Extracted, options: ExtractOptions) -> Extracted:
+    """The same image under other options, from its stored embedding: no model forward pass.
+
+    Tags and prompts are chosen afresh, so clicks on tags and hand edits give way to the new selection.
+    The caption stays the one made at extraction (the captioner controls need Extract)."""
+    if engine.model_id != extracted.model:
+        raise ValueError(STALE)
+    captions = [extracted.result.caption] if extracted.caption else []
+    return _selected(engine, extracted.embedding, replace(options, caption=extracted.caption), captions)
+
+
+def cycle_tag(extracted: Extracted, tag: str) -> Extracted:
+    """A click on a tag: positive -> negative -> off -> positive."""
+    tags = extracted.result.tags
     role = next((item.role for item in tags if item.tag == tag), None)
-    changed = with_role(tags, tag, NEXT_ROLE[role]) if role else list(tags)
-    return (changed, *prompts(changed, weights))
+    return extracted.with_tags(with_role(tags, tag, NEXT_ROLE[role])) if role else extracted
+
+
+def tab_prompts(extracted: Extracted, weights: bool) -> tuple[str, str]:
+    """(prompt, negative prompt) of the current tags, behind the caption when there is one."""
+    positive, negative = prompts(extracted.result.tags, weights)
+    return ", ".join(filter(None, [escape(extracted.result.caption), positive])), negative
 
 
 def numbers_text(values: Sequence[float]) -> str:

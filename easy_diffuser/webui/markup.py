@@ -15,7 +15,8 @@ def tag_bars_html(tags: Sequence[TagScore]) -> str:
         return ""
     top = max(max(tag.relevance for tag in tags), 1e-6)
     rows = "".join(_tag_bar(tag, 4 + 96 * min(max(tag.relevance / top, 0.0), 1.0)) for tag in tags)
-    hint = "Click a tag to move it: positive &rarr; negative &rarr; off."
+    hint = ("Click a tag to move it: positive &rarr; negative &rarr; off. A click or a moved control "
+            "rewrites both prompts, hand edits included.")
     return f'<div class="easy-diffuser-tags"><p class="easy-diffuser-hint">{hint}</p>{rows}</div>'
 
 

@@ -65,6 +65,11 @@ class Service:
         """The model spec a requested name means now (None: the configured one)."""
         return self._resolve_model(model)
 
+    @property
+    def engine(self) -> Engine | None:
+        """The loaded engine, outside the queue: only for work without a model forward pass (re-selection)."""
+        return self._engine
+
     def unload(self) -> None:
         """Free the CLIP model and every captioner (Reload UI, script unload)."""
         self._exclusive(self._forget_all)

@@ -25,7 +25,10 @@ from modules import call_queue, devices, lowvram, processing, sd_models, shared 
 
 ROOT = Path(__file__).resolve().parents[2]
 
-NO_CAPTION = (False, "Salesforce/blip-image-captioning-base")  # the tab's "Caption first" off
+# The tab's controls at their starting values (keyed by controls.CONTROLS), "Caption first" off.
+TAB = {"max_tags": 24, "auto_tau": True, "tau": 1.0, "negatives": 8, "quality_negatives": 6, "weights": False,
+       "caption": False, "caption_model": "Salesforce/blip-image-captioning-base"}
+BATCH = {**TAB, "max_tags": 8, "quality_negatives": 0}
 
 
 @pytest.fixture
@@ -59,8 +62,19 @@ def test_settings_are_registered_in_their_section(webui):
     labels = shared.opts.data_labels
     keys = {"model", "keep_in_vram", "extract_on_drop", "max_tags", "negatives", "quality_negatives", "weights"}
     assert {f"easy_diffuser_{key}" for key in keys} <= set(labels)
-    assert {info.section for key, info in labels.items() if key.startswith("easy_diffuser_")} == {("easy_diffuser", "Easy Diffuser")}
+    ours = [info for key, info in labels.items() if key.startswith("easy_diffuser_")]
+    assert {info.section for info in ours} == {("easy_diffuser", "Easy Diffuser")}
+    # Filed under a category of webui 1.10's Settings (modules/shared_options.py registers these), not "Uncategorized".
+    assert {info.category_id for info in ours} == {"postprocessing"}
     assert shared.opts.easy_diffuser_keep_in_vram is False
+
+
+def test_the_settings_page_says_when_the_command_line_forces_the_model(webui):
+    webui()
+    assert "--easy-diffuser-model" not in shared.opts.data_labels["easy_diffuser_model"].label
+    webui("--easy-diffuser-model", "ViT-bigG-14/laion2b_s39b_b160k")
+    label = shared.opts.data_labels["easy_diffuser_model"].label
+    assert "ViT-bigG-14/laion2b_s39b_b160k is in force" in label and "--easy-diffuser-model" in label
 
 
 def test_every_setting_survives_the_settings_page_refresh(webui):
@@ -224,12 +238,12 @@ def test_first_use_shows_progress_while_the_vocabulary_is_encoded(webui, red_cir
     module = webui("--easy-diffuser-model-path", str(tmp_path / "fresh"))
     image = Image.open(red_circle)
     first = Progress()
-    prompt, negative, bars, status, tau, tags = module.extract(image, 24, True, 1.0, False, 6, *NO_CAPTION, [], first)
-    assert "red" in prompt and "easy-diffuser-tag" in bars and tags
+    prompt, negative, bars, status, tau, negatives, state = module.extract(image, None, TAB, first)
+    assert "red" in prompt and "easy-diffuser-tag" in bars and state.result.tags
     encoding = [value for value, desc in first.calls if desc == module.VOCABULARY_PROGRESS]
     assert encoding and encoding[-1][0] == encoding[-1][1]  # (done, total), finished
     again = Progress()
-    module.extract(image, 24, True, 1.0, False, 6, *NO_CAPTION, [], again)
+    module.extract(image, None, TAB, again)
     assert all(desc != module.VOCABULARY_PROGRESS for _, desc in again.calls)  # cached now
 
 
@@ -237,25 +251,82 @@ def test_no_image_and_bad_weights_are_messages(webui, red_circle, tmp_path):
     from PIL import Image
 
     module = webui()
-    *_, status, _, tags = module.extract(None, 24, True, 1.0, False, 6, *NO_CAPTION, ["kept"], Progress())
-    assert "Drop an image first" in status and tags == ["kept"]
+    kept = object()
+    *_, status, _, _, state = module.extract(None, kept, TAB, Progress())
+    assert "Drop an image first" in status and state is kept
     shared.opts.easy_diffuser_model = str(tmp_path / "missing.safetensors")
-    *_, status, _, _ = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, *NO_CAPTION, [], Progress())
+    *_, status, _, _, _ = module.extract(Image.open(red_circle), None, TAB, Progress())
     assert "easy-diffuser-error" in status and "missing.safetensors" in status
 
 
-def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts(webui, red_circle):
+def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts_and_the_status(webui, red_circle):
     from PIL import Image
 
     module = webui()
-    prompt, _, _, _, _, tags = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, *NO_CAPTION, [], Progress())
-    first = tags[0].tag
-    prompt2, negative2, bars2, tags2 = module.click_tag(first, tags, False)
+    prompt, _, _, status, _, _, state = module.extract(Image.open(red_circle), None, TAB, Progress())
+    positives = sum(tag.role == "positive" for tag in state.result.tags)
+    negatives = len(state.result.tags) - positives
+    assert f"{positives} positive, {negatives} negative tags" in status
+    first = state.result.tags[0].tag
+    prompt2, negative2, bars2, status2, state2 = module.click_tag(first, state, False)
     assert first not in prompt2.split(", ") and negative2.split(", ")[0] == first  # tags keep their order
     assert f'data-tag="{first}"' in bars2
-    weighted, _ = module.toggle_weights(tags, True)
+    assert f"{positives - 1} positive, {negatives + 1} negative tags" in status2  # the line follows the clicks
+    weighted, _ = module.toggle_weights(state, True)
     assert weighted != prompt and "(" in weighted
-    assert module.toggle_weights([], True) == (gr.update(), gr.update())  # nothing extracted: keep typed text
+    assert module.toggle_weights(None, True) == (gr.update(), gr.update())  # nothing extracted: keep typed text
+
+
+def test_every_control_reselects_from_the_stored_embedding_without_model_or_queue(webui, red_circle, monkeypatch):
+    from PIL import Image
+
+    from easy_diffuser.engine import Engine
+
+    module = webui()
+    *_, tau, negatives, state = module.extract(Image.open(red_circle), None, TAB, Progress())
+    assert tau == gr.update(value=-1.0, interactive=False)  # shapes-demo's own tau, locked while automatic
+    assert negatives == gr.update(value=6, interactive=False)  # and its count of negatives
+    monkeypatch.setattr(Engine, "encode", lambda *args: pytest.fail("re-selection ran the model"))
+    with call_queue.queue_lock:  # a generation holds the queue: re-selection still answers
+        prompt, negative, *_ = module.reselect(state, {**TAB, "max_tags": 1})
+        assert len(prompt.split(", ")) == 1
+        seen = []
+        original = Engine.extract_embeddings
+        def spy(self, embedding, options, **kwargs):
+            seen.append(options)
+            return original(self, embedding, options, **kwargs)
+
+        monkeypatch.setattr(Engine, "extract_embeddings", spy)
+        module.reselect(state, {**TAB, "quality_negatives": 0})  # shapes-demo has no quality tags: see what it asks
+        assert seen[-1].quality_negatives == 0
+        manual = {**TAB, "auto_tau": False, "tau": -1.0, "negatives": 6}
+        *_, status, tau, negatives, same = module.reselect(state, manual)
+        assert same.result.tags == state.result.tags and "(option)" in status  # the same tau, now set by hand
+        assert tau == gr.update(value=-1.0, interactive=True) and negatives == gr.update(value=6, interactive=True)
+        *_, none = module.reselect(state, {**manual, "negatives": 0})
+        assert not [tag for tag in none.result.tags if tag.role == "negative" and tag.category != "quality"]
+
+
+def test_reselection_matches_a_fresh_extraction(webui, red_circle):
+    from PIL import Image
+
+    module = webui()
+    *_, state = module.extract(Image.open(red_circle), None, TAB, Progress())
+    for values in ({**TAB, "max_tags": 2}, {**TAB, "auto_tau": False, "tau": 0.5, "negatives": 3}):
+        prompt, negative, *_ = module.reselect(state, values)
+        assert (prompt, negative) == module.extract(Image.open(red_circle), None, values, Progress())[:2]
+
+
+def test_reselection_after_a_model_switch_asks_for_extract(webui, red_circle, tmp_path):
+    from PIL import Image
+
+    module = webui()
+    *_, state = module.extract(Image.open(red_circle), None, TAB, Progress())
+    module.service.unload()
+    *_, status, _, _, kept = module.reselect(state, {**TAB, "max_tags": 1})
+    assert "press Extract" in status and "easy-diffuser-error" in status and kept is state
+    blank = module.reselect(None, {**TAB, "auto_tau": False})  # nothing extracted: only the lock follows the box
+    assert blank[4] == gr.update(interactive=True) and blank[:4] == (gr.update(),) * 4
 
 
 def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypatch):
@@ -274,14 +345,14 @@ def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypat
         return (lambda done, total: (report(done, total), module._stop_batch.set())) if desc == "Captioning" else report
 
     monkeypatch.setattr(module, "_reporter", reporter)
-    stopped = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, *NO_CAPTION, stop_after_first_chunk)
+    stopped = module.caption(str(folder), False, False, BATCH, stop_after_first_chunk)
     assert "(stopped)" in stopped and len(list(folder.glob("*.txt"))) == 8
     monkeypatch.setattr(module, "_reporter", original)
-    done = module.caption(str(folder), False, False, 8, True, 1.0, False, 0, *NO_CAPTION, Progress())
+    done = module.caption(str(folder), False, False, BATCH, Progress())
     assert "2 captioned, 8 already captioned, 1 failed" in done and "broken.png" in done
     assert "blue" in (folder / "9.txt").read_text()
-    assert "Enter the folder" in module.caption("  ", False, False, 8, True, 1.0, False, 0, *NO_CAPTION, Progress())
-    assert "no such folder" in module.caption(str(tmp_path / "nope"), False, False, 8, True, 1.0, False, 0, *NO_CAPTION, Progress())
+    assert "Enter the folder" in module.caption("  ", False, False, BATCH, Progress())
+    assert "no such folder" in module.caption(str(tmp_path / "nope"), False, False, BATCH, Progress())
 
 
 # Two taus at two negatives on 10 shapes-world scenes, drawn at the shapes model's own size: a few seconds on a CPU.
@@ -293,6 +364,7 @@ def calibration(webui, tmp_path, monkeypatch):
     """The extension with its own model folder (the calibration lands there), a folder of scenes, and
     the stand-in txt2img recording whether it ran under the queue lock."""
     module = webui("--easy-diffuser-model-path", str(tmp_path / "models"))
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})  # one to load
     write_folder(tmp_path / "scenes", scenes(10, seed=3))
     module.under_lock = []
     generate = processing.process_images
@@ -318,7 +390,7 @@ def test_calibrate_writes_the_learned_tau_that_extraction_then_uses(calibration,
     # One hold of the queue: the generator did not take the lock again (A1111's would deadlock).
     assert module.under_lock and all(module.under_lock) and not call_queue.queue_lock.locked()
     assert all(p.do_not_save_samples and p.width == 64 and p.steps == 12 for p in processing.calls)
-    *_, status, tau, _ = module.extract(Image.open(red_circle), 24, True, 1.0, False, 6, *NO_CAPTION, [], Progress())
+    *_, status, tau, _, _ = module.extract(Image.open(red_circle), None, TAB, Progress())
     assert "(calibrated" in status and tau["value"] == data["tau"]
 
 
@@ -360,6 +432,20 @@ def test_calibrate_errors_are_one_line(calibration, tmp_path):
     report = module.calibrate_folder(str(folder), *CALIBRATE, Progress())[0]
     assert "easy-diffuser-error" in report and "missing.safetensors" in report
     assert processing.calls == []
+
+
+def test_calibrate_without_a_checkpoint_says_so_in_one_line_and_does_nothing(calibration, monkeypatch):
+    module, folder, saved = calibration
+    monkeypatch.setattr(sd_models, "checkpoints_list", {})
+    extracted = []
+    monkeypatch.setattr(module, "calibrate", lambda *args, **kwargs: extracted.append(args))
+    report, plot, grid, status = module.calibrate_folder(str(folder), *CALIBRATE, Progress())
+    assert report.count("<p") == 1 and "easy-diffuser-error" in report and "models/Stable-diffusion" in report
+    assert not plot["visible"] and status == gr.update()
+    assert extracted == [] and processing.calls == [] and not saved.exists()
+    assert module.service.engine is None  # not even the CLIP model was loaded
+    monkeypatch.setattr(sd_models.model_data, "sd_model", SimpleNamespace(is_sd2=False))  # one is loaded: fine
+    assert not module._no_checkpoint()
 
 
 def elem_ids(demo: gr.Blocks) -> set:

@@ -8,7 +8,9 @@ import torch
 
 from easy_diffuser.webui import controls, markup, service
 from easy_diffuser.calibration.sweep import DEFAULT_TAUS, NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Calibration, Row, Setting
+from easy_diffuser.engine import Extraction
 from easy_diffuser.models import ModelError
+from easy_diffuser.options import CaptionOptions, ExtractOptions
 from easy_diffuser.selection import TagScore
 
 
@@ -19,18 +21,29 @@ def tag(name: str, role: str, relevance: float = 1.0) -> TagScore:
 TAGS = [tag("red", "positive", 3.0), tag("circle", "positive", 2.0), tag("blue", "negative", 1.1)]
 
 
+def extracted(tags=TAGS, caption: str = "") -> controls.Extracted:
+    captioning = CaptionOptions() if caption else None
+    result = Extraction("", "", list(tags), "shapes-demo", 1.0, "option", caption=caption)
+    return controls.Extracted("shapes-demo", torch.zeros(1, 4), captioning, 2, result)
+
+
 def test_a_click_cycles_positive_negative_off_positive():
-    tags, prompt, negative = controls.cycle_tag(TAGS, "red", weights=False)
-    assert (prompt, negative) == ("circle", "red, blue")
-    tags, prompt, negative = controls.cycle_tag(tags, "red", weights=False)
-    assert (prompt, negative) == ("circle", "blue")
-    tags, prompt, negative = controls.cycle_tag(tags, "red", weights=False)
-    assert (prompt, negative) == ("red, circle", "blue")
-    assert tags == TAGS
+    state = controls.cycle_tag(extracted(), "red")
+    assert controls.tab_prompts(state, weights=False) == ("circle", "red, blue")
+    state = controls.cycle_tag(state, "red")
+    assert controls.tab_prompts(state, weights=False) == ("circle", "blue")
+    state = controls.cycle_tag(state, "red")
+    assert controls.tab_prompts(state, weights=False) == ("red, circle", "blue")
+    assert state.result.tags == TAGS
 
 
 def test_an_unknown_tag_changes_nothing():
-    assert controls.cycle_tag(TAGS, "green", weights=True)[0] == TAGS
+    assert controls.cycle_tag(extracted(), "green").result.tags == TAGS
+
+
+def test_the_caption_stays_in_front_after_a_click():
+    state = controls.cycle_tag(extracted(caption="a red circle"), "circle")
+    assert controls.tab_prompts(state, weights=False) == ("a red circle, red", "circle, blue")
 
 
 def test_tag_bars_escape_the_text_and_scale_by_relevance():
@@ -41,13 +54,21 @@ def test_tag_bars_escape_the_text_and_scale_by_relevance():
     assert markup.tag_bars_html([]) == ""
 
 
+TAB = {"max_tags": 12.0, "auto_tau": True, "tau": 2.5, "negatives": 5.0, "quality_negatives": 3.0, "weights": True,
+       "caption": False, "caption_model": "Salesforce/blip-image-captioning-base"}
+
+
 def test_control_values_become_extract_options():
-    options = controls.extract_options(12.0, True, 2.5, True, 3.0, 5.0)
-    assert (options.max_tags, options.tau, options.weights, options.quality_negatives, options.negatives) == (12, None, True, 3, 5)
+    options = controls.extract_options(TAB)
+    assert (options.max_tags, options.tau, options.weights, options.quality_negatives) == (12, None, True, 3)
+    assert options.negatives == ExtractOptions().negatives  # automatic: the engine resolves the count with tau
     assert isinstance(options.max_tags, int)  # sliders give 12.0; the schema makes it a count
-    assert controls.extract_options(12, False, 2.5, False, 0, 8).tau == 2.5
+    manual = controls.extract_options({**TAB, "auto_tau": False})
+    assert (manual.tau, manual.negatives, manual.caption) == (2.5, 5, None)
+    captioned = controls.extract_options({**TAB, "caption": True}, {"beams": 2})
+    assert captioned.caption == CaptionOptions(TAB["caption_model"], beams=2)
     with pytest.raises(ValueError, match="max_tags: must be a whole number from 1 to 75, not 12.5"):
-        controls.extract_options(12.5, True, 0, False, 0, 8)
+        controls.extract_options({**TAB, "max_tags": 12.5})
 
 
 def test_auto_model():

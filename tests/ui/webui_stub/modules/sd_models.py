@@ -1,4 +1,5 @@
-"""Stand-in for modules/sd_models.py: model_data.sd_model is the loaded checkpoint (None if none)."""
+"""Stand-in for modules/sd_models.py: model_data.sd_model is the loaded checkpoint (None if none), and
+checkpoints_list the checkpoint files found in models/Stable-diffusion (title -> CheckpointInfo)."""
 
 
 class SdModelData:
@@ -7,3 +8,4 @@ class SdModelData:
 
 
 model_data = SdModelData()
+checkpoints_list: dict = {}
