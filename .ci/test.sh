@@ -6,18 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null; then
+if [ ! -x /usr/bin/chromium ]; then  # what tests/ui/test_browser.py drives
     if [ "$(id -u)" -eq 0 ]; then
         SUDO=()
     elif sudo -n true 2>/dev/null; then
         SUDO=(sudo -n)
     else
-        echo "error: the UI tests need Chromium, and installing it needs root: run" \
-            "'sudo apt-get install chromium' (Debian; on Ubuntu any chromium on PATH) and then this script again" >&2
+        echo "error: the UI tests need /usr/bin/chromium, and installing it needs root:" \
+            "run 'sudo apt-get install chromium' (Debian) once, then this script again" >&2
         exit 1
     fi
     "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq chromium >/dev/null
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -26,6 +26,10 @@ fi
 # torch first and pinned: any newer release would be a multi-GB download. open-clip-torch 2.20.0
 # is the version the webui pins, so .venv holds it (it replaces a newer one from `pip install -e .`);
 # the newest open_clip is tested in .venv-open-clip3 (setup-ui-venvs.sh).
+installed=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("open-clip-torch"))' 2>/dev/null || true)
+if [ -n "$installed" ] && [ "$installed" != 2.20.0 ]; then
+    echo "note: .venv's open-clip-torch $installed becomes 2.20.0 (the webui's pin); the newest is tested in .venv-open-clip3"
+fi
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q open-clip-torch==2.20.0 transformers==4.46.1 -e '.[test,caption,report]'
 
