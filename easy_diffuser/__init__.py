@@ -1,14 +1,31 @@
 """Easy Diffuser: images -> Stable Diffusion prompts (positive and negative) with CLIP.
 
+Try it offline with the tiny model shipped in the package:
+
     import easy_diffuser
     ed = easy_diffuser.start("image.jpg", model="shapes-demo")
     ed.run()
     ed.print_caption()
 """
-from .engine import Engine, ExtractOptions, Extraction
+
+from .engine import Engine, Extraction, ExtractOptions
 from .images import ImageError
 from .models import ModelError, list_models
+from .options import CaptionOptions, OptionError
 from .session import EasyDiffuser, start
+from .webui_client import WebuiError
 
-__all__ = ["EasyDiffuser", "Engine", "ExtractOptions", "Extraction", "ImageError", "ModelError", "list_models", "start"]
+__all__ = [
+    "CaptionOptions",
+    "EasyDiffuser",
+    "Engine",
+    "ExtractOptions",
+    "Extraction",
+    "ImageError",
+    "ModelError",
+    "OptionError",
+    "WebuiError",
+    "list_models",
+    "start",
+]
 __version__ = "0.1.0"

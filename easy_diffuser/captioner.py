@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import re
 import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -113,9 +115,12 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
     if placed.is_dir():
         return _load_folder(placed, model_id=spec)
     if "/" not in spec:
-        raise ModelError(f"unknown captioner {spec!r}: use one of {', '.join(CAPTIONERS)}, another Hub id of a BLIP or GIT model, or a model folder")
+        raise ModelError(
+            f"unknown captioner {spec!r}: use one of {', '.join(CAPTIONERS)}, another Hub id of a BLIP or GIT model, "
+            "or a model folder"
+        )
     try:
-        return _from_pretrained(spec, spec, cache_dir=str(cache_dir), local_files_only=_offline())
+        return _from_hub(spec, cache_dir)
     except ModelError:
         raise
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
@@ -127,6 +132,33 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
 
 
 _loaded: LoadOnce[Captioner] = LoadOnce(_load)
+
+
+def _from_hub(model_id: str, cache_dir: Path) -> Captioner:
+    """From the hub's cache in `cache_dir`; the hub is asked only for what is missing, and only if it answers."""
+    try:
+        # What an earlier run downloaded loads without the hub's update check (which, without network,
+        # retries for half a minute before it gives up).
+        return _from_pretrained(model_id, model_id, cache_dir=str(cache_dir), local_files_only=True)
+    except ModelError:
+        raise
+    except Exception:
+        if _offline():
+            raise
+    _require_hub_reachable()
+    return _from_pretrained(model_id, model_id, cache_dir=str(cache_dir), local_files_only=False)
+
+
+def _require_hub_reachable(timeout: float = 5.0) -> None:
+    """Raise ConnectionError at once when the hub does not answer (urllib honours the same proxy settings)."""
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: the hub is there, whatever it thinks of a bare HEAD
+    except (urllib.error.URLError, OSError) as error:
+        raise ConnectionError(f"{constants.ENDPOINT} is not reachable: {getattr(error, 'reason', error)}") from None
 
 
 def _load_folder(folder: Path, model_id: str) -> Captioner:

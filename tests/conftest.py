@@ -1,10 +1,13 @@
 """Shared fixtures: a random-weight tiny CLIP folder for mechanics, the shipped shapes-demo model for semantics."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+
+from scenes import draw_scene
 
 TINY_CONFIG = {
     "embed_dim": 64,
@@ -59,15 +62,6 @@ def shapes_engine(tmp_path_factory):
     from easy_diffuser.engine import Engine
 
     return Engine("shapes-demo", "cpu", cache_dir=tmp_path_factory.mktemp("shapes-cache"))
-
-
-def draw_scene(path: Path, pixels: int = 256, **fixed) -> Path:
-    import random
-
-    from easy_diffuser.shapes.world import draw, random_scene
-
-    draw(random_scene(random.Random(0), **fixed), pixels).save(path)
-    return path
 
 
 @pytest.fixture

@@ -160,6 +160,28 @@ def test_offline_without_weights_names_the_id_the_folder_and_the_local_option(tm
     assert "local model folder" in message
 
 
+def test_an_unreachable_hub_fails_at_once_without_the_hubs_retries(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    asked_the_hub = []
+    original = transformers.AutoConfig.from_pretrained.__func__
+
+    def spy(cls, source, **hub):
+        asked_the_hub.append(not hub.get("local_files_only"))
+        return original(cls, source, **hub)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", classmethod(spy))
+    model_id = "Salesforce/blip-image-captioning-base"
+    with pytest.raises(ModelError) as error:
+        load_captioner(model_id, cache_dir=tmp_path)
+    assert asked_the_hub == [False]  # only the local cache was tried
+    message = str(error.value)
+    assert "http://127.0.0.1:9 is not reachable" in message and str(placed_folder(model_id, tmp_path)) in message
+
+
 def test_files_placed_in_the_cache_folder_load_by_id_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model_id = "microsoft/git-base-coco"

@@ -9,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-
 from easy_diffuser.cli import main
 
-from conftest import draw_scene
+from scenes import draw_scene
 
 CLI = [sys.executable, "-m", "easy_diffuser"]
 

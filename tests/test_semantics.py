@@ -9,7 +9,7 @@ import easy_diffuser
 from easy_diffuser.engine import ExtractOptions
 from easy_diffuser.shapes.world import COLOURS, SHAPES, draw, random_scene
 
-from conftest import draw_scene
+from scenes import draw_scene
 
 
 def positives(result) -> list[str]:

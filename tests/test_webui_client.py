@@ -78,3 +78,10 @@ def test_missing_api_says_to_start_with_api(webui):
 def test_server_down_is_a_clear_exception():
     with pytest.raises(WebuiError, match="cannot reach the webui at http://127.0.0.1:9"):
         txt2img("red", "", url="http://127.0.0.1:9", timeout=5)
+
+
+def test_send2ui_to_a_webui_that_is_down_raises_the_packages_webui_error(shapes_red_circle, tmp_path):
+    ed = easy_diffuser.start(shapes_red_circle, model="shapes-demo", device="cpu")
+    with pytest.raises(easy_diffuser.WebuiError, match="cannot reach the webui at http://127.0.0.1:9"):
+        ed.send2ui(url="http://127.0.0.1:9", out_dir=tmp_path / "outputs", timeout=5)
+    assert not (tmp_path / "outputs").exists()  # nothing saved
