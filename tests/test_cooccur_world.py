@@ -58,3 +58,34 @@ def test_distractor_negatives_change_nothing():
         distracted = generator.generate("red, star", "aardvark, bus, chiaroscuro, taxi", seed)
         assert plain.tobytes() == distracted.tobytes()
     assert set(cooccur.DISTRACTOR_TAGS).isdisjoint(tag for tags in world.VOCABULARY.values() for tag in tags)
+
+
+# The rule comparison on the shipped shapes-cooccur model, with the tau and number of negatives its
+# calibration chose (easy_diffuser.json; `python -m easy_diffuser.shapes.cooccur_proof` made them).
+HELD_OUT_IMAGES = 100
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    from easy_diffuser.calibration import Setting
+    from easy_diffuser.engine import Engine
+    from easy_diffuser.shapes.cooccur_proof import DEFAULT_MODEL, HELD_OUT_SEED, comparison_table, compare_held_out
+
+    engine = Engine(str(DEFAULT_MODEL), "cpu", cache_dir=tmp_path_factory.mktemp("cooccur-cache"))
+    chosen = Setting(float(engine.loaded.defaults["tau"]), int(engine.loaded.defaults["negatives"]))
+    result = compare_held_out(engine, chosen, chosen.negatives, cooccur.scenes(HELD_OUT_IMAGES, HELD_OUT_SEED))
+    print("\n" + comparison_table(result))
+    return {item.name: item for item in result}
+
+
+def test_subset_rule_beats_the_whole_vocabulary_rule_and_no_negatives(compared):
+    subset = compared["calibrated subset rule"]
+    whole = compared["whole-vocabulary lowest"]
+    none = compared["no negative prompt"]
+    assert subset.row.loss < 0.95 * whole.row.loss, (subset.row.loss, whole.row.loss)
+    assert whole.row.loss == pytest.approx(none.row.loss)  # negatives the world never draws change nothing
+
+
+def test_whole_vocabulary_negatives_are_tags_the_world_never_draws(compared):
+    assert compared["whole-vocabulary lowest"].distractor_share > 0.9
+    assert compared["calibrated subset rule"].distractor_share < 0.2

@@ -7,9 +7,13 @@ differences that make its scores behave like a real CLIP's on this world:
 
 * mixed and backdrop batches are drawn from the world's joint distribution (`cooccur.JOINT`), so a
   tag's text embedding also absorbs what usually comes with it ("yellow" leans towards stars);
-* every batch also holds captions of the distractor tags, which match no image. They only ever
+* every batch also holds a caption of every distractor tag, matching no image. They only ever
   appear as wrong answers, so every image learns to score them low: unrelated tags end up far
-  below the world's own false values, as "tractor" sits below "cat" for a photo of a dog.
+  below the world's own false values, as "tractor" sits below "cat" for a photo of a dog. A
+  spread term keeps them apart from each other: pushed only away from images they would all
+  collapse onto one point (text cosine 0.99 in a first run), and the prompt's near-duplicate
+  merging would then keep one of them, which a real CLIP's unrelated tags ("tractor", "opera")
+  are not.
 
 Fixed seed + fixed step count => the same weights on every run (CPU).
 """
@@ -36,7 +40,7 @@ from easy_diffuser.metric import fit_tag_calibration
 from easy_diffuser.shapes import cooccur, train, world
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "shapes-cooccur"
-DISTRACTOR_CAPTIONS = 32  # unmatched distractor captions per batch
+SPREAD_TEMPERATURE = 2.0  # t of the uniformity term log mean exp(-t |a - b|^2) (Wang & Isola 2020)
 _DISTRACTOR_TEMPLATES = ("{}", "{}", "a photo of {}")
 
 
@@ -64,6 +68,12 @@ def _loss(logits: torch.Tensor, distractor_logits: torch.Tensor, match: torch.Te
     return (image_to_text + text_to_image) / 2
 
 
+def _spread(features: torch.Tensor) -> torch.Tensor:
+    """Uniformity of unit vectors: low when they are spread over the sphere, 0 when all are one."""
+    distances = torch.pdist(features).pow(2)
+    return (-SPREAD_TEMPERATURE * distances).exp().mean().log()
+
+
 def train_model(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.Module, train.Preprocess, train.Tokenizer]:
     # A model this small gains nothing from more threads, and one thread makes the weights
     # independent of the machine's core count.
@@ -80,8 +90,7 @@ def train_model(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.M
     for step in progress:
         scenes, kinds = _batch(rng, batch_size, train._batch_kind(step))
         texts = [world.caption(s, k, rng) for s, k in zip(scenes, kinds)]
-        texts += [rng.choice(_DISTRACTOR_TEMPLATES).format(rng.choice(cooccur.DISTRACTOR_TAGS))
-                  for _ in range(DISTRACTOR_CAPTIONS)]
+        texts += [rng.choice(_DISTRACTOR_TEMPLATES).format(tag) for tag in cooccur.DISTRACTOR_TAGS]
         images = torch.stack([preprocess(world.draw(s, 64)) for s in scenes])
         image_features = F.normalize(model.encode_image(images), dim=-1)
         tokens = tokenizer(texts)
@@ -89,6 +98,7 @@ def train_model(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.M
         logits = model.logit_scale.exp() * image_features @ text_features.T
         weights = torch.tensor([train._TARGET_WEIGHTS.get(k, 1.0) for k in kinds])
         loss = _loss(logits[:, :batch_size], logits[:, batch_size:], train._matches(scenes, kinds), weights)
+        loss = loss + _spread(text_features[batch_size:])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
