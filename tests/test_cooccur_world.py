@@ -69,7 +69,7 @@ HELD_OUT_IMAGES = 100
 def compared(tmp_path_factory):
     from easy_diffuser.calibration import Setting
     from easy_diffuser.engine import Engine
-    from easy_diffuser.shapes.cooccur_proof import DEFAULT_MODEL, HELD_OUT_SEED, comparison_table, compare_held_out
+    from easy_diffuser.shapes.cooccur_proof import DEFAULT_MODEL, HELD_OUT_SEED, compare_held_out, comparison_table
 
     engine = Engine(str(DEFAULT_MODEL), "cpu", cache_dir=tmp_path_factory.mktemp("cooccur-cache"))
     chosen = Setting(float(engine.loaded.defaults["tau"]), int(engine.loaded.defaults["negatives"]))

@@ -15,12 +15,19 @@ negatives that name a distractor (a tag the world never draws).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from easy_diffuser.calibration import (
-    NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Row, Setting, calibrate, calibration_options, measure,
+    NO_NEGATIVES,
+    WHOLE_VOCABULARY,
+    WHOLE_VOCABULARY_LABEL,
+    Row,
+    Setting,
+    calibrate,
+    calibration_options,
+    measure,
 )
 from easy_diffuser.calibration_shapes import true_in_negative, write_folder
 from easy_diffuser.engine import Engine
@@ -63,12 +70,13 @@ def compare_held_out(engine: Engine, chosen: Setting, whole_count: int, items: S
     ]
     images = [world.draw(scene) for scene in items]
     rows, _ = measure(engine, images, cooccur.CooccurGenerator(), settings, calibration_options(engine), seed=seed)
-    return [Compared(s.label, row, true_in_negative(row, items), distractor_share(row)) for s, row in zip(settings, rows)]
+    return [Compared(s.label, row, true_in_negative(row, items), distractor_share(row))
+            for s, row in zip(settings, rows)]
 
 
 def comparison_table(compared: Sequence[Compared]) -> str:
-    lines = ["| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative "
-             "| negatives the world never draws |", "|---|---|---|---|---|---|---|"]
+    lines = [("| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative "
+             "| negatives the world never draws |"), "|---|---|---|---|---|---|---|"]
     for item in compared:
         s = item.row.setting
         tau = "all tags" if s.tau == WHOLE_VOCABULARY else ("-" if s.label == NO_NEGATIVES else f"{s.tau:g}")

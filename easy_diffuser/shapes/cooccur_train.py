@@ -74,7 +74,8 @@ def _spread(features: torch.Tensor) -> torch.Tensor:
     return (-SPREAD_TEMPERATURE * distances).exp().mean().log()
 
 
-def train_model(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.Module, train.Preprocess, train.Tokenizer]:
+def train_model(steps: int, seed: int,
+                batch_size: int = 64) -> tuple[torch.nn.Module, train.Preprocess, train.Tokenizer]:
     # A model this small gains nothing from more threads, and one thread makes the weights
     # independent of the machine's core count.
     torch.set_num_threads(1)
@@ -138,7 +139,8 @@ def evaluate(model, preprocess, tokenizer, count: int = 600, seed: int = 12345) 
     results["false in-world tags"] = relevance[~true & in_world].mean().item()
     results["distractors"] = relevance[:, ~in_world].mean().item()
     lowest_in_world = relevance[:, in_world].min(1).values
-    results["distractors all below in-world"] = (relevance[:, ~in_world].max(1).values < lowest_in_world).float().mean().item()
+    below = relevance[:, ~in_world].max(1).values < lowest_in_world
+    results["distractors all below in-world"] = below.float().mean().item()
     return results
 
 
