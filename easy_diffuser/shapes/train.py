@@ -176,8 +176,9 @@ def train(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.Module,
 
 @torch.no_grad()
 def _recompute_batchnorm(model: torch.nn.Module, preprocess: Preprocess, rng: random.Random,
-                         batch_size: int, batches: int = 64) -> None:
-    """Replace BatchNorm's running statistics by plain averages over random scenes.
+                         batch_size: int, batches: int = 64,
+                         sample: Callable[[random.Random], world.Scene] = world.random_scene) -> None:
+    """Replace BatchNorm's running statistics by plain averages over random scenes (`sample`).
 
     The running averages kept during training mix in the pinned shape batches,
     which look nothing like a real image's batch; single images are encoded
@@ -189,7 +190,7 @@ def _recompute_batchnorm(model: torch.nn.Module, preprocess: Preprocess, rng: ra
         norm.momentum = None  # cumulative average
     model.train()
     for _ in range(batches):
-        scenes = [world.random_scene(rng) for _ in range(batch_size)]
+        scenes = [sample(rng) for _ in range(batch_size)]
         model.encode_image(torch.stack([preprocess(world.draw(s, 64)) for s in scenes]))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
