@@ -61,15 +61,15 @@ def test_distractor_negatives_change_nothing():
 
 
 # The rule comparison on the shipped shapes-cooccur model, with the tau and number of negatives its
-# calibration chose (easy_diffuser.json; `python -m easy_diffuser.shapes.cooccur_proof` made them).
+# calibration chose (easy_diffuser.json; `python -m easy_diffuser.calibration.cooccur_proof` made them).
 HELD_OUT_IMAGES = 100
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
-    from easy_diffuser.calibration import Setting
+    from easy_diffuser.calibration.sweep import Setting
     from easy_diffuser.engine import Engine
-    from easy_diffuser.shapes.cooccur_proof import DEFAULT_MODEL, HELD_OUT_SEED, compare_held_out, comparison_table
+    from easy_diffuser.calibration.cooccur_proof import DEFAULT_MODEL, HELD_OUT_SEED, compare_held_out, comparison_table
 
     engine = Engine(str(DEFAULT_MODEL), "cpu", cache_dir=tmp_path_factory.mktemp("cooccur-cache"))
     chosen = Setting(float(engine.loaded.defaults["tau"]), int(engine.loaded.defaults["negatives"]))

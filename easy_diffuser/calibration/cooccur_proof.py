@@ -1,6 +1,6 @@
 """Does the relevant-subset rule beat the whole-vocabulary rule where the two can differ?
 
-    python -m easy_diffuser.shapes.cooccur_proof [--model DIR] [--out DIR]
+    python -m easy_diffuser.calibration.cooccur_proof [--model DIR] [--out DIR]
 
 In the plain shapes world every tag is something the renderer obeys, so the lowest tags of the
 whole vocabulary and the lowest inside the relevant subset are the same tags. The co-occurrence
@@ -19,21 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from easy_diffuser.calibration import (
-    NO_NEGATIVES,
-    WHOLE_VOCABULARY,
-    WHOLE_VOCABULARY_LABEL,
-    Row,
-    Setting,
-    calibrate,
-    calibration_options,
-    measure,
-)
-from easy_diffuser.calibration_shapes import true_in_negative, write_folder
-from easy_diffuser.engine import Engine
-from easy_diffuser.shapes import cooccur, world
+from ..engine import Engine
+from ..shapes import cooccur, world
+from .run import calibrate
+from .shapes_proof import true_in_negative, write_folder
+from .sweep import NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Row, Setting, calibration_options, measure
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "shapes-cooccur"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes-cooccur"
 CALIBRATION_SEED, HELD_OUT_SEED = 1, 2
 LOWER_EDGE_LABEL = "sweep's lower edge"
 LOWER_EDGE_TAU = -1.0
