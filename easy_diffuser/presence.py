@@ -55,6 +55,9 @@ class TagCalibration:
         return {"center": round(self.center, 4), "temperature": round(self.temperature, 4), "source": self.source}
 
 
+BUILT_IN = TagCalibration()  # for models without their own prob_center and prob_temperature
+
+
 def model_tag_calibration(defaults: Mapping[str, Any], where: str = "easy_diffuser.json") -> TagCalibration:
     """The model's "prob_center"/"prob_temperature" from its defaults, else the built-in default.
 
@@ -62,7 +65,7 @@ def model_tag_calibration(defaults: Mapping[str, Any], where: str = "easy_diffus
     is not finite or a temperature <= 0."""
     given = [name for name in ("prob_center", "prob_temperature") if name in defaults]
     if not given:
-        return TagCalibration()
+        return BUILT_IN
     if len(given) == 1:
         raise ModelError(f"{where}: {given[0]} needs prob_center and prob_temperature together; set both or neither")
     center, temperature = (_finite(defaults[name], name, where) for name in ("prob_center", "prob_temperature"))

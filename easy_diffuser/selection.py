@@ -21,7 +21,7 @@ from typing import Literal, Sequence
 import torch
 
 from .options import ExtractOptions
-from .presence import TagCalibration
+from .presence import BUILT_IN, TagCalibration
 from .scoring import Scores
 from .vocabulary import NEGATIVE_QUALITY, Vocabulary
 
@@ -42,7 +42,7 @@ class SelectionOptions:
     quality_negatives: int = _DEFAULTS.quality_negatives  # standard quality negatives appended; 0 for none
     token_budget: int = _DEFAULTS.token_budget
     dedup_threshold: float = _DEFAULTS.dedup_threshold  # text-embedding cosine above which two tags count as one
-    presence: TagCalibration | None = TagCalibration()  # tags the image may show are never negatives; None: no guard
+    presence: TagCalibration | None = BUILT_IN  # tags the image may show are never negatives; None: no guard
 
 
 @dataclass(frozen=True)
