@@ -25,6 +25,7 @@ from .files import safe_name
 from .images import ImageInput, load_image
 from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, load_model
 from .options import CaptionOptions, ExtractOptions
+from .presence import TagCalibration, model_tag_calibration
 from .prompt import escape, format_prompt, prompts
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
@@ -70,6 +71,8 @@ class Engine:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
         self.loaded: LoadedModel = load_model(model, check_device(device), dtype, self.cache_dir)
+        # Which tags an image shows, for the negative prompt's guard and calibration's metric.
+        self.tag_calibration: TagCalibration = model_tag_calibration(self.loaded.defaults, f"{model}: easy_diffuser.json")
         folders = [self.loaded.vocabulary_dir or BUILTIN_DIR, *map(Path, vocabulary_dirs)]
         self.vocabulary: Vocabulary = load_vocabulary(folders)
         self.text_embeddings = label_cache.text_embeddings(self.loaded, self.vocabulary, self.cache_dir, progress)
@@ -131,7 +134,7 @@ class Engine:
         selection = SelectionOptions(
             max_tags=options.max_tags, max_per_category=counts.get("max_per_category", options.max_per_category),
             tau=tau, negatives=counts.get("negatives", options.negatives), quality_negatives=options.quality_negatives,
-            token_budget=options.token_budget, dedup_threshold=options.dedup_threshold,
+            token_budget=options.token_budget, dedup_threshold=options.dedup_threshold, presence=self.tag_calibration,
         )
         return selection, tau_source
 

@@ -7,8 +7,11 @@ merged (of two tags whose text embeddings are almost the same, the better one st
 Negative, the product's own rule: the tags with relevance >= tau are the image's relevant
 subset; the negatives are the lowest-scoring tags inside that subset, i.e. things the image is
 related to but does not show. The least related tags of the whole vocabulary would be
-meaningless ("a tractor" as a negative for a portrait). Optionally the standard
-negative-quality tags the image is most associated with follow. No tag is in both prompts.
+meaningless ("a tractor" as a negative for a portrait). A tag the image may show (presence.py:
+p >= MAY_BE_PRESENT), or a near-twin of one, is never a negative, whether the positive prompt names
+it or not: with few positive tags the image's own background or colour would otherwise be the
+lowest of a small subset. Optionally the standard negative-quality tags the image is most
+associated with follow. No tag is in both prompts.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Literal, Sequence
 import torch
 
 from .options import ExtractOptions
+from .presence import BUILT_IN, TagCalibration
 from .scoring import Scores
 from .vocabulary import NEGATIVE_QUALITY, Vocabulary
 
@@ -38,6 +42,7 @@ class SelectionOptions:
     quality_negatives: int = _DEFAULTS.quality_negatives  # standard quality negatives appended; 0 for none
     token_budget: int = _DEFAULTS.token_budget
     dedup_threshold: float = _DEFAULTS.dedup_threshold  # text-embedding cosine above which two tags count as one
+    presence: TagCalibration | None = BUILT_IN  # tags the image may show are never negatives; None: no guard
 
 
 @dataclass(frozen=True)
@@ -100,18 +105,25 @@ def _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, q
 def _pick_negatives(scores, text_embeddings, token_costs, options, quality, positives, budget) -> list[int]:
     relevant = (scores.relevance >= options.tau).nonzero().flatten()
     ascending = relevant[torch.argsort(scores.relevance[relevant])].tolist()
+    shown = positives + _may_be_present(scores, options)
     chosen: list[int] = []
     for index in ascending:
         if len(chosen) >= options.negatives:
             break
-        if index in quality or index in positives:
+        if index in quality or index in shown:
             continue
-        # A near-twin of a positive tag as a negative would fight the prompt itself.
-        if _near_duplicate(index, positives + chosen, text_embeddings, options.dedup_threshold):
+        # A near-twin of a tag the prompt names or the image shows would fight them.
+        if _near_duplicate(index, shown + chosen, text_embeddings, options.dedup_threshold):
             continue
         if budget.take(token_costs[index]):
             chosen.append(index)
     return chosen
+
+
+def _may_be_present(scores: Scores, options: SelectionOptions) -> list[int]:
+    if options.presence is None:
+        return []
+    return options.presence.may_be_present(scores.relevance).nonzero().flatten().tolist()
 
 
 def _pick_quality_negatives(scores, token_costs, options, quality, budget) -> list[int]:

@@ -1,8 +1,13 @@
 """Tag selection rules and webui prompt syntax, on hand-made scores so each rule is visible."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
+from easy_diffuser.models import ModelError
+from easy_diffuser.presence import TagCalibration, model_tag_calibration
 from easy_diffuser.prompt import escape, format_prompt, prompts
 from easy_diffuser.scoring import Scores, score
 from easy_diffuser.selection import SelectionOptions, TagScore, select, with_role
@@ -99,3 +104,43 @@ def test_prompts_split_by_role_and_with_role_moves_a_tag():
     moved = with_role(tags, "red", "negative")
     assert prompts(moved) == ("circle", "red, blue")
     assert prompts(with_role(moved, "red", "off")) == ("circle", "blue")
+
+
+def test_a_tag_the_image_may_show_is_never_a_negative_even_when_the_prompt_leaves_it_out():
+    # max_tags 1: only "cat" is named; kitten 2.5 and oil painting 2.0 are above the built-in guard
+    # (p >= MAY_BE_PRESENT from relevance 1.56), so the image may show them: not negatives.
+    options = SelectionOptions(max_tags=1, max_per_category=3, tau=1.0, negatives=3, quality_negatives=0)
+    assert names(run(options), "positive") == ["cat"]
+    assert names(run(options), "negative") == ["sofa", "dog"]
+    assert names(run(replace(options, presence=None)), "negative") == ["sofa", "dog", "oil painting"]  # the old rule
+
+
+def test_the_guard_holds_for_the_whole_vocabulary_baseline_too():
+    options = SelectionOptions(max_tags=1, max_per_category=3, tau=float("-inf"), negatives=10, quality_negatives=0)
+    negatives = names(run(options), "negative")
+    assert negatives[0] == "tractor" and not {"kitten", "oil painting"} & set(negatives)
+
+
+def test_a_near_twin_of_a_tag_the_image_may_show_is_no_negative():
+    vectors = torch.eye(len(TAGS))
+    vectors[3] = torch.nn.functional.normalize(vectors[2] + 0.05 * vectors[3], dim=0)  # "sofa" is almost "dog"
+    relevance = [3.0, 0.0, 2.2, 1.0, -2.0, 0.5, 0.5, 0.1]  # dog may be shown but max_tags 1 leaves it out
+    options = SelectionOptions(max_tags=1, max_per_category=3, tau=0.0, negatives=3, quality_negatives=0)
+
+    def negatives(options):
+        return names(select(scores_of(relevance), VOCAB, vectors, [1] * len(TAGS), options), "negative")
+
+    assert negatives(options) == ["kitten", "oil painting"]
+    assert negatives(replace(options, presence=None)) == ["kitten", "oil painting", "sofa"]
+
+
+def test_tag_probabilities_from_a_model_folder_are_checked():
+    assert model_tag_calibration({}) == TagCalibration()
+    assert model_tag_calibration({"prob_center": 0.7, "prob_temperature": 0.07}) == TagCalibration(0.7, 0.07, "model default")
+    bad = [({"prob_center": 0.7}, "set both or neither"), ({"prob_center": "x", "prob_temperature": 1}, "prob_center"),
+           ({"prob_center": 0.7, "prob_temperature": 0}, "prob_temperature"),
+           ({"prob_center": float("nan"), "prob_temperature": 1}, "finite")]
+    for defaults, message in bad:
+        with pytest.raises(ModelError, match=message) as error:
+            model_tag_calibration(defaults, "shapes-demo/easy_diffuser.json")
+        assert str(error.value).startswith("shapes-demo/easy_diffuser.json: ") and "\n" not in str(error.value)

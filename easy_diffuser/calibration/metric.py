@@ -13,13 +13,10 @@ A missing feature (p(x) high, p(y) low) and an unwanted one (p(x) low, p(y) high
 the loss cannot reach 0 when p(x) is not 0 or 1 (its floor is the entropy of p(x)), but only
 differences between settings matter. Beside it the CLIP image-image cosine is reported.
 
-Per-model calibration of center and temperature: relevance is a z-score over the vocabulary,
-so "how many standard deviations make a tag present" depends on how many of the model's tags
-an image usually shows. A model folder can state it in easy_diffuser.json ("prob_center",
-"prob_temperature"); shapes-demo's values were fitted by logistic regression on labelled
-shapes-world scenes (`fit_tag_calibration`, see docs/calibration.md). Without them the default
-below is used: in a vocabulary of thousands of tags an image shows a small fraction, so a tag
-counts as present about two standard deviations above the image's mean tag.
+The probabilities are the core's (presence.py), so the metric and the negative prompt's guard
+agree on which tags an image shows: center and temperature per model, from its easy_diffuser.json
+("prob_center", "prob_temperature", fitted with `fit_tag_calibration` where labelled images exist,
+see docs/calibration.md) or the built-in default.
 """
 from __future__ import annotations
 
@@ -34,32 +31,15 @@ from PIL import Image
 
 from .. import scoring
 from ..engine import Engine
+from ..presence import TagCalibration
 
-DEFAULT_CENTER = 2.0
-DEFAULT_TEMPERATURE = 0.5
 _EPS = 1e-6  # keeps log() finite for probabilities that round to 0 or 1
 BATCH = 64  # images per forward pass
 
 
-@dataclass(frozen=True)
-class TagCalibration:
-    center: float = DEFAULT_CENTER
-    temperature: float = DEFAULT_TEMPERATURE
-    source: str = "built-in default"
-
-    def probabilities(self, relevance: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid((relevance - self.center) / self.temperature)
-
-    def to_dict(self) -> dict:
-        return {"center": round(self.center, 4), "temperature": round(self.temperature, 4), "source": self.source}
-
-
 def tag_calibration(engine: Engine) -> TagCalibration:
     """The model's own center/temperature from its defaults, else the built-in default."""
-    defaults = engine.loaded.defaults
-    if "prob_center" in defaults and "prob_temperature" in defaults:
-        return TagCalibration(float(defaults["prob_center"]), float(defaults["prob_temperature"]), "model default")
-    return TagCalibration()
+    return engine.tag_calibration
 
 
 def fit_tag_calibration(relevance: torch.Tensor, present: torch.Tensor, steps: int = 500) -> TagCalibration:
