@@ -6,6 +6,7 @@ how those settings do on held-out scenes neither saw, beside the full sweep's ow
     python bench/bench_calibration.py                   # 60 calibration scenes, 400 held out
     python bench/bench_calibration.py --images 30 --held-out 200 --seed 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,17 +56,27 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [full.best.setting, cheap.best.setting]
         held, _ = measure(engine, held_out, ShapesGenerator(), chosen, calibration_options(engine))
     print(f"shapes-demo, {args.images} calibration scenes (seed {args.seed}), {args.held_out} held-out scenes")
-    print(f"{'':12} {'generations':>11} {'seconds':>8}  chosen setting                 loss (calibration)  loss (held out)")
-    for name, result, calls, seconds, row in [("full sweep", full, full_calls, full_seconds, held[0]),
-                                              ("search", cheap, cheap_calls, cheap_seconds, held[1])]:
-        print(f"{name:12} {calls:>11} {seconds:>8.1f}  {result.best.setting.describe():30} "
-              f"{result.best.loss:>18.4f}  {row.loss:>15.4f}")
+    print(
+        f"{'':12} {'generations':>11} {'seconds':>8}  chosen setting                 loss (calibration)  loss (held out)"
+    )
+    for name, result, calls, seconds, row in [
+        ("full sweep", full, full_calls, full_seconds, held[0]),
+        ("search", cheap, cheap_calls, cheap_seconds, held[1]),
+    ]:
+        print(
+            f"{name:12} {calls:>11} {seconds:>8.1f}  {result.best.setting.describe():30} "
+            f"{result.best.loss:>18.4f}  {row.loss:>15.4f}"
+        )
     print(f"ratio: {full_calls / cheap_calls:.2f}x fewer generations ({full_seconds / cheap_seconds:.2f}x less time)")
-    print(f"full sweep's noise: standard error of its best row's loss {standard_error(full.best.losses):.4f} "
-          f"(calibration), {standard_error(held[0].losses):.4f} (held out)")
+    print(
+        f"full sweep's noise: standard error of its best row's loss {standard_error(full.best.losses):.4f} "
+        f"(calibration), {standard_error(held[0].losses):.4f} (held out)"
+    )
     difference = [b - a for a, b in zip(held[0].losses, held[1].losses)]
-    print(f"held out, search minus full sweep: {statistics.mean(difference):+.4f} "
-          f"(paired standard error {standard_error(difference) if any(difference) else 0.0:.4f})")
+    print(
+        f"held out, search minus full sweep: {statistics.mean(difference):+.4f} "
+        f"(paired standard error {standard_error(difference) if any(difference) else 0.0:.4f})"
+    )
     return 0
 
 

@@ -1,5 +1,6 @@
 """What a user sees of a calibration: nothing in force until applied, the previous one kept, one
 command to undo, readable summaries, refused non-finite numbers. Few images, the shapes generator."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,14 @@ from easy_diffuser import cli
 from easy_diffuser.calibration import store
 from easy_diffuser.calibration.report import summary_lines, table_text
 from easy_diffuser.calibration.shapes_proof import scenes, write_folder
-from easy_diffuser.calibration.sweep import NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Calibration, Row, Setting
+from easy_diffuser.calibration.sweep import (
+    NO_NEGATIVES,
+    WHOLE_VOCABULARY,
+    WHOLE_VOCABULARY_LABEL,
+    Calibration,
+    Row,
+    Setting,
+)
 from easy_diffuser.engine import Engine, calibration_path
 from easy_diffuser.webui import markup
 
@@ -23,7 +31,9 @@ def folder(tmp_path):
 
 
 def calibrate_cli(tmp_path, *extra: str) -> int:
-    return cli.main(["calibrate", *extra, "--model", "shapes-demo", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    return cli.main(
+        ["calibrate", *extra, "--model", "shapes-demo", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    )
 
 
 def in_force(tmp_path) -> tuple[float, str]:
@@ -89,7 +99,11 @@ def test_non_finite_numbers_are_refused_and_never_written(tmp_path, folder, caps
 def test_a_real_model_needs_a_generator_and_help_names_defaults(tmp_path, folder, capsys):
     assert cli.main(["calibrate", str(folder), "--model", "ViT-L-14/openai", "--cache-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "--generator is required for ViT-L-14/openai" in error and "http://127.0.0.1:7860" in error
+    assert (
+        "\n" not in error
+        and "--generator is required for ViT-L-14/openai" in error
+        and "http://127.0.0.1:7860" in error
+    )
     with pytest.raises(SystemExit):
         cli.main(["calibrate", "--help"])
     usage = capsys.readouterr().out
@@ -105,14 +119,25 @@ def row(setting: Setting, losses: list[float]) -> Row:
 
 def test_the_summary_labels_baselines_and_says_when_one_beats_the_choice():
     chosen = row(Setting(-1.0, 1), [0.5, 0.5, 0.5, 0.5])
-    baselines = [row(Setting(0.0, 0, NO_NEGATIVES), [1.5, 1.5]),
-                 row(Setting(WHOLE_VOCABULARY, 1, WHOLE_VOCABULARY_LABEL), [2.0, 2.0]),
-                 row(Setting(WHOLE_VOCABULARY, 8, WHOLE_VOCABULARY_LABEL), [0.1, 0.1, 0.1, 0.1])]
-    result = Calibration("m", "shapes", [chosen, row(Setting(0.5, 1), [0.9, 0.9])], baselines, chosen, [], full_sweep=40, generations=9)
+    baselines = [
+        row(Setting(0.0, 0, NO_NEGATIVES), [1.5, 1.5]),
+        row(Setting(WHOLE_VOCABULARY, 1, WHOLE_VOCABULARY_LABEL), [2.0, 2.0]),
+        row(Setting(WHOLE_VOCABULARY, 8, WHOLE_VOCABULARY_LABEL), [0.1, 0.1, 0.1, 0.1]),
+    ]
+    result = Calibration(
+        "m", "shapes", [chosen, row(Setting(0.5, 1), [0.9, 0.9])], baselines, chosen, [], full_sweep=40, generations=9
+    )
     lines = summary_lines(result)
     assert lines[0] == "chosen: tau -1, 1 negative, loss 0.5000 over 4 images (9 generations, the full sweep needs 40)"
-    assert "baseline no negative prompt: loss 1.5000 on 2 images (chosen: 0.5000): the chosen setting is better by 1.0000" in lines
-    assert any("whole-vocabulary lowest, 8 negatives: loss 0.1000 on the same images" in line and "BEATS the chosen setting by 0.4000" in line for line in lines)
+    assert (
+        "baseline no negative prompt: loss 1.5000 on 2 images (chosen: 0.5000): the chosen setting is better by 1.0000"
+        in lines
+    )
+    assert any(
+        "whole-vocabulary lowest, 8 negatives: loss 0.1000 on the same images" in line
+        and "BEATS the chosen setting by 0.4000" in line
+        for line in lines
+    )
     assert lines[-1].startswith("note: whole-vocabulary lowest, 8 negatives did better than every tau tried")
     table = table_text(result.rows + baselines, chosen)
     assert "| **tau -1, 1 negative** (chosen) | 0.5000 | 0.9000 | 4 |" in table
@@ -121,4 +146,7 @@ def test_the_summary_labels_baselines_and_says_when_one_beats_the_choice():
 
 def test_progress_line_shows_generations_and_time_left():
     assert markup.calibration_progress(0, 400, None) == "Calibrating: 0 of about 400 generations"
-    assert markup.calibration_progress(100, 400, 2.0) == "Calibrating: 100 of about 400 generations, 2.0 s each, about 10 min left"
+    assert (
+        markup.calibration_progress(100, 400, 2.0)
+        == "Calibrating: 100 of about 400 generations, 2.0 s each, about 10 min left"
+    )

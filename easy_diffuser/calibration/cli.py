@@ -3,6 +3,7 @@
 A run writes a candidate and changes nothing; `--apply` puts it in force (keeping the previous
 calibration), `--undo` takes it back.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,36 +34,72 @@ EXAMPLES = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="easy-diffuser calibrate", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        prog="easy-diffuser calibrate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
         description="Learn the negative-prompt tau of a model: extract prompts from your images, generate from them "
         "and keep the setting whose images come closest. The result is a candidate until applied.",
     )
     parser.add_argument("folder", type=Path, nargs="?", help="images to calibrate on")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name, ARCH/TAG, model folder or checkpoint file (default: %(default)s)")
     parser.add_argument(
-        "--generator", default=None,
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registry name, ARCH/TAG, model folder or checkpoint file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--generator",
+        default=None,
         help=f"the URL of a webui started with --api (e.g. http://127.0.0.1:7860), or 'shapes' (default: shapes for {SHAPES_MODEL}, required otherwise)",
     )
-    parser.add_argument("--apply", action="store_true", help="put the result in force (without FOLDER: the last candidate); the previous calibration is kept")
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="put the result in force (without FOLDER: the last candidate); the previous calibration is kept",
+    )
     parser.add_argument("--undo", action="store_true", help="put the previous calibration back in force")
     sweep = parser.add_argument_group("the sweep")
-    sweep.add_argument("--taus", type=_checked_by(SWEEP_TAU), nargs="+", default=list(DEFAULT_TAUS), metavar="TAU",
-                       help=f"taus to try (default: {' '.join(f'{t:g}' for t in DEFAULT_TAUS)})")
-    sweep.add_argument("--negatives", type=_checked_by(OPTION["negatives"]), nargs="+", default=list(DEFAULT_NEGATIVES), metavar="N",
-                       help=f"numbers of negative tags to try (default: {' '.join(map(str, DEFAULT_NEGATIVES))})")
-    sweep.add_argument("--full", action="store_true",
-                       help=f"every setting on every image (default: a search, every setting on {FIRST_IMAGES} images, the best fifth on more, ...)")
-    sweep.add_argument("--tags", type=_checked_by(OPTION["max_tags"]), default=None,
-                       help="positive tags while calibrating (default: the model's calibration_tags, else 24)")
+    sweep.add_argument(
+        "--taus",
+        type=_checked_by(SWEEP_TAU),
+        nargs="+",
+        default=list(DEFAULT_TAUS),
+        metavar="TAU",
+        help=f"taus to try (default: {' '.join(f'{t:g}' for t in DEFAULT_TAUS)})",
+    )
+    sweep.add_argument(
+        "--negatives",
+        type=_checked_by(OPTION["negatives"]),
+        nargs="+",
+        default=list(DEFAULT_NEGATIVES),
+        metavar="N",
+        help=f"numbers of negative tags to try (default: {' '.join(map(str, DEFAULT_NEGATIVES))})",
+    )
+    sweep.add_argument(
+        "--full",
+        action="store_true",
+        help=f"every setting on every image (default: a search, every setting on {FIRST_IMAGES} images, the best fifth on more, ...)",
+    )
+    sweep.add_argument(
+        "--tags",
+        type=_checked_by(OPTION["max_tags"]),
+        default=None,
+        help="positive tags while calibrating (default: the model's calibration_tags, else 24)",
+    )
     sweep.add_argument("--seed", type=int, default=0, help="generation seed offset (default: %(default)s)")
     webui = parser.add_argument_group("webui generation")
     webui.add_argument("--width", type=int, default=256, help="(default: %(default)s)")
     webui.add_argument("--height", type=int, default=256, help="(default: %(default)s)")
     webui.add_argument("--steps", type=int, default=12, help="sampling steps (default: %(default)s)")
-    parser.add_argument("--table", action="store_true", help="print the whole table (default: a summary; the table is in the report)")
+    parser.add_argument(
+        "--table", action="store_true", help="print the whole table (default: a summary; the table is in the report)"
+    )
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--cache-dir", default=None, help="weights, embeddings and calibrations (default: ~/.cache/easy_diffuser)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (never in force)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="weights, embeddings and calibrations (default: ~/.cache/easy_diffuser)"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (never in force)"
+    )
     return parser
 
 
@@ -91,8 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = calibrate(engine, args.folder, generator, args.taus, args.negatives, options, args.seed, args.out_dir,
-                           progress, first_images=None if args.full else FIRST_IMAGES)
+        result = calibrate(
+            engine,
+            args.folder,
+            generator,
+            args.taus,
+            args.negatives,
+            options,
+            args.seed,
+            args.out_dir,
+            progress,
+            first_images=None if args.full else FIRST_IMAGES,
+        )
     except (ValueError, OSError, RuntimeError) as error:  # WebuiError is a RuntimeError
         bar.close()
         print(f"error: {error}", file=sys.stderr)
@@ -101,7 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _print_result(result, args.table)
     if args.apply:
         return _change(engine, store.apply, args)
-    print(f"in force: {store.InForce.of(engine).describe()}" + ("" if args.out_dir else f"\nto use the result: {_command(args, '--apply')}"))
+    print(
+        f"in force: {store.InForce.of(engine).describe()}"
+        + ("" if args.out_dir else f"\nto use the result: {_command(args, '--apply')}")
+    )
     return 0
 
 
@@ -113,8 +163,10 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.out_dir and (args.apply or args.undo):
         return "--apply and --undo work on the cache folder's calibration, not on --out-dir"
     if args.folder and not args.generator and args.model != SHAPES_MODEL:
-        return (f"--generator is required for {args.model}: pass the URL of a webui started with --api, "
-                "e.g. --generator http://127.0.0.1:7860")
+        return (
+            f"--generator is required for {args.model}: pass the URL of a webui started with --api, "
+            "e.g. --generator http://127.0.0.1:7860"
+        )
     return None
 
 
@@ -132,8 +184,9 @@ def _change(engine: Engine, change: Callable[[Path], None], args: argparse.Names
     print(f"{verb} for {engine.model_id}: {store.change_text(before, after)}")
     print(f"in force: {after.describe()}")
     if change is store.apply:
-        print(f"the previous calibration is kept in {store.previous_path(target)}; "
-              f"to go back: {_command(args, '--undo')}")
+        print(
+            f"the previous calibration is kept in {store.previous_path(target)}; to go back: {_command(args, '--undo')}"
+        )
     return 0
 
 

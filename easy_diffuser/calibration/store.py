@@ -10,6 +10,7 @@ apply: the file in force is kept as `.previous.json`, then the candidate replace
 undo: the file in force becomes the candidate again and `.previous.json` takes its place. Every
 step is a whole-file write or rename, so a crash between two leaves files that a rerun completes.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,7 @@ class InForce:
 
 
 def change_text(before: InForce, after: InForce) -> str:
-    """"tau 1 -> -1, negatives 8 -> 6": what an apply or undo changed, for the user."""
+    """ "tau 1 -> -1, negatives 8 -> 6": what an apply or undo changed, for the user."""
     return f"tau {before.tau:g} -> {after.tau:g}, negatives {before.negatives} -> {after.negatives}"
 
 
