@@ -1,5 +1,5 @@
 """Command line: `easy-diffuser IMAGE_OR_FOLDER... [--model NAME|PATH] [--json]`
-(and `easy-diffuser calibrate FOLDER ...`, see calibration.py).
+(and `easy-diffuser calibrate FOLDER ...`, see calibration/cli.py).
 
 Images print their prompts (or one JSON object each with --json); folders get a `.txt`
 caption beside every image. A bad image costs one line on stderr, never the others.
@@ -26,7 +26,11 @@ EXIT_SETUP_FAILED = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="easy-diffuser", description="Turn images into Stable Diffusion prompts with CLIP.")
+    parser = argparse.ArgumentParser(
+        prog="easy-diffuser", description="Turn images into Stable Diffusion prompts with CLIP.",
+        epilog="other command:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
+        "(easy-diffuser calibrate --help)", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model folder or checkpoint file")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")

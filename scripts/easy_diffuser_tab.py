@@ -27,7 +27,7 @@ except ImportError:  # webui before 1.8
 from easy_diffuser.webui import controls, http_api, markup
 from easy_diffuser.webui.service import AUTO, Placement, Service, auto_model
 from easy_diffuser.batch import BatchSummary, caption_folder
-from easy_diffuser.calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibrate
+from easy_diffuser.calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibrate, store
 from easy_diffuser.captioner import CAPTIONERS
 from easy_diffuser.engine import DEFAULT_TAU, Engine
 from easy_diffuser.calibration.generators import CallableGenerator, webui_generator
@@ -260,11 +260,11 @@ def calibrate_folder(
         return markup.error_html(NO_CHECKPOINT), hidden, hidden, gr.update()
     _stop_calibration.clear()
     counts = [0, 0]  # generations done, total: for the message after a Stop
-    generations = _reporter(progress, "Calibrating: extract, generate, compare", "generations")
+    pace = controls.Pace()
 
     def report(done: int, total: int) -> None:
         counts[:] = done, total
-        generations(done, total)
+        progress((done, total), desc=markup.calibration_progress(done, total, pace.seconds_each(done)), unit="generations")
 
     def work(engine: Engine) -> tuple[Calibration, tuple[float, str]]:
         generator = _webui_txt2img(engine, int(width), int(height), int(steps))
@@ -288,6 +288,19 @@ def _no_checkpoint() -> bool:
     """No checkpoint loaded and none to load: calibration could generate nothing (the webui would try to load
     one from an empty list and print its tracebacks). model_data, not shared.sd_model, which would load one."""
     return sd_models.model_data.sd_model is None and not getattr(sd_models, "checkpoints_list", None)
+
+
+def change_calibration(change: Callable[[Path], None]) -> str:
+    """Apply (or Undo) the last calibration of the current model -> the status line saying what changed."""
+    def work(engine: Engine) -> str:
+        before = store.InForce.of(engine)
+        change(store.target_path(engine))
+        return markup.calibration_change_html("applied" if change is store.apply else "undone", before, store.InForce.of(engine))
+
+    try:
+        return service.run(work)
+    except (ModelError, OSError, ValueError) as error:  # CalibrationFileError: no candidate, nothing to undo
+        return markup.error_html(str(error))
 
 
 def stop_calibration() -> None:
@@ -471,7 +484,7 @@ def _calibrate_section(status: gr.HTML) -> None:
         gr.HTML(
             "<p class='easy-diffuser-hint'>Learns the tau for this model from your images: extracts their prompts, "
             "generates from them with the loaded checkpoint (fixed seeds, nothing saved) and keeps the tau whose "
-            "images come closest to the sources. Automatic tau uses the result from then on.</p>"
+            "images come closest to the sources. Press Apply to make Automatic tau use the result (Undo apply goes back).</p>"
         )
         folder = gr.Textbox(label="Folder", placeholder="a folder of images on the webui's machine", elem_id="easy_diffuser_calibrate_folder")
         with gr.Row():
@@ -486,12 +499,16 @@ def _calibrate_section(status: gr.HTML) -> None:
         with gr.Row():
             run = gr.Button("Calibrate", variant="primary", elem_id="easy_diffuser_calibrate_run")
             stop = gr.Button("Stop", elem_id="easy_diffuser_calibrate_stop")
+            apply = gr.Button("Apply", elem_id="easy_diffuser_calibrate_apply")
+            undo = gr.Button("Undo apply", elem_id="easy_diffuser_calibrate_undo")
         report = gr.HTML(elem_id="easy_diffuser_calibrate_report")
         with gr.Row(equal_height=False):  # the plot keeps its shape beside the tall grid
             plot = gr.Image(label="Loss against tau", type="pil", interactive=False, visible=False, elem_id="easy_diffuser_calibrate_plot")
             grid = gr.Image(label="Source | best tau | poor tau", type="pil", interactive=False, visible=False, elem_id="easy_diffuser_calibrate_grid")
     run.click(calibrate_folder, inputs=[folder, taus, negatives, width, height, steps], outputs=[report, plot, grid, status])
     stop.click(stop_calibration, queue=False)  # unqueued, so it runs while the calibration holds the queue
+    apply.click(partial(change_calibration, store.apply), outputs=[status])
+    undo.click(partial(change_calibration, store.undo), outputs=[status])
 
 
 # -- settings, API and lifecycle -----------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from easy_diffuser import cli
-from easy_diffuser.calibration import calibrate
+from easy_diffuser.calibration import calibrate, store
 from easy_diffuser.calibration.sweep import WHOLE_VOCABULARY_LABEL, PartialResults, Setting, measure
 from easy_diffuser.calibration.shapes_proof import TOO_HIGH_LABEL, TOO_HIGH_TAU, comparison_table, compare_held_out, scenes, write_folder
 from easy_diffuser.engine import Engine, ExtractOptions, calibration_path
@@ -57,17 +57,23 @@ def test_calibration_writes_result_and_report(calibrated):
     data = json.loads(calibrated.path.read_text())
     assert data["tau"] == calibrated.best.setting.tau and data["negatives"] == calibrated.best.setting.negatives
     assert data["model"] == "shapes-demo" and data["generator"] == "shapes" and data["images"] == CALIBRATION_IMAGES
-    assert min(row["loss"] for row in data["table"]) == data["loss"]
+    assert calibrated.path.name == "shapes-demo.candidate.json"  # not the file extraction reads
+    # The lowest among the settings measured on every image (the search drops the others early, on fewer).
+    assert min(row["loss"] for row in data["table"] if row["images"] == CALIBRATION_IMAGES) == data["loss"]
+    assert 0 < data["generations"] * 4 <= calibrated.full_sweep
     assert {"table", "grid"} <= set(calibrated.report)
     assert all(path.is_file() for path in calibrated.report.values())
     assert Image.open(calibrated.report["grid"]).size[1] > 128
 
 
-def test_learned_tau_is_used_by_default(shapes_engine, tmp_path):
+def test_learned_tau_is_used_by_default_once_applied(shapes_engine, tmp_path):
     write_folder(tmp_path / "images", scenes(6, seed=3))
     engine = Engine("shapes-demo", cache_dir=tmp_path / "cache")
+    before = engine.resolve_tau(None)
     result = calibrate(engine, tmp_path / "images", ShapesGenerator(), taus=[0.25, 0.5], negatives=[2], report=False)
-    assert result.path == calibration_path(tmp_path / "cache", "shapes-demo")
+    assert result.path == calibration_path(tmp_path / "cache", "shapes-demo").with_suffix(".candidate.json")
+    assert engine.resolve_tau(None) == before  # a candidate changes nothing
+    store.apply(calibration_path(tmp_path / "cache", "shapes-demo"))
     tau, source = engine.resolve_tau(None)
     assert tau == result.tau and source.startswith("calibrated")
     assert engine.extract(world.draw(scenes(1, seed=4)[0])).tau == result.tau
@@ -95,14 +101,15 @@ def test_stop_then_rerun_resumes_from_partial_results(shapes_engine, tmp_path):
     counting = CallableGenerator(lambda p, n, s: calls.append(1) or ShapesGenerator().generate(p, n, s), "shapes")
     sweep = dict(taus=[0.0, 1.0], negatives=[1, 3], out_dir=tmp_path / "out", report=False)
     stopped = calibrate(shapes_engine, tmp_path / "images", counting, should_stop=lambda: len(calls) >= 20, **sweep)
-    assert stopped.stopped and stopped.path is None and not (tmp_path / "out" / "shapes-demo.json").exists()
-    assert len(PartialResults(tmp_path / "out" / "shapes-demo.partial.json").entries) == 20  # every generation made is kept
-    before = len(calls)
+    partial = tmp_path / "out" / "shapes-demo.partial.json"
+    assert stopped.stopped and stopped.path is None
+    assert not (tmp_path / "out" / "shapes-demo.json").exists() and not (tmp_path / "out" / "shapes-demo.candidate.json").exists()
+    assert len(PartialResults(partial).entries) == 20  # every generation made is kept
     progress = []
     finished = calibrate(shapes_engine, tmp_path / "images", counting, progress=lambda d, t: progress.append((d, t)), **sweep)
-    assert finished.path and finished.path.is_file()
-    assert progress[0][0] == 20  # the saved generations count as done and are not redone
-    assert len(calls) - before == progress[-1][1] - 20
+    assert finished.path and finished.path.is_file() and not partial.exists()  # done: no stale partial file
+    assert progress[-1][0] == progress[-1][1] == finished.generations
+    assert len(calls) == finished.generations  # the search replayed the 20 kept generations and redid none
 
 
 def test_measure_shares_generations_between_settings_with_equal_prompts(shapes_engine):
@@ -186,7 +193,9 @@ def test_cli_calibrate(tmp_path, capsys):
             "--cache-dir", str(tmp_path / "cache"), "--taus", "0", "0.5", "--negatives", "2", "--device", "cpu"]
     assert cli.main(argv) == 0
     output = capsys.readouterr().out
-    assert "best: tau" in output and "tau in force for shapes-demo" in output and "calibrated" in output
+    assert "chosen: tau" in output and "candidate" in output and "--apply" in output
+    assert not calibration_path(tmp_path / "cache", "shapes-demo").exists()
+    assert cli.main([*argv[:2], "--apply", *argv[2:]]) == 0 and "applied for shapes-demo" in capsys.readouterr().out
     assert calibration_path(tmp_path / "cache", "shapes-demo").is_file()
 
 

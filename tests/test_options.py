@@ -86,9 +86,11 @@ def test_setup_errors_are_one_line_and_exit_2(argv, message, shapes_red_circle, 
 
 
 def test_the_tab_refuses_what_the_schema_refuses():
+    values = {"max_tags": 12.0, "auto_tau": False, "tau": 0.25, "negatives": 8.0, "quality_negatives": 0.0,
+              "weights": False, "caption": False, "caption_model": ""}
+    assert controls.extract_options(values).max_tags == 12  # sliders send floats
     with pytest.raises(OptionError, match="quality_negatives: must be a whole number from 0 to 32, not 40"):
-        controls.extract_options(12, True, 0, False, 40, 8)
-    assert controls.extract_options(12.0, False, 0.25, False, 0.0, 8.0).max_tags == 12  # sliders send floats
+        controls.extract_options({**values, "quality_negatives": 40})
 
 
 @pytest.mark.parametrize("caption, expected", [

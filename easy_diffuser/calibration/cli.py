@@ -1,47 +1,125 @@
-"""`easy-diffuser calibrate FOLDER ...`: learn a model's tau from the command line."""
+"""`easy-diffuser calibrate FOLDER ...`: learn a model's tau from the command line.
+
+A run writes a candidate and changes nothing; `--apply` puts it in force (keeping the previous
+calibration), `--undo` takes it back.
+"""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from ..engine import Engine, calibration_path
+from ..cli import _checked_by
+from ..engine import Engine
 from ..models import DEFAULT_MODEL, ModelError, default_device
+from ..options import OPTION
+from . import store
 from .generators import make_generator
-from .report import table_text
-from .run import calibrate
+from .report import summary_lines, table_text
+from .run import FIRST_IMAGES, calibrate
 from .sweep import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibration_options
 
+SHAPES_MODEL = "shapes-demo"  # the one model the offline shapes renderer can stand in for a real generator
+SWEEP_TAU = replace(OPTION["tau"], automatic="")  # the schema's range; a sweep's tau is a number, never "automatic"
+EXAMPLES = """examples:
+  easy-diffuser calibrate FOLDER --model ViT-L-14/openai --generator http://127.0.0.1:7860
+  easy-diffuser calibrate --apply --model ViT-L-14/openai      # put the last result in force
+  easy-diffuser calibrate --undo --model ViT-L-14/openai       # back to the calibration before it"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="easy-diffuser calibrate", description="Learn the negative-prompt tau of a model by generating from extracted prompts and comparing.")
-    parser.add_argument("folder", type=Path, help="images to calibrate on")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name, ARCH/TAG, model folder or checkpoint file")
-    parser.add_argument("--generator", default="shapes", help="'shapes' or the URL of a webui started with --api (e.g. http://127.0.0.1:7860)")
-    parser.add_argument("--taus", type=float, nargs="+", default=list(DEFAULT_TAUS))
-    parser.add_argument("--negatives", type=int, nargs="+", default=list(DEFAULT_NEGATIVES))
-    parser.add_argument("--tags", type=int, default=None, help="positive tags while calibrating (default: the model's calibration_tags)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=256, help="webui generation size")
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=12, help="webui sampling steps")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (not used by default)")
+    parser = argparse.ArgumentParser(
+        prog="easy-diffuser calibrate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+        description="Learn the negative-prompt tau of a model: extract prompts from your images, generate from them "
+        "and keep the setting whose images come closest. The result is a candidate until applied.",
+    )
+    parser.add_argument("folder", type=Path, nargs="?", help="images to calibrate on")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registry name, ARCH/TAG, model folder or checkpoint file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--generator",
+        default=None,
+        help=f"the URL of a webui started with --api (e.g. http://127.0.0.1:7860), or 'shapes' (default: shapes for {SHAPES_MODEL}, required otherwise)",
+    )
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="put the result in force (without FOLDER: the last candidate); the previous calibration is kept",
+    )
+    parser.add_argument("--undo", action="store_true", help="put the previous calibration back in force")
+    sweep = parser.add_argument_group("the sweep")
+    sweep.add_argument(
+        "--taus",
+        type=_checked_by(SWEEP_TAU),
+        nargs="+",
+        default=list(DEFAULT_TAUS),
+        metavar="TAU",
+        help=f"taus to try (default: {' '.join(f'{t:g}' for t in DEFAULT_TAUS)})",
+    )
+    sweep.add_argument(
+        "--negatives",
+        type=_checked_by(OPTION["negatives"]),
+        nargs="+",
+        default=list(DEFAULT_NEGATIVES),
+        metavar="N",
+        help=f"numbers of negative tags to try (default: {' '.join(map(str, DEFAULT_NEGATIVES))})",
+    )
+    sweep.add_argument(
+        "--full",
+        action="store_true",
+        help=f"every setting on every image (default: a search, every setting on {FIRST_IMAGES} images, the best fifth on more, ...)",
+    )
+    sweep.add_argument(
+        "--tags",
+        type=_checked_by(OPTION["max_tags"]),
+        default=None,
+        help="positive tags while calibrating (default: the model's calibration_tags, else 24)",
+    )
+    sweep.add_argument("--seed", type=int, default=0, help="generation seed offset (default: %(default)s)")
+    webui = parser.add_argument_group("webui generation")
+    webui.add_argument("--width", type=int, default=256, help="(default: %(default)s)")
+    webui.add_argument("--height", type=int, default=256, help="(default: %(default)s)")
+    webui.add_argument("--steps", type=int, default=12, help="sampling steps (default: %(default)s)")
+    parser.add_argument(
+        "--table", action="store_true", help="print the whole table (default: a summary; the table is in the report)"
+    )
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="weights, embeddings and calibrations (default: ~/.cache/easy_diffuser)"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (never in force)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = _usage_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    generator_spec = args.generator or "shapes"
+    if args.folder and not args.generator:
+        print(f"note: --generator shapes (the shapes-world renderer, {SHAPES_MODEL}'s default)")
     try:
         engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
-        generator = make_generator(args.generator, args.width, args.height, args.steps)
+        generator = make_generator(generator_spec, args.width, args.height, args.steps) if args.folder else None
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not args.folder:
+        return _change(engine, store.undo if args.undo else store.apply, args)
     options = replace(calibration_options(engine), max_tags=args.tags) if args.tags else None
     bar = tqdm(desc="Calibrating", unit="generation", disable=None)
 
@@ -50,24 +128,78 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = calibrate(engine, args.folder, generator, args.taus, args.negatives, options, args.seed, args.out_dir, progress)
+        result = calibrate(
+            engine,
+            args.folder,
+            generator,
+            args.taus,
+            args.negatives,
+            options,
+            args.seed,
+            args.out_dir,
+            progress,
+            first_images=None if args.full else FIRST_IMAGES,
+        )
     except (ValueError, OSError, RuntimeError) as error:  # WebuiError is a RuntimeError
         bar.close()
         print(f"error: {error}", file=sys.stderr)
         return 1
     bar.close()
-    _print_result(result, engine)
+    _print_result(result, args.table)
+    if args.apply:
+        return _change(engine, store.apply, args)
+    print(
+        f"in force: {store.InForce.of(engine).describe()}"
+        + ("" if args.out_dir else f"\nto use the result: {_command(args, '--apply')}")
+    )
     return 0
 
 
-def _print_result(result: Calibration, engine: Engine) -> None:
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.undo and (args.apply or args.folder):
+        return "--undo takes no FOLDER and no --apply: easy-diffuser calibrate --undo --model MODEL"
+    if not (args.folder or args.apply or args.undo):
+        return "give the FOLDER of images to calibrate on (or --apply / --undo)"
+    if args.out_dir and (args.apply or args.undo):
+        return "--apply and --undo work on the cache folder's calibration, not on --out-dir"
+    if args.folder and not args.generator and args.model != SHAPES_MODEL:
+        return (
+            f"--generator is required for {args.model}: pass the URL of a webui started with --api, "
+            "e.g. --generator http://127.0.0.1:7860"
+        )
+    return None
+
+
+def _change(engine: Engine, change: Callable[[Path], None], args: argparse.Namespace) -> int:
+    """Apply or undo, and say what changed for extraction."""
+    target = store.target_path(engine)
+    before = store.InForce.of(engine)
+    try:
+        change(target)
+    except (store.CalibrationFileError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    after = store.InForce.of(engine)
+    verb = "applied" if change is store.apply else "undone"
+    print(f"{verb} for {engine.model_id}: {store.change_text(before, after)}")
+    print(f"in force: {after.describe()}")
+    if change is store.apply:
+        print(
+            f"the previous calibration is kept in {store.previous_path(target)}; to go back: {_command(args, '--undo')}"
+        )
+    return 0
+
+
+def _command(args: argparse.Namespace, flag: str) -> str:
+    cache = f" --cache-dir {args.cache_dir}" if args.cache_dir else ""
+    return f"easy-diffuser calibrate {flag} --model {args.model}{cache}"
+
+
+def _print_result(result: Calibration, full_table: bool) -> None:
     assert result.best is not None and result.path is not None
-    print(table_text(result.rows + result.baselines))
-    print(f"\nbest: {result.best.setting.describe()} (loss {result.best.loss:.4f}) over {len(result.images)} images")
-    print(f"wrote {result.path}")
+    if full_table:
+        print(table_text(result.rows + result.baselines, result.best))
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {result.path} (a candidate: not in force)")
     for name, path in result.report.items():
         print(f"{name}: {path}")
-    if result.path.parent == calibration_path(engine.cache_dir, engine.model_id).parent:
-        tau, source = engine.resolve_tau(None)
-        print(f"tau in force for {engine.model_id}: {tau:g} ({source})")
-

@@ -39,10 +39,10 @@ def write_report(result: Calibration, images: Sequence[Image.Image], generator: 
         paths["grid"] = grid
     except GenerationStopped:
         pass  # Stop while drawing the grid: the calibration itself is complete, keep it
-    best = result.best.setting.describe()
+    summary = "\n".join(f"- {line}" for line in summary_lines(result))
     text = (
         f"# Calibration of {result.model}\n\n{len(images)} images, generator: {result.generator}\n\n"
-        f"Best: {best}, loss {result.best.loss:.4f}.\n\n{table_text(result.rows + result.baselines)}\n"
+        f"{summary}\n\n{table_text(result.rows + result.baselines, result.best)}\n"
     )
     if not plotted:
         text += "\n(loss plot skipped: `pip install matplotlib` to get it)\n"
@@ -85,7 +85,8 @@ def plot_losses(result, path: Path) -> bool:
                  label=f"chosen: tau {best.setting.tau:g}, {best.setting.negatives} negatives")
     axes.set_xlabel("tau (relevance threshold of the negative prompt's subset); squares: whole vocabulary")
     axes.set_ylabel("mean BCE loss, source vs generated")
-    axes.set_title(f"{result.model}: round-trip loss over {len(result.images)} images")
+    dropped = " (settings the search dropped: on fewer images)" if any(r.images < len(result.images) for r in result.rows) else ""
+    axes.set_title(f"{result.model}: round-trip loss over {len(result.images)} images{dropped}", fontsize=9)
     axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()
@@ -103,7 +104,7 @@ def _plot_baselines(axes, result) -> None:
 
 def draw_grid(images: Sequence[Image.Image], generator: Generator, result, poor) -> Image.Image:
     """Rows of source | generated with the best setting | generated with a poor tau."""
-    count = min(GRID_ROWS, len(images))
+    count = min(GRID_ROWS, len(images), poor.images)  # a setting the search dropped early was measured on few
     columns = [("source", None), (f"best: {result.best.setting.describe()}", result.best), (f"poor: {poor.setting.describe()}", poor)]
     grid = Image.new("RGB", (CELL * len(columns), HEADER + CELL * count), (225, 225, 225))  # gaps show as lines
     pen = ImageDraw.Draw(grid)
@@ -133,9 +134,48 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines + [line])
 
 
-def table_text(rows: Sequence[Row]) -> str:
-    lines = ["| setting | loss (BCE) | image cosine |", "|---|---|---|"]
-    lines += [f"| {row.setting.describe()} | {row.loss:.4f} | {row.cosine:.4f} |" for row in rows]
+def table_text(rows: Sequence[Row], best: Row | None = None) -> str:
+    """Every row, the chosen one marked, with the images it was measured on (the search drops settings early)."""
+    lines = ["| setting | loss (BCE) | image cosine | images |", "|---|---|---|---|"]
+    for row in rows:
+        name = f"**{row.setting.describe()}** (chosen)" if row is best else row.setting.describe()
+        lines.append(f"| {name} | {row.loss:.4f} | {row.cosine:.4f} | {row.images} |")
     return "\n".join(lines)
 
 
+def summary_lines(result: Calibration) -> list[str]:
+    """The chosen setting, the best baseline of each kind against it on the same images, and the cost."""
+    best = result.best
+    assert best is not None
+    cost = f"{result.generations} generations" + (f", the full sweep needs {result.full_sweep}" if result.full_sweep > result.generations else "")
+    lines = [f"chosen: {best.setting.describe()}, loss {best.loss:.4f} over {best.images} images ({cost})"]
+    beaten_by = []
+    for row in best_baselines(result.baselines):
+        chosen_there = sum(best.losses[: row.images]) / row.images  # the same images: a paired comparison
+        margin = row.loss - chosen_there
+        where = f"on {row.images} images" if row.images < best.images else "on the same images"
+        if abs(margin) < 5e-5:
+            verdict = "the same loss as the chosen setting"
+        elif margin > 0:
+            verdict = f"the chosen setting is better by {margin:.4f}"
+        else:
+            verdict = f"BEATS the chosen setting by {-margin:.4f}"
+            beaten_by.append(row.setting.describe())
+        lines.append(f"baseline {row.setting.describe()}: loss {row.loss:.4f} {where} (chosen: {chosen_there:.4f}): {verdict}")
+    if beaten_by:
+        lines.append(
+            f"note: {' and '.join(beaten_by)} did better than every tau tried. Baselines are shown, never chosen: "
+            "the sweep tries taus only (see docs/calibration.md, 'What it does not show'); try lower --taus if you "
+            "want the tau closest to it."
+        )
+    return lines
+
+
+def best_baselines(baselines: Sequence[Row]) -> list[Row]:
+    """One row per kind of baseline, its best number of negatives (measured on the most images): the fair comparison."""
+    by_label: dict[str, Row] = {}
+    for row in baselines:
+        kept = by_label.get(row.setting.label)
+        if kept is None or (row.images, -row.loss) > (kept.images, -kept.loss):
+            by_label[row.setting.label] = row
+    return list(by_label.values())

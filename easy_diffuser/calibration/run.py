@@ -1,11 +1,11 @@
 """Learn the negative-prompt threshold tau by the round trip: extract -> generate -> compare.
 
-Runs the sweep (sweep.py) over a folder, picks the lowest loss, writes the report (report.py)
-and `{cache_dir}/calibration/{model}.json`, which Engine.resolve_tau uses from then on.
+Runs the search (sweep.py) over a folder, picks the lowest loss, writes the report (report.py) and
+the candidate `{cache_dir}/calibration/{model}.candidate.json`. Nothing changes for extraction until
+it is applied (store.apply), which makes it `{model}.json`, the file Engine.resolve_tau reads.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import replace
@@ -16,16 +16,18 @@ from PIL import Image
 
 from ..batch import find_images
 from ..embedding import ProgressFn
-from ..engine import Engine, ExtractOptions, calibration_path
-from ..files import write_text_atomically
+from ..engine import Engine, ExtractOptions
 from ..images import ImageError, load_image
 from .generators import Generator
 from .metric import Metric
 from .report import write_report
+from .store import candidate_path, partial_path, target_path, write_json
 from .sweep import (
     DEFAULT_NEGATIVES, DEFAULT_TAUS, NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL,
-    Calibration, PartialResults, Setting, best_row, calibration_options, measure,
+    Calibration, PartialResults, Setting, best_row, calibration_options, image_key, search,
 )
+
+FIRST_IMAGES = 2  # the search's first round: every setting on this many images (bench/bench_calibration.py)
 
 def load_folder(folder: Path) -> tuple[list[Image.Image], list[Path]]:
     """The folder's readable images; unreadable ones are reported and skipped."""
@@ -55,28 +57,37 @@ def calibrate(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     report: bool = True,
+    first_images: int | None = FIRST_IMAGES,
 ) -> Calibration:
-    """Sweep, pick the lowest loss, write the calibration JSON (and report) unless stopped."""
+    """Search, pick the lowest loss, write the candidate calibration (and report) unless stopped.
+
+    first_images: images every setting is measured on before the search keeps the best fifth
+    (sweep.search); None measures every setting on every image (the full sweep)."""
     images, paths = load_folder(Path(folder))
+    # The search measures the first images first: in the pseudo-random order of their pixels, not by file name.
+    order = sorted(range(len(images)), key=lambda index: image_key(images[index]))
+    images, paths = [images[i] for i in order], [paths[i] for i in order]
     # No captioner: it would run again for every setting, and tau only moves the tags.
     options = replace(options or calibration_options(engine), caption=None)
-    target = calibration_path(engine.cache_dir, engine.model_id)
-    if out_dir:
-        target = Path(out_dir) / target.name
-    partial = PartialResults(target.with_suffix(".partial.json"))
+    target = target_path(engine, out_dir)
+    partial = PartialResults(partial_path(target))
     sweep = [Setting(t, n) for n in negatives for t in taus]
     # The baselines cost a few generations more and let the report say what calibration bought.
     baselines = [Setting(0.0, 0, NO_NEGATIVES)] + [Setting(WHOLE_VOCABULARY, n, WHOLE_VOCABULARY_LABEL) for n in negatives]
     metric = Metric(engine)
-    rows, stopped = measure(engine, images, generator, sweep + baselines, options, metric, seed, partial, progress, should_stop)
-    if stopped:
-        return Calibration(engine.model_id, generator.name, [], [], None, paths, seed, stopped=True)
-    rows, baseline_rows = rows[: len(sweep)], rows[len(sweep) :]
-    best = best_row(rows)
-    result = Calibration(engine.model_id, generator.name, rows, baseline_rows, best, paths, seed)
+    measured = search(
+        engine, images, generator, sweep, baselines, options, metric, seed, partial, progress, should_stop, first_images
+    )
+    counts = dict(generations=measured.generations, full_sweep=measured.full_sweep)
+    if measured.stopped:
+        return Calibration(engine.model_id, generator.name, [], [], None, paths, seed, stopped=True, **counts)
+    rows, baseline_rows = measured.rows[: len(sweep)], measured.rows[len(sweep) :]
+    result = Calibration(engine.model_id, generator.name, rows, baseline_rows, best_row(rows), paths, seed, **counts)
+    candidate = candidate_path(target)
     if report:
-        result.report = write_report(result, images, generator, target)
-    _write(result, target, options, seed, metric)
+        result.report = write_report(result, images, generator, target)  # the latest run's report
+    _write(result, candidate, options, seed, metric)
+    partial.remove()
     return result
 
 
@@ -90,6 +101,7 @@ def _write(result: Calibration, target: Path, options: ExtractOptions, seed: int
         "generator": result.generator,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "images": len(result.images),
+        "generations": result.generations,
         "folder": str(result.images[0].parent.resolve()),
         "seed": seed,
         "positive_tags": options.max_tags,
@@ -98,7 +110,7 @@ def _write(result: Calibration, target: Path, options: ExtractOptions, seed: int
         "baselines": [row.to_dict() for row in result.baselines],
         "report": {name: str(path) for name, path in result.report.items()},
     }
-    write_text_atomically(target, json.dumps(data, indent=2) + "\n")
+    write_json(target, data)
     result.path = target
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Sequence
 
@@ -11,7 +12,7 @@ import torch
 
 from ..engine import Engine, Extraction
 from ..images import ImageInput, load_image
-from ..options import OPTION, CaptionOptions, ExtractOptions
+from ..options import OPTION, CaptionOptions, ExtractOptions, OptionError
 from ..prompt import escape, prompts
 from ..selection import Role, TagScore, with_role
 
@@ -98,15 +99,41 @@ def numbers_text(values: Sequence[float]) -> str:
 
 def parse_taus(text: str) -> tuple[float, ...]:
     """The taus field: numbers separated by commas or spaces; ValueError with a message for the user."""
-    return tuple(dict.fromkeys(_numbers(text, "taus", float, "-0.5, 0, 0.5, 1")))  # a repeat would only cost time
+    taus = _numbers(text, "taus", float, "-0.5, 0, 0.5, 1")
+    _in_range(taus, "taus", OPTION["tau"])
+    return tuple(dict.fromkeys(taus))  # a repeat would only cost time
 
 
 def parse_negatives(text: str) -> tuple[int, ...]:
     """The negatives field: whole numbers of negative tags, 0 or more."""
     counts = _numbers(text, "negatives", int, "2, 4, 8")
-    if any(count < 0 for count in counts):
-        raise ValueError("negatives: the numbers of negative tags can't be below 0.")
+    _in_range(counts, "negatives", OPTION["negatives"])
     return tuple(dict.fromkeys(counts))
+
+
+def _in_range(values: list, name: str, option) -> None:
+    """The options schema's range, as extraction accepts it (-5 to 5 for tau)."""
+    for value in values:
+        try:
+            option.check(value)
+        except OptionError:
+            raise ValueError(f"{name}: {value:g} is out of range: each must be from {option.minimum:g} to {option.maximum:g}.") from None
+
+
+class Pace:
+    """Seconds per generation, measured from the first report of a calibration (generations found in its
+    partial results cost nothing and are not counted)."""
+
+    def __init__(self) -> None:
+        self.start: tuple[float, int] | None = None
+
+    def seconds_each(self, done: int) -> float | None:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = (now, done)
+            return None
+        started, first = self.start
+        return (now - started) / (done - first) if done > first else None
 
 
 def _numbers(text: str, name: str, kind: type, example: str) -> list:

@@ -6,6 +6,8 @@ from typing import Sequence
 
 from ..batch import BatchSummary
 from ..calibration import Calibration, Row
+from ..calibration.report import summary_lines
+from ..calibration.store import InForce, change_text
 from ..engine import Extraction
 from ..selection import TagScore
 
@@ -60,39 +62,24 @@ def calibration_html(result: Calibration) -> str:
     assert result.best is not None
     best = result.best
     lines = [
-        f"Best on {len(result.images)} images: <b>{html.escape(_describe(best))}</b> (loss {best.loss:.4f}).",
-        *(f"{html.escape(_describe(row))}: loss {row.loss:.4f}." for row in _best_baselines(result.baselines)),
+        f"Best on {len(result.images)} images: <b>{html.escape(best.setting.describe())}</b> (loss {best.loss:.4f}).",
+        *(html.escape(line) for line in summary_lines(result)[1:]),
     ]
     if result.path:
-        lines.append(f"Saved to {html.escape(str(result.path))}: Automatic tau uses it from now on.")
+        lines.append(f"Saved as a candidate in {html.escape(str(result.path))}: press <b>Apply</b> to make Automatic tau use it.")
     summary = "".join(f"<p>{line}</p>" for line in lines)
     return f'<div class="easy-diffuser-calibration">{summary}{_table_html(result.rows + result.baselines, best)}</div>'
 
 
-def _best_baselines(baselines: Sequence[Row]) -> list[Row]:
-    """One line per kind of baseline: its best number of negatives is the fair comparison."""
-    by_label: dict[str, Row] = {}
-    for row in baselines:
-        if row.setting.label not in by_label or row.loss < by_label[row.setting.label].loss:
-            by_label[row.setting.label] = row
-    return list(by_label.values())
-
-
-def _describe(row: Row) -> str:
-    """Setting.describe(), with the count a baseline was measured at (one whole-vocabulary row per count)."""
-    setting = row.setting
-    return f"{setting.label}, {setting.negatives} negatives" if setting.label and setting.negatives else setting.describe()
-
-
 def _table_html(rows: Sequence[Row], best: Row) -> str:
-    head = "<tr><th>setting</th><th>loss (BCE)</th><th>image cosine</th></tr>"
+    head = "<tr><th>setting</th><th>loss (BCE)</th><th>image cosine</th><th>images</th></tr>"
     body = "".join(_table_row(row, row is best) for row in rows)
     return f'<table class="easy-diffuser-table">{head}{body}</table>'
 
 
 def _table_row(row: Row, best: bool) -> str:
     marked = ' class="easy-diffuser-best"' if best else ""
-    cells = f"<td>{html.escape(_describe(row))}</td><td>{row.loss:.4f}</td><td>{row.cosine:.4f}</td>"
+    cells = f"<td>{html.escape(row.setting.describe())}</td><td>{row.loss:.4f}</td><td>{row.cosine:.4f}</td><td>{row.images}</td>"
     return f"<tr{marked}>{cells}</tr>"
 
 
@@ -102,3 +89,23 @@ def calibration_stopped_html(done: int, total: int) -> str:
         f'<p class="easy-diffuser-status">Stopped{counted}. The finished generations are kept: '
         "press Calibrate to go on from there.</p>"
     )
+
+
+def calibration_change_html(verb: str, before: InForce, after: InForce) -> str:
+    """After Apply or Undo: what Automatic tau means now, and what it meant before."""
+    text = f"Calibration {verb}: {change_text(before, after)}. In force now: {after.describe()}."
+    return f'<p class="easy-diffuser-status">{html.escape(text)}</p>'
+
+
+def calibration_progress(done: int, total: int, seconds_each: float | None) -> str:
+    """The progress line of a calibration: generations, and the time left at the pace measured so far."""
+    text = f"Calibrating: {done} of about {total} generations"
+    if seconds_each:
+        text += f", {seconds_each:.1f} s each, about {_duration(seconds_each * max(total - done, 0))} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

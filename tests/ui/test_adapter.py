@@ -382,10 +382,15 @@ def test_calibrate_writes_the_learned_tau_that_extraction_then_uses(calibration,
     from PIL import Image
 
     module, folder, saved = calibration
-    report, plot, grid, status = module.calibrate_folder(str(folder), *CALIBRATE, Progress())
-    data = json.loads(saved.read_text())
-    assert "Best on 10 images" in report and str(saved) in report and "no negative prompt" in report
-    assert "calibrated" in status and f"{data['tau']:.2f}" in status and data["images"] == 10
+    progress = Progress()
+    report, plot, grid, status = module.calibrate_folder(str(folder), *CALIBRATE, progress)
+    candidate = saved.with_suffix(".candidate.json")
+    data = json.loads(candidate.read_text())
+    assert "Best on 10 images" in report and str(candidate) in report and "no negative prompt" in report
+    assert "Apply" in report and "calibrated" not in status and not saved.exists()  # nothing in force until applied
+    assert any(desc and "generations" in desc and " s each" in desc for _, desc in progress.calls)
+    status = module.change_calibration(module.store.apply)
+    assert "Calibration applied" in status and f"tau {data['tau']:g}" in status and data["images"] == 10
     assert plot["visible"] and grid["visible"] and grid["value"].size[1] > 128
     # One hold of the queue: the generator did not take the lock again (A1111's would deadlock).
     assert module.under_lock and all(module.under_lock) and not call_queue.queue_lock.locked()
@@ -406,13 +411,14 @@ def test_stop_keeps_what_was_generated_and_calibrate_again_resumes(calibration, 
     monkeypatch.setattr(processing, "process_images", stop_at_the_fifth)
     report, plot, grid, status = module.calibrate_folder(str(folder), *CALIBRATE, Progress())
     assert "Stopped after 4 of" in report and not plot["visible"] and status == gr.update()
-    assert not saved.exists() and saved.with_suffix(".partial.json").exists()
+    assert not saved.with_suffix(".candidate.json").exists() and saved.with_suffix(".partial.json").exists()
     assert not shared.state.interrupted  # cleared after the job, as the webui does
     monkeypatch.setattr(processing, "process_images", generate)
     again = Progress()
     report, _, _, status = module.calibrate_folder(str(folder), *CALIBRATE, again)
     first = next(value for value, desc in again.calls if desc and desc.startswith("Calibrating"))
-    assert first[0] == 4 and "Best on 10 images" in report and saved.exists()  # went on from the 4 kept
+    assert first[0] == 4 and "Best on 10 images" in report  # went on from the 4 kept
+    assert saved.with_suffix(".candidate.json").exists() and not saved.with_suffix(".partial.json").exists()
 
 
 def test_calibrate_errors_are_one_line(calibration, tmp_path):
