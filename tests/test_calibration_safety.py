@@ -9,7 +9,8 @@ import math
 import pytest
 
 from easy_diffuser import cli
-from easy_diffuser.calibration import store
+from easy_diffuser.calibration import calibrate, store
+from easy_diffuser.calibration.generators import ShapesGenerator
 from easy_diffuser.calibration.report import summary_lines, table_text
 from easy_diffuser.calibration.shapes_proof import scenes, write_folder
 from easy_diffuser.calibration.sweep import (
@@ -150,3 +151,14 @@ def test_progress_line_shows_generations_and_time_left():
         markup.calibration_progress(100, 400, 2.0)
         == "Calibrating: 100 of about 400 generations, 2.0 s each, about 10 min left"
     )
+
+
+def test_unreadable_images_are_skipped_and_named_on_every_surface(tmp_path, folder, capsys):
+    (folder / "broken.png").write_bytes(b"not a picture")
+    assert calibrate_cli(tmp_path, str(folder), "--taus", "2", "--negatives", "1") == 0
+    err = capsys.readouterr().err
+    assert "skipped: " in err and "broken.png" in err  # the command line says which
+    engine = Engine("shapes-demo", cache_dir=tmp_path / "cache2")
+    result = calibrate(engine, folder, ShapesGenerator(), taus=[2.0], negatives=[1], report=False)
+    assert len(result.images) == 4 and len(result.skipped) == 1 and "broken.png" in result.skipped[0]
+    assert "broken.png" in markup.calibration_html(result)  # and so does the tab's report

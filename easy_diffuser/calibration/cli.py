@@ -197,6 +197,8 @@ def _command(args: argparse.Namespace, flag: str) -> str:
 
 def _print_result(result: Calibration, full_table: bool) -> None:
     assert result.best is not None and result.path is not None
+    for line in result.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
     if full_table:
         print(table_text(result.rows + result.baselines, result.best))
     print("\n".join(summary_lines(result)))

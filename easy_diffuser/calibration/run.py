@@ -6,7 +6,6 @@ it is applied (store.apply), which makes it `{model}.json`, the file Engine.reso
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,20 +28,20 @@ from .sweep import (
 
 FIRST_IMAGES = 2  # the search's first round: every setting on this many images (bench/bench_calibration.py)
 
-def load_folder(folder: Path) -> tuple[list[Image.Image], list[Path]]:
-    """The folder's readable images; unreadable ones are reported and skipped."""
+def load_folder(folder: Path) -> tuple[list[Image.Image], list[Path], list[str]]:
+    """The folder's readable images and their paths, and a line for each image skipped as unreadable."""
     if not folder.is_dir():  # else a mistyped folder would read as an empty one
         raise NotADirectoryError(f"{folder}: no such folder")
-    images, paths = [], []
+    images, paths, skipped = [], [], []
     for path in find_images(folder):
         try:
             images.append(load_image(path))
             paths.append(path)
         except ImageError as error:
-            print(f"skipped: {error}", file=sys.stderr)
+            skipped.append(str(error))  # the caller shows them: the CLI on stderr, the tab in its report
     if not images:
         raise ValueError(f"{folder}: no readable images to calibrate on")
-    return images, paths
+    return images, paths, skipped
 
 
 def calibrate(
@@ -63,7 +62,7 @@ def calibrate(
 
     first_images: images every setting is measured on before the search keeps the best fifth
     (sweep.search); None measures every setting on every image (the full sweep)."""
-    images, paths = load_folder(Path(folder))
+    images, paths, skipped = load_folder(Path(folder))
     # The search measures the first images first: in the pseudo-random order of their pixels, not by file name.
     order = sorted(range(len(images)), key=lambda index: image_key(images[index]))
     images, paths = [images[i] for i in order], [paths[i] for i in order]
@@ -80,9 +79,9 @@ def calibrate(
     )
     counts = dict(generations=measured.generations, full_sweep=measured.full_sweep)
     if measured.stopped:
-        return Calibration(engine.model_id, generator.name, [], [], None, paths, seed, stopped=True, **counts)
+        return Calibration(engine.model_id, generator.name, [], [], None, paths, seed, stopped=True, skipped=skipped, **counts)
     rows, baseline_rows = measured.rows[: len(sweep)], measured.rows[len(sweep) :]
-    result = Calibration(engine.model_id, generator.name, rows, baseline_rows, best_row(rows), paths, seed, **counts)
+    result = Calibration(engine.model_id, generator.name, rows, baseline_rows, best_row(rows), paths, seed, skipped=skipped, **counts)
     candidate = candidate_path(target)
     if report:
         result.report = write_report(result, images, generator, target)  # the latest run's report

@@ -96,6 +96,7 @@ class Calibration:
     full_sweep: int = 0  # what every setting on every image would have needed
     path: Path | None = None  # the candidate calibration JSON, once written
     report: dict[str, Path] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # one line per unreadable image, naming it
 
     @property
     def tau(self) -> float | None:

@@ -65,6 +65,7 @@ def calibration_html(result: Calibration) -> str:
         f"Best on {len(result.images)} images: <b>{html.escape(best.setting.describe())}</b> (loss {best.loss:.4f}).",
         *(html.escape(line) for line in summary_lines(result)[1:]),
     ]
+    lines += [f"Skipped {html.escape(line)}" for line in result.skipped]
     if result.path:
         lines.append(f"Saved as a candidate in {html.escape(str(result.path))}: press <b>Apply</b> to make Automatic tau use it.")
     summary = "".join(f"<p>{line}</p>" for line in lines)
