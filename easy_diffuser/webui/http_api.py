@@ -1,6 +1,8 @@
 """HTTP routes of the webui extension, on fastapi alone (A1111's fastapi 0.94 + pydantic 1, Forge's 0.104 + 2).
 
     POST /easy-diffuser/v1/extract  {"image": base64 or data URL, "model": optional, options...}
+                                    {"reselect": token of an earlier answer, options...}: the same image
+                                    under other options, without sending it again or running CLIP
     GET  /easy-diffuser/v1/models
     GET  /easy-diffuser/v1/options  what each option accepts (from the options schema)
 
@@ -18,12 +20,14 @@ import json
 from secrets import compare_digest
 from typing import Any, Callable, List, Optional
 
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..captioner import CAPTIONERS
+from ..engine import Engine, Extraction
 from ..images import ImageError, load_image
 from ..models import REGISTRY, ModelError
 from ..options import ExtractOptions, OptionError, schema_help
@@ -49,6 +53,7 @@ class ExtractResponse(BaseModel):
     tau: float
     tau_source: str
     caption: str
+    reselect: str  # send back as {"reselect": ...} with other options to select again from this image
 
 
 class ModelOut(BaseModel):
@@ -67,9 +72,9 @@ REQUEST_SCHEMA = {
         "required": True,
         "content": {"application/json": {"schema": {
             "type": "object",
-            "required": ["image"],
             "properties": {
                 "image": {"type": "string", "description": "the image file's bytes in base64, or a data: URL"},
+                "reselect": {"type": "string", "description": "instead of image: an earlier answer's reselect token"},
                 "model": {"type": "string", "description": "a name from GET /models; default: the webui's setting"},
             },
             "additionalProperties": True,
@@ -92,12 +97,18 @@ def add_routes(
 
     async def extract(request: Request) -> dict:
         body = await _read_json(request, int(max_request_mb() * 1024 * 1024))
-        image, model, options = _parse(body, choices())
-        try:
-            result = await run_in_threadpool(service.run, lambda engine: engine.extract(image, options), model)
+        image, token, model, options = _parse(body, choices())
+
+        def work(engine: Engine) -> dict:
+            embedding = engine.encode([image]) if image is not None else _embedding_from(token, engine)
+            captions = engine.caption([image], options) if options.caption else ()
+            return _answer(engine.extract_embeddings(embedding, options, captions=captions)[0], embedding)
+
+        loaded = service.loaded_engine(model) if image is None else None
+        try:  # a re-selection runs no model: it needs no queue once the model is loaded
+            return await run_in_threadpool(work, loaded) if loaded else await run_in_threadpool(service.run, work, model)
         except ModelError as error:  # the weights can't be had on this server: not the client's fault
             raise HTTPException(status_code=503, detail=str(error)) from None
-        return result.to_dict()
 
     def models() -> dict:
         names = choices()
@@ -147,11 +158,15 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().split("\n")[0][:200]
 
 
-def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], ExtractOptions]:
-    """(image, model, options) from the request, each checked; 400 for a bad image or model, 422 for options."""
+def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional[str], ExtractOptions]:
+    """(image, reselect token, model, options) from the request, each checked; exactly one of image and token.
+    400 for a bad image or model, 422 for options."""
     fields = dict(body)
-    image_text, model = fields.pop("image", None), fields.pop("model", None)
-    if not isinstance(image_text, str):
+    image_text, token, model = fields.pop("image", None), fields.pop("reselect", None), fields.pop("model", None)
+    if token is not None:
+        if image_text is not None or not isinstance(token, str):
+            raise HTTPException(status_code=422, detail="reselect: a token string from an earlier answer, sent instead of image")
+    elif not isinstance(image_text, str):
         raise HTTPException(status_code=422, detail="image: required, the image file's bytes in base64 or a data: URL")
     if model is not None and model not in choices:
         raise HTTPException(status_code=400, detail=f"model: {str(model)[:100]!r} is not one of {', '.join(choices)}")
@@ -163,7 +178,32 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], ExtractO
         # Any other id would make the server download whatever a client names.
         listed = ", ".join(CAPTIONERS)
         raise HTTPException(status_code=400, detail=f"caption: {options.caption.model[:100]!r} is not one of true, false, {listed}")
-    return _decode_image(image_text), model, options
+    if token is not None and options.caption:
+        raise HTTPException(status_code=422, detail="caption: a caption needs the image; send image instead of reselect")
+    return (_decode_image(image_text) if token is None else None), token, model, options
+
+
+def _answer(result: Extraction, embedding: torch.Tensor) -> dict:
+    """The extraction, and the token that selects again from the same image embedding."""
+    payload = result.model.encode() + b"\0" + embedding[0].half().numpy().tobytes()
+    return {**result.to_dict(), "reselect": base64.urlsafe_b64encode(payload).decode()}
+
+
+def _embedding_from(token: str, engine: Engine) -> torch.Tensor:
+    """The image embedding in a reselect token, checked against this engine; 400/409 with the reason."""
+    try:
+        model, _, data = base64.urlsafe_b64decode(token.encode()).partition(b"\0")
+        embedding = torch.frombuffer(bytearray(data), dtype=torch.float16).float()
+    except (binascii.Error, ValueError, RuntimeError):
+        raise HTTPException(status_code=400, detail="reselect: not a token this server gave") from None
+    if model.decode(errors="replace") != engine.model_id:
+        raise HTTPException(status_code=409, detail=(
+            f"reselect: the token was made by {model.decode(errors='replace')[:100]!r}, this request uses "
+            f"{engine.model_id!r}; send the image again"))
+    width = engine.text_embeddings.shape[1]
+    if embedding.numel() != width or not torch.isfinite(embedding).all() or embedding.norm() < 1e-3:
+        raise HTTPException(status_code=400, detail="reselect: not a token this server gave")
+    return torch.nn.functional.normalize(embedding, dim=0)[None]
 
 
 def _basic_auth(api_auth: str) -> Callable[[HTTPBasicCredentials], bool]:

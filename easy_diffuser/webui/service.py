@@ -70,6 +70,11 @@ class Service:
         """The loaded engine, outside the queue: only for work without a model forward pass (re-selection)."""
         return self._engine
 
+    def loaded_engine(self, model: str | None) -> Engine | None:
+        """The engine, outside the queue, if the model a request names (None: the configured one) is the loaded one."""
+        engine, spec = self._engine, self._spec
+        return engine if engine is not None and spec == self.resolve(model) else None
+
     def unload(self) -> None:
         """Free the CLIP model and every captioner (Reload UI, script unload)."""
         self._exclusive(self._forget_all)

@@ -251,3 +251,30 @@ def test_options_describes_every_option(client):
     body = client.get("/easy-diffuser/v1/options").json()
     assert body["max_tags"] == {"type": "int", "default": 24, "help": body["max_tags"]["help"], "minimum": 1, "maximum": 75}
     assert body["tau"]["null"] and body["caption"]["fields"]["beams"]["maximum"] == 16
+
+
+def test_reselect_answers_other_options_without_the_image_or_the_queue(client, image_b64):
+    first = client.post(EXTRACT, json={"image": image_b64, "max_tags": 1})
+    assert first.status_code == 200
+    token = first.json()["reselect"]
+    fresh = client.post(EXTRACT, json={"image": image_b64, "max_tags": 3, "negatives": 2}).json()
+    with call_queue.queue_lock:  # a generation holds the queue: a re-selection still answers
+        again = client.post(EXTRACT, json={"reselect": token, "max_tags": 3, "negatives": 2})
+    assert again.status_code == 200, again.text
+    assert (again.json()["prompt"], again.json()["negative_prompt"]) == (fresh["prompt"], fresh["negative_prompt"])
+    assert len(again.json()["prompt"].split(", ")) == 3 and len(token) < 4096  # a token, not the image
+
+
+@pytest.mark.parametrize("payload, status, detail", [
+    ({"reselect": "bm90IGEgdG9rZW4="}, 400, "reselect: not a token this server gave"),
+    ({"reselect": "!!!"}, 400, "reselect: not a token this server gave"),
+    ({"reselect": base64.urlsafe_b64encode(b"ViT-L-14/openai\0" + b"\0" * 128).decode()}, 409, "send the image again"),
+    ({"reselect": 5}, 422, "reselect: a token string"),
+    ({"reselect": "x", "image": "aGk="}, 422, "reselect: a token string"),
+    ({"reselect": "x", "caption": True}, 422, "caption: a caption needs the image"),
+])
+def test_a_bad_reselect_token_is_refused_in_one_line(client, image_b64, payload, status, detail):
+    client.post(EXTRACT, json={"image": image_b64})  # the model is loaded
+    response = client.post(EXTRACT, json=payload)
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
