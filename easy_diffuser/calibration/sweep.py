@@ -39,7 +39,7 @@ DEFAULT_NEGATIVES = (1, 2, 3, 4, 6, 8)
 WHOLE_VOCABULARY = float("-inf")  # tau that makes every tag "relevant": the lowest of the whole vocabulary
 CHUNK = 16  # generations per metric forward pass (and per save of the partial results)
 KEEP = 1 / 5  # share of the sweep's settings a search round keeps
-GROWTH = 5  # times as many images in each search round
+GROWTH = 3  # times as many images in each search round
 NO_NEGATIVES = "no negative prompt"
 WHOLE_VOCABULARY_LABEL = "whole-vocabulary lowest"
 
