@@ -14,11 +14,12 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from .batch import caption_folder
+from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS, DEFAULT_CAPTIONER
 from .engine import Engine, ExtractOptions, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError
+from .records import RecordWriter, absolute, error_record, record
 from .session import default_device
 
 EXIT_IMAGE_FAILED = 1
@@ -42,7 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quality-negatives", type=int, default=ExtractOptions.quality_negatives, help="standard quality negatives to append (0: none)")
     parser.add_argument("--weights", action="store_true", help="write (tag:weight) from the scores")
     _add_caption_arguments(parser)
+    _add_scale_arguments(parser)
     return parser
+
+
+def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale", "records, throughput, and running on a Ray cluster (docs/scaling.md)")
+    group.add_argument(
+        "--output", type=Path, default=None, metavar="FILE.jsonl|FILE.parquet",
+        help="also write one record per image (path, prompts, tags, model, tau, error); a rerun skips recorded images. "
+        "With --engine ray: a folder (or s3://, gs:// URI) of shards, Parquet unless it ends in .jsonl",
+    )
+    group.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True, help="write .txt captions beside images")
+    group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass (64 suits a GPU)")
+    group.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per CPU core, at most 8)")
+    group.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: run as a Ray Data job (pip install 'easy-diffuser[ray]')")
+    group.add_argument("--ray-address", default=None, metavar="ADDR", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
 
 
 def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,43 +81,63 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.engine == "ray":
+        from .ray_job import main as ray_main  # Ray only when asked: the core install and the webui never import it
+
+        return ray_main(args, _options(args))
+    records = None
     try:
-        options = ExtractOptions(
-            max_tags=args.tags,
-            max_per_category=args.per_category,
-            tau=args.tau,
-            negatives=args.negatives,
-            quality_negatives=args.quality_negatives,
-            weights=args.weights,
-            caption=args.caption,
-            caption_beams=args.caption_beams,
-            caption_min_length=args.caption_min_length,
-            caption_max_length=args.caption_max_length,
-        )
+        options = _options(args)
+        records = RecordWriter(args.output, args.overwrite) if args.output else None
         engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary, keep_in_vram=args.keep_in_vram)
         if options.caption:
             engine.captioner(options.caption)  # now: a missing captioner is a setup error, not one per image
     except (ModelError, ValueError, OSError) as error:
+        if records:
+            records.close()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     failed = False
-    for item in map(Path, args.inputs):
-        run = _run_folder if item.is_dir() else _run_image
-        failed |= not run(engine, item, options, args)
+    try:
+        for item in map(Path, args.inputs):
+            run = _run_folder if item.is_dir() else _run_image
+            failed |= not run(engine, item, options, args, records)
+    finally:
+        if records:
+            records.close()
     return EXIT_IMAGE_FAILED if failed else 0
 
 
-def _run_image(engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace) -> bool:
+def _options(args: argparse.Namespace) -> ExtractOptions:
+    return ExtractOptions(
+        max_tags=args.tags,
+        max_per_category=args.per_category,
+        tau=args.tau,
+        negatives=args.negatives,
+        quality_negatives=args.quality_negatives,
+        weights=args.weights,
+        caption=args.caption,
+        caption_beams=args.caption_beams,
+        caption_min_length=args.caption_min_length,
+        caption_max_length=args.caption_max_length,
+    )
+
+
+def _run_image(engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None) -> bool:
     try:
         result = engine.extract(path, options)
     except ImageError as error:
         print(f"error: {error}", file=sys.stderr)
+        if records:
+            records.write([error_record(absolute(path), str(error), engine.model_id)])
         return False
     _print(result, args.json)
+    if records:
+        records.write([record(result, absolute(path))])
     return True
 
 
-def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: argparse.Namespace) -> bool:
+def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None) -> bool:
     bar = tqdm(desc=f"Captioning {folder}", unit="image", disable=None)
 
     def progress(done: int, total: int) -> None:
@@ -111,6 +147,7 @@ def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: arg
     summary = caption_folder(
         engine, folder, options, args.recursive, args.overwrite, progress,
         on_result=(lambda result: _print(result, True)) if args.json else None,
+        records=records, captions=args.captions, batch_size=args.batch_size, workers=args.workers,
     )
     bar.close()
     for path, reason in summary.failed:
@@ -121,7 +158,17 @@ def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: arg
 
 def _print(result: Extraction, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        _write_out(json.dumps(result.to_dict(), ensure_ascii=False) + "\n", json.dumps(result.to_dict()) + "\n")
         return
     name = f"{result.source}\n" if result.source else ""
-    print(f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n(tau {result.tau:g}, {result.tau_source})\n", flush=True)
+    text = f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n(tau {result.tau:g}, {result.tau_source})\n\n"
+    _write_out(text, text.encode("ascii", "backslashreplace").decode("ascii"))
+
+
+def _write_out(text: str, ascii_text: str) -> None:
+    """Print, or print the ASCII form when stdout can't encode a name (an ascii or latin-1 locale, undecodable bytes)."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.write(ascii_text)
+    sys.stdout.flush()

@@ -25,8 +25,12 @@ class ImageError(ValueError):
     """A user's image that cannot be used; the message is ready to show."""
 
 
-def load_image(image: ImageInput, name: str | None = None) -> Image.Image:
-    """Open a path, bytes or PIL image and return it as an upright RGB image."""
+def load_image(image: ImageInput, name: str | None = None, min_side: int | None = None) -> Image.Image:
+    """Open a path, bytes or PIL image and return it as an upright RGB image.
+
+    With `min_side`, a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides stay at least
+    `min_side` (libjpeg's DCT scaling): a model that sees 224 pixels needn't decode 4,000, and decoding
+    is then several times faster."""
     label = name or _describe(image)
     if isinstance(image, Image.Image):
         return _to_rgb(image, label)
@@ -36,6 +40,8 @@ def load_image(image: ImageInput, name: str | None = None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(data))
             _check_size(opened, label)
+            if min_side and opened.format == "JPEG":
+                opened.draft("RGB", (min_side, min_side))
             opened.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{label}: image is too large to be a real picture (decompression bomb)") from None
