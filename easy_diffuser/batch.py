@@ -83,7 +83,7 @@ def plan(
         if owner != image:
             summary.failed.append((image, f"{image}: not captioned, {caption_path(image).name} is {owner.name}'s caption "
                                           "(trainers pair a caption with one image by name); rename one of them"))
-        wants_caption = captions and owner == image and (overwrite or not caption_path(image).exists())
+        wants_caption = captions and owner == image and (overwrite or not caption_path(image).is_file())
         wants_record = records is not None and absolute(image) not in recorded
         if wants_caption or wants_record:
             tasks.append(Task(image, wants_caption, wants_record))
