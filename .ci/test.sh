@@ -10,7 +10,7 @@ fi
 # torch first and pinned: any newer release would be a multi-GB download. open-clip-torch 2.20.0
 # is the version the webui pins, so that is what the core is tested with.
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/pip install -q open-clip-torch==2.20.0 transformers==4.46.1 -e '.[test,caption,report]'
+.venv/bin/pip install -q open-clip-torch==2.20.0 transformers==4.46.1 -e '.[test,caption,report,ray]'
 
 if ! command -v chromium >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

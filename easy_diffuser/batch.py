@@ -8,6 +8,7 @@ LoRA trainers (kohya sd-scripts and the like) pair `a.txt` with the image of ste
 images `a.jpg` and `a.png` in one folder cannot both have a caption: the first by name gets it,
 every other one is a failure naming both files, and no caption is ever overwritten by another's.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -81,8 +82,11 @@ def plan(
     for image in images:
         owner = owners.get(image, image)
         if owner != image:
-            summary.failed.append((image, f"{image}: not captioned, {caption_path(image).name} is {owner.name}'s caption "
-                                          "(trainers pair a caption with one image by name); rename one of them"))
+            reason = (
+                f"{image}: not captioned, {caption_path(image).name} is {owner.name}'s caption "
+                "(trainers pair a caption with one image by name); rename one of them"
+            )
+            summary.failed.append((image, reason))
         wants_caption = captions and owner == image and (overwrite or not caption_path(image).is_file())
         wants_record = records is not None and absolute(image) not in recorded
         if wants_caption or wants_record:

@@ -54,11 +54,18 @@ def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write one record per image (path, prompts, tags, model, tau, error); a rerun skips recorded images. "
         "With --engine ray: a folder (or s3://, gs:// URI) of shards, Parquet unless it ends in .jsonl",
     )
-    group.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True, help="write .txt captions beside images")
+    group.add_argument(
+        "--captions", action=argparse.BooleanOptionalAction, default=True, help="write .txt captions beside images"
+    )
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass (64 suits a GPU)")
-    group.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per CPU core, at most 8)")
-    group.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: run as a Ray Data job (pip install 'easy-diffuser[ray]')")
-    group.add_argument("--ray-address", default=None, metavar="ADDR", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    group.add_argument("--workers", type=int, default=None, help="decode threads (default: one per CPU core, at most 8)")
+    group.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="ray: run as a Ray Data job (pip install 'easy-diffuser[ray]', docs/scaling.md)",
+    )
+    group.add_argument(
+        "--ray-address", default=None, metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else a local Ray)"
+    )
 
 
 def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +130,9 @@ def _options(args: argparse.Namespace) -> ExtractOptions:
     )
 
 
-def _run_image(engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None) -> bool:
+def _run_image(
+    engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None
+) -> bool:
     try:
         result = engine.extract(path, options)
     except ImageError as error:
@@ -137,7 +146,9 @@ def _run_image(engine: Engine, path: Path, options: ExtractOptions, args: argpar
     return True
 
 
-def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None) -> bool:
+def _run_folder(
+    engine: Engine, folder: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None
+) -> bool:
     bar = tqdm(desc=f"Captioning {folder}", unit="image", disable=None)
 
     def progress(done: int, total: int) -> None:
@@ -161,12 +172,13 @@ def _print(result: Extraction, as_json: bool) -> None:
         _write_out(json.dumps(result.to_dict(), ensure_ascii=False) + "\n", json.dumps(result.to_dict()) + "\n")
         return
     name = f"{result.source}\n" if result.source else ""
-    text = f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n(tau {result.tau:g}, {result.tau_source})\n\n"
+    text = f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n"
+    text += f"(tau {result.tau:g}, {result.tau_source})\n\n"
     _write_out(text, text.encode("ascii", "backslashreplace").decode("ascii"))
 
 
 def _write_out(text: str, ascii_text: str) -> None:
-    """Print, or print the ASCII form when stdout can't encode a name (an ascii or latin-1 locale, undecodable bytes)."""
+    """Print, or print the ASCII form when stdout can't encode a name (ascii or latin-1 locale, undecodable bytes)."""
     try:
         sys.stdout.write(text)
     except UnicodeEncodeError:

@@ -7,6 +7,7 @@ Decoding, resizing (PIL) and torch's ops release the GIL, so worker threads deco
 runs (bench/bench_pipeline.py measures it); results keep the input order. The window bounds memory:
 at most `ahead` decoded images wait for the model, and at most a few batches wait for the writer.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -32,18 +34,49 @@ Progress = Callable[[int, int], None]  # (images done, images to do)
 
 
 class Preprocessor:
-    """Image file -> the model's input tensor. Picklable (Ray sends it to decoding tasks); never loads the model."""
+    """Image file -> the model's input tensor, exactly as `loaded.preprocess` makes it, in two halves:
+    `pixels` (decode, resize, crop: PIL, for worker threads) and `to_tensors` (ToTensor + Normalize for a
+    whole batch at once, on the model's thread). Worker threads never run torch ops: each thread calling
+    torch would start its own OpenMP team, and on a busy CPU those teams spin against the model's.
+    Picklable (Ray sends it to decoding tasks); it never loads the model."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.transform = loaded.preprocess
         size = getattr(loaded.model.visual, "image_size", 224)
         self.min_side = max(size) if isinstance(size, (tuple, list)) else int(size)
+        self.pil_steps, self.mean, self.std = _split_transform(loaded.preprocess)
 
     def load(self, source: ImageInput, name: str) -> Image.Image:
         return load_image(source, name, min_side=self.min_side)
 
+    def pixels(self, image: Image.Image) -> np.ndarray | torch.Tensor:
+        """uint8 HxWxC after the PIL steps (or the whole transform's tensor, for a transform not of the usual shape)."""
+        if self.pil_steps is None:
+            return self.transform(image)
+        for step in self.pil_steps:
+            image = step(image)
+        return np.asarray(image, dtype=np.uint8)
+
+    def to_tensors(self, pixels: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        if self.pil_steps is None:
+            return torch.stack(list(pixels))
+        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous().float().div(255)  # as ToTensor
+        return batch.sub_(self.mean).div_(self.std)  # as Normalize
+
     def __call__(self, source: ImageInput, name: str) -> torch.Tensor:
-        return self.transform(self.load(source, name))
+        return self.to_tensors([self.pixels(self.load(source, name))])[0]
+
+
+def _split_transform(transform: Callable) -> tuple[list | None, torch.Tensor | None, torch.Tensor | None]:
+    """(PIL steps, mean, std) of a torchvision Compose ending in ToTensor, Normalize (open_clip's); else Nones."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
+        return None, None, None
+    values = (steps[-1].mean, steps[-1].std)
+    mean, std = (torch.as_tensor(value, dtype=torch.float32).view(-1, 1, 1) for value in values)
+    return steps[:-2], mean, std
 
 
 @dataclass
@@ -56,7 +89,7 @@ class Task:
 @dataclass
 class Prepared:
     task: Task
-    pixels: torch.Tensor | None = None
+    pixels: np.ndarray | torch.Tensor | None = None  # Preprocessor.pixels
     image: Image.Image | None = None  # kept only for a captioner, which wants the picture itself
     error: str = ""
 
@@ -92,7 +125,9 @@ def run(
     preprocessor = Preprocessor(engine.loaded)
     writer = _Writer(outcome, records, engine.model_id, on_result)
     done = 0
-    prepared = _prepare_in_order(tasks, preprocessor, bool(options.caption), workers or default_workers(), 4 * batch_size)
+    prepared = _prepare_in_order(
+        tasks, preprocessor, bool(options.caption), workers or default_workers(), 4 * batch_size
+    )
     try:
         for batch in _batches(prepared, batch_size):
             if should_stop():
@@ -104,7 +139,7 @@ def run(
                     outcome.failed.append((item.task.path, item.error))
                     writer.put_errors([item])
             if good:
-                writer.put(good, _extract(engine, good, options))
+                writer.put(good, _extract(engine, preprocessor, good, options))
             done += len(batch)
             if progress:
                 progress(done, len(tasks))
@@ -115,16 +150,18 @@ def run(
     return outcome
 
 
-def _extract(engine: Engine, batch: list[Prepared], options: ExtractOptions) -> list[Extraction]:
+def _extract(
+    engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
+) -> list[Extraction]:
     captions = engine.caption([item.image for item in batch], options) if options.caption else []
-    embeddings = engine.encode_tensors(torch.stack([item.pixels for item in batch]))
+    embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
     return engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
 
 
 def _prepare(task: Task, preprocessor: Preprocessor, keep_image: bool) -> Prepared:
     try:
         image = preprocessor.load(task.path, str(task.path))
-        return Prepared(task, preprocessor.transform(image), image if keep_image else None)
+        return Prepared(task, preprocessor.pixels(image), image if keep_image else None)
     except ImageError as error:
         return Prepared(task, error=str(error))
 
@@ -196,9 +233,14 @@ class _Writer:
 
     def _write(self, batch: list[Prepared], results: list[Extraction] | None) -> None:
         if results is None:
-            self._write_records(batch, [error_record(absolute(p.task.path), p.error, self.model) for p in batch if p.task.record])
+            self._write_records(
+                batch, [error_record(absolute(p.task.path), p.error, self.model) for p in batch if p.task.record]
+            )
             return
-        self._write_records(batch, [record(result, absolute(item.task.path)) for item, result in zip(batch, results) if item.task.record])
+        self._write_records(
+            batch,
+            [record(result, absolute(item.task.path)) for item, result in zip(batch, results) if item.task.record],
+        )
         for prepared, result in zip(batch, results):
             if prepared.task.caption and not self._write_caption(prepared.task.path, result.prompt):
                 continue

@@ -7,11 +7,13 @@
 Local paths and URIs (s3://, gs://, ...) are read through pyarrow's filesystems, so a cluster reads its
 bucket where credentials exist. The driver builds the tag-embedding cache once and hands the file to
 every actor, which loads model and cache once. A bad image becomes an error record, never a failed job.
-A lost worker is Ray's business: tasks retry (max_retries) and actors restart and rerun their batch
-(max_restarts, max_task_retries). A rerun skips every image that has a record in DIR.
+A lost worker is Ray's business: Ray Data's defaults retry lost tasks (max_retries) and restart lost
+actors and rerun their batch (max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills one).
+A rerun skips every image that has a record in DIR.
 
 Imported only for --engine ray: the core install and the webui never import Ray.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +39,6 @@ from .records import absolute, arrow_schema, error_record, is_local, json_line, 
 
 EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED = 1, 2
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
-RETRIES = {"max_restarts": -1, "max_task_retries": -1}  # a lost actor restarts and its batches run again
 
 
 @dataclass
@@ -59,7 +60,9 @@ def main(args: argparse.Namespace, options: ExtractOptions) -> int:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
     if args.output is None or options.caption:
-        reason = "needs --output DIR for its records" if args.output is None else "does not run a captioner (--caption) yet"
+        reason = (
+            "needs --output DIR for its records" if args.output is None else "does not run a captioner (--caption) yet"
+        )
         print(f"error: --engine ray {reason}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     try:
@@ -67,8 +70,15 @@ def main(args: argparse.Namespace, options: ExtractOptions) -> int:
         if not ray.is_initialized():
             ray.init(address=args.ray_address)
         summary = run_job(
-            paths, str(args.output), args.model, options, args.cache_dir, args.vocabulary,
-            captions=args.captions, overwrite=args.overwrite, batch_size=args.batch_size,
+            paths,
+            str(args.output),
+            args.model,
+            options,
+            args.cache_dir,
+            args.vocabulary,
+            captions=args.captions,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
         )
     except (ModelError, ValueError, OSError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -104,17 +114,27 @@ def run_job(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actors = gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)  # on CPUs, half decode, half extract
-    dataset = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=max(1, len(todo) // (4 * batch_size)))
-    decoded = dataset.map_batches(decode_batch, fn_kwargs={"preprocessor": Preprocessor(engine.loaded)},
-                                  batch_size=batch_size, max_retries=3)
+    dataset = ray.data.from_items(
+        [{"path": path} for path in todo], override_num_blocks=max(1, len(todo) // (4 * batch_size))
+    )
+    decoded = dataset.map_batches(
+        decode_batch, fn_kwargs={"preprocessor": Preprocessor(engine.loaded)}, batch_size=batch_size
+    )
     extracted = decoded.map_batches(
         extractor or TagExtractor,
         fn_constructor_kwargs={
-            "model": model, "device": "cuda" if gpus else "cpu", "cache_dir": str(engine.cache_dir),
-            "vocabulary_dirs": list(vocabulary_dirs), "cache_file": (str(cache), ray.put(cache.read_bytes() if cache.exists() else b"")),
-            "options": options, "captions": captions,
+            "model": model,
+            "device": "cuda" if gpus else "cpu",
+            "cache_dir": str(engine.cache_dir),
+            "vocabulary_dirs": list(vocabulary_dirs),
+            "cache_file": (str(cache), ray.put(cache.read_bytes() if cache.exists() else b"")),
+            "options": options,
+            "captions": captions,
         },
-        batch_size=batch_size, batch_format="numpy", concurrency=actors, **actor_resources, **RETRIES,
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=actors,
+        **actor_resources,
     )
     if output.rstrip("/").lower().endswith(".jsonl"):
         extracted.write_datasink(json_lines_shards(output))
@@ -145,8 +165,14 @@ class TagExtractor:
     """One per actor: loads the model and the driver's tag-embedding cache once, then extracts batch after batch."""
 
     def __init__(
-        self, model: str, device: str, cache_dir: str, vocabulary_dirs: list[str], cache_file: tuple,
-        options: ExtractOptions, captions: bool,
+        self,
+        model: str,
+        device: str,
+        cache_dir: str,
+        vocabulary_dirs: list[str],
+        cache_file: tuple,
+        options: ExtractOptions,
+        captions: bool,
     ) -> None:
         import ray
         import torch
@@ -162,7 +188,9 @@ class TagExtractor:
 
         paths, errors = list(batch["path"]), list(batch["error"])
         good = [index for index, error in enumerate(errors) if not error]
-        rows: list[dict[str, Any]] = [error_record(path, error, self.engine.model_id) for path, error in zip(paths, errors)]
+        rows: list[dict[str, Any]] = [
+            error_record(path, error, self.engine.model_id) for path, error in zip(paths, errors)
+        ]
         if good:
             embeddings = self.engine.encode_tensors(torch.from_numpy(batch["pixels"][good]))
             names = [paths[index] for index in good]
@@ -257,7 +285,10 @@ def _read_list(item: str, filesystem, inner: str) -> list[str]:
         else:
             entries = [line.strip() for line in text.splitlines() if line.strip()]
     base = posixpath.dirname(item)
-    return [entry if "://" in entry or posixpath.isabs(entry) else absolute(posixpath.join(base, entry)) for entry in entries]
+    return [
+        entry if "://" in entry or posixpath.isabs(entry) else absolute(posixpath.join(base, entry))
+        for entry in entries
+    ]
 
 
 def done_paths(output: str) -> set[str]:

@@ -10,6 +10,7 @@ records go to a JSON Lines journal beside it (`FILE.parquet.partial.jsonl`) and 
 Parquet file, atomically, when the run ends; a killed run's journal is read on resume and merged then.
 pyarrow is imported only for Parquet.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,26 @@ def record(result: Extraction, path: str) -> dict[str, Any]:
     if not all(math.isfinite(number) for number in numbers):
         return error_record(path, "the model gave non-finite scores (fp16 overflow? try --device cpu)", result.model)
     return {
-        "path": path, "prompt": result.prompt, "negative_prompt": result.negative_prompt, "tags": tags,
-        "model": result.model, "tau": result.tau, "error": None,
+        "path": path,
+        "prompt": result.prompt,
+        "negative_prompt": result.negative_prompt,
+        "tags": tags,
+        "model": result.model,
+        "tau": result.tau,
+        "error": None,
     }
 
 
 def error_record(path: str, message: str, model: str = "") -> dict[str, Any]:
-    return {"path": path, "prompt": None, "negative_prompt": None, "tags": [], "model": model, "tau": None, "error": message}
+    return {
+        "path": path,
+        "prompt": None,
+        "negative_prompt": None,
+        "tags": [],
+        "model": model,
+        "tau": None,
+        "error": message,
+    }
 
 
 def json_line(data: dict) -> str:
@@ -153,10 +167,26 @@ def _drop_cut_last_line(path: Path) -> None:
 
 def arrow_schema():
     pa, _ = _arrow()
-    tag = pa.struct([("tag", pa.string()), ("score", pa.float64()), ("relevance", pa.float64()),
-                     ("category", pa.string()), ("role", pa.string())])
-    return pa.schema([("path", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
-                      ("tags", pa.list_(tag)), ("model", pa.string()), ("tau", pa.float64()), ("error", pa.string())])
+    tag = pa.struct(
+        [
+            ("tag", pa.string()),
+            ("score", pa.float64()),
+            ("relevance", pa.float64()),
+            ("category", pa.string()),
+            ("role", pa.string()),
+        ]
+    )
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("prompt", pa.string()),
+            ("negative_prompt", pa.string()),
+            ("tags", pa.list_(tag)),
+            ("model", pa.string()),
+            ("tau", pa.float64()),
+            ("error", pa.string()),
+        ]
+    )
 
 
 def _arrow():
@@ -173,6 +203,6 @@ def is_local(path: str) -> bool:
 
 
 def absolute(path: str | os.PathLike) -> str:
-    """How an image's path is recorded: absolute for local files (a rerun from elsewhere still matches), URIs as given."""
+    """An image's path as recorded: absolute for local files (a rerun from elsewhere still matches), URIs as given."""
     text = os.fspath(path)
     return os.path.abspath(text) if is_local(text) and not text.startswith("file://") else text

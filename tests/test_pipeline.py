@@ -1,5 +1,6 @@
 """Folders at scale, as a user sees them: records (--output), resume, and the batch's failure modes
 (stem clashes, captions that can't be written, names stdout can't encode) as one line each."""
+
 from __future__ import annotations
 
 import errno
@@ -64,8 +65,13 @@ def test_pipeline_gives_the_same_prompts_as_extracting_one_by_one(tmp_path, shap
 def test_stop_ends_after_the_current_batch_and_every_caption_handed_over_is_written(tmp_path, shapes_engine):
     make_folder(tmp_path / "set", 20)
     reports = []
-    summary = caption_folder(shapes_engine, tmp_path / "set", progress=lambda done, total: reports.append(done),
-                             should_stop=lambda: bool(reports), batch_size=8)
+    summary = caption_folder(
+        shapes_engine,
+        tmp_path / "set",
+        progress=lambda done, total: reports.append(done),
+        should_stop=lambda: bool(reports),
+        batch_size=8,
+    )
     assert summary.stopped and reports == [8]
     assert len(list((tmp_path / "set").glob("*.txt"))) == 8 == len(summary.written)
 
@@ -123,8 +129,12 @@ def test_a_folder_where_the_caption_should_be_is_one_error_line(tmp_path, cache_
     assert images[2].with_suffix(".txt").read_text().endswith("\n")  # the batch went on
 
 
-@pytest.mark.parametrize("code, cause", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")])
-def test_a_full_disk_or_read_only_folder_is_an_error_line_per_image(tmp_path, cache_dir, capsys, monkeypatch, code, cause):
+@pytest.mark.parametrize(
+    "code, cause", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")]
+)
+def test_a_full_disk_or_read_only_folder_is_an_error_line_per_image(
+    tmp_path, cache_dir, capsys, monkeypatch, code, cause
+):
     images = make_folder(tmp_path / "set", 3)
 
     def refuse(*args, **kwargs):
@@ -133,7 +143,9 @@ def test_a_full_disk_or_read_only_folder_is_an_error_line_per_image(tmp_path, ca
     monkeypatch.setattr(files.tempfile, "mkstemp", refuse)  # where a caption's write starts
     assert main(shapes(tmp_path / "set", cache=cache_dir)) == 1
     err = capsys.readouterr().err
-    assert error_lines(err) == [f"error: {image.with_suffix('.txt')}: cannot write the caption ({cause})" for image in images]
+    assert error_lines(err) == [
+        f"error: {image.with_suffix('.txt')}: cannot write the caption ({cause})" for image in images
+    ]
     assert "Traceback" not in err and "0 captioned, 0 already captioned, 3 failed" in err
     assert sorted(os.listdir(tmp_path / "set")) == [image.name for image in images]  # no caption, no temp file
 
@@ -156,7 +168,9 @@ def test_json_names_stdout_cannot_encode_are_printed_escaped(tmp_path, cache_dir
     for name in names:
         draw_scene(folder / name, 64, colour="red")
     environment = dict(os.environ, PYTHONIOENCODING="ascii")
-    process = subprocess.run([*CLI, *shapes(folder, "--json", cache=cache_dir)], capture_output=True, env=environment, timeout=300)
+    process = subprocess.run(
+        [*CLI, *shapes(folder, "--json", cache=cache_dir)], capture_output=True, env=environment, timeout=300
+    )
     err = process.stderr.decode("ascii")
     assert process.returncode == 0 and "Traceback" not in err and "2 captioned" in err
     sources = sorted(json.loads(line)["source"] for line in process.stdout.decode("ascii").splitlines())
