@@ -92,14 +92,16 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: the pipeline's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work) / "images"
         folder.mkdir()
         images = write_jpegs(folder, args.images, args.pixels)
         spec = random_checkpoint(args.arch, Path(work))
         engine = Engine(spec, args.device, models.default_dtype(args.device), cache_dir=Path(work) / "cache")
-        caption_folder(engine, folder, batch_size=args.batch_size)  # warm-up: threads, allocator, page cache
 
         forward, ceiling = model_only(engine, images, args.batch_size, args.device)
         piped = pipeline_rate(engine, folder, args.batch_size, args.workers)

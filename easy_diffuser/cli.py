@@ -55,10 +55,11 @@ def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
         "With --engine ray: a folder (or s3://, gs:// URI) of shards, Parquet unless it ends in .jsonl",
     )
     group.add_argument(
-        "--captions", action=argparse.BooleanOptionalAction, default=True, help="write .txt captions beside images"
+        "--captions", action=argparse.BooleanOptionalAction, default=None,
+        help="write .txt captions beside images (default: on; with --engine ray: off)",
     )
-    group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per forward pass (64 suits a GPU)")
-    group.add_argument("--workers", type=int, default=None, help="decode threads (default: one per CPU core, at most 8)")
+    group.add_argument("--batch-size", type=_positive, default=BATCH_SIZE, help="images per forward pass (GPU: 64)")
+    group.add_argument("--workers", type=_positive, default=None, help="decode threads (default: 1 per core, <= 8)")
     group.add_argument(
         "--engine", choices=("local", "ray"), default="local",
         help="ray: run as a Ray Data job (pip install 'easy-diffuser[ray]', docs/scaling.md)",
@@ -81,27 +82,36 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-in-vram", action="store_true", help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["calibrate"]:  # `easy-diffuser calibrate FOLDER ...`: its own parser
         from .calibration import main as calibrate_main
 
         return calibrate_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.engine == "ray":
-        from .ray_job import main as ray_main  # Ray only when asked: the core install and the webui never import it
-
-        return ray_main(args, _options(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.captions = args.engine == "local" if args.captions is None else args.captions
+    if not args.captions and not args.output:
+        parser.error("--no-captions needs --output FILE for the records, or there is nothing to write")
     records = None
     try:
         options = _options(args)
-        records = RecordWriter(args.output, args.overwrite) if args.output else None
+        if args.engine == "ray":
+            from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
+
+            return ray_main(args, options)
         engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary, keep_in_vram=args.keep_in_vram)
         if options.caption:
             engine.captioner(options.caption)  # now: a missing captioner is a setup error, not one per image
+        # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
+        records = RecordWriter(args.output, args.overwrite) if args.output else None
     except (ModelError, ValueError, OSError) as error:
-        if records:
-            records.close()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     failed = False

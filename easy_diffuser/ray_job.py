@@ -31,6 +31,7 @@ import numpy as np
 
 from . import label_cache
 from .engine import Engine, ExtractOptions
+from .batch import caption_owners
 from .files import write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError
@@ -114,9 +115,9 @@ def run_job(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actors = gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)  # on CPUs, half decode, half extract
-    dataset = ray.data.from_items(
-        [{"path": path} for path in todo], override_num_blocks=max(1, len(todo) // (4 * batch_size))
-    )
+    owners = caption_owners([Path(path) for path in paths if is_local(path)]) if captions else {}
+    items = [{"path": path, "caption_owner": str(owners.get(Path(path), path))} for path in todo]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(todo) // (4 * batch_size)))
     decoded = dataset.map_batches(
         decode_batch, fn_kwargs={"preprocessor": Preprocessor(engine.loaded)}, batch_size=batch_size
     )
@@ -158,7 +159,8 @@ def decode_batch(batch: dict[str, np.ndarray], preprocessor: Preprocessor) -> di
     blank = np.zeros((3, preprocessor.min_side, preprocessor.min_side), np.float32)
     shape = next((item.shape for item in pixels if item is not None), blank.shape)
     filled = [item if item is not None else np.zeros(shape, np.float32) for item in pixels]
-    return {"path": batch["path"], "pixels": np.stack(filled), "error": np.array(errors, dtype=object)}
+    errors = np.array(errors, dtype=object)
+    return {"path": batch["path"], "caption_owner": batch["caption_owner"], "pixels": np.stack(filled), "error": errors}
 
 
 class TagExtractor:
@@ -197,12 +199,15 @@ class TagExtractor:
             for index, result in zip(good, self.engine.extract_embeddings(embeddings, self.options, names)):
                 rows[index] = record(result, paths[index])
                 if self.captions and is_local(paths[index]) and rows[index]["error"] is None:
-                    rows[index]["error"] = _write_caption(paths[index], result.prompt)
+                    rows[index]["error"] = _write_caption(paths[index], result.prompt, batch["caption_owner"][index])
         return pa.Table.from_pylist(rows, schema=arrow_schema())
 
 
-def _write_caption(path: str, prompt: str) -> str | None:
+def _write_caption(path: str, prompt: str, owner: str) -> str | None:
+    """None, or why there is no caption: written for another image of the same stem (batch.py), or unwritable."""
     caption = caption_path(Path(path))
+    if owner != path:
+        return f"{path}: not captioned, {caption.name} is {Path(owner).name}'s caption; rename one of them"
     try:
         write_atomically(caption, lambda temp: temp.write_text(prompt + "\n", encoding="utf-8"))
     except OSError as error:

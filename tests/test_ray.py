@@ -4,6 +4,7 @@ records, a worker killed mid-job, and a rerun that does no model work."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_ray_records_equal_the_single_process_clis_and_a_rerun_does_no_model_wor
 
     shards = sorted((tmp_path / "shards.parquet").iterdir())
     summary = ray_job.run_job(
-        ray_job.list_inputs([dataset]),
+        ray_job.list_inputs([folder]),
         str(tmp_path / "shards.parquet"),
         "shapes-demo",
         cache_dir=str(cache),
@@ -90,6 +91,9 @@ def test_a_killed_worker_costs_nothing_every_image_is_recorded_once(local_ray, d
 
     from easy_diffuser import ray_job
 
+    folder = tmp_path / "images"
+    shutil.copytree(dataset, folder)
+    shutil.copy(folder / "img001.jpg", folder / "img000.jpg")  # img000.jpg and img000.png: one img000.txt
     marker = tmp_path / "killed"
 
     class DiesOnItsFirstBatch(ray_job.TagExtractor):
@@ -102,7 +106,7 @@ def test_a_killed_worker_costs_nothing_every_image_is_recorded_once(local_ray, d
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import this test module
     output = tmp_path / "records.jsonl"
     summary = ray_job.run_job(
-        ray_job.list_inputs([dataset]),
+        ray_job.list_inputs([folder]),
         str(output),
         "shapes-demo",
         cache_dir=str(cache),
@@ -111,12 +115,14 @@ def test_a_killed_worker_costs_nothing_every_image_is_recorded_once(local_ray, d
         captions=True,
     )
     assert marker.exists()  # the kill happened
-    records = list(read_records(output))
-    assert sorted(item["path"] for item in records) == sorted(ray_job.list_inputs([dataset]))  # each once
-    assert summary.images == IMAGES + len(BROKEN) and summary.errors == len(BROKEN)
-    assert all((dataset / f"img{index:03d}.txt").read_text().endswith("\n") for index in range(IMAGES))
-    for path in dataset.glob("*.txt"):
-        path.unlink()  # the module's dataset is shared: leave it without captions
+    records = by_path(read_records(output))
+    assert len(list(read_records(output))) == len(records) == IMAGES + len(BROKEN) + 1  # each image once
+    assert summary.images == len(records) and summary.errors == len(BROKEN) + 1
+    # The stem clash: img000.jpg (first by name) owns img000.txt; img000.png's record says so, prompt kept.
+    assert (folder / "img000.txt").read_text() == records[str(folder / "img000.jpg")]["prompt"] + "\n"
+    clash = records[str(folder / "img000.png")]
+    assert "img000.txt is img000.jpg's caption" in clash["error"] and clash["prompt"]
+    assert all((folder / f"img{index:03d}.txt").read_text().endswith("\n") for index in range(1, IMAGES))
 
 
 def test_lists_of_paths_are_read_relative_to_the_list(tmp_path, local_ray):
