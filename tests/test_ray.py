@@ -76,7 +76,7 @@ def test_ray_records_equal_the_single_process_clis_and_a_rerun_does_no_model_wor
 
     shards = sorted((tmp_path / "shards.parquet").iterdir())
     summary = ray_job.run_job(
-        ray_job.list_inputs([folder]),
+        ray_job.list_inputs([dataset]),
         str(tmp_path / "shards.parquet"),
         "shapes-demo",
         cache_dir=str(cache),
