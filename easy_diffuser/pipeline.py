@@ -34,10 +34,10 @@ Progress = Callable[[int, int], None]  # (images done, images to do)
 
 
 class Preprocessor:
-    """Image file -> the model's input tensor, exactly as `loaded.preprocess` makes it, in two halves:
-    `pixels` (decode, resize, crop: PIL, for worker threads) and `to_tensors` (ToTensor + Normalize for a
-    whole batch at once, on the model's thread). Worker threads never run torch ops: each thread calling
-    torch would start its own OpenMP team, and on a busy CPU those teams spin against the model's.
+    """Image file -> the model's input tensor, bit for bit as `loaded.preprocess` makes it, without torch in
+    the worker threads: `pixels` runs the PIL steps and ToTensor + Normalize in numpy (same float32 ops,
+    checked for every uint8 value in tests), `to_tensors` only stacks. Every thread that calls torch ops
+    starts an OpenMP team of its own, and on a busy CPU those teams stall the model's.
     Picklable (Ray sends it to decoding tasks); it never loads the model."""
 
     def __init__(self, loaded: LoadedModel) -> None:
@@ -50,32 +50,31 @@ class Preprocessor:
         return load_image(source, name, min_side=self.min_side)
 
     def pixels(self, image: Image.Image) -> np.ndarray | torch.Tensor:
-        """uint8 HxWxC after the PIL steps (or the whole transform's tensor, for a transform not of the usual shape)."""
+        """The model's input, CxHxW float32 (a tensor from the whole transform when it isn't open_clip's shape)."""
         if self.pil_steps is None:
             return self.transform(image)
         for step in self.pil_steps:
             image = step(image)
-        return np.asarray(image, dtype=np.uint8)
+        channels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        return (channels / np.float32(255) - self.mean) / self.std  # ToTensor, then Normalize
 
     def to_tensors(self, pixels: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         if self.pil_steps is None:
             return torch.stack(list(pixels))
-        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous().float().div(255)  # as ToTensor
-        return batch.sub_(self.mean).div_(self.std)  # as Normalize
+        return torch.from_numpy(np.stack(pixels))
 
     def __call__(self, source: ImageInput, name: str) -> torch.Tensor:
         return self.to_tensors([self.pixels(self.load(source, name))])[0]
 
 
-def _split_transform(transform: Callable) -> tuple[list | None, torch.Tensor | None, torch.Tensor | None]:
+def _split_transform(transform: Callable) -> tuple[list | None, np.ndarray | None, np.ndarray | None]:
     """(PIL steps, mean, std) of a torchvision Compose ending in ToTensor, Normalize (open_clip's); else Nones."""
     from torchvision import transforms as T
 
     steps = list(getattr(transform, "transforms", []))
     if len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
         return None, None, None
-    values = (steps[-1].mean, steps[-1].std)
-    mean, std = (torch.as_tensor(value, dtype=torch.float32).view(-1, 1, 1) for value in values)
+    mean, std = (np.asarray(value, dtype=np.float32).reshape(-1, 1, 1) for value in (steps[-1].mean, steps[-1].std))
     return steps[:-2], mean, std
 
 

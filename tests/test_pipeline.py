@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from easy_diffuser import files
 from easy_diffuser.batch import caption_folder
@@ -180,3 +182,20 @@ def test_json_names_stdout_cannot_encode_are_printed_escaped(tmp_path, cache_dir
 def test_the_core_never_imports_ray():
     code = "import sys, easy_diffuser.cli, easy_diffuser.batch, easy_diffuser.pipeline; print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_worker_preprocessing_is_bit_identical_to_the_models_own(shapes_engine, tmp_path):
+    from PIL import Image
+
+    from easy_diffuser.images import load_image
+    from easy_diffuser.pipeline import Preprocessor
+
+    # Every uint8 value in every channel (3k mod 256 covers them all), at the model's own 64 pixels.
+    values = np.arange(256 * 3).astype(np.uint8).reshape(16, 16, 3)
+    every_value = Image.fromarray(values.repeat(4, axis=0).repeat(4, axis=1))
+    every_value.save(tmp_path / "values.png")
+    draw_scene(tmp_path / "scene.jpg", 300, colour="red")
+    prepare = Preprocessor(shapes_engine.loaded)
+    for path in (tmp_path / "values.png", tmp_path / "scene.jpg"):
+        expected = shapes_engine.loaded.preprocess(load_image(path, min_side=prepare.min_side))
+        assert torch.equal(prepare(path, str(path)), expected)
