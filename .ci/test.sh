@@ -31,7 +31,7 @@ if [ -n "$installed" ] && [ "$installed" != 2.20.0 ]; then
     echo "note: .venv's open-clip-torch $installed becomes 2.20.0 (the webui's pin); the newest is tested in .venv-open-clip3"
 fi
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/pip install -q open-clip-torch==2.20.0 transformers==4.46.1 -e '.[test,caption,report]'
+.venv/bin/pip install -q open-clip-torch==2.20.0 transformers==4.46.1 -e '.[test,caption,report,ray]'
 
 status=0
 echo "== lint (ruff)"

@@ -14,12 +14,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from .batch import caption_folder
+from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS
 from .engine import Engine, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
 from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option, OptionError
+from .records import RecordWriter, absolute, error_record, record
 
 EXIT_IMAGE_FAILED = 1
 EXIT_SETUP_FAILED = 2
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         _add_option(prompts, option, option.name)
     _add_caption_arguments(parser)
+    _add_scale_arguments(parser)
     return parser
 
 
@@ -69,6 +71,28 @@ def _checked_by(option: Option):
     return parse
 
 
+def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale", "records, throughput, and running on a Ray cluster (docs/scaling.md)")
+    group.add_argument(
+        "--output", type=Path, default=None, metavar="FILE.jsonl|FILE.parquet",
+        help="also write one record per image (path, prompts, tags, model, tau, error); a rerun skips recorded images. "
+        "With --engine ray: a folder (or s3://, gs:// URI) of shards, Parquet unless it ends in .jsonl",
+    )
+    group.add_argument(
+        "--captions", action=argparse.BooleanOptionalAction, default=None,
+        help="write .txt captions beside images (default: on; with --engine ray: off)",
+    )
+    group.add_argument("--batch-size", type=_positive, default=BATCH_SIZE, help="images per forward pass (GPU: 64)")
+    group.add_argument("--workers", type=_positive, default=None, help="decode threads (default: 1 per core, <= 8)")
+    group.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="ray: run as a Ray Data job (pip install 'easy-diffuser[ray]', docs/scaling.md)",
+    )
+    group.add_argument(
+        "--ray-address", default=None, metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else a local Ray)"
+    )
+
+
 def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("caption", "a captioner's sentence in front of the tags (needs: pip install 'easy-diffuser[caption]')")
     group.add_argument(
@@ -89,39 +113,68 @@ def options_from(args: argparse.Namespace) -> ExtractOptions:
     return ExtractOptions(**{option.name: getattr(args, option.name) for option in OPTIONS}, caption=caption)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["calibrate"]:  # `easy-diffuser calibrate FOLDER ...`: its own parser
         from .calibration.cli import main as calibrate_main
 
         return calibrate_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.captions = args.engine == "local" if args.captions is None else args.captions
+    if not args.captions and not args.output:
+        parser.error("--no-captions needs --output FILE for the records, or there is nothing to write")
+    records = None
     try:
         options = options_from(args)
+        if args.engine == "ray":
+            from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
+
+            return ray_main(args, options)
         engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary, keep_in_vram=args.keep_in_vram)
         if options.caption:
             engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image
+        # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
+        records = RecordWriter(args.output, args.overwrite) if args.output else None
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     failed = False
-    for item in map(Path, args.inputs):
-        run = _run_folder if item.is_dir() else _run_image
-        failed |= not run(engine, item, options, args)
+    try:
+        for item in map(Path, args.inputs):
+            run = _run_folder if item.is_dir() else _run_image
+            failed |= not run(engine, item, options, args, records)
+    finally:
+        if records:
+            records.close()
     return EXIT_IMAGE_FAILED if failed else 0
 
 
-def _run_image(engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace) -> bool:
+def _run_image(
+    engine: Engine, path: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None
+) -> bool:
     try:
         result = engine.extract(path, options, name=str(path))
     except ImageError as error:
         print(f"error: {error}", file=sys.stderr)
+        if records:
+            records.write([error_record(absolute(path), str(error), engine.model_id)])
         return False
     _print(result, args.json)
+    if records:
+        records.write([record(result, absolute(path))])
     return True
 
 
-def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: argparse.Namespace) -> bool:
+def _run_folder(
+    engine: Engine, folder: Path, options: ExtractOptions, args: argparse.Namespace, records: RecordWriter | None
+) -> bool:
     bar = tqdm(desc=f"Captioning {folder}", unit="image", disable=None)
 
     def progress(done: int, total: int) -> None:
@@ -131,6 +184,7 @@ def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: arg
     summary = caption_folder(
         engine, folder, options, args.recursive, args.overwrite, progress,
         on_result=(lambda result: _print(result, True)) if args.json else None,
+        records=records, captions=args.captions, batch_size=args.batch_size, workers=args.workers,
     )
     bar.close()
     for path, reason in summary.failed:
@@ -141,7 +195,18 @@ def _run_folder(engine: Engine, folder: Path, options: ExtractOptions, args: arg
 
 def _print(result: Extraction, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        _write_out(json.dumps(result.to_dict(), ensure_ascii=False) + "\n", json.dumps(result.to_dict()) + "\n")
         return
     name = f"{result.source}\n" if result.source else ""
-    print(f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n(tau {result.tau:g}, {result.tau_source})\n", flush=True)
+    text = f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n"
+    text += f"(tau {result.tau:g}, {result.tau_source})\n\n"
+    _write_out(text, text.encode("ascii", "backslashreplace").decode("ascii"))
+
+
+def _write_out(text: str, ascii_text: str) -> None:
+    """Print, or print the ASCII form when stdout can't encode a name (ascii or latin-1 locale, undecodable bytes)."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.write(ascii_text)
+    sys.stdout.flush()

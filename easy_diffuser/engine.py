@@ -98,6 +98,11 @@ class Engine:
         with self._lock:
             return embedding.encode_images(self.loaded, images)
 
+    def encode_tensors(self, batch: torch.Tensor) -> torch.Tensor:
+        """encode() for images already through `self.loaded.preprocess`, stacked (pipeline.py decodes in workers)."""
+        with self._lock:
+            return embedding.encode_preprocessed(self.loaded, batch)
+
     def extract_embeddings(
         self,
         image_embeddings: torch.Tensor,

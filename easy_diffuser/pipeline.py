@@ -1,0 +1,271 @@
+"""Caption many images without the model waiting on JPEG decoding:
+
+    paths -> worker threads: read, decode, preprocess -> a bounded window of decoded images
+          -> the caller's thread: the model, one batch at a time -> a queue -> writer thread: captions, records
+
+Decoding, resizing (PIL) and torch's ops release the GIL, so worker threads decode while the model
+runs (bench/bench_pipeline.py measures it); results keep the input order. The window bounds memory:
+at most `ahead` decoded images wait for the model, and at most a few batches wait for the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .engine import Engine, ExtractOptions, Extraction
+from .files import remove_leftover_temp_files, write_text_atomically
+from .images import ImageError, ImageInput, load_image
+from .models import LoadedModel
+from .records import RecordWriter, absolute, error_record, record
+
+Progress = Callable[[int, int], None]  # (images done, images to do)
+
+
+class Preprocessor:
+    """Image file -> the model's input tensor, bit for bit as `loaded.preprocess` makes it, without torch in
+    the worker threads: `pixels` runs the PIL steps and ToTensor + Normalize in numpy (same float32 ops,
+    checked for every uint8 value in tests), `to_tensors` only stacks. Every thread that calls torch ops
+    starts an OpenMP team of its own, and on a busy CPU those teams stall the model's.
+    Picklable (Ray sends it to decoding tasks); it never loads the model."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.transform = loaded.preprocess
+        size = getattr(loaded.model.visual, "image_size", 224)
+        self.min_side = max(size) if isinstance(size, (tuple, list)) else int(size)
+        self.pil_steps, self.mean, self.std = _split_transform(loaded.preprocess)
+
+    def load(self, source: ImageInput, name: str) -> Image.Image:
+        return load_image(source, name, min_side=self.min_side)
+
+    def pixels(self, image: Image.Image) -> np.ndarray | torch.Tensor:
+        """The model's input, CxHxW float32 (a tensor from the whole transform when it isn't open_clip's shape)."""
+        if self.pil_steps is None:
+            return self.transform(image)
+        for step in self.pil_steps:
+            image = step(image)
+        channels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        return (channels / np.float32(255) - self.mean) / self.std  # ToTensor, then Normalize
+
+    def to_tensors(self, pixels: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        if self.pil_steps is None:
+            return torch.stack(list(pixels))
+        return torch.from_numpy(np.stack(pixels))
+
+    def __call__(self, source: ImageInput, name: str) -> torch.Tensor:
+        return self.to_tensors([self.pixels(self.load(source, name))])[0]
+
+
+def _split_transform(transform: Callable) -> tuple[list | None, np.ndarray | None, np.ndarray | None]:
+    """(PIL steps, mean, std) of a torchvision Compose ending in ToTensor, Normalize (open_clip's); else Nones."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
+        return None, None, None
+    mean, std = (np.asarray(value, dtype=np.float32).reshape(-1, 1, 1) for value in (steps[-1].mean, steps[-1].std))
+    return steps[:-2], mean, std
+
+
+@dataclass
+class Task:
+    path: Path
+    caption: bool = True  # write path.txt
+    record: bool = False  # write a record
+
+
+@dataclass
+class Prepared:
+    task: Task
+    pixels: np.ndarray | torch.Tensor | None = None  # Preprocessor.pixels
+    image: Image.Image | None = None  # kept only for a captioner, which wants the picture itself
+    error: str = ""
+
+
+@dataclass
+class Outcome:
+    """What happened to every task; failures are (path, reason) with a reason that names the file."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def run(
+    engine: Engine,
+    tasks: Sequence[Task],
+    options: ExtractOptions = ExtractOptions(),
+    records: RecordWriter | None = None,
+    batch_size: int = 8,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_result: Callable[[Extraction], None] | None = None,
+) -> Outcome:
+    """Extract every task's image and write its caption and/or record; one bad image or file costs one failure."""
+    outcome = Outcome()
+    started = time.perf_counter()
+    preprocessor = Preprocessor(engine.loaded)
+    writer = _Writer(outcome, records, engine.model_id, on_result)
+    done = 0
+    prepared = _prepare_in_order(
+        tasks, preprocessor, bool(options.caption), workers or default_workers(), 4 * batch_size
+    )
+    try:
+        for batch in _batches(prepared, batch_size):
+            if should_stop():
+                outcome.stopped = True
+                break
+            good = [item for item in batch if not item.error]
+            for item in batch:
+                if item.error:
+                    outcome.failed.append((item.task.path, item.error))
+                    writer.put_errors([item])
+            if good:
+                writer.put(good, _extract(engine, preprocessor, good, options))
+            done += len(batch)
+            if progress:
+                progress(done, len(tasks))
+    finally:
+        prepared.close()  # cancels decoding nobody will use
+        writer.close()  # every result handed over is written before we return
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _extract(
+    engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
+) -> list[Extraction]:
+    captions = engine.caption([item.image for item in batch], options) if options.caption else []
+    embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
+    return engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
+
+
+def _prepare(task: Task, preprocessor: Preprocessor, keep_image: bool) -> Prepared:
+    try:
+        image = preprocessor.load(task.path, str(task.path))
+        return Prepared(task, preprocessor.pixels(image), image if keep_image else None)
+    except ImageError as error:
+        return Prepared(task, error=str(error))
+
+
+def _prepare_in_order(
+    tasks: Sequence[Task], preprocessor: Preprocessor, keep_image: bool, workers: int, ahead: int
+) -> Iterator[Prepared]:
+    """Decode in `workers` threads, at most `ahead` images ahead of the consumer, yielding in input order."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    pending: deque[Future] = deque()
+    todo = iter(tasks)
+    try:
+        for task in todo:
+            pending.append(pool.submit(_prepare, task, preprocessor, keep_image))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batches(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
+    """Batches of `size` decoded images; failed ones ride along without taking a place."""
+    batch: list[Prepared] = []
+    good = 0
+    for item in items:
+        batch.append(item)
+        good += not item.error
+        if good == size:
+            yield batch
+            batch, good = [], 0
+    if batch:
+        yield batch
+
+
+class _Writer:
+    """Writes captions and records in a thread of its own, so the model never waits on the disk."""
+
+    def __init__(
+        self, outcome: Outcome, records: RecordWriter | None, model: str, on_result: Callable[[Extraction], None] | None
+    ) -> None:
+        self.outcome, self.records, self.model, self.on_result = outcome, records, model, on_result
+        self.crash: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=4)  # a slow disk holds the model back after 4 batches, not never
+        self.thread = threading.Thread(target=self._work, name="caption-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, batch: list[Prepared], results: list[Extraction]) -> None:
+        self.queue.put((batch, results))
+
+    def put_errors(self, batch: list[Prepared]) -> None:
+        if self.records and any(item.task.record for item in batch):
+            self.queue.put((batch, None))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.crash:
+            raise self.crash
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.crash is None:  # after a crash: keep taking batches so the model never blocks on a full queue
+                try:
+                    self._write(*item)
+                except BaseException as error:  # a bug, not a user's file: the caller re-raises it at close()
+                    self.crash = error
+
+    def _write(self, batch: list[Prepared], results: list[Extraction] | None) -> None:
+        if results is None:
+            self._write_records(
+                batch, [error_record(absolute(p.task.path), p.error, self.model) for p in batch if p.task.record]
+            )
+            return
+        self._write_records(
+            batch,
+            [record(result, absolute(item.task.path)) for item, result in zip(batch, results) if item.task.record],
+        )
+        for prepared, result in zip(batch, results):
+            if prepared.task.caption and not self._write_caption(prepared.task.path, result.prompt):
+                continue
+            self.outcome.written.append(prepared.task.path)
+            if self.on_result:
+                self.on_result(result)
+
+    def _write_caption(self, image: Path, prompt: str) -> bool:
+        caption = caption_path(image)
+        try:
+            remove_leftover_temp_files(caption)  # from a run killed while writing this caption
+            write_text_atomically(caption, prompt + "\n")
+        except OSError as error:  # read-only folder, full disk, a folder in the caption's place, ...
+            self.outcome.failed.append((image, f"{caption}: cannot write the caption ({error.strerror or error})"))
+            return False
+        return True
+
+    def _write_records(self, batch: list[Prepared], rows: list[dict]) -> None:
+        if not rows or self.records is None:
+            return
+        try:
+            self.records.write(rows)
+        except OSError as error:
+            reason = f"{self.records.lines}: cannot write the record ({error.strerror or error})"
+            self.outcome.failed.extend((item.task.path, reason) for item in batch if item.task.record)
+
+
+def caption_path(image: Path) -> Path:
+    return image.with_suffix(".txt")

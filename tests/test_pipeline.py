@@ -1,0 +1,201 @@
+"""Folders at scale, as a user sees them: records (--output), resume, and the batch's failure modes
+(stem clashes, captions that can't be written, names stdout can't encode) as one line each."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from easy_diffuser import files
+from easy_diffuser.batch import caption_folder
+from easy_diffuser.cli import main
+from easy_diffuser.records import journal_path, read_records
+
+from conftest import draw_scene
+
+CLI = [sys.executable, "-m", "easy_diffuser"]
+COLOURS = ["red", "green", "blue", "yellow"]
+
+
+def make_folder(folder: Path, count: int, suffix: str = ".png") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [draw_scene(folder / f"img{index:03d}{suffix}", 64, colour=COLOURS[index % 4]) for index in range(count)]
+
+
+def shapes(*args: str, cache: Path) -> list[str]:
+    return [*map(str, args), "--model", "shapes-demo", "--cache-dir", str(cache)]
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_records_hold_every_image_with_its_tags_and_a_rerun_does_nothing(tmp_path, cache_dir, capsys):
+    images = make_folder(tmp_path / "set", 5)
+    (tmp_path / "set" / "broken.png").write_bytes(b"not a png")
+    output = tmp_path / "records.jsonl"
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 1
+    records = {Path(item["path"]).name: item for item in read_records(output)}
+    assert sorted(records) == sorted([image.name for image in images] + ["broken.png"])
+    assert "red" in records["img000.png"]["prompt"] and records["img000.png"]["error"] is None
+    assert set(records["img001.png"]["tags"][0]) == {"tag", "score", "relevance", "category", "role"}
+    assert records["img000.png"]["model"] == "shapes-demo" and isinstance(records["img000.png"]["tau"], float)
+    assert "not an image" in records["broken.png"]["error"] and records["broken.png"]["prompt"] is None
+    assert not list((tmp_path / "set").glob("*.txt"))  # --no-captions: records only
+    capsys.readouterr()
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    assert "0 captioned, 6 already captioned" in capsys.readouterr().err
+    assert len(list(read_records(output))) == 6
+
+
+def test_pipeline_gives_the_same_prompts_as_extracting_one_by_one(tmp_path, shapes_engine):
+    images = make_folder(tmp_path / "set", 11, ".jpg")  # 11: a last batch that isn't full
+    summary = caption_folder(shapes_engine, tmp_path / "set", batch_size=4, workers=3)
+    assert summary.written == images and not summary.failed
+    for image in images:
+        assert image.with_suffix(".txt").read_text() == shapes_engine.extract(image).prompt + "\n"
+
+
+def test_stop_ends_after_the_current_batch_and_every_caption_handed_over_is_written(tmp_path, shapes_engine):
+    make_folder(tmp_path / "set", 20)
+    reports = []
+    summary = caption_folder(
+        shapes_engine,
+        tmp_path / "set",
+        progress=lambda done, total: reports.append(done),
+        should_stop=lambda: bool(reports),
+        batch_size=8,
+    )
+    assert summary.stopped and reports == [8]
+    assert len(list((tmp_path / "set").glob("*.txt"))) == 8 == len(summary.written)
+
+
+def test_parquet_output_matches_jsonl_and_a_killed_runs_journal_is_kept(tmp_path, cache_dir):
+    pytest.importorskip("pyarrow")
+    make_folder(tmp_path / "set", 4)
+    jsonl, parquet = tmp_path / "out.jsonl", tmp_path / "out.parquet"
+    assert main(shapes(tmp_path / "set", "--output", jsonl, "--no-captions", cache=cache_dir)) == 0
+    first = next(read_records(jsonl))
+    # What a run killed after one record leaves: its journal, the last line cut short.
+    journal_path(parquet).write_text(json.dumps(first) + "\n" + '{"path": "cut sh')
+    assert main(shapes(tmp_path / "set", "--output", parquet, "--no-captions", cache=cache_dir)) == 0
+    assert not journal_path(parquet).exists()
+    by_path = lambda path: sorted(read_records(path), key=lambda item: item["path"])  # noqa: E731
+    assert by_path(parquet) == by_path(jsonl)  # each image once: the journal's record was not redone
+
+
+def test_a_records_line_cut_by_a_kill_is_dropped_and_redone(tmp_path, cache_dir):
+    images = make_folder(tmp_path / "set", 3)
+    output = tmp_path / "out.jsonl"
+    assert main(shapes(images[0], "--output", output, cache=cache_dir)) == 0
+    output.write_text(output.read_text() + '{"path": "' + str(images[1]))  # killed while writing image 1
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    lines = output.read_text().splitlines()
+    assert sorted(json.loads(line)["path"] for line in lines) == [str(image) for image in images]
+
+
+def test_images_sharing_a_stem_get_one_caption_and_the_others_are_named(tmp_path, cache_dir, capsys):
+    folder = tmp_path / "set"
+    make_folder(folder, 2)
+    draw_scene(folder / "a.png", 64, colour="red")
+    draw_scene(folder / "a.jpg", 64, colour="blue")
+    draw_scene(folder / "a.webp", 64, colour="green")
+    assert main(shapes(folder, cache=cache_dir)) == 1
+    err = capsys.readouterr().err
+    assert "blue" in (folder / "a.txt").read_text()  # a.jpg, the first by name, owns a.txt
+    clashes = error_lines(err)
+    assert len(clashes) == 2 and all("a.txt is a.jpg's caption" in line for line in clashes)
+    assert {line.split()[1].rstrip(":") for line in clashes} == {str(folder / "a.png"), str(folder / "a.webp")}
+    assert "3 captioned, 0 already captioned, 2 failed" in err
+    (folder / "a.txt").write_text("my own caption\n")
+    assert main(shapes(folder, "--overwrite", cache=cache_dir)) == 1  # a rerun names them again...
+    assert len(error_lines(capsys.readouterr().err)) == 2
+    assert "blue" in (folder / "a.txt").read_text()  # ...and never writes a.png's caption over a.jpg's
+
+
+def test_a_folder_where_the_caption_should_be_is_one_error_line(tmp_path, cache_dir, capsys):
+    images = make_folder(tmp_path / "set", 3)
+    images[1].with_suffix(".txt").mkdir()
+    assert main(shapes(tmp_path / "set", cache=cache_dir)) == 1
+    err = capsys.readouterr().err
+    assert error_lines(err) == [f"error: {images[1].with_suffix('.txt')}: cannot write the caption (Is a directory)"]
+    assert "Traceback" not in err and "2 captioned, 0 already captioned, 1 failed" in err
+    assert images[2].with_suffix(".txt").read_text().endswith("\n")  # the batch went on
+
+
+@pytest.mark.parametrize(
+    "code, cause", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")]
+)
+def test_a_full_disk_or_read_only_folder_is_an_error_line_per_image(
+    tmp_path, cache_dir, capsys, monkeypatch, code, cause
+):
+    images = make_folder(tmp_path / "set", 3)
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)  # where a caption's write starts
+    assert main(shapes(tmp_path / "set", cache=cache_dir)) == 1
+    err = capsys.readouterr().err
+    assert error_lines(err) == [
+        f"error: {image.with_suffix('.txt')}: cannot write the caption ({cause})" for image in images
+    ]
+    assert "Traceback" not in err and "0 captioned, 0 already captioned, 3 failed" in err
+    assert sorted(os.listdir(tmp_path / "set")) == [image.name for image in images]  # no caption, no temp file
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_really_read_only_folder_is_an_error_line_per_image(tmp_path, cache_dir, capsys):
+    images = make_folder(tmp_path / "set", 2)
+    (tmp_path / "set").chmod(0o555)
+    try:
+        assert main(shapes(tmp_path / "set", cache=cache_dir)) == 1
+    finally:
+        (tmp_path / "set").chmod(0o755)
+    assert len(error_lines(capsys.readouterr().err)) == len(images)
+
+
+def test_json_names_stdout_cannot_encode_are_printed_escaped(tmp_path, cache_dir):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    names = ["caf\u00e9 \U0001f3a8.png", os.fsdecode(b"raw\xff.png")]  # an emoji; bytes that aren't UTF-8
+    for name in names:
+        draw_scene(folder / name, 64, colour="red")
+    environment = dict(os.environ, PYTHONIOENCODING="ascii")
+    process = subprocess.run(
+        [*CLI, *shapes(folder, "--json", cache=cache_dir)], capture_output=True, env=environment, timeout=300
+    )
+    err = process.stderr.decode("ascii")
+    assert process.returncode == 0 and "Traceback" not in err and "2 captioned" in err
+    sources = sorted(json.loads(line)["source"] for line in process.stdout.decode("ascii").splitlines())
+    assert sources == sorted(str(folder / name) for name in names)  # JSON escapes: the exact names come back
+
+
+def test_the_core_never_imports_ray():
+    code = "import sys, easy_diffuser.cli, easy_diffuser.batch, easy_diffuser.pipeline; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_worker_preprocessing_is_bit_identical_to_the_models_own(shapes_engine, tmp_path):
+    from PIL import Image
+
+    from easy_diffuser.images import load_image
+    from easy_diffuser.pipeline import Preprocessor
+
+    # Every uint8 value in every channel (3k mod 256 covers them all), at the model's own 64 pixels.
+    values = np.arange(256 * 3).astype(np.uint8).reshape(16, 16, 3)
+    every_value = Image.fromarray(values.repeat(4, axis=0).repeat(4, axis=1))
+    every_value.save(tmp_path / "values.png")
+    draw_scene(tmp_path / "scene.jpg", 300, colour="red")
+    prepare = Preprocessor(shapes_engine.loaded)
+    for path in (tmp_path / "values.png", tmp_path / "scene.jpg"):
+        expected = shapes_engine.loaded.preprocess(load_image(path, min_side=prepare.min_side))
+        assert torch.equal(prepare(path, str(path)), expected)
