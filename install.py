@@ -3,6 +3,7 @@
 The webui pins torch, gradio and transformers for itself; a constraints file holding their
 installed versions makes sure this install can never upgrade, downgrade or replace them.
 """
+
 import importlib.metadata
 import os
 import tempfile

@@ -1,4 +1,5 @@
 """Command-line flags of the Easy Diffuser extension (the webui calls preload(parser) before parsing)."""
+
 import argparse
 
 

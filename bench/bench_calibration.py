@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         held, _ = measure(engine, held_out, ShapesGenerator(), chosen, calibration_options(engine))
     print(f"shapes-demo, {args.images} calibration scenes (seed {args.seed}), {args.held_out} held-out scenes")
     print(
-        f"{'':12} {'generations':>11} {'seconds':>8}  chosen setting                 loss (calibration)  loss (held out)"
+        f"{'':12} {'generations':>11} {'seconds':>8}  chosen setting                 "
+        "loss (calibration)  loss (held out)"
     )
     for name, result, calls, seconds, row in [
         ("full sweep", full, full_calls, full_seconds, held[0]),

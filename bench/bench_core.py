@@ -5,6 +5,7 @@ trained ones, so no download is needed.
     python bench/bench_core.py                                   # CPU, ViT-B-32, shipped vocabulary
     python bench/bench_core.py --arch ViT-L-14 --device cuda     # GPU, fp16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,13 @@ def main() -> None:
         padded_s, padded = timed(lambda: encode_texts(loaded, tags, trim=False))
         trimmed_s, trimmed = timed(lambda: encode_texts(loaded, tags, trim=True))
         rows.append((f"encode {len(tags)} tags, padded to 77", padded_s, f"{len(tags) / padded_s:,.0f} tags/s"))
-        rows.append((f"encode {len(tags)} tags, trimmed", trimmed_s, f"{padded_s / trimmed_s:.2f}x faster; max |diff| {(padded - trimmed).abs().max():.1e}"))
+        rows.append(
+            (
+                f"encode {len(tags)} tags, trimmed",
+                trimmed_s,
+                f"{padded_s / trimmed_s:.2f}x faster; max |diff| {(padded - trimmed).abs().max():.1e}",
+            )
+        )
 
         models.unload_models()
         cold_s, engine = timed(lambda: Engine(spec, args.device, dtype, cache_dir=Path(work) / "cache"))
@@ -81,9 +88,20 @@ def main() -> None:
         per_image, _ = timed(lambda: [engine.extract(image) for image in images])
         batched, _ = timed(lambda: engine.extract_many(images))
         rows.append(("extract one image (warm)", per_image / len(images), f"{len(images) / per_image:.1f} images/s"))
-        rows.append((f"extract {len(images)} images in one batch", batched / len(images), f"{per_image / batched:.1f}x the one-by-one rate"))
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n{args.arch}, random weights, {str(dtype).removeprefix('torch.')}, {device}, {len(vocabulary)} tags in the vocabulary\n")
+        rows.append(
+            (
+                f"extract {len(images)} images in one batch",
+                batched / len(images),
+                f"{per_image / batched:.1f}x the one-by-one rate",
+            )
+        )
+    device = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"\n{args.arch}, random weights, {str(dtype).removeprefix('torch.')}, {device}, "
+        f"{len(vocabulary)} tags in the vocabulary\n"
+    )
     print(f"| {'measure':<46} | {'seconds':>9} | notes")
     print(f"|{'-' * 48}|{'-' * 11}|------")
     for name, seconds, note in rows:

@@ -8,6 +8,7 @@ not on what the numbers mean. The Extract column runs a randomly initialised ViT
     python bench/bench_reselect.py
     python bench/bench_reselect.py --arch ViT-L-14 --repeat 50
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,16 @@ from easy_diffuser.options import ExtractOptions  # noqa: E402
 from easy_diffuser.vocabulary import BUILTIN_DIR, load_vocabulary  # noqa: E402
 from easy_diffuser.webui import controls  # noqa: E402
 
-TAB = {"max_tags": 24, "auto_tau": False, "tau": 1.0, "negatives": 8, "quality_negatives": 6, "weights": False,
-       "caption": False, "caption_model": ""}
+TAB = {
+    "max_tags": 24,
+    "auto_tau": False,
+    "tau": 1.0,
+    "negatives": 8,
+    "quality_negatives": 6,
+    "weights": False,
+    "caption": False,
+    "caption_model": "",
+}
 
 
 def median_ms(function, repeat: int) -> float:
@@ -77,8 +86,10 @@ def main() -> None:
     print(f"|{'-' * 46}|{'-' * 10}|------")
     verdict = "met" if reselect_ms < 50 else "MISSED"
     print(f"| {'re-selection (a control moved)':<44} | {reselect_ms:>8.1f} | target < 50 ms: {verdict}")
-    print(f"| {'Extract (image through ' + args.arch + ', then selection)':<44} | {extract_ms:>8.1f} | "
-          f"{extract_ms / reselect_ms:.0f}x the re-selection")
+    print(
+        f"| {'Extract (image through ' + args.arch + ', then selection)':<44} | {extract_ms:>8.1f} | "
+        f"{extract_ms / reselect_ms:.0f}x the re-selection"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import pipeline
-from .engine import Engine, ExtractOptions, Extraction
+from .engine import Engine, Extraction, ExtractOptions
 from .images import is_image_path
 from .pipeline import Task, caption_path
 from .records import RecordWriter, absolute, done_paths

@@ -14,6 +14,7 @@ torch.load(weights_only=True). The original prototype's captioner, a 1.2 GB pick
 `checkpoint.pth` with its own model code, is not loaded: unpickling a file runs whatever code
 it carries, so a shared checkpoint of that kind is a way to run someone else's program.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,10 +50,20 @@ class CaptionerInfo:
 CAPTIONERS: dict[str, CaptionerInfo] = {
     info.name: info
     for info in (
-        CaptionerInfo("Salesforce/blip-image-captioning-base", "BLIP base (about 1 GB): short captions, the quick default"),
-        CaptionerInfo("Salesforce/blip-image-captioning-large", "BLIP large (about 1.9 GB): more detailed captions, clip-interrogator's choice"),
-        CaptionerInfo("microsoft/git-base-coco", "GIT base tuned on COCO (about 0.7 GB): plain literal captions, the smallest"),
-        CaptionerInfo("microsoft/git-large-coco", "GIT large tuned on COCO (about 1.6 GB): literal captions, better on busy scenes"),
+        CaptionerInfo(
+            "Salesforce/blip-image-captioning-base", "BLIP base (about 1 GB): short captions, the quick default"
+        ),
+        CaptionerInfo(
+            "Salesforce/blip-image-captioning-large",
+            "BLIP large (about 1.9 GB): more detailed captions, clip-interrogator's choice",
+        ),
+        CaptionerInfo(
+            "microsoft/git-base-coco", "GIT base tuned on COCO (about 0.7 GB): plain literal captions, the smallest"
+        ),
+        CaptionerInfo(
+            "microsoft/git-large-coco",
+            "GIT large tuned on COCO (about 1.6 GB): literal captions, better on busy scenes",
+        ),
     )
 }
 
@@ -167,7 +178,9 @@ def _load_folder(folder: Path, model_id: str) -> Captioner:
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"{folder}: not a usable BLIP or GIT captioner folder ({type(error).__name__}: {_first_line(error)})") from error
+        raise ModelError(
+            f"{folder}: not a usable BLIP or GIT captioner folder ({type(error).__name__}: {_first_line(error)})"
+        ) from error
 
 
 def _from_pretrained(source: str, model_id: str, **hub: Any) -> Captioner:
@@ -175,7 +188,9 @@ def _from_pretrained(source: str, model_id: str, **hub: Any) -> Captioner:
 
     model_type = transformers.AutoConfig.from_pretrained(source, **hub).model_type
     if model_type not in MODEL_CLASSES:
-        raise ModelError(f"{model_id}: a {model_type!r} model; captioners are BLIP or GIT models ({', '.join(CAPTIONERS)})")
+        raise ModelError(
+            f"{model_id}: a {model_type!r} model; captioners are BLIP or GIT models ({', '.join(CAPTIONERS)})"
+        )
     model_name, processor_name = MODEL_CLASSES[model_type]
     processor = getattr(transformers, processor_name).from_pretrained(source, **hub)
     model = _load_weights(getattr(transformers, model_name), source, **hub)
@@ -199,12 +214,17 @@ def _require_transformers() -> None:
     try:
         import transformers  # noqa: F401
     except ImportError:
-        raise ModelError("captions need the transformers package: pip install 'easy-diffuser[caption]' (or transformers>=4.30.2)") from None
+        raise ModelError(
+            "captions need the transformers package: pip install 'easy-diffuser[caption]' (or transformers>=4.30.2)"
+        ) from None
 
 
 def _offline() -> bool:
     """Honour HF_HUB_OFFLINE when it is set after transformers was imported (it reads it only then)."""
-    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _first_line(error: Exception) -> str:

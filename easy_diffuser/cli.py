@@ -4,6 +4,7 @@
 Images print their prompts (or one JSON object each with --json); folders get a `.txt`
 caption beside every image. A bad image costs one line on stderr, never the others.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,18 +29,28 @@ EXIT_SETUP_FAILED = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="easy-diffuser", description="Turn images into Stable Diffusion prompts with CLIP.",
+        prog="easy-diffuser",
+        description="Turn images into Stable Diffusion prompts with CLIP.",
         epilog="other command:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
-        "(easy-diffuser calibrate --help)", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "(easy-diffuser calibrate --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model folder or checkpoint file")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model folder or checkpoint file",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
     parser.add_argument("--overwrite", action="store_true", help="replace existing .txt captions")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--cache-dir", default=None, help="weights and embedding cache (default: ~/.cache/easy_diffuser)")
-    parser.add_argument("--vocabulary", action="append", default=[], metavar="DIR", help="extra folder of <category>.txt tag lists")
+    parser.add_argument(
+        "--cache-dir", default=None, help="weights and embedding cache (default: ~/.cache/easy_diffuser)"
+    )
+    parser.add_argument(
+        "--vocabulary", action="append", default=[], metavar="DIR", help="extra folder of <category>.txt tag lists"
+    )
     prompts = parser.add_argument_group("prompt options")
     for option in OPTIONS:
         _add_option(prompts, option, option.name)
@@ -55,7 +66,11 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
         return
     default = option.automatic or option.default
     group.add_argument(
-        option.flag, dest=dest, type=_checked_by(option), default=option.default, metavar=option.kind.__name__.upper(),
+        option.flag,
+        dest=dest,
+        type=_checked_by(option),
+        default=option.default,
+        metavar=option.kind.__name__.upper(),
         help=f"{option.help}; {option.minimum:g} to {option.maximum:g} (default: {default})",
     )
 
@@ -74,42 +89,64 @@ def _checked_by(option: Option):
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scale", "records, throughput, and running on a Ray cluster (docs/scaling.md)")
     group.add_argument(
-        "--output", type=Path, default=None, metavar="FILE.jsonl|FILE.parquet",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE.jsonl|FILE.parquet",
         help="also write one record per image (path, prompts, tags, model, tau, error); a rerun skips recorded images. "
         "With --engine ray: a folder (or s3://, gs:// URI) of shards, Parquet unless it ends in .jsonl",
     )
     group.add_argument(
-        "--captions", action=argparse.BooleanOptionalAction, default=None,
+        "--captions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="write .txt captions beside images (default: on; with --engine ray: off)",
     )
     group.add_argument("--batch-size", type=_positive, default=BATCH_SIZE, help="images per forward pass (GPU: 64)")
     group.add_argument("--workers", type=_positive, default=None, help="decode threads (default: 1 per core, <= 8)")
     group.add_argument(
-        "--engine", choices=("local", "ray"), default="local",
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
         help="ray: run as a Ray Data job (pip install 'easy-diffuser[ray]', docs/scaling.md)",
     )
     group.add_argument(
-        "--ray-address", default=None, metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS, else a local Ray)"
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="a running Ray cluster (default: RAY_ADDRESS, else a local Ray)",
     )
 
 
 def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("caption", "a captioner's sentence in front of the tags (needs: pip install 'easy-diffuser[caption]')")
+    group = parser.add_argument_group(
+        "caption", "a captioner's sentence in front of the tags (needs: pip install 'easy-diffuser[caption]')"
+    )
     group.add_argument(
-        "--caption", nargs="?", const=DEFAULT_CAPTIONER, default=None, metavar="MODEL",
+        "--caption",
+        nargs="?",
+        const=DEFAULT_CAPTIONER,
+        default=None,
+        metavar="MODEL",
         help=f"caption first; MODEL is {', '.join(CAPTIONERS)} or a model folder (default {DEFAULT_CAPTIONER}); "
         "put it after the images or write --caption=MODEL, so that an image is not taken for MODEL",
     )
     for option in CAPTION_OPTIONS:
         _add_option(group, option, f"caption_{option.name}")
-    group.add_argument("--keep-in-vram", action="store_true", help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)")
+    group.add_argument(
+        "--keep-in-vram",
+        action="store_true",
+        help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> ExtractOptions:
     """The parsed flags as ExtractOptions (each flag was checked against the schema as it was read)."""
     caption = None
     if args.caption:
-        caption = CaptionOptions(args.caption, **{option.name: getattr(args, f"caption_{option.name}") for option in CAPTION_OPTIONS})
+        caption = CaptionOptions(
+            args.caption, **{option.name: getattr(args, f"caption_{option.name}") for option in CAPTION_OPTIONS}
+        )
     return ExtractOptions(**{option.name: getattr(args, option.name) for option in OPTIONS}, caption=caption)
 
 
@@ -137,7 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
             return ray_main(args, options)
-        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir, vocabulary_dirs=args.vocabulary, keep_in_vram=args.keep_in_vram)
+        engine = Engine(
+            args.model,
+            args.device or default_device(),
+            cache_dir=args.cache_dir,
+            vocabulary_dirs=args.vocabulary,
+            keep_in_vram=args.keep_in_vram,
+        )
         if options.caption:
             engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
@@ -182,9 +225,17 @@ def _run_folder(
         bar.update(done - bar.n)
 
     summary = caption_folder(
-        engine, folder, options, args.recursive, args.overwrite, progress,
+        engine,
+        folder,
+        options,
+        args.recursive,
+        args.overwrite,
+        progress,
         on_result=(lambda result: _print(result, True)) if args.json else None,
-        records=records, captions=args.captions, batch_size=args.batch_size, workers=args.workers,
+        records=records,
+        captions=args.captions,
+        batch_size=args.batch_size,
+        workers=args.workers,
     )
     bar.close()
     for path, reason in summary.failed:

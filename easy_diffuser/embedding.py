@@ -5,6 +5,7 @@ its longest end token. CLIP's text transformer is causal, so tokens after the en
 influence it; dropping the padding gives the same embedding (to float rounding) at a fraction
 of the cost of always running 77 positions.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence

@@ -7,6 +7,7 @@
 With `ExtractOptions(caption=CaptionOptions(MODEL))` a captioner (captioner.py) runs first and its caption leads
 the positive prompt: `caption, tag, tag, ...` in the same token budget.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,11 @@ class Extraction:
     caption: str = ""  # the captioner's text at the head of the prompt; "" when captioning is off
 
     def to_dict(self) -> dict:
-        data = {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "tags": [t.to_dict() for t in self.tags]}
+        data = {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "tags": [t.to_dict() for t in self.tags],
+        }
         data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
         if self.source:
             data["source"] = self.source
@@ -72,7 +77,9 @@ class Engine:
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
         self.loaded: LoadedModel = load_model(model, check_device(device), dtype, self.cache_dir)
         # Which tags an image shows, for the negative prompt's guard and calibration's metric.
-        self.tag_calibration: TagCalibration = model_tag_calibration(self.loaded.defaults, f"{model}: easy_diffuser.json")
+        self.tag_calibration: TagCalibration = model_tag_calibration(
+            self.loaded.defaults, f"{model}: easy_diffuser.json"
+        )
         folders = [self.loaded.vocabulary_dir or BUILTIN_DIR, *map(Path, vocabulary_dirs)]
         self.vocabulary: Vocabulary = load_vocabulary(folders)
         self.text_embeddings = label_cache.text_embeddings(self.loaded, self.vocabulary, self.cache_dir, progress)
@@ -83,12 +90,16 @@ class Engine:
     def model_id(self) -> str:
         return self.loaded.model_id
 
-    def extract(self, image: ImageInput, options: ExtractOptions = ExtractOptions(), name: str | None = None) -> Extraction:
+    def extract(
+        self, image: ImageInput, options: ExtractOptions = ExtractOptions(), name: str | None = None
+    ) -> Extraction:
         """One image (path, bytes or PIL image); a path is the result's `source` unless `name` is given."""
         source = name or (str(image) if isinstance(image, (str, os.PathLike)) else "")
         return self.extract_many([load_image(image, name)], options, [source])[0]
 
-    def extract_many(self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()) -> list[Extraction]:
+    def extract_many(
+        self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()
+    ) -> list[Extraction]:
         """Extract a batch of already loaded PIL images (one forward pass)."""
         captions = self.caption(images, options) if options.caption else []
         return self.extract_embeddings(self.encode(images), options, names, captions)
@@ -127,7 +138,9 @@ class Engine:
             if options.caption:
                 prompt, tags, caption = self._with_caption(captions[index], tags, options)
             source = names[index] if index < len(names) else ""
-            results.append(Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption))
+            results.append(
+                Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
+            )
         return results
 
     def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
@@ -137,14 +150,19 @@ class Engine:
         tau, tau_source = self._tau(options.tau, learned)
         counts = {**self._model_selection_defaults(options), **self._learned_negatives(options, learned)}
         selection = SelectionOptions(
-            max_tags=options.max_tags, max_per_category=counts.get("max_per_category", options.max_per_category),
-            tau=tau, negatives=counts.get("negatives", options.negatives), quality_negatives=options.quality_negatives,
-            token_budget=options.token_budget, dedup_threshold=options.dedup_threshold, presence=self.tag_calibration,
+            max_tags=options.max_tags,
+            max_per_category=counts.get("max_per_category", options.max_per_category),
+            tau=tau,
+            negatives=counts.get("negatives", options.negatives),
+            quality_negatives=options.quality_negatives,
+            token_budget=options.token_budget,
+            dedup_threshold=options.dedup_threshold,
+            presence=self.tag_calibration,
         )
         return selection, tau_source
 
     def captioner(self, spec: str) -> Captioner:
-        """The captioner, loaded on first use, on CLIP's device and dtype (loading it early surfaces its errors early)."""
+        """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
         return load_captioner(spec, self.loaded.device, self.loaded.dtype, self.cache_dir)
 
     def caption(self, images: Sequence, options: ExtractOptions) -> list[str]:
@@ -158,10 +176,14 @@ class Engine:
                 if not self.keep_in_vram and captioner.device.type != "cpu":
                     captioner.to("cpu")
 
-    def _with_caption(self, caption: str, tags: list[TagScore], options: ExtractOptions) -> tuple[str, list[TagScore], str]:
+    def _with_caption(
+        self, caption: str, tags: list[TagScore], options: ExtractOptions
+    ) -> tuple[str, list[TagScore], str]:
         """(prompt, tags, caption): `caption, tags...` in the token budget; positive tags the caption
         repeats or that no longer fit go "off", so the tags' roles still match the prompt."""
-        caption, kept = compose(caption, tags, lambda text: embedding.token_count(self.loaded, text), options.token_budget)
+        caption, kept = compose(
+            caption, tags, lambda text: embedding.token_count(self.loaded, text), options.token_budget
+        )
         dropped = {tag.tag for tag in tags if tag.role == "positive"} - {tag.tag for tag in kept}
         tags = [replace(tag, role="off") if tag.tag in dropped else tag for tag in tags]
         return ", ".join(filter(None, [escape(caption), format_prompt(kept, options.weights)])), tags, caption

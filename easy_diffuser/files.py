@@ -1,4 +1,5 @@
 """Writing files so that a crash or kill never leaves a half-written one behind."""
+
 from __future__ import annotations
 
 import errno

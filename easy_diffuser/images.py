@@ -5,6 +5,7 @@ message names the file and the cause, so callers can report it in one line.
 Only raster formats that Pillow decodes itself are opened: EPS, PostScript and PDF
 would make Pillow run Ghostscript on the file.
 """
+
 from __future__ import annotations
 
 import errno
@@ -107,7 +108,9 @@ def _read_bytes(image: ImageInput, label: str) -> bytes:
         except FileNotFoundError:
             raise ImageError(f"{label}: no such file") from None
         except NotARegularFile as error:
-            raise ImageError(f"{label}: {'is a folder, not an image' if error.errno == errno.EISDIR else error.strerror}") from None
+            raise ImageError(
+                f"{label}: {'is a folder, not an image' if error.errno == errno.EISDIR else error.strerror}"
+            ) from None
         except OSError as error:
             raise ImageError(f"{label}: cannot read ({error.strerror or error})") from None
         except ValueError:  # os.open refuses a NUL in the name

@@ -4,6 +4,7 @@ Files are safetensors named by model id and the vocabulary's fingerprint, so a c
 another model never reuses stale embeddings; a file that is corrupt, truncated or does not
 match is rebuilt, never trusted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,12 @@ def _write(path: Path, embeddings: torch.Tensor, vocabulary: Vocabulary) -> None
 
     metadata = {"fingerprint": vocabulary.fingerprint, "tags": str(len(vocabulary))}
     try:
-        write_atomically(path, lambda temp: save_file({"embeddings": embeddings.half().contiguous()}, str(temp), metadata))
-    except Exception as error:  # a full disk (SafetensorError) or read-only folder costs speed next time, not this result
+        write_atomically(
+            path, lambda temp: save_file({"embeddings": embeddings.half().contiguous()}, str(temp), metadata)
+        )
+    except (
+        Exception
+    ) as error:  # a full disk (SafetensorError) or read-only folder costs speed next time, not this result
         log.warning("cannot write text-embedding cache %s: %s", path, error)
 
 

@@ -11,6 +11,7 @@ Nothing a weights file holds ever runs: safetensors, torch.load(weights_only=Tru
 TorchScript archives (OpenAI's .pt), a reader that takes only their tensors (torchscript.py).
 open_clip never loads weights for us: it would torch.load or torch.jit.load them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,7 +62,9 @@ REGISTRY: dict[str, ModelInfo] = {
     for info in (
         # open_clip 3.x names this repository itself; 2.20 only OpenAI's TorchScript .pt.
         ModelInfo(
-            "ViT-L-14/openai", "SD 1.x and SDXL (the CLIP-L text encoder both use)", {"tau": 1.5},
+            "ViT-L-14/openai",
+            "SD 1.x and SDXL (the CLIP-L text encoder both use)",
+            {"tau": 1.5},
             hf_hub="timm/vit_large_patch14_clip_224.openai/",
         ),
         ModelInfo("ViT-H-14/laion2b_s32b_b79k", "SD 2.x (its OpenCLIP-H text encoder)", {"tau": 1.5}),
@@ -117,11 +120,15 @@ def check_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise OptionError("device", f"{device!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
     backend = getattr(torch, device.type, None)
-    available = device.type == "cpu" or (backend is not None and hasattr(backend, "is_available") and backend.is_available())
+    available = device.type == "cpu" or (
+        backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    )
     if not available:
         raise OptionError("device", f"{device.type} is not available on this machine; use cpu or leave the device out")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise OptionError("device", f"{device} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise OptionError(
+            "device", f"{device} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     return device
 
 
@@ -196,7 +203,10 @@ def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
     if placed:
         return _load_file(placed, arch, model_id=name)
     if arch not in open_clip.list_models():
-        raise ModelError(f"unknown model architecture {arch!r} in {name!r}: open_clip knows {', '.join(open_clip.list_models()[:8])}, ...")
+        raise ModelError(
+            f"unknown model architecture {arch!r} in {name!r}: "
+            f"open_clip knows {', '.join(open_clip.list_models()[:8])}, ..."
+        )
     pretrained_cfg = pretrained_config(arch, tag)
     if not pretrained_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch))
@@ -206,7 +216,8 @@ def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
         raise ModelError(
             f"no network and no cached weights for {name} ({type(error).__name__}: {_first_line(error)}). "
-            f"{_where_to_get(pretrained_cfg, cache_dir / f'{arch}-{tag}')}, or pass a local checkpoint path as the model"
+            f"{_where_to_get(pretrained_cfg, cache_dir / f'{arch}-{tag}')}, "
+            "or pass a local checkpoint path as the model"
         ) from error
     quick_gelu = tag == "openai" or bool(pretrained_cfg.get("quick_gelu"))
     model, preprocess = _architecture(
@@ -239,7 +250,9 @@ class WeightSource:
             from huggingface_hub import hf_hub_download
 
             try:
-                return Path(hf_hub_download(self.hub_repo, self.filename, cache_dir=str(cache_dir), local_files_only=local_only))
+                return Path(
+                    hf_hub_download(self.hub_repo, self.filename, cache_dir=str(cache_dir), local_files_only=local_only)
+                )
             except Exception:
                 if local_only:
                     return None
@@ -295,7 +308,10 @@ def _where_to_get(pretrained_cfg: dict, target: Path) -> str:
     hub = pretrained_cfg.get("hf_hub")
     if hub:
         page = f"https://huggingface.co/{hub.rstrip('/')}"
-        return f"Download {WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]}) from {page} and save it as {target}.safetensors (or .bin)"
+        return (
+            f"Download {WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]}) from {page} "
+            f"and save it as {target}.safetensors (or .bin)"
+        )
     url = pretrained_cfg.get("url", "")
     return f"Download {url} and save it as {target}{Path(url).suffix or '.pt'}"
 
@@ -327,7 +343,15 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
     _load_weights(model, weights)
     defaults = _folder_defaults(folder / "easy_diffuser.json")
     vocabulary = folder / "vocabulary"
-    return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id, cache_key, vocabulary if vocabulary.is_dir() else None, defaults)
+    return _finish(
+        model,
+        preprocess,
+        open_clip.get_tokenizer(arch),
+        model_id,
+        cache_key,
+        vocabulary if vocabulary.is_dir() else None,
+        defaults,
+    )
 
 
 def _folder_defaults(path: Path) -> dict[str, Any]:
@@ -373,7 +397,9 @@ def _architecture(arch: str, **kwargs: Any) -> tuple[torch.nn.Module, Callable]:
     return model, preprocess
 
 
-def _finish(model, preprocess, tokenizer, model_id: str, cache_key: str, folder: Path | None, defaults: dict | None = None) -> LoadedModel:
+def _finish(
+    model, preprocess, tokenizer, model_id: str, cache_key: str, folder: Path | None, defaults: dict | None = None
+) -> LoadedModel:
     model.eval()  # open_clip leaves BatchNorm/Dropout in training mode
     model.requires_grad_(False)
     info = REGISTRY.get(model_id)
@@ -395,7 +421,9 @@ def _arch_from_file_name(path: Path) -> str:
     for arch in sorted(open_clip.list_models(), key=len, reverse=True):
         if path.name.lower().startswith(arch.lower()):
             return arch
-    raise ModelError(f"{path}: cannot tell the architecture from the file name; pass it as ARCH=PATH, e.g. ViT-L-14={path}")
+    raise ModelError(
+        f"{path}: cannot tell the architecture from the file name; pass it as ARCH=PATH, e.g. ViT-L-14={path}"
+    )
 
 
 def _is_openai_checkpoint(path: Path) -> bool:
@@ -415,11 +443,13 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"{path}: not a usable checkpoint for this architecture ({type(error).__name__}: {_one_line(error)})") from None
+        raise ModelError(
+            f"{path}: not a usable checkpoint for this architecture ({type(error).__name__}: {_one_line(error)})"
+        ) from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Weights, with nothing in the file run: safetensors, TorchScript tensors read as data, or weights-only torch files."""
+    """Weights, nothing in the file run: safetensors, TorchScript tensors read as data, or weights-only torch files."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -429,11 +459,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return read_torchscript_state_dict(path)
         except Exception as error:  # the archive is data to us: any fault in it is a refusal
-            raise ModelError(f"{path}: refused to load this TorchScript archive ({_first_line(error)}); use a .safetensors file") from None
+            raise ModelError(
+                f"{path}: refused to load this TorchScript archive ({_first_line(error)}); use a .safetensors file"
+            ) from None
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelError(f"{path}: refused to load ({_first_line(error)}); only plain weight files are read, convert it to .safetensors") from None
+        raise ModelError(
+            f"{path}: refused to load ({_first_line(error)}); "
+            "only plain weight files are read, convert it to .safetensors"
+        ) from None
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state_dict, dict):
         raise ModelError(f"{path}: holds no state dict")

@@ -7,6 +7,7 @@ place and every surface says the same thing about a bad value:
 
     max_tags: must be a whole number from 1 to 75, not 0
 """
+
 from __future__ import annotations
 
 import math
@@ -81,25 +82,82 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("max_tags", int, 24, "most tags in the positive prompt (it also stays within one 75-token chunk)",
-           "Number of tags", "--tags", 1, 75),
-    Option("max_per_category", int, 3, "most positive tags from one category (subject, medium, style, ...)",
-           "Most tags per category", "--per-category", 1, 75),
-    Option("tau", float, None, "relevance a tag needs to be a negative-prompt candidate",
-           "tau: relevance a tag needs to be a negative candidate", "--tau", -5, 5, 0.05,
-           automatic="calibrated for the model, else its default"),
-    Option("negatives", int, 8, "most negative tags from the image's relevant subset",
-           "Negative tags", "--negatives", 0, 75),
-    Option("quality_negatives", int, 6, "standard quality faults (blurry, lowres, ...) added to the negative prompt",
-           "Quality negatives", "--quality-negatives", 0, 32),
-    Option("weights", bool, False, "write the positive tags as (tag:weight) by how far each stands above the others",
-           "Weights", "--weights"),
+    Option(
+        "max_tags",
+        int,
+        24,
+        "most tags in the positive prompt (it also stays within one 75-token chunk)",
+        "Number of tags",
+        "--tags",
+        1,
+        75,
+    ),
+    Option(
+        "max_per_category",
+        int,
+        3,
+        "most positive tags from one category (subject, medium, style, ...)",
+        "Most tags per category",
+        "--per-category",
+        1,
+        75,
+    ),
+    Option(
+        "tau",
+        float,
+        None,
+        "relevance a tag needs to be a negative-prompt candidate",
+        "tau: relevance a tag needs to be a negative candidate",
+        "--tau",
+        -5,
+        5,
+        0.05,
+        automatic="calibrated for the model, else its default",
+    ),
+    Option(
+        "negatives",
+        int,
+        8,
+        "most negative tags from the image's relevant subset",
+        "Negative tags",
+        "--negatives",
+        0,
+        75,
+    ),
+    Option(
+        "quality_negatives",
+        int,
+        6,
+        "standard quality faults (blurry, lowres, ...) added to the negative prompt",
+        "Quality negatives",
+        "--quality-negatives",
+        0,
+        32,
+    ),
+    Option(
+        "weights",
+        bool,
+        False,
+        "write the positive tags as (tag:weight) by how far each stands above the others",
+        "Weights",
+        "--weights",
+    ),
 )
 CAPTION_OPTIONS: tuple[Option, ...] = (
     Option("beams", int, 3, "the captioner's beam search width", "Captioner beams", "--caption-beams", 1, 16),
-    Option("min_length", int, 5, "fewest caption tokens (the captioner's tokens; capped at the maximum)",
-           "Caption minimum length (tokens)", "--caption-min-length", 0, 75),
-    Option("max_length", int, 30, "most caption tokens", "Caption maximum length (tokens)", "--caption-max-length", 1, 75),
+    Option(
+        "min_length",
+        int,
+        5,
+        "fewest caption tokens (the captioner's tokens; capped at the maximum)",
+        "Caption minimum length (tokens)",
+        "--caption-min-length",
+        0,
+        75,
+    ),
+    Option(
+        "max_length", int, 30, "most caption tokens", "Caption maximum length (tokens)", "--caption-max-length", 1, 75
+    ),
 )
 OPTION = {option.name: option for option in OPTIONS}
 CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
@@ -149,9 +207,13 @@ class ExtractOptions:
         if self.caption is not None and not isinstance(self.caption, CaptionOptions):
             raise OptionError("caption", f"must be CaptionOptions or None, not {self.caption!r}")
         if not isinstance(self.token_budget, int) or not 1 <= self.token_budget <= TOKEN_BUDGET:
-            raise OptionError("token_budget", f"must be a whole number from 1 to {TOKEN_BUDGET}, not {self.token_budget!r}")
+            raise OptionError(
+                "token_budget", f"must be a whole number from 1 to {TOKEN_BUDGET}, not {self.token_budget!r}"
+            )
         if not isinstance(self.dedup_threshold, (int, float)) or not 0 < self.dedup_threshold <= 1:
-            raise OptionError("dedup_threshold", f"must be a number above 0 and at most 1, not {self.dedup_threshold!r}")
+            raise OptionError(
+                "dedup_threshold", f"must be a number above 0 and at most 1, not {self.dedup_threshold!r}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], base: "ExtractOptions | None" = None) -> "ExtractOptions":
@@ -183,13 +245,16 @@ def caption_from(value: Any) -> CaptionOptions | None:
         allowed = {f.name for f in fields(CaptionOptions)}
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise OptionError(f"caption.{unknown[0]}", f"is not a caption option; they are {', '.join(sorted(allowed))}")
+            raise OptionError(
+                f"caption.{unknown[0]}", f"is not a caption option; they are {', '.join(sorted(allowed))}"
+            )
         return CaptionOptions(**value)
     raise OptionError("caption", f"must be true, false, a captioner name or an object, not {value!r}")
 
 
 def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
+
     def describe(option: Option) -> dict[str, Any]:
         entry = {"type": option.kind.__name__, "default": option.default, "help": option.help}
         if option.minimum is not None:
@@ -200,8 +265,9 @@ def schema_help() -> dict[str, Any]:
 
     return {
         **{option.name: describe(option) for option in OPTIONS},
-        "caption": {"type": "false | true | captioner | object", "default": False,
-                    "fields": {option.name: describe(option) for option in CAPTION_OPTIONS}},
+        "caption": {
+            "type": "false | true | captioner | object",
+            "default": False,
+            "fields": {option.name: describe(option) for option in CAPTION_OPTIONS},
+        },
     }
-
-

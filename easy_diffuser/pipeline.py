@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .engine import Engine, ExtractOptions, Extraction
+from .engine import Engine, Extraction, ExtractOptions
 from .files import remove_leftover_temp_files, write_text_atomically
 from .images import ImageError, ImageInput, load_image
 from .models import LoadedModel

@@ -23,6 +23,7 @@ vocabulary, shapes-demo with the 3,770 tags added, gave center 2.6, temperature 
 vocabulary puts true tags lower (shapes-demo: 13 tags, 4 true for every image, center 0.70): fit
 its values rather than rely on the default.
 """
+
 from __future__ import annotations
 
 import math

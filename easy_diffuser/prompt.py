@@ -5,6 +5,7 @@ weights on, each positive tag gets `(tag:w)` from how far its relevance stands a
 the other selected tags (the webui drops that syntax before counting tokens, so weights cost
 no budget).
 """
+
 from __future__ import annotations
 
 import re

@@ -30,8 +30,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import label_cache
-from .engine import Engine, ExtractOptions
 from .batch import caption_owners
+from .engine import Engine, ExtractOptions
 from .files import write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError

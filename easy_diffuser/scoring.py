@@ -10,6 +10,7 @@ A tag with relevance 2 stands two standard deviations above the image's average 
 the image or model. The negative-prompt threshold tau is a relevance, so one tau means the
 same for every image.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

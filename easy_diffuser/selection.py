@@ -13,6 +13,7 @@ it or not: with few positive tags the image's own background or colour would oth
 lowest of a small subset. Optionally the standard negative-quality tags the image is most
 associated with follow. No tag is in both prompts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -78,7 +79,13 @@ def select(
     extras = _pick_quality_negatives(scores, token_costs, options, quality, negative_budget)
 
     def tag(index: int, role: Role) -> TagScore:
-        return TagScore(vocabulary.tags[index], vocabulary.categories[index], float(scores.cosine[index]), float(scores.relevance[index]), role)
+        return TagScore(
+            vocabulary.tags[index],
+            vocabulary.categories[index],
+            float(scores.cosine[index]),
+            float(scores.relevance[index]),
+            role,
+        )
 
     return [tag(i, "positive") for i in positives] + [tag(i, "negative") for i in negatives + extras]
 

@@ -1,20 +1,21 @@
 """The original prototype's Python API, kept and fixed:
 
-    ed = easy_diffuser.start("image.jpg")
-    ed.run()
-    ed.print_caption()
-    ed.input_img("other.jpg")
-    ed.send2ui()          # POST prompt and negative_prompt to a running webui's /sdapi/v1/txt2img
+ed = easy_diffuser.start("image.jpg")
+ed.run()
+ed.print_caption()
+ed.input_img("other.jpg")
+ed.send2ui()          # POST prompt and negative_prompt to a running webui's /sdapi/v1/txt2img
 
-    easy_diffuser.start("image.jpg", caption=True)   # BLIP's caption first, then the tags
-    easy_diffuser.start("image.jpg", caption={"model": "microsoft/git-base-coco", "max_length": 20})
+easy_diffuser.start("image.jpg", caption=True)   # BLIP's caption first, then the tags
+easy_diffuser.start("image.jpg", caption={"model": "microsoft/git-base-coco", "max_length": 20})
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .engine import Engine, ExtractOptions, Extraction
+from .engine import Engine, Extraction, ExtractOptions
 from .images import ImageInput, load_image
 from .models import DEFAULT_MODEL, default_device
 from .webui_client import DEFAULT_URL, save_images, txt2img
@@ -22,9 +23,16 @@ from .webui_client import DEFAULT_URL, save_images, txt2img
 
 class EasyDiffuser:
     def __init__(
-        self, image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: Any = None, **options: Any
+        self,
+        image: ImageInput | None = None,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        caption: Any = None,
+        **options: Any,
     ) -> None:
-        self.options = ExtractOptions.from_mapping({**options, "caption": caption})  # bad options fail before the model loads
+        self.options = ExtractOptions.from_mapping(
+            {**options, "caption": caption}
+        )  # bad options fail before the model loads
         self.engine = Engine(model, device or default_device())
         self.image = None
         self.result: Extraction | None = None
@@ -63,7 +71,11 @@ class EasyDiffuser:
 
 
 def start(
-    image: ImageInput | None = None, model: str = DEFAULT_MODEL, device: str | None = None, caption: Any = None, **options: Any
+    image: ImageInput | None = None,
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    caption: Any = None,
+    **options: Any,
 ) -> EasyDiffuser:
     """Load a model (once per process) and take an image; call .run() to extract.
 

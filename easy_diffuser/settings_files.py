@@ -5,6 +5,7 @@ Infinity anywhere, nesting deep enough to exhaust the parser, a value of the wro
 range) raises SettingsFileError: one line naming the file and the field, never a traceback, and
 none of its values are used. The calibration writer validates with the same functions.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,12 +89,16 @@ def _check_number(data: dict, key: str, path: Path | str, low: float, high: floa
         return
     value = data[key]
     if not _is_number(value) or not low <= value <= high:
-        raise SettingsFileError(f"{path}: {key!r} must be a number from {low:g} to {high:g}, not {json.dumps(value)[:40]}")
+        raise SettingsFileError(
+            f"{path}: {key!r} must be a number from {low:g} to {high:g}, not {json.dumps(value)[:40]}"
+        )
 
 
 def _check_whole(data: dict, key: str, path: Path | str, low: int, high: int) -> None:
     value = data.get(key, low)
     if not _is_number(value) or (isinstance(value, float) and not value.is_integer()) or not low <= value <= high:
-        raise SettingsFileError(f"{path}: {key!r} must be a whole number from {low} to {high}, not {json.dumps(value)[:40]}")
+        raise SettingsFileError(
+            f"{path}: {key!r} must be a whole number from {low} to {high}, not {json.dumps(value)[:40]}"
+        )
     if key in data:
         data[key] = int(value)

@@ -8,6 +8,7 @@ TorchScript classes become plain containers and every other global is refused. W
 are parameters or buffers (the state dict) is read, as text, from the `__parameters__` and
 `__buffers__` lines of the archive's code.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,7 +50,9 @@ def is_torchscript(path: Path) -> bool:
 def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The state dict torch.jit.load(path).state_dict() would give, without loading (running) the archive."""
     with zipfile.ZipFile(path) as archive:
-        data_name = next((name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") == 1), None)
+        data_name = next(
+            (name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") == 1), None
+        )
         if data_name is None:
             raise TorchScriptError("no data.pkl in the archive")
         prefix = data_name[: -len("data.pkl")]
@@ -88,7 +91,10 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("collections", "OrderedDict"): OrderedDict,
     # TorchScript's typed lists and type tags: the value itself is the data.
-    **{("torch.jit._pickle", name): _identity for name in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")},
+    **{
+        ("torch.jit._pickle", name): _identity
+        for name in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
+    },
     ("torch.jit._pickle", "restore_type_tag"): _identity,
 }
 
@@ -123,7 +129,9 @@ class _ArchiveUnpickler(pickle.Unpickler):
             data = bytearray(self._archive.read(f"{self._prefix}data/{key}"))
             if len(data) % storage_type.dtype.itemsize:
                 raise TorchScriptError(f"storage {key} is not a whole number of {storage_type.dtype} values")
-            self._storages[key] = torch.frombuffer(data, dtype=storage_type.dtype) if data else torch.empty(0, dtype=storage_type.dtype)
+            self._storages[key] = (
+                torch.frombuffer(data, dtype=storage_type.dtype) if data else torch.empty(0, dtype=storage_type.dtype)
+            )
         storage = self._storages[key]
         if storage.dtype != storage_type.dtype:
             raise TorchScriptError(f"storage {key} is used with two dtypes")

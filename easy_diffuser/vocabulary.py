@@ -3,6 +3,7 @@
 The package ships lists in data/vocabulary/; a model folder may bring its own (the shapes-demo
 model knows only its own world); users add lists by dropping `.txt` files into a folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,7 +46,9 @@ def load_vocabulary(folders: Sequence[Path | str]) -> Vocabulary:
             for tag in _read_tags(path):
                 seen.setdefault(tag, path.stem)
     if not seen:
-        raise ValueError(f"no tags found in {', '.join(map(str, folders))}: add one .txt file per category, one tag per line")
+        raise ValueError(
+            f"no tags found in {', '.join(map(str, folders))}: add one .txt file per category, one tag per line"
+        )
     return Vocabulary(tuple(seen), tuple(seen.values()))
 
 

@@ -1,4 +1,5 @@
 """Client for a running webui's HTTP API (`--api`): send prompts to /sdapi/v1/txt2img."""
+
 from __future__ import annotations
 
 import base64

@@ -5,6 +5,7 @@ routes); this file supplies the host's rules: settings, flags, device and
 memory handling, the queue lock, in-process txt2img for calibration, and the wiring to the txt2img
 and img2img components.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,25 +16,24 @@ from typing import Any, Callable, Mapping, Optional
 
 import gradio as gr
 import torch
-from PIL import Image
-
 from modules import call_queue, devices, lowvram, paths, processing, script_callbacks, sd_models, shared, ui_components
+from PIL import Image
 
 try:
     from modules.infotext_utils import paste_fields
 except ImportError:  # webui before 1.8
     from modules.generation_parameters_copypaste import paste_fields
 
-from easy_diffuser.webui import controls, http_api, markup
-from easy_diffuser.webui.service import AUTO, Placement, Service, auto_model
 from easy_diffuser.batch import BatchSummary, caption_folder
 from easy_diffuser.calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibrate, store
+from easy_diffuser.calibration.generators import CallableGenerator, webui_generator
 from easy_diffuser.captioner import CAPTIONERS
 from easy_diffuser.engine import DEFAULT_TAU, Engine
-from easy_diffuser.calibration.generators import CallableGenerator, webui_generator
 from easy_diffuser.images import ImageError
 from easy_diffuser.models import LoadedModel, ModelError, default_dtype, list_models
 from easy_diffuser.options import CAPTION_OPTION, CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, ExtractOptions, Option
+from easy_diffuser.webui import controls, http_api, markup
+from easy_diffuser.webui.service import AUTO, Placement, Service, auto_model
 
 try:  # Forge: GPU memory belongs to its memory manager, which its own interrogator also goes through
     from backend import memory_management
@@ -164,7 +164,9 @@ def _unchanged(extracted: Optional[controls.Extracted], status: Any = None) -> t
 
 
 def extract(
-    image: Optional[Image.Image], extracted: Optional[controls.Extracted], values: Mapping[str, Any],
+    image: Optional[Image.Image],
+    extracted: Optional[controls.Extracted],
+    values: Mapping[str, Any],
     progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     """-> prompt, negative prompt, tag bars, status, tau slider, negatives slider, state."""
@@ -184,7 +186,9 @@ def extract(
 
 
 def extract_on_drop(
-    image: Optional[Image.Image], extracted: Optional[controls.Extracted], values: Mapping[str, Any],
+    image: Optional[Image.Image],
+    extracted: Optional[controls.Extracted],
+    values: Mapping[str, Any],
     progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     if not shared.opts.easy_diffuser_extract_on_drop:
@@ -223,7 +227,11 @@ def toggle_weights(extracted: Optional[controls.Extracted], weights: bool) -> tu
 
 
 def caption(
-    folder: str, recursive: bool, overwrite: bool, values: Mapping[str, Any], progress: gr.Progress = gr.Progress(),
+    folder: str,
+    recursive: bool,
+    overwrite: bool,
+    values: Mapping[str, Any],
+    progress: gr.Progress = gr.Progress(),
 ) -> str:
     if not folder.strip():
         return markup.error_html("Enter the folder to caption.")
@@ -235,7 +243,9 @@ def caption(
     images = _reporter(progress, "Captioning", "images")
 
     def work(engine: Engine) -> BatchSummary:
-        return caption_folder(engine, folder.strip(), options, recursive, overwrite, progress=images, should_stop=_stop_batch.is_set)
+        return caption_folder(
+            engine, folder.strip(), options, recursive, overwrite, progress=images, should_stop=_stop_batch.is_set
+        )
 
     try:
         summary = service.run(work, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
@@ -245,7 +255,12 @@ def caption(
 
 
 def calibrate_folder(
-    folder: str, taus_text: str, negatives_text: str, width: float, height: float, steps: float,
+    folder: str,
+    taus_text: str,
+    negatives_text: str,
+    width: float,
+    height: float,
+    steps: float,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple:
     """-> report, loss plot, grid, status line."""
@@ -264,13 +279,23 @@ def calibrate_folder(
 
     def report(done: int, total: int) -> None:
         counts[:] = done, total
-        progress((done, total), desc=markup.calibration_progress(done, total, pace.seconds_each(done)), unit="generations")
+        progress(
+            (done, total), desc=markup.calibration_progress(done, total, pace.seconds_each(done)), unit="generations"
+        )
 
     def work(engine: Engine) -> tuple[Calibration, tuple[float, str]]:
         generator = _webui_txt2img(engine, int(width), int(height), int(steps))
-        result = _as_job(lambda: calibrate(
-            engine, folder.strip(), generator, taus, negatives, progress=report, should_stop=_calibration_stopped,
-        ))
+        result = _as_job(
+            lambda: calibrate(
+                engine,
+                folder.strip(),
+                generator,
+                taus,
+                negatives,
+                progress=report,
+                should_stop=_calibration_stopped,
+            )
+        )
         return result, engine.resolve_tau(None)
 
     progress(0, desc="Loading the CLIP model")
@@ -292,10 +317,13 @@ def _no_checkpoint() -> bool:
 
 def change_calibration(change: Callable[[Path], None]) -> str:
     """Apply (or Undo) the last calibration of the current model -> the status line saying what changed."""
+
     def work(engine: Engine) -> str:
         before = store.InForce.of(engine)
         change(store.target_path(engine))
-        return markup.calibration_change_html("applied" if change is store.apply else "undone", before, store.InForce.of(engine))
+        return markup.calibration_change_html(
+            "applied" if change is store.apply else "undone", before, store.InForce.of(engine)
+        )
 
     try:
         return service.run(work)
@@ -380,8 +408,11 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
                     to_img2img = gr.Button("Send to img2img", elem_id="easy_diffuser_send_img2img")
                 status = gr.HTML(elem_id="easy_diffuser_status")
                 bars = gr.HTML(elem_id="easy_diffuser_tags")
-                # The tag bars are plain HTML: javascript/easy_diffuser.js puts a clicked tag here and presses the button.
-                clicked = gr.Textbox(elem_id="easy_diffuser_clicked_tag", elem_classes=["easy-diffuser-hidden"], show_label=False)
+                # The tag bars are plain HTML: javascript/easy_diffuser.js puts a clicked tag here and presses
+                # the button.
+                clicked = gr.Textbox(
+                    elem_id="easy_diffuser_clicked_tag", elem_classes=["easy-diffuser-hidden"], show_label=False
+                )
                 click = gr.Button("tag", elem_id="easy_diffuser_tag_click", elem_classes=["easy-diffuser-hidden"])
         extracted = gr.State(None)  # controls.Extracted: the image's embedding and its current tags
         results = [prompt, negative, bars, status, inputs["tau"], inputs["negatives"], extracted]
@@ -394,7 +425,12 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
         click.click(click_tag, inputs=[clicked, extracted, weights], outputs=clicked_outputs, queue=False)
         weights.input(toggle_weights, inputs=[extracted, weights], outputs=[prompt, negative], queue=False)
         _wire_send(to_txt2img, [prompt, negative], _prompt_fields("txt2img"), "txt2img")
-        _wire_send(to_img2img, [prompt, negative, image], [*_prompt_fields("img2img"), paste_fields["img2img"]["init_img"]], "img2img")
+        _wire_send(
+            to_img2img,
+            [prompt, negative, image],
+            [*_prompt_fields("img2img"), paste_fields["img2img"]["init_img"]],
+            "img2img",
+        )
         if not shared.cmd_opts.hide_ui_dir_config:  # server folders are off limits then, as in the webui's own tabs
             _batch_section(inputs)
             _calibrate_section(status)
@@ -423,7 +459,9 @@ def _controls() -> dict[str, gr.components.Component]:
             opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption"
         )
         made["caption_model"] = gr.Dropdown(
-            list(CAPTIONERS), value=opts.easy_diffuser_caption_model, label="Captioner",
+            list(CAPTIONERS),
+            value=opts.easy_diffuser_caption_model,
+            label="Captioner",
             elem_id="easy_diffuser_caption_model",
         )
     return {name: made[name] for name in controls.CONTROLS}
@@ -432,6 +470,7 @@ def _controls() -> dict[str, gr.components.Component]:
 def _wire(event: Callable, handler: Callable, fixed: list, inputs: dict, outputs: list, queue: bool = True) -> None:
     """handler(*values of `fixed`, {control name: value}[, progress]). The inputs go as a set, which gradio
     hands over as one dict: the controls are listed once, in _controls(), not in every handler's signature."""
+
     def values(data: dict) -> tuple:
         controlled = {name: data[component] for name, component in inputs.items()}
         return (*(data[component] for component in fixed), controlled)
@@ -467,7 +506,9 @@ def _keep_empty(*values: Any) -> tuple:
 
 def _batch_section(inputs: dict) -> None:
     with gr.Accordion("Batch: caption a folder", open=False, elem_id="easy_diffuser_batch"):
-        folder = gr.Textbox(label="Folder", placeholder="a folder on the webui's machine", elem_id="easy_diffuser_batch_folder")
+        folder = gr.Textbox(
+            label="Folder", placeholder="a folder on the webui's machine", elem_id="easy_diffuser_batch_folder"
+        )
         with gr.Row():
             recursive = gr.Checkbox(label="Include sub-folders")
             overwrite = gr.Checkbox(label="Overwrite existing captions")
@@ -484,13 +525,22 @@ def _calibrate_section(status: gr.HTML) -> None:
         gr.HTML(
             "<p class='easy-diffuser-hint'>Learns the tau for this model from your images: extracts their prompts, "
             "generates from them with the loaded checkpoint (fixed seeds, nothing saved) and keeps the tau whose "
-            "images come closest to the sources. Press Apply to make Automatic tau use the result (Undo apply goes back).</p>"
+            "images come closest to the sources. Press Apply to make Automatic tau use the result "
+            "(Undo apply goes back).</p>"
         )
-        folder = gr.Textbox(label="Folder", placeholder="a folder of images on the webui's machine", elem_id="easy_diffuser_calibrate_folder")
+        folder = gr.Textbox(
+            label="Folder",
+            placeholder="a folder of images on the webui's machine",
+            elem_id="easy_diffuser_calibrate_folder",
+        )
         with gr.Row():
-            taus = gr.Textbox(label="taus to try", value=controls.numbers_text(DEFAULT_TAUS), elem_id="easy_diffuser_calibrate_taus")
+            taus = gr.Textbox(
+                label="taus to try", value=controls.numbers_text(DEFAULT_TAUS), elem_id="easy_diffuser_calibrate_taus"
+            )
             negatives = gr.Textbox(
-                label="Numbers of negative tags to try", value=controls.numbers_text(DEFAULT_NEGATIVES), elem_id="easy_diffuser_calibrate_negatives"
+                label="Numbers of negative tags to try",
+                value=controls.numbers_text(DEFAULT_NEGATIVES),
+                elem_id="easy_diffuser_calibrate_negatives",
             )
         with gr.Row():
             width = gr.Slider(64, 1024, value=256, step=64, label="Width", elem_id="easy_diffuser_calibrate_width")
@@ -503,9 +553,23 @@ def _calibrate_section(status: gr.HTML) -> None:
             undo = gr.Button("Undo apply", elem_id="easy_diffuser_calibrate_undo")
         report = gr.HTML(elem_id="easy_diffuser_calibrate_report")
         with gr.Row(equal_height=False):  # the plot keeps its shape beside the tall grid
-            plot = gr.Image(label="Loss against tau", type="pil", interactive=False, visible=False, elem_id="easy_diffuser_calibrate_plot")
-            grid = gr.Image(label="Source | best tau | poor tau", type="pil", interactive=False, visible=False, elem_id="easy_diffuser_calibrate_grid")
-    run.click(calibrate_folder, inputs=[folder, taus, negatives, width, height, steps], outputs=[report, plot, grid, status])
+            plot = gr.Image(
+                label="Loss against tau",
+                type="pil",
+                interactive=False,
+                visible=False,
+                elem_id="easy_diffuser_calibrate_plot",
+            )
+            grid = gr.Image(
+                label="Source | best tau | poor tau",
+                type="pil",
+                interactive=False,
+                visible=False,
+                elem_id="easy_diffuser_calibrate_grid",
+            )
+    run.click(
+        calibrate_folder, inputs=[folder, taus, negatives, width, height, steps], outputs=[report, plot, grid, status]
+    )
     stop.click(stop_calibration, queue=False)  # unqueued, so it runs while the calibration holds the queue
     apply.click(partial(change_calibration, store.apply), outputs=[status])
     undo.click(partial(change_calibration, store.undo), outputs=[status])
@@ -520,22 +584,39 @@ def on_ui_settings() -> None:
         info.category_id = CATEGORY  # as options_section() does with a 3-part section; older webuis ignore it
         shared.opts.add_option(f"easy_diffuser_{key}", info)
 
-    add("model", AUTO, _model_setting_label(),
+    add(
+        "model",
+        AUTO,
+        _model_setting_label(),
         # The webui's own editable dropdown: gradio 3's Dropdown.update() rejects allow_custom_value, and the
         # webui calls update(**args) for every setting at page load, so that argument breaks the whole Settings page.
-        ui_components.DropdownEditable, {"choices": [AUTO, *list_models()]})
-    add("keep_in_vram", False, "Keep the CLIP model in VRAM between uses (faster, but the VRAM stays taken during generation)")
+        ui_components.DropdownEditable,
+        {"choices": [AUTO, *list_models()]},
+    )
+    add(
+        "keep_in_vram",
+        False,
+        "Keep the CLIP model in VRAM between uses (faster, but the VRAM stays taken during generation)",
+    )
     add("extract_on_drop", True, "Extract as soon as an image is dropped")
-    for name, label in (("max_tags", "Default number of tags"), ("negatives", "Tags in the negative prompt (besides the quality negatives)"),
-                        ("quality_negatives", "Default number of standard quality negatives")):
+    for name, label in (
+        ("max_tags", "Default number of tags"),
+        ("negatives", "Tags in the negative prompt (besides the quality negatives)"),
+        ("quality_negatives", "Default number of standard quality negatives"),
+    ):
         add(name, OPTION[name].default, label, gr.Slider, _slider_args(OPTION[name]))
     add("weights", OPTION["weights"].default, "Weights on by default")
     add("caption", False, "Caption the image before the tags (BLIP or GIT; needs transformers, which the webui has)")
     add("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)})
     for option in CAPTION_OPTIONS:
         add(f"caption_{option.name}", option.default, option.label, gr.Slider, _slider_args(option))
-    add("max_request_mb", http_api.DEFAULT_MAX_REQUEST_MB, "Largest HTTP request to /easy-diffuser/v1 (MB); larger ones get 413",
-        gr.Slider, {"minimum": 1, "maximum": 500, "step": 1})
+    add(
+        "max_request_mb",
+        http_api.DEFAULT_MAX_REQUEST_MB,
+        "Largest HTTP request to /easy-diffuser/v1 (MB); larger ones get 413",
+        gr.Slider,
+        {"minimum": 1, "maximum": 500, "step": 1},
+    )
 
 
 def _model_setting_label() -> str:
@@ -548,8 +629,14 @@ def _model_setting_label() -> str:
 
 def on_app_started(demo: Optional[gr.Blocks], app: Any) -> None:
     if demo is None or shared.cmd_opts.api:  # demo is None under --nowebui, which serves the API alone
-        http_api.add_routes(app, service, model_choices, configured_model, shared.cmd_opts.api_auth,
-                            lambda: shared.opts.easy_diffuser_max_request_mb)
+        http_api.add_routes(
+            app,
+            service,
+            model_choices,
+            configured_model,
+            shared.cmd_opts.api_auth,
+            lambda: shared.opts.easy_diffuser_max_request_mb,
+        )
 
 
 def on_script_unloaded() -> None:

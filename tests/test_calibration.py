@@ -3,6 +3,7 @@
 The held-out comparison measures losses, so it fails if the calibrated tau stops beating the
 alternatives (e.g. a change in selection, scoring or the metric). Everything is seeded.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -18,14 +19,27 @@ from PIL import Image
 
 from easy_diffuser import cli
 from easy_diffuser.calibration import calibrate, store
-from easy_diffuser.calibration.sweep import WHOLE_VOCABULARY_LABEL, PartialResults, Setting, measure
-from easy_diffuser.calibration.shapes_proof import TOO_HIGH_LABEL, TOO_HIGH_TAU, comparison_table, compare_held_out, scenes, write_folder
-from easy_diffuser.engine import Engine, ExtractOptions, calibration_path
-from easy_diffuser.calibration.generators import CallableGenerator, GenerationStopped, ShapesGenerator, WebuiHttpGenerator, webui_generator
+from easy_diffuser.calibration.generators import (
+    CallableGenerator,
+    GenerationStopped,
+    ShapesGenerator,
+    WebuiHttpGenerator,
+    webui_generator,
+)
 from easy_diffuser.calibration.metric import Metric, TagCalibration, bce, fit_tag_calibration
+from easy_diffuser.calibration.shapes_proof import (
+    TOO_HIGH_LABEL,
+    TOO_HIGH_TAU,
+    compare_held_out,
+    comparison_table,
+    scenes,
+    write_folder,
+)
+from easy_diffuser.calibration.sweep import WHOLE_VOCABULARY_LABEL, PartialResults, Setting, measure
+from easy_diffuser.engine import Engine, ExtractOptions, calibration_path
 from easy_diffuser.shapes import world
 
-# The same sets as `python -m easy_diffuser.calibration_shapes`, so the test measures the numbers in docs/calibration.md.
+# The same sets as `python -m easy_diffuser.calibration.shapes_proof`: the test measures docs/calibration.md's numbers.
 CALIBRATION_IMAGES = 60
 HELD_OUT_IMAGES = 400
 
@@ -48,7 +62,9 @@ def test_calibrated_tau_beats_the_alternatives_on_held_out_scenes(shapes_engine,
             # In a 13-tag world the lowest tags of the whole vocabulary are exactly the false values, so that
             # rule can't be beaten here (docs/calibration.md); the world that tests it is test_cooccur_world.py.
             continue
-        assert ours.row.loss < other.row.loss, f"calibrated {ours.row.loss:.4f} does not beat {other.name} {other.row.loss:.4f}"
+        assert ours.row.loss < other.row.loss, (
+            f"calibrated {ours.row.loss:.4f} does not beat {other.name} {other.row.loss:.4f}"
+        )
     assert any(other.name == TOO_HIGH_LABEL for other in others)
     assert ours.true_in_negative <= 0.01  # the negative guard: what the image shows is never negated
 
@@ -103,10 +119,15 @@ def test_stop_then_rerun_resumes_from_partial_results(shapes_engine, tmp_path):
     stopped = calibrate(shapes_engine, tmp_path / "images", counting, should_stop=lambda: len(calls) >= 20, **sweep)
     partial = tmp_path / "out" / "shapes-demo.partial.json"
     assert stopped.stopped and stopped.path is None
-    assert not (tmp_path / "out" / "shapes-demo.json").exists() and not (tmp_path / "out" / "shapes-demo.candidate.json").exists()
+    assert (
+        not (tmp_path / "out" / "shapes-demo.json").exists()
+        and not (tmp_path / "out" / "shapes-demo.candidate.json").exists()
+    )
     assert len(PartialResults(partial).entries) == 20  # every generation made is kept
     progress = []
-    finished = calibrate(shapes_engine, tmp_path / "images", counting, progress=lambda d, t: progress.append((d, t)), **sweep)
+    finished = calibrate(
+        shapes_engine, tmp_path / "images", counting, progress=lambda d, t: progress.append((d, t)), **sweep
+    )
     assert finished.path and finished.path.is_file() and not partial.exists()  # done: no stale partial file
     assert progress[-1][0] == progress[-1][1] == finished.generations
     assert len(calls) == finished.generations  # the search replayed the 20 kept generations and redid none
@@ -115,7 +136,9 @@ def test_stop_then_rerun_resumes_from_partial_results(shapes_engine, tmp_path):
 def test_measure_shares_generations_between_settings_with_equal_prompts(shapes_engine):
     images = [world.draw(s) for s in scenes(4, seed=6)]
     calls = []
-    counting = CallableGenerator(lambda p, n, s: calls.append((p, n, s)) or ShapesGenerator().generate(p, n, s), "shapes")
+    counting = CallableGenerator(
+        lambda p, n, s: calls.append((p, n, s)) or ShapesGenerator().generate(p, n, s), "shapes"
+    )
     settings = [Setting(tau, 2) for tau in (2.5, 3.0, 3.5)]  # nothing is that relevant: empty negatives for all
     rows, stopped = measure(shapes_engine, images, counting, settings, ExtractOptions(max_tags=2))
     assert not stopped and len(calls) == len(set(calls)) <= 4
@@ -189,8 +212,23 @@ def test_webui_http_generator_sends_seed_and_size():
 
 def test_cli_calibrate(tmp_path, capsys):
     write_folder(tmp_path / "images", scenes(5, seed=8))
-    argv = ["calibrate", str(tmp_path / "images"), "--model", "shapes-demo", "--generator", "shapes",
-            "--cache-dir", str(tmp_path / "cache"), "--taus", "0", "0.5", "--negatives", "2", "--device", "cpu"]
+    argv = [
+        "calibrate",
+        str(tmp_path / "images"),
+        "--model",
+        "shapes-demo",
+        "--generator",
+        "shapes",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--taus",
+        "0",
+        "0.5",
+        "--negatives",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == 0
     output = capsys.readouterr().out
     assert "chosen: tau" in output and "candidate" in output and "--apply" in output

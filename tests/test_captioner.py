@@ -7,6 +7,7 @@ generation with the decoding options, device and dtype moves, the offline error 
 composition. It cannot show caption quality: a random model strings random words of the tiny
 vocabulary together, so whether BLIP or GIT describes an image well is not tested here.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -21,8 +22,8 @@ transformers = pytest.importorskip("transformers")
 
 from easy_diffuser.captioner import (  # noqa: E402
     CAPTIONERS,
-    CaptionOptions,
     Captioner,
+    CaptionOptions,
     compose,
     load_captioner,
     placed_folder,
@@ -51,8 +52,18 @@ def _ids(*tokens: str) -> list[int]:
 
 def build_blip(folder: Path) -> Path:
     pad, sep, dec = _ids("[PAD]", "[SEP]", "[DEC]")
-    text = dict(vocab_size=len(SPECIALS + WORDS), max_position_embeddings=64, bos_token_id=dec, sep_token_id=sep, eos_token_id=sep, pad_token_id=pad, **SMALL)
-    model = transformers.BlipForConditionalGeneration(transformers.BlipConfig(text_config=text, vision_config=VISION, projection_dim=32))
+    text = dict(
+        vocab_size=len(SPECIALS + WORDS),
+        max_position_embeddings=64,
+        bos_token_id=dec,
+        sep_token_id=sep,
+        eos_token_id=sep,
+        pad_token_id=pad,
+        **SMALL,
+    )
+    model = transformers.BlipForConditionalGeneration(
+        transformers.BlipConfig(text_config=text, vision_config=VISION, projection_dim=32)
+    )
     image_processor = transformers.BlipImageProcessor(size={"height": 32, "width": 32})
     processor = transformers.BlipProcessor(image_processor, _tokenizer(folder))
     return _save(model, processor, folder)
@@ -60,7 +71,15 @@ def build_blip(folder: Path) -> Path:
 
 def build_git(folder: Path) -> Path:
     pad, cls, sep = _ids("[PAD]", "[CLS]", "[SEP]")
-    config = transformers.GitConfig(vision_config=VISION, vocab_size=len(SPECIALS + WORDS), max_position_embeddings=64, bos_token_id=cls, eos_token_id=sep, pad_token_id=pad, **SMALL)
+    config = transformers.GitConfig(
+        vision_config=VISION,
+        vocab_size=len(SPECIALS + WORDS),
+        max_position_embeddings=64,
+        bos_token_id=cls,
+        eos_token_id=sep,
+        pad_token_id=pad,
+        **SMALL,
+    )
     model = transformers.GitForCausalLM(config)
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return _save(model, transformers.GitProcessor(image_processor, _tokenizer(folder)), folder)
@@ -113,7 +132,9 @@ def test_loads_a_folder_and_captions_within_max_length(tiny, image, kind, model_
     assert not captioner.model.training
     tokenizer = captioner.processor.tokenizer
     for max_length in (3, 8):
-        text = captioner.caption(image, CaptionOptions(beams=2, max_length=max_length))  # 3: below the default min_length 5
+        text = captioner.caption(
+            image, CaptionOptions(beams=2, max_length=max_length)
+        )  # 3: below the default min_length 5
         assert isinstance(text, str) and text == text.strip()
         assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length
         assert set(text.split()) <= set(WORDS)  # special tokens are not part of the caption
@@ -238,7 +259,15 @@ def words(text: str) -> int:
 
 
 def test_compose_drops_tags_that_repeat_the_caption():
-    tags = [tag("woman"), tag("park bench"), tag("dogs"), tag("the park"), tag("oil painting"), tag("horse"), tag("ponies")]
+    tags = [
+        tag("woman"),
+        tag("park bench"),
+        tag("dogs"),
+        tag("the park"),
+        tag("oil painting"),
+        tag("horse"),
+        tag("ponies"),
+    ]
     caption, kept = compose("a woman sitting on a bench in a park with a dog, horses and a pony.", tags, words)
     assert caption == "a woman sitting on a bench in a park with a dog, horses and a pony"  # end punctuation off
     assert [t.tag for t in kept] == ["oil painting"]
@@ -282,6 +311,7 @@ def with_fixed_caption(monkeypatch, text: str) -> None:
 
 def test_engine_puts_the_caption_first_and_leaves_the_negative_prompt(engine, tiny, image):
     from easy_diffuser.embedding import token_count
+
     plain = engine.extract(image)
     result = engine.extract(image, ExtractOptions(caption=CaptionOptions(str(tiny["blip"]), beams=1, max_length=6)))
     assert result.caption and result.prompt.startswith(result.caption)
@@ -350,7 +380,18 @@ def test_cli_missing_captioner_is_a_setup_error(tiny_model_dir, tmp_path, capsys
     assert build_parser().parse_args(["x.png", "--caption"]).caption == "Salesforce/blip-image-captioning-base"
     picture = tmp_path / "picture.png"
     Image.new("RGB", (40, 40), "blue").save(picture)
-    code = main([str(picture), "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu", "--caption=microsoft/git-base-coco"])
+    code = main(
+        [
+            str(picture),
+            "--model",
+            str(tiny_model_dir),
+            "--cache-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--caption=microsoft/git-base-coco",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "microsoft/git-base-coco" in err and "Traceback" not in err
@@ -361,8 +402,13 @@ def test_python_api_caption_keyword(tiny_model_dir, tiny, image, tmp_path, monke
 
     monkeypatch.setattr("easy_diffuser.engine.DEFAULT_CACHE_DIR", tmp_path)  # start() has no cache_dir
 
-    ed = easy_diffuser.start(image, model=str(tiny_model_dir), device="cpu", caption={"model": str(tiny["git"]), "max_length": 4})
+    ed = easy_diffuser.start(
+        image, model=str(tiny_model_dir), device="cpu", caption={"model": str(tiny["git"]), "max_length": 4}
+    )
     assert ed.options.caption == CaptionOptions(str(tiny["git"]), max_length=4)
     assert ed.run().caption and ed.prompt.startswith(ed.result.caption)
-    assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu", caption=True).options.caption.model == "Salesforce/blip-image-captioning-base"
+    assert (
+        easy_diffuser.start(model=str(tiny_model_dir), device="cpu", caption=True).options.caption.model
+        == "Salesforce/blip-image-captioning-base"
+    )
     assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu").options.caption is None

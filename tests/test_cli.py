@@ -1,4 +1,5 @@
 """The command line as a user runs it: images, folders, JSON, bad files, kills and reruns."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ CLI = [sys.executable, "-m", "easy_diffuser"]
 
 
 def run_cli(*args: str, cache: Path) -> tuple[int, str, str]:
-    process = subprocess.run([*CLI, *args, "--model", "shapes-demo", "--cache-dir", str(cache)], capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [*CLI, *args, "--model", "shapes-demo", "--cache-dir", str(cache)], capture_output=True, text=True, timeout=300
+    )
     return process.returncode, process.stdout, process.stderr
 
 
@@ -32,7 +35,14 @@ def test_json_output_for_an_image(shapes_red_circle, cache_dir, capsys):
 def test_bad_files_cost_one_line_each_and_the_rest_still_run(tmp_path, shapes_red_circle, cache_dir):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("hello")
-    code, out, err = run_cli(str(tmp_path / "empty.png"), str(shapes_red_circle), str(tmp_path / "text.png"), str(tmp_path / "missing.jpg"), "--json", cache=cache_dir)
+    code, out, err = run_cli(
+        str(tmp_path / "empty.png"),
+        str(shapes_red_circle),
+        str(tmp_path / "text.png"),
+        str(tmp_path / "missing.jpg"),
+        "--json",
+        cache=cache_dir,
+    )
     assert code == 1
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -69,7 +79,10 @@ def test_folder_gets_captions_skips_done_and_recurses_on_request(tmp_path, cache
 def test_killed_batch_leaves_no_half_caption_and_rerun_finishes(tmp_path, cache_dir):
     images = make_folder(tmp_path / "big", 240)
     run_cli(str(images[0]), cache=cache_dir)  # warm the embedding cache so the kill lands mid-batch
-    process = subprocess.Popen([*CLI, str(tmp_path / "big"), "--model", "shapes-demo", "--cache-dir", str(cache_dir)], stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*CLI, str(tmp_path / "big"), "--model", "shapes-demo", "--cache-dir", str(cache_dir)],
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not list((tmp_path / "big").glob("*.txt")) and time.time() < deadline:
         time.sleep(0.01)

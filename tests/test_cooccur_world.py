@@ -1,5 +1,6 @@
 """The co-occurrence world: attributes go together, the generator follows the prompt and the
 negative prompt, and on it the relevant-subset rule beats the whole-vocabulary rule."""
+
 from __future__ import annotations
 
 import random
@@ -67,9 +68,9 @@ HELD_OUT_IMAGES = 100
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
+    from easy_diffuser.calibration.cooccur_proof import DEFAULT_MODEL, HELD_OUT_SEED, compare_held_out, comparison_table
     from easy_diffuser.calibration.sweep import Setting
     from easy_diffuser.engine import Engine
-    from easy_diffuser.calibration.cooccur_proof import DEFAULT_MODEL, HELD_OUT_SEED, compare_held_out, comparison_table
 
     engine = Engine(str(DEFAULT_MODEL), "cpu", cache_dir=tmp_path_factory.mktemp("cooccur-cache"))
     chosen = Setting(float(engine.loaded.defaults["tau"]), int(engine.loaded.defaults["negatives"]))

@@ -1,4 +1,5 @@
 """Trimmed text encoding is exact, and the embedding cache is fast, keyed and self-healing."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,13 @@ from easy_diffuser.embedding import encode_texts
 from easy_diffuser.models import load_model
 from easy_diffuser.vocabulary import load_vocabulary
 
-TEXTS = ["red", "a photo of a circle", "highly detailed oil painting of a cat on a windowsill at dusk", "x " * 40, "star"]
+TEXTS = [
+    "red",
+    "a photo of a circle",
+    "highly detailed oil painting of a cat on a windowsill at dusk",
+    "x " * 40,
+    "star",
+]
 
 
 @pytest.fixture
@@ -31,7 +38,9 @@ def test_trimmed_encoding_equals_open_clip_on_vit_b_32():
     open_clip = _open_clip()
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
-    loaded = LoadedModel("ViT-B-32-random", model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"), {}, None, "random")
+    loaded = LoadedModel(
+        "ViT-B-32-random", model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"), {}, None, "random"
+    )
     reference = torch.nn.functional.normalize(model.encode_text(open_clip.tokenize(TEXTS)), dim=-1)
     assert (encode_texts(loaded, TEXTS, trim=True) - reference).abs().max() < 1e-5
 
@@ -83,9 +92,9 @@ def test_cache_write_leaves_no_temp_files(tiny, tiny_model_dir, cache_dir):
 
 def test_new_weights_under_the_same_name_get_new_embeddings(tmp_path, cache_dir):
     """A model folder (or shapes-demo after an update) keeps its name but not its cached tag embeddings."""
-    from conftest import write_model_folder
-
     from easy_diffuser.models import unload_models
+
+    from conftest import write_model_folder
 
     folder = write_model_folder(tmp_path / "my-clip", seed=0)
     vocab = vocabulary(folder)

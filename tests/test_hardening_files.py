@@ -3,6 +3,7 @@
 Each case either gives the right result or a one-line error naming the file, and nothing a
 file holds ever runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -200,7 +201,9 @@ def test_os_system_payload_is_refused(tiny_arch, tmp_path, cache_dir):
         ("empty file", "refused to load"),
     ],
 )
-def test_damaged_or_foreign_torchscript_archives_are_refused_in_one_line(tiny_arch, tmp_path, cache_dir, damage, reason):
+def test_damaged_or_foreign_torchscript_archives_are_refused_in_one_line(
+    tiny_arch, tmp_path, cache_dir, damage, reason
+):
     import io
     import pickle
     import zipfile
@@ -231,7 +234,10 @@ def test_damaged_or_foreign_torchscript_archives_are_refused_in_one_line(tiny_ar
 
 def test_default_model_downloads_safetensors_first_and_never_lets_open_clip_load(monkeypatch):
     sources = weight_sources(pretrained_config("ViT-L-14", "openai"))
-    assert (sources[0].hub_repo, sources[0].filename) == ("timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors")
+    assert (sources[0].hub_repo, sources[0].filename) == (
+        "timm/vit_large_patch14_clip_224.openai",
+        "open_clip_model.safetensors",
+    )
     assert sources[-1].url.endswith("/ViT-L-14.pt")  # OpenAI's TorchScript only when the hub has nothing
     for arch, tag in [("ViT-H-14", "laion2b_s32b_b79k"), ("ViT-bigG-14", "laion2b_s39b_b160k")]:
         assert weight_sources(pretrained_config(arch, tag))[0].filename == "open_clip_model.safetensors"
@@ -248,9 +254,16 @@ def test_open_clip_3_tables_are_read_the_same_way(monkeypatch):
     }
     monkeypatch.setattr(models._open_clip(), "get_pretrained_cfg", lambda arch, tag: cfg_3x)
     sources = weight_sources(pretrained_config("ViT-B-16", "openai"))
-    assert [s.filename or s.url for s in sources] == ["open_clip_model.safetensors", "open_clip_pytorch_model.bin", cfg_3x["url"]]
+    assert [s.filename or s.url for s in sources] == [
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        cfg_3x["url"],
+    ]
     named_file = weight_sources({"hf_hub": "org/repo/weights.bin"})
-    assert [(s.hub_repo, s.filename) for s in named_file] == [("org/repo", "weights.safetensors"), ("org/repo", "weights.bin")]
+    assert [(s.hub_repo, s.filename) for s in named_file] == [
+        ("org/repo", "weights.safetensors"),
+        ("org/repo", "weights.bin"),
+    ]
 
 
 def test_pretrained_weights_are_read_by_us_not_by_open_clip(tiny_model_dir, tiny_arch, cache_dir, monkeypatch):
@@ -258,7 +271,9 @@ def test_pretrained_weights_are_read_by_us_not_by_open_clip(tiny_model_dir, tiny
     from easy_diffuser import models
 
     weights = tiny_model_dir / "open_clip_model.safetensors"
-    monkeypatch.setattr(models, "pretrained_config", lambda arch, tag: {"hf_hub": "org/tiny/", "mean": None, "std": None})
+    monkeypatch.setattr(
+        models, "pretrained_config", lambda arch, tag: {"hf_hub": "org/tiny/", "mean": None, "std": None}
+    )
     fetched = []
 
     def fake_download(repo, filename, cache_dir, local_files_only):
@@ -364,7 +379,9 @@ def extract_summary(engine, image: Path) -> tuple:
 
 
 @pytest.mark.parametrize("name", DAMAGED_CALIBRATIONS)
-def test_damaged_calibration_is_ignored_with_one_warning(calibrated_engine, shapes_red_circle, caplog, monkeypatch, name):
+def test_damaged_calibration_is_ignored_with_one_warning(
+    calibrated_engine, shapes_red_circle, caplog, monkeypatch, name
+):
     from easy_diffuser import engine as engine_module
 
     engine, path = calibrated_engine
@@ -467,7 +484,9 @@ def cached_file(loaded, vocabulary, cache_dir) -> Path:
 
 # Not /dev/full: run as root, safetensors' save_file replaces the device node with a regular file.
 @pytest.mark.parametrize("failure", ["SafetensorError", "OSError"])
-def test_a_cache_that_cannot_be_written_costs_nothing_but_speed(tiny_loaded, tiny_vocabulary, cache_dir, monkeypatch, caplog, failure):
+def test_a_cache_that_cannot_be_written_costs_nothing_but_speed(
+    tiny_loaded, tiny_vocabulary, cache_dir, monkeypatch, caplog, failure
+):
     import safetensors.torch
     from safetensors import SafetensorError
 
@@ -477,7 +496,9 @@ def test_a_cache_that_cannot_be_written_costs_nothing_but_speed(tiny_loaded, tin
 
     def failing_save(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"half a fil")  # what a full disk leaves behind
-        raise SafetensorError("No space left on device") if failure == "SafetensorError" else OSError(28, "No space left")
+        raise (
+            SafetensorError("No space left on device") if failure == "SafetensorError" else OSError(28, "No space left")
+        )
 
     monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
     with caplog.at_level("WARNING"):
@@ -490,26 +511,44 @@ def test_a_cache_that_cannot_be_written_costs_nothing_but_speed(tiny_loaded, tin
 
 def damaged_embeddings(good: torch.Tensor, damage: str) -> torch.Tensor:
     rows, width = good.shape
-    return {
-        "too narrow": good[:, : width // 2].contiguous(),
-        "too wide": torch.cat([good, good], dim=1),
-        "one row short": good[:-1].contiguous(),
-        "1-D": good.flatten().contiguous(),
-        "3-D": good.unsqueeze(0).contiguous(),
-        "integer": (good * 100).to(torch.int16),
-        "all zero": torch.zeros_like(good),
-        "not unit length": good * 2,
-        "a NaN": torch.where(torch.arange(rows * width).view(rows, width) == 5, float("nan"), good),
-        "an infinity": torch.where(torch.arange(rows * width).view(rows, width) == 5, float("inf"), good),
-        "empty": torch.zeros((0, width)),
-    }[damage].half() if damage != "integer" else (good * 100).to(torch.int16)
+    return (
+        {
+            "too narrow": good[:, : width // 2].contiguous(),
+            "too wide": torch.cat([good, good], dim=1),
+            "one row short": good[:-1].contiguous(),
+            "1-D": good.flatten().contiguous(),
+            "3-D": good.unsqueeze(0).contiguous(),
+            "integer": (good * 100).to(torch.int16),
+            "all zero": torch.zeros_like(good),
+            "not unit length": good * 2,
+            "a NaN": torch.where(torch.arange(rows * width).view(rows, width) == 5, float("nan"), good),
+            "an infinity": torch.where(torch.arange(rows * width).view(rows, width) == 5, float("inf"), good),
+            "empty": torch.zeros((0, width)),
+        }[damage].half()
+        if damage != "integer"
+        else (good * 100).to(torch.int16)
+    )
 
 
 @pytest.mark.parametrize(
     "damage",
-    ["too narrow", "too wide", "one row short", "1-D", "3-D", "integer", "all zero", "not unit length", "a NaN", "an infinity", "empty"],
+    [
+        "too narrow",
+        "too wide",
+        "one row short",
+        "1-D",
+        "3-D",
+        "integer",
+        "all zero",
+        "not unit length",
+        "a NaN",
+        "an infinity",
+        "empty",
+    ],
 )
-def test_a_cache_of_the_wrong_shape_or_values_is_rebuilt(tiny_loaded, tiny_vocabulary, cache_dir, tiny_model_dir, damage):
+def test_a_cache_of_the_wrong_shape_or_values_is_rebuilt(
+    tiny_loaded, tiny_vocabulary, cache_dir, tiny_model_dir, damage
+):
     from safetensors.torch import load_file, save_file
 
     from easy_diffuser import label_cache

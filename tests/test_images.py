@@ -1,4 +1,5 @@
 """Every kind of image file a user may hand us: converted right, or refused in one line naming the file."""
+
 from __future__ import annotations
 
 import io
@@ -229,7 +230,9 @@ def test_an_already_opened_eps_image_is_refused_before_it_is_rendered(monkeypatc
         load_image(opened)
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("decoder bug"), IndexError("tile"), ZeroDivisionError("scale"), MemoryError()])
+@pytest.mark.parametrize(
+    "failure", [RuntimeError("decoder bug"), IndexError("tile"), ZeroDivisionError("scale"), MemoryError()]
+)
 def test_any_decoder_failure_is_an_image_error_naming_the_file(tmp_path, monkeypatch, failure):
     path = save(Image.new("RGB", (8, 8), "red"), tmp_path / "fine.png")
 

@@ -1,4 +1,5 @@
 """Model loading: local folders and files, never unpickling, and errors that say what to do."""
+
 from __future__ import annotations
 
 import urllib.error
@@ -82,12 +83,14 @@ def test_offline_without_weights_names_the_file_to_place(offline, cache_dir):
 
 def test_weights_placed_by_hand_are_used_offline(offline, tiny_model_dir, tiny_arch, cache_dir):
     cache_dir.mkdir(parents=True)
-    (cache_dir / f"{tiny_arch}-mine.safetensors").write_bytes((tiny_model_dir / "open_clip_model.safetensors").read_bytes())
+    (cache_dir / f"{tiny_arch}-mine.safetensors").write_bytes(
+        (tiny_model_dir / "open_clip_model.safetensors").read_bytes()
+    )
     loaded = load_model(f"{tiny_arch}/mine", cache_dir=cache_dir)
     assert loaded.model_id == f"{tiny_arch}/mine"
 
 
-@pytest.mark.parametrize("text", ['{"tau": ', '[1, 2]'])
+@pytest.mark.parametrize("text", ['{"tau": ', "[1, 2]"])
 def test_broken_defaults_file_in_a_model_folder_names_the_file(tiny_model_dir, tmp_path, cache_dir, text):
     import shutil
 

@@ -3,6 +3,7 @@
 The same measurement as `python -m easy_diffuser.calibration.negative_guard`, on fewer scenes and
 another seed than the one the guard's threshold was chosen on.
 """
+
 from __future__ import annotations
 
 import random

@@ -1,5 +1,6 @@
 """One options schema, one validation: the Python API, the command line and the tab refuse the
 same values with the same one-line message naming the field (the HTTP route: tests/ui/test_http_api.py)."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,12 @@ BAD_VALUES = [
     ("max_tags", True, "max_tags: must be a whole number from 1 to 75, not True"),
     ("max_tags", math.inf, "max_tags: must be a whole number from 1 to 75, not inf"),
     ("max_per_category", 0, "max_per_category: must be a whole number from 1 to 75, not 0"),
-    ("tau", math.nan, "tau: must be a number from -5 to 5, or none for automatic (calibrated for the model, else its default), not nan"),
+    (
+        "tau",
+        math.nan,
+        "tau: must be a number from -5 to 5, or none for automatic (calibrated for the model, else its default), "
+        "not nan",
+    ),
     ("tau", math.inf, "tau: must be a number from -5 to 5"),
     ("tau", -math.inf, "tau: must be a number from -5 to 5"),
     ("tau", 11.0, "tau: must be a number from -5 to 5"),
@@ -42,19 +48,22 @@ def test_the_python_api_refuses_a_bad_value_with_a_line_naming_the_field(name, v
     assert raised.value.name == name
 
 
-@pytest.mark.parametrize("flag, text, problem", [
-    ("--tags", "0", "must be a whole number from 1 to 75, not 0"),
-    ("--tags", "-5", "must be a whole number from 1 to 75, not -5"),
-    ("--tags", "many", "must be a whole number from 1 to 75, not 'many'"),
-    ("--per-category", "0", "must be a whole number from 1 to 75, not 0"),
-    ("--tau", "nan", "must be a number from -5 to 5"),
-    ("--tau", "inf", "must be a number from -5 to 5"),
-    ("--tau=-Infinity", None, "must be a number from -5 to 5"),
-    ("--negatives", "-1", "must be a whole number from 0 to 75, not -1"),
-    ("--quality-negatives", "1e9", "must be a whole number from 0 to 32, not '1e9'"),
-    ("--caption-beams", "0", "must be a whole number from 1 to 16, not 0"),
-    ("--caption-max-length", "nan", "must be a whole number from 1 to 75, not 'nan'"),
-])
+@pytest.mark.parametrize(
+    "flag, text, problem",
+    [
+        ("--tags", "0", "must be a whole number from 1 to 75, not 0"),
+        ("--tags", "-5", "must be a whole number from 1 to 75, not -5"),
+        ("--tags", "many", "must be a whole number from 1 to 75, not 'many'"),
+        ("--per-category", "0", "must be a whole number from 1 to 75, not 0"),
+        ("--tau", "nan", "must be a number from -5 to 5"),
+        ("--tau", "inf", "must be a number from -5 to 5"),
+        ("--tau=-Infinity", None, "must be a number from -5 to 5"),
+        ("--negatives", "-1", "must be a whole number from 0 to 75, not -1"),
+        ("--quality-negatives", "1e9", "must be a whole number from 0 to 32, not '1e9'"),
+        ("--caption-beams", "0", "must be a whole number from 1 to 16, not 0"),
+        ("--caption-max-length", "nan", "must be a whole number from 1 to 75, not 'nan'"),
+    ],
+)
 def test_the_command_line_refuses_the_same_values_naming_the_flag(flag, text, problem, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["image.png", flag] + ([text] if text else []))
@@ -70,15 +79,20 @@ def test_every_flag_and_its_help_come_from_the_schema():
         assert option.flag in text
     args = parser.parse_args(["x.png"])
     assert options_from(args) == ExtractOptions()  # the flags' defaults are the schema's
-    args = parser.parse_args(["x.png", "--tags", "7", "--tau", "-0.5", "--weights", "--caption", "--caption-beams", "2"])
+    args = parser.parse_args(
+        ["x.png", "--tags", "7", "--tau", "-0.5", "--weights", "--caption", "--caption-beams", "2"]
+    )
     assert options_from(args) == ExtractOptions(max_tags=7, tau=-0.5, weights=True, caption=CaptionOptions(beams=2))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--device", "bogus"], "error: device: 'bogus' is not a device"),
-    (["--device", "cuda:7"], "error: device: cuda"),
-    (["--vocabulary", "/no/such/folder"], "error: vocabulary folder /no/such/folder: no such folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "bogus"], "error: device: 'bogus' is not a device"),
+        (["--device", "cuda:7"], "error: device: cuda"),
+        (["--vocabulary", "/no/such/folder"], "error: vocabulary folder /no/such/folder: no such folder"),
+    ],
+)
 def test_setup_errors_are_one_line_and_exit_2(argv, message, shapes_red_circle, cache_dir, capsys):
     assert main([str(shapes_red_circle), "--model", "shapes-demo", "--cache-dir", str(cache_dir), *argv]) == 2
     err = capsys.readouterr().err
@@ -86,31 +100,45 @@ def test_setup_errors_are_one_line_and_exit_2(argv, message, shapes_red_circle, 
 
 
 def test_the_tab_refuses_what_the_schema_refuses():
-    values = {"max_tags": 12.0, "auto_tau": False, "tau": 0.25, "negatives": 8.0, "quality_negatives": 0.0,
-              "weights": False, "caption": False, "caption_model": ""}
+    values = {
+        "max_tags": 12.0,
+        "auto_tau": False,
+        "tau": 0.25,
+        "negatives": 8.0,
+        "quality_negatives": 0.0,
+        "weights": False,
+        "caption": False,
+        "caption_model": "",
+    }
     assert controls.extract_options(values).max_tags == 12  # sliders send floats
     with pytest.raises(OptionError, match="quality_negatives: must be a whole number from 0 to 32, not 40"):
         controls.extract_options({**values, "quality_negatives": 40})
 
 
-@pytest.mark.parametrize("caption, expected", [
-    (None, None),
-    (False, None),
-    (True, CaptionOptions()),
-    ("microsoft/git-base-coco", CaptionOptions("microsoft/git-base-coco")),
-    ({"model": "microsoft/git-base-coco", "beams": 1}, CaptionOptions("microsoft/git-base-coco", beams=1)),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        (None, None),
+        (False, None),
+        (True, CaptionOptions()),
+        ("microsoft/git-base-coco", CaptionOptions("microsoft/git-base-coco")),
+        ({"model": "microsoft/git-base-coco", "beams": 1}, CaptionOptions("microsoft/git-base-coco", beams=1)),
+    ],
+)
 def test_caption_options_are_nested(caption, expected):
     assert ExtractOptions.from_mapping({"caption": caption}).caption == expected
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"caption": {"beams": 0}}, "caption.beams: must be a whole number from 1 to 16, not 0"),
-    ({"caption": {"colour": "red"}}, "caption.colour: is not a caption option"),
-    ({"caption": {"model": ""}}, "caption.model: must name a captioner"),
-    ({"caption": 3}, "caption: must be true, false, a captioner name or an object, not 3"),
-    ({"max_tag": 3}, "max_tag: is not an option; the options are"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"caption": {"beams": 0}}, "caption.beams: must be a whole number from 1 to 16, not 0"),
+        ({"caption": {"colour": "red"}}, "caption.colour: is not a caption option"),
+        ({"caption": {"model": ""}}, "caption.model: must name a captioner"),
+        ({"caption": 3}, "caption: must be true, false, a captioner name or an object, not 3"),
+        ({"max_tag": 3}, "max_tag: is not an option; the options are"),
+    ],
+)
 def test_mappings_are_checked_field_by_field(values, message):
     with pytest.raises(OptionError) as raised:
         ExtractOptions.from_mapping(values)

@@ -1,4 +1,5 @@
 """Tag selection rules and webui prompt syntax, on hand-made scores so each rule is visible."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -69,7 +70,13 @@ def test_near_duplicates_are_merged_keeping_the_better():
 
 def test_token_budget_is_respected():
     costs = [30] * len(TAGS)
-    tags = select(scores_of(RELEVANCE), VOCAB, embeddings(), costs, SelectionOptions(max_tags=10, max_per_category=10, token_budget=75))
+    tags = select(
+        scores_of(RELEVANCE),
+        VOCAB,
+        embeddings(),
+        costs,
+        SelectionOptions(max_tags=10, max_per_category=10, token_budget=75),
+    )
     assert len(names(tags, "positive")) == 2  # 30 + (1 + 30) <= 75 < 30 + 31 + 31
 
 
@@ -136,10 +143,15 @@ def test_a_near_twin_of_a_tag_the_image_may_show_is_no_negative():
 
 def test_tag_probabilities_from_a_model_folder_are_checked():
     assert model_tag_calibration({}) == TagCalibration()
-    assert model_tag_calibration({"prob_center": 0.7, "prob_temperature": 0.07}) == TagCalibration(0.7, 0.07, "model default")
-    bad = [({"prob_center": 0.7}, "set both or neither"), ({"prob_center": "x", "prob_temperature": 1}, "prob_center"),
-           ({"prob_center": 0.7, "prob_temperature": 0}, "prob_temperature"),
-           ({"prob_center": float("nan"), "prob_temperature": 1}, "finite")]
+    assert model_tag_calibration({"prob_center": 0.7, "prob_temperature": 0.07}) == TagCalibration(
+        0.7, 0.07, "model default"
+    )
+    bad = [
+        ({"prob_center": 0.7}, "set both or neither"),
+        ({"prob_center": "x", "prob_temperature": 1}, "prob_center"),
+        ({"prob_center": 0.7, "prob_temperature": 0}, "prob_temperature"),
+        ({"prob_center": float("nan"), "prob_temperature": 1}, "finite"),
+    ]
     for defaults, message in bad:
         with pytest.raises(ModelError, match=message) as error:
             model_tag_calibration(defaults, "shapes-demo/easy_diffuser.json")

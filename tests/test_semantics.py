@@ -1,4 +1,5 @@
 """What a user sees from the shipped shapes-demo model: the tags name what is in the picture."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """The procedural shapes world: rendering, captions and prompt -> scene parsing."""
+
 from __future__ import annotations
 
 import random
@@ -8,8 +9,17 @@ import pytest
 from PIL import Image
 
 from easy_diffuser.shapes.world import (
-    BACKGROUNDS, COLOURS, SHAPES, SIZES, VOCABULARY, Scene, captions, draw, parse_tags,
-    random_scene, scene_from_prompt,
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    SIZES,
+    VOCABULARY,
+    Scene,
+    captions,
+    draw,
+    parse_tags,
+    random_scene,
+    scene_from_prompt,
 )
 
 
@@ -86,7 +96,12 @@ def test_captions_mix_single_tags_pairs_and_sentences() -> None:
 
 def test_parse_tags_strips_weights_and_brackets() -> None:
     assert parse_tags(r"(Red:1.2), \(star\), [small], ((gray background)), , lowres") == [
-        "red", "star", "small", "gray background", "lowres"]
+        "red",
+        "star",
+        "small",
+        "gray background",
+        "lowres",
+    ]
 
 
 def test_prompt_names_every_attribute() -> None:
@@ -117,8 +132,7 @@ def test_true_attribute_in_negative_never_appears_when_left_open() -> None:
     truth = Scene("green", "triangle", "white", "large", 0.7, 0.5, 0.5, 0.0)
     negative = "lowres, green, white background, triangle"
     scenes = [scene_from_prompt("large", negative, random.Random(s)) for s in range(200)]
-    assert all(s.colour != truth.colour and s.shape != truth.shape and s.background != truth.background
-               for s in scenes)
+    assert all(s.colour != truth.colour and s.shape != truth.shape and s.background != truth.background for s in scenes)
     assert {s.size for s in scenes} == {"large"}
     # Without the negative the true values do come up.
     free = [scene_from_prompt("large", "lowres", random.Random(s)) for s in range(200)]

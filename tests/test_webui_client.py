@@ -1,4 +1,5 @@
 """send2ui against a stand-in webui API on loopback: the real request, decoded images, clear errors."""
+
 from __future__ import annotations
 
 import base64

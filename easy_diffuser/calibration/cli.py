@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--generator",
         default=None,
-        help=f"the URL of a webui started with --api (e.g. http://127.0.0.1:7860), or 'shapes' (default: shapes for {SHAPES_MODEL}, required otherwise)",
+        help=f"the URL of a webui started with --api (e.g. http://127.0.0.1:7860), or 'shapes' "
+        f"(default: shapes for {SHAPES_MODEL}, required otherwise)",
     )
     parser.add_argument(
         "--apply",
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--full",
         action="store_true",
-        help=f"every setting on every image (default: a search, every setting on {FIRST_IMAGES} images, the best fifth on more, ...)",
+        help=f"every setting on every image (default: a search, every setting on {FIRST_IMAGES} images, "
+        "the best fifth on more, ...)",
     )
     sweep.add_argument(
         "--tags",

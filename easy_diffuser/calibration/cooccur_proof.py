@@ -12,6 +12,7 @@ own best number, the sweep's lower edge (tau -1, the whole-vocabulary end of the
 negative prompt. The scenes are known, so it also counts negatives that name a true attribute and
 negatives that name a distractor (a tag the world never draws).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def best_whole_vocabulary(baselines: Sequence[Row]) -> Setting:
     return min(rows, key=lambda row: (row.loss, row.setting.negatives)).setting
 
 
-def compare_held_out(engine: Engine, chosen: Setting, whole_count: int, items: Sequence[world.Scene],
-                     seed: int = 0) -> list[Compared]:
+def compare_held_out(
+    engine: Engine, chosen: Setting, whole_count: int, items: Sequence[world.Scene], seed: int = 0
+) -> list[Compared]:
     """The calibrated subset rule against the alternatives, on scenes calibration never saw."""
     settings = [
         Setting(chosen.tau, chosen.negatives, "calibrated subset rule"),
@@ -62,18 +64,26 @@ def compare_held_out(engine: Engine, chosen: Setting, whole_count: int, items: S
     ]
     images = [world.draw(scene) for scene in items]
     rows, _ = measure(engine, images, cooccur.CooccurGenerator(), settings, calibration_options(engine), seed=seed)
-    return [Compared(s.label, row, true_in_negative(row, items), distractor_share(row))
-            for s, row in zip(settings, rows)]
+    return [
+        Compared(s.label, row, true_in_negative(row, items), distractor_share(row)) for s, row in zip(settings, rows)
+    ]
 
 
 def comparison_table(compared: Sequence[Compared]) -> str:
-    lines = [("| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative "
-             "| negatives the world never draws |"), "|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative "
+            "| negatives the world never draws |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for item in compared:
         s = item.row.setting
         tau = "all tags" if s.tau == WHOLE_VOCABULARY else ("-" if s.label == NO_NEGATIVES else f"{s.tau:g}")
-        lines.append(f"| {item.name} | {tau} | {s.negatives} | {item.row.loss:.4f} | {item.row.cosine:.4f} "
-                     f"| {item.true_in_negative:.0%} | {item.distractor_share:.0%} |")
+        lines.append(
+            f"| {item.name} | {tau} | {s.negatives} | {item.row.loss:.4f} | {item.row.cosine:.4f} "
+            f"| {item.true_in_negative:.0%} | {item.distractor_share:.0%} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,8 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = calibrate(engine, folder, cooccur.CooccurGenerator(), out_dir=args.out)
     assert result.best is not None
     whole = best_whole_vocabulary(result.baselines)
-    print(f"calibrated: {result.best.setting.describe()} (loss {result.best.loss:.4f}); "
-          f"whole-vocabulary rule best at {whole.negatives} negatives; wrote {result.path}")
+    print(
+        f"calibrated: {result.best.setting.describe()} (loss {result.best.loss:.4f}); "
+        f"whole-vocabulary rule best at {whole.negatives} negatives; wrote {result.path}"
+    )
     held_out = cooccur.scenes(args.held_out, HELD_OUT_SEED)
     print(comparison_table(compare_held_out(engine, result.best.setting, whole.negatives, held_out)))
     return 0

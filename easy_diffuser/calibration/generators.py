@@ -12,6 +12,7 @@
 Every generator is deterministic for a fixed seed, so calibration settings that produce the same
 prompts produce the same image and can share one generation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,8 +73,15 @@ class WebuiHttpGenerator:
 
     def generate(self, prompt: str, negative_prompt: str, seed: int) -> Image.Image:
         options: dict[str, Any] = dict(
-            seed=seed, width=self.width, height=self.height, steps=self.steps, cfg_scale=self.cfg_scale,
-            batch_size=1, n_iter=1, save_images=False, send_images=True,
+            seed=seed,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            cfg_scale=self.cfg_scale,
+            batch_size=1,
+            n_iter=1,
+            save_images=False,
+            send_images=True,
         )
         if self.sampler_name:
             options["sampler_name"] = self.sampler_name
@@ -118,9 +126,19 @@ def webui_generator(
             raise GenerationStopped("interrupted")
         with queue_lock or contextlib.nullcontext():
             p = processing.StableDiffusionProcessingTxt2Img(
-                sd_model=shared.sd_model, prompt=prompt, negative_prompt=negative_prompt, seed=seed,
-                sampler_name=sampler_name, batch_size=1, n_iter=1, steps=steps, cfg_scale=cfg_scale,
-                width=width, height=height, do_not_save_samples=True, do_not_save_grid=True,
+                sd_model=shared.sd_model,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                seed=seed,
+                sampler_name=sampler_name,
+                batch_size=1,
+                n_iter=1,
+                steps=steps,
+                cfg_scale=cfg_scale,
+                width=width,
+                height=height,
+                do_not_save_samples=True,
+                do_not_save_grid=True,
             )
             with contextlib.closing(p):
                 processed = processing.process_images(p)

@@ -18,6 +18,7 @@ agree on which tags an image shows: center and temperature per model, from its e
 ("prob_center", "prob_temperature", fitted with `fit_tag_calibration` where labelled images exist,
 see docs/calibration.md) or the built-in default.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -9,6 +9,7 @@ the rule before the guard). A result is one scene at one setting; it fails when 
 names one of the scene's true colour, shape, background or size. Beside it: the positive prompt's
 accuracy (the true colour and shape among 3 tags), which the guard must leave as it was.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,17 +40,24 @@ class GuardMeasurement:
 
     def describe(self) -> str:
         rule = "with the guard   " if self.guarded else "without the guard"
-        return (f"{rule}: true attribute in the negative prompt {self.true_in_negative:6.2%} of {self.results} results; "
-                f"colour in top {ACCURACY_TAGS} {self.colour_in_top:.1%}, shape {self.shape_in_top:.1%}")
+        return (
+            f"{rule}: true attribute in the negative prompt {self.true_in_negative:6.2%} of {self.results} results; "
+            f"colour in top {ACCURACY_TAGS} {self.colour_in_top:.1%}, shape {self.shape_in_top:.1%}"
+        )
 
 
 def grid() -> list[ExtractOptions]:
-    return [ExtractOptions(max_tags=tags, tau=tau, negatives=negatives)
-            for tags in GRID_TAGS for tau in GRID_TAUS for negatives in GRID_NEGATIVES]
+    return [
+        ExtractOptions(max_tags=tags, tau=tau, negatives=negatives)
+        for tags in GRID_TAGS
+        for tau in GRID_TAUS
+        for negatives in GRID_NEGATIVES
+    ]
 
 
-def measure_guard(engine: Engine, items: Sequence[world.Scene], guarded: bool = True,
-                  settings: Sequence[ExtractOptions] | None = None) -> GuardMeasurement:
+def measure_guard(
+    engine: Engine, items: Sequence[world.Scene], guarded: bool = True, settings: Sequence[ExtractOptions] | None = None
+) -> GuardMeasurement:
     """The failure rate over the settings (default: the grid above) and the positive prompt's accuracy."""
     embeddings = engine.encode([world.draw(scene) for scene in items])
     truths = [set(scene.tags().values()) for scene in items]
@@ -65,7 +73,9 @@ def measure_guard(engine: Engine, items: Sequence[world.Scene], guarded: bool = 
     return GuardMeasurement(guarded, len(settings) * len(items), failures / (len(settings) * len(items)), colour, shape)
 
 
-def _tags(engine: Engine, embeddings: torch.Tensor, options: ExtractOptions, guarded: bool, role: str) -> list[list[str]]:
+def _tags(
+    engine: Engine, embeddings: torch.Tensor, options: ExtractOptions, guarded: bool, role: str
+) -> list[list[str]]:
     """Each image's tags of one role, as the engine selects them (without the guard when not guarded)."""
     selection, _ = engine.selection_options(options)
     if not guarded:
@@ -81,9 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     engine = Engine("shapes-demo")
     items = scenes(args.scenes, args.seed)
-    print(f"shapes-demo, {args.scenes} held-out scenes (seed {args.seed}), {len(grid())} settings: "
-          f"Number of tags {GRID_TAGS}, tau {GRID_TAUS}, negatives {GRID_NEGATIVES}; tag probabilities "
-          f"{engine.tag_calibration.to_dict()}")
+    print(
+        f"shapes-demo, {args.scenes} held-out scenes (seed {args.seed}), {len(grid())} settings: "
+        f"Number of tags {GRID_TAGS}, tau {GRID_TAUS}, negatives {GRID_NEGATIVES}; tag probabilities "
+        f"{engine.tag_calibration.to_dict()}"
+    )
     for guarded in (False, True):
         print(measure_guard(engine, items, guarded).describe())
     return 0

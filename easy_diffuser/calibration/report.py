@@ -7,6 +7,7 @@
 The plot needs matplotlib (optional: without it the plot is skipped and the table says how to
 get it); the grid is drawn with PIL only.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,7 +25,9 @@ HEADER = 34
 LABEL_COLOUR = (20, 20, 20)
 
 
-def write_report(result: Calibration, images: Sequence[Image.Image], generator: Generator, target: Path) -> dict[str, Path]:
+def write_report(
+    result: Calibration, images: Sequence[Image.Image], generator: Generator, target: Path
+) -> dict[str, Path]:
     """Write the report files for a finished calibration; returns them by kind."""
     stem = target.with_suffix("")
     paths = {"table": stem.with_suffix(".md")}
@@ -74,18 +77,31 @@ def plot_losses(result, path: Path) -> bool:
     whole = {row.setting.negatives: row.loss for row in result.baselines if row.setting.label == WHOLE_VOCABULARY_LABEL}
     for count, rows in sorted(by_count.items()):
         rows.sort(key=lambda row: row.setting.tau)
-        line, = axes.plot([r.setting.tau for r in rows], [r.loss for r in rows], marker="o", markersize=3, label=f"{count} negatives")
+        (line,) = axes.plot(
+            [r.setting.tau for r in rows], [r.loss for r in rows], marker="o", markersize=3, label=f"{count} negatives"
+        )
         if count in whole:
             axes.plot([whole_x], [whole[count]], marker="s", markersize=5, color=line.get_color(), linestyle="none")
     ticks = [tick for tick in axes.get_xticks() if tick > whole_x + 0.25]
     axes.set_xticks([whole_x, *ticks], ["all tags", *(f"{tick:g}" for tick in ticks)])
     _plot_baselines(axes, result)
     best = result.best
-    axes.scatter([best.setting.tau], [best.loss], s=120, facecolors="none", edgecolors="black", zorder=5,
-                 label=f"chosen: tau {best.setting.tau:g}, {best.setting.negatives} negatives")
+    axes.scatter(
+        [best.setting.tau],
+        [best.loss],
+        s=120,
+        facecolors="none",
+        edgecolors="black",
+        zorder=5,
+        label=f"chosen: tau {best.setting.tau:g}, {best.setting.negatives} negatives",
+    )
     axes.set_xlabel("tau (relevance threshold of the negative prompt's subset); squares: whole vocabulary")
     axes.set_ylabel("mean BCE loss, source vs generated")
-    dropped = " (settings the search dropped: on fewer images)" if any(r.images < len(result.images) for r in result.rows) else ""
+    dropped = (
+        " (settings the search dropped: on fewer images)"
+        if any(r.images < len(result.images) for r in result.rows)
+        else ""
+    )
     axes.set_title(f"{result.model}: round-trip loss over {len(result.images)} images{dropped}", fontsize=9)
     axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
@@ -105,7 +121,11 @@ def _plot_baselines(axes, result) -> None:
 def draw_grid(images: Sequence[Image.Image], generator: Generator, result, poor) -> Image.Image:
     """Rows of source | generated with the best setting | generated with a poor tau."""
     count = min(GRID_ROWS, len(images), poor.images)  # a setting the search dropped early was measured on few
-    columns = [("source", None), (f"best: {result.best.setting.describe()}", result.best), (f"poor: {poor.setting.describe()}", poor)]
+    columns = [
+        ("source", None),
+        (f"best: {result.best.setting.describe()}", result.best),
+        (f"poor: {poor.setting.describe()}", poor),
+    ]
     grid = Image.new("RGB", (CELL * len(columns), HEADER + CELL * count), (225, 225, 225))  # gaps show as lines
     pen = ImageDraw.Draw(grid)
     for column, (title, row) in enumerate(columns):
@@ -117,7 +137,9 @@ def draw_grid(images: Sequence[Image.Image], generator: Generator, result, poor)
                 prompt, negative = row.prompts[index]
                 # The same seed as in the sweep, so this is the very image that was scored.
                 picture = generator.generate(prompt, negative, image_seed(image_key(images[index]), result.seed))
-            grid.paste(picture.convert("RGB").resize((CELL - 4, CELL - 4)), (column * CELL + 2, HEADER + index * CELL + 2))
+            grid.paste(
+                picture.convert("RGB").resize((CELL - 4, CELL - 4)), (column * CELL + 2, HEADER + index * CELL + 2)
+            )
             if row is not None:
                 pen.text((column * CELL + 4, HEADER + index * CELL + 4), f"{row.losses[index]:.3f}", fill=(255, 0, 255))
     return grid
@@ -147,7 +169,9 @@ def summary_lines(result: Calibration) -> list[str]:
     """The chosen setting, the best baseline of each kind against it on the same images, and the cost."""
     best = result.best
     assert best is not None
-    cost = f"{result.generations} generations" + (f", the full sweep needs {result.full_sweep}" if result.full_sweep > result.generations else "")
+    cost = f"{result.generations} generations" + (
+        f", the full sweep needs {result.full_sweep}" if result.full_sweep > result.generations else ""
+    )
     lines = [f"chosen: {best.setting.describe()}, loss {best.loss:.4f} over {best.images} images ({cost})"]
     beaten_by = []
     for row in best_baselines(result.baselines):
@@ -161,7 +185,9 @@ def summary_lines(result: Calibration) -> list[str]:
         else:
             verdict = f"BEATS the chosen setting by {-margin:.4f}"
             beaten_by.append(row.setting.describe())
-        lines.append(f"baseline {row.setting.describe()}: loss {row.loss:.4f} {where} (chosen: {chosen_there:.4f}): {verdict}")
+        lines.append(
+            f"baseline {row.setting.describe()}: loss {row.loss:.4f} {where} (chosen: {chosen_there:.4f}): {verdict}"
+        )
     if beaten_by:
         lines.append(
             f"note: {' and '.join(beaten_by)} did better than every tau tried. Baselines are shown, never chosen: "

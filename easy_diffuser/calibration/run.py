@@ -4,6 +4,7 @@ Runs the search (sweep.py) over a folder, picks the lowest loss, writes the repo
 the candidate `{cache_dir}/calibration/{model}.candidate.json`. Nothing changes for extraction until
 it is applied (store.apply), which makes it `{model}.json`, the file Engine.resolve_tau reads.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,11 +23,22 @@ from .metric import Metric
 from .report import write_report
 from .store import candidate_path, partial_path, target_path, write_json
 from .sweep import (
-    DEFAULT_NEGATIVES, DEFAULT_TAUS, NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL,
-    Calibration, PartialResults, Setting, best_row, calibration_options, image_key, search,
+    DEFAULT_NEGATIVES,
+    DEFAULT_TAUS,
+    NO_NEGATIVES,
+    WHOLE_VOCABULARY,
+    WHOLE_VOCABULARY_LABEL,
+    Calibration,
+    PartialResults,
+    Setting,
+    best_row,
+    calibration_options,
+    image_key,
+    search,
 )
 
 FIRST_IMAGES = 2  # the search's first round: every setting on this many images (bench/bench_calibration.py)
+
 
 def load_folder(folder: Path) -> tuple[list[Image.Image], list[Path], list[str]]:
     """The folder's readable images and their paths, and a line for each image skipped as unreadable."""
@@ -72,16 +84,22 @@ def calibrate(
     partial = PartialResults(partial_path(target))
     sweep = [Setting(t, n) for n in negatives for t in taus]
     # The baselines cost a few generations more and let the report say what calibration bought.
-    baselines = [Setting(0.0, 0, NO_NEGATIVES)] + [Setting(WHOLE_VOCABULARY, n, WHOLE_VOCABULARY_LABEL) for n in negatives]
+    baselines = [Setting(0.0, 0, NO_NEGATIVES)] + [
+        Setting(WHOLE_VOCABULARY, n, WHOLE_VOCABULARY_LABEL) for n in negatives
+    ]
     metric = Metric(engine)
     measured = search(
         engine, images, generator, sweep, baselines, options, metric, seed, partial, progress, should_stop, first_images
     )
     counts = dict(generations=measured.generations, full_sweep=measured.full_sweep)
     if measured.stopped:
-        return Calibration(engine.model_id, generator.name, [], [], None, paths, seed, stopped=True, skipped=skipped, **counts)
+        return Calibration(
+            engine.model_id, generator.name, [], [], None, paths, seed, stopped=True, skipped=skipped, **counts
+        )
     rows, baseline_rows = measured.rows[: len(sweep)], measured.rows[len(sweep) :]
-    result = Calibration(engine.model_id, generator.name, rows, baseline_rows, best_row(rows), paths, seed, skipped=skipped, **counts)
+    result = Calibration(
+        engine.model_id, generator.name, rows, baseline_rows, best_row(rows), paths, seed, skipped=skipped, **counts
+    )
     candidate = candidate_path(target)
     if report:
         result.report = write_report(result, images, generator, target)  # the latest run's report
@@ -111,5 +129,3 @@ def _write(result: Calibration, target: Path, options: ExtractOptions, seed: int
     }
     write_json(target, data)
     result.path = target
-
-

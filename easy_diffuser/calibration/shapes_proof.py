@@ -8,6 +8,7 @@ tags of the whole vocabulary, no negative prompt, and a tau too high. Because th
 it also counts how often a true attribute of the image lands in the negative prompt, the failure
 that makes the shapes renderer (and Stable Diffusion) leave out something the image has.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,11 +60,15 @@ def fit_probabilities(engine: Engine, count: int = 400, seed: int = 7) -> TagCal
 
 
 def true_in_negative(row: Row, items: Sequence[world.Scene]) -> float:
-    hits = [bool(set(world.parse_tags(negative)) & set(s.tags().values())) for (_, negative), s in zip(row.prompts, items)]
+    hits = [
+        bool(set(world.parse_tags(negative)) & set(s.tags().values())) for (_, negative), s in zip(row.prompts, items)
+    ]
     return sum(hits) / len(hits)
 
 
-def compare_held_out(engine: Engine, chosen: Setting, too_high_tau: float, items: Sequence[world.Scene], seed: int = 0) -> list[Compared]:
+def compare_held_out(
+    engine: Engine, chosen: Setting, too_high_tau: float, items: Sequence[world.Scene], seed: int = 0
+) -> list[Compared]:
     """The calibrated setting against the three alternatives, on scenes it never saw."""
     settings = [
         Setting(chosen.tau, chosen.negatives, "calibrated"),
@@ -77,17 +82,28 @@ def compare_held_out(engine: Engine, chosen: Setting, too_high_tau: float, items
 
 
 def comparison_table(compared: Sequence[Compared]) -> str:
-    lines = ["| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative |",
+        "|---|---|---|---|---|---|",
+    ]
     for item in compared:
         s = item.row.setting
         tau = "all tags" if s.tau == WHOLE_VOCABULARY else ("-" if s.label == NO_NEGATIVES else f"{s.tau:g}")
-        lines.append(f"| {item.name} | {tau} | {s.negatives} | {item.row.loss:.4f} | {item.row.cosine:.4f} | {item.true_in_negative:.0%} |")
+        lines.append(
+            f"| {item.name} | {tau} | {s.negatives} | {item.row.loss:.4f} | {item.row.cosine:.4f} "
+            f"| {item.true_in_negative:.0%} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Calibrate shapes-demo and compare on held-out scenes.")
-    parser.add_argument("--out", type=Path, default=Path("out/calibration-shapes"), help="folder for images, calibration JSON and report")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/calibration-shapes"),
+        help="folder for images, calibration JSON and report",
+    )
     parser.add_argument("--train", type=int, default=60, help="calibration images")
     parser.add_argument("--held-out", type=int, default=400, help="held-out images")
     parser.add_argument("--too-high", type=float, default=TOO_HIGH_TAU, help="the 'tau too high' of the comparison")

@@ -62,7 +62,7 @@ def non_finite(data: Any, where: str = "") -> str | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically; a NaN or infinity anywhere is refused (it is not JSON, and tau = NaN breaks extraction)."""
+    """Write JSON atomically; a NaN or infinity anywhere is refused (not JSON, and tau = NaN breaks extraction)."""
     bad = non_finite(data)
     if bad:
         raise ValueError(f"{path}: {bad} is not a finite number; nothing was written")

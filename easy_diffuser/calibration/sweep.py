@@ -14,6 +14,7 @@ has nothing left to decide and every tau scores the same. Calibrate with the num
 tags the model's defaults give as "calibration_tags" (shapes-demo: 2, so colour and shape are named
 and background and size are left to the negative prompt), else the usual ExtractOptions.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,7 @@ class Setting:
     label: str = ""  # empty for the sweep; a baseline's name otherwise
 
     def describe(self) -> str:
-        """"tau 0.5, 1 negative", "whole-vocabulary lowest, 8 negatives", "no negative prompt"."""
+        """ "tau 0.5, 1 negative", "whole-vocabulary lowest, 8 negatives", "no negative prompt"."""
         if self.label == NO_NEGATIVES:
             return self.label
         return f"{self.label or f'tau {self.tau:g}'}, {negatives_text(self.negatives)}"
@@ -78,8 +79,14 @@ class Row:
 
     def to_dict(self) -> dict:
         tau = None if math.isinf(self.setting.tau) else self.setting.tau
-        return {"tau": tau, "negatives": self.setting.negatives, "label": self.setting.label,
-                "loss": round(self.loss, 5), "cosine": round(self.cosine, 5), "images": self.images}
+        return {
+            "tau": tau,
+            "negatives": self.setting.negatives,
+            "label": self.setting.label,
+            "loss": round(self.loss, 5),
+            "cosine": round(self.cosine, 5),
+            "images": self.images,
+        }
 
 
 @dataclass
@@ -208,7 +215,10 @@ def search(
     base, _ = engine.selection_options(options)
     settings = [*sweep, *baselines]
     prompts = {
-        s: [(e.prompt, e.negative_prompt) for e in engine.extract_embeddings(embeddings, options, selection=s.selection(base))]
+        s: [
+            (e.prompt, e.negative_prompt)
+            for e in engine.extract_embeddings(embeddings, options, selection=s.selection(base))
+        ]
         for s in settings
     }
     jobs_of = {s: _jobs(prompts[s], keys, generator, metric, seed) for s in settings}
@@ -261,7 +271,9 @@ def _estimate(jobs_of, settings, alive: int, counts: list[int], round_index: int
     return round(estimate)
 
 
-def _jobs(prompts: list[tuple[str, str]], keys: list[str], generator: Generator, metric: Metric, seed: int) -> list[_Job]:
+def _jobs(
+    prompts: list[tuple[str, str]], keys: list[str], generator: Generator, metric: Metric, seed: int
+) -> list[_Job]:
     jobs = []
     fingerprint = metric.fingerprint
     for index, ((prompt, negative), key) in enumerate(zip(prompts, keys)):
@@ -322,7 +334,9 @@ def _generate(chunk: list[_Job], generator: Generator, should_stop: Callable[[],
     return False
 
 
-def _score(chunk: list[_Job], generated: list[Image.Image], sources: Embedded, metric: Metric, partial: PartialResults) -> None:
+def _score(
+    chunk: list[_Job], generated: list[Image.Image], sources: Embedded, metric: Metric, partial: PartialResults
+) -> None:
     rows = [job.image for job in chunk]
     source = Embedded(sources.embeddings[rows], sources.probabilities[rows])
     loss, cosine = metric.compare(source, metric.embed(generated))
@@ -346,5 +360,3 @@ def calibration_options(engine: Engine) -> ExtractOptions:
     """Positive tags for calibrating: the model's "calibration_tags" default, else the usual count."""
     tags = int(engine.loaded.defaults.get("calibration_tags", ExtractOptions.max_tags))
     return ExtractOptions(max_tags=tags)
-
-

@@ -14,6 +14,7 @@ should be the lowest tags of the whole vocabulary or the lowest inside the image
 
 Scenes are `world.Scene`s and are drawn by `world.draw`; only the sampling is new.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -50,27 +51,102 @@ CATEGORIES = ("colour", "shape", "background", "size")
 # 25th mood tag of easy_diffuser/data/vocabulary that names no colour, shape, size or background.
 DISTRACTORS: dict[str, tuple[str, ...]] = {
     "subject": (
-        "aardvark", "android", "assassin", "bandana", "behemoth", "bonsai tree", "bus", "cassette tape", "chicken",
-        "clover", "cottage", "crystal cluster", "dew drops", "duck", "escape pod", "fig", "flower in hair",
-        "fruit bowl", "ginkgo tree", "grand staircase", "handbag", "holding a lantern", "ice dragon", "kangaroo",
-        "laser gun", "lollipop", "marbles", "microphone", "mountain lake", "notebook", "origami crane", "pauldrons",
-        "pink hair", "portcullis", "race car", "riding boots", "rune stone", "scholar", "shepherd", "slime monster",
-        "spaghetti", "steam locomotive", "sunglasses", "taxi", "toga", "truck", "venus flytrap", "waterfall", "woman",
+        "aardvark",
+        "android",
+        "assassin",
+        "bandana",
+        "behemoth",
+        "bonsai tree",
+        "bus",
+        "cassette tape",
+        "chicken",
+        "clover",
+        "cottage",
+        "crystal cluster",
+        "dew drops",
+        "duck",
+        "escape pod",
+        "fig",
+        "flower in hair",
+        "fruit bowl",
+        "ginkgo tree",
+        "grand staircase",
+        "handbag",
+        "holding a lantern",
+        "ice dragon",
+        "kangaroo",
+        "laser gun",
+        "lollipop",
+        "marbles",
+        "microphone",
+        "mountain lake",
+        "notebook",
+        "origami crane",
+        "pauldrons",
+        "pink hair",
+        "portcullis",
+        "race car",
+        "riding boots",
+        "rune stone",
+        "scholar",
+        "shepherd",
+        "slime monster",
+        "spaghetti",
+        "steam locomotive",
+        "sunglasses",
+        "taxi",
+        "toga",
+        "truck",
+        "venus flytrap",
+        "waterfall",
+        "woman",
     ),
     "medium": (
-        "35mm film", "blender render", "colored pencil drawing", "editorial photography", "fresco", "knitted",
-        "monotype print", "polaroid photo", "soft pastel", "underwater photograph",
+        "35mm film",
+        "blender render",
+        "colored pencil drawing",
+        "editorial photography",
+        "fresco",
+        "knitted",
+        "monotype print",
+        "polaroid photo",
+        "soft pastel",
+        "underwater photograph",
     ),
     "style": (
-        "16-bit", "atompunk", "cosmic horror", "fashion editorial", "hard-edge painting", "line art",
-        "neo-traditional tattoo", "pulp magazine cover", "southern gothic", "urban fantasy",
+        "16-bit",
+        "atompunk",
+        "cosmic horror",
+        "fashion editorial",
+        "hard-edge painting",
+        "line art",
+        "neo-traditional tattoo",
+        "pulp magazine cover",
+        "southern gothic",
+        "urban fantasy",
     ),
     "lighting": (
-        "afternoon light", "chiaroscuro", "divine light", "global illumination", "kicker light", "midday sun",
-        "practical lights", "sodium vapor lighting", "sunlight", "volumetric lighting",
+        "afternoon light",
+        "chiaroscuro",
+        "divine light",
+        "global illumination",
+        "kicker light",
+        "midday sun",
+        "practical lights",
+        "sodium vapor lighting",
+        "sunlight",
+        "volumetric lighting",
     ),
     "mood": (
-        "abandoned", "bustling", "decaying", "ethereal", "graceful", "inspiring", "moody", "quiet", "sophisticated",
+        "abandoned",
+        "bustling",
+        "decaying",
+        "ethereal",
+        "graceful",
+        "inspiring",
+        "moody",
+        "quiet",
+        "sophisticated",
         "turbulent",
     ),
 }
@@ -88,8 +164,12 @@ def _joint() -> list[tuple[dict[str, str], float]]:
     for shape, colour, background, size in itertools.product(
         world.SHAPES, world.COLOURS, world.BACKGROUNDS, world.SIZES
     ):
-        p = (SHAPE_PRIOR[shape] * COLOUR_GIVEN_SHAPE[shape][colour] * SIZE_GIVEN_SHAPE[shape][size]
-             * BACKGROUND_GIVEN_COLOUR[colour][background])
+        p = (
+            SHAPE_PRIOR[shape]
+            * COLOUR_GIVEN_SHAPE[shape][colour]
+            * SIZE_GIVEN_SHAPE[shape][size]
+            * BACKGROUND_GIVEN_COLOUR[colour][background]
+        )
         outcomes.append(({"colour": colour, "shape": shape, "background": background, "size": size}, p))
     return outcomes
 
@@ -104,8 +184,11 @@ def conditional(named: dict[str, str], excluded: dict[str, set[str]]) -> list[tu
     open_categories = [c for c in CATEGORIES if c not in named]
     allowed = {c: set(world._CHOICES[c]) - excluded.get(c, set()) for c in open_categories}
     allowed = {c: values or set(world._CHOICES[c]) for c, values in allowed.items()}
-    return [(values, p) for values, p in JOINT
-            if all(values[c] == v for c, v in named.items()) and all(values[c] in allowed[c] for c in open_categories)]
+    return [
+        (values, p)
+        for values, p in JOINT
+        if all(values[c] == v for c, v in named.items()) and all(values[c] in allowed[c] for c in open_categories)
+    ]
 
 
 def _sample(rng: random.Random, outcomes: list[tuple[dict[str, str], float]], **geometry: object) -> world.Scene:

@@ -17,6 +17,7 @@ differences that make its scores behave like a real CLIP's on this world:
 
 Fixed seed + fixed step count => the same weights on every run (CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,18 @@ def _batch(rng: random.Random, size: int, kind: str) -> tuple[list[world.Scene],
     if kind == "shape":
         return train._batch(rng, size, kind)
     if kind == "backdrop":
-        return ([cooccur.random_scene(rng) for _ in range(size)],
-                [("background",) if i % 2 == 0 else ("colour",) for i in range(size)])
+        return (
+            [cooccur.random_scene(rng) for _ in range(size)],
+            [("background",) if i % 2 == 0 else ("colour",) for i in range(size)],
+        )
     kinds = list(train._KIND_WEIGHTS)
     chosen = rng.choices(kinds, weights=list(train._KIND_WEIGHTS.values()), k=size)
     return [cooccur.random_scene(rng) for _ in range(size)], chosen
 
 
-def _loss(logits: torch.Tensor, distractor_logits: torch.Tensor, match: torch.Tensor,
-          weights: torch.Tensor) -> torch.Tensor:
+def _loss(
+    logits: torch.Tensor, distractor_logits: torch.Tensor, match: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """train._loss where each image's choice also includes captions that match no image."""
     every_caption = torch.cat([logits, distractor_logits], dim=1)
     image_targets = torch.cat([match * weights, torch.zeros_like(distractor_logits)], dim=1)
@@ -74,8 +78,9 @@ def _spread(features: torch.Tensor) -> torch.Tensor:
     return (-SPREAD_TEMPERATURE * distances).exp().mean().log()
 
 
-def train_model(steps: int, seed: int,
-                batch_size: int = 64) -> tuple[torch.nn.Module, train.Preprocess, train.Tokenizer]:
+def train_model(
+    steps: int, seed: int, batch_size: int = 64
+) -> tuple[torch.nn.Module, train.Preprocess, train.Tokenizer]:
     # A model this small gains nothing from more threads, and one thread makes the weights
     # independent of the machine's core count.
     torch.set_num_threads(1)
@@ -111,6 +116,7 @@ def train_model(steps: int, seed: int,
 
 
 # --- evaluation ---------------------------------------------------------------
+
 
 @torch.no_grad()
 def relevance_of(model, preprocess, tokenizer, scenes: list[world.Scene]) -> tuple[list[str], torch.Tensor]:
@@ -153,6 +159,7 @@ def fit_probabilities(model, preprocess, tokenizer, count: int = 400, seed: int 
 
 
 # --- writing the folder -------------------------------------------------------
+
 
 def _write_folder(model: torch.nn.Module, folder: Path, settings: dict) -> dict[str, torch.Tensor]:
     """Everything except the README; returns the fp16 state dict written."""

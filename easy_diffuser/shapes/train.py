@@ -73,23 +73,24 @@ def register_config() -> None:
 def new_model() -> tuple[torch.nn.Module, Preprocess, Tokenizer]:
     """Fresh (randomly initialised) model, eval preprocessing and tokenizer."""
     register_config()
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        MODEL_NAME, image_mean=MEAN, image_std=STD
-    )
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, image_mean=MEAN, image_std=STD)
     return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
 
 
 def load_folder(folder: Path) -> tuple[torch.nn.Module, Preprocess, Tokenizer]:
     """Load a written model folder (fp16 weights -> fp32) in eval mode."""
     model, preprocess, tokenizer = new_model()
-    state = {k: v.float() if v.is_floating_point() else v
-             for k, v in load_file(str(folder / "open_clip_model.safetensors")).items()}
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(str(folder / "open_clip_model.safetensors")).items()
+    }
     model.load_state_dict(state)
     model.eval()  # BatchNorm must use running stats for single images
     return model, preprocess, tokenizer
 
 
 # --- training ---------------------------------------------------------------
+
 
 def _batch_kind(step: int) -> str:
     """Odd steps: shape batches; even steps alternate mixed and colour/background batches."""
@@ -110,12 +111,13 @@ def _batch(rng: random.Random, size: int, kind: str) -> tuple[list[world.Scene],
     background caption matches a third of the batch, and colour keeps its share
     of training (pinning the colour here instead starved colour)."""
     if kind == "shape":
-        pinned = {"colour": rng.choice(list(world.COLOURS)),
-                  "background": rng.choice(list(world.BACKGROUNDS))}
+        pinned = {"colour": rng.choice(list(world.COLOURS)), "background": rng.choice(list(world.BACKGROUNDS))}
         return [world.random_scene(rng, **pinned) for _ in range(size)], [("shape",)] * size
     if kind == "backdrop":
-        return ([world.random_scene(rng) for _ in range(size)],
-                [("background",) if i % 2 == 0 else ("colour",) for i in range(size)])
+        return (
+            [world.random_scene(rng) for _ in range(size)],
+            [("background",) if i % 2 == 0 else ("colour",) for i in range(size)],
+        )
     if kind != "mixed":
         raise ValueError(f"unknown batch kind {kind!r}")
     kinds = list(_KIND_WEIGHTS)
@@ -126,8 +128,7 @@ def _batch(rng: random.Random, size: int, kind: str) -> tuple[list[world.Scene],
 def _matches(scenes: list[world.Scene], kinds: list[tuple[str, ...]]) -> torch.Tensor:
     """M[i, j] = 1 when caption j (of scene j) is also true of image i."""
     tags = [s.tags() for s in scenes]
-    return torch.tensor([[float(all(ti[k] == tj[k] for k in kinds[j])) for j, tj in enumerate(tags)]
-                         for ti in tags])
+    return torch.tensor([[float(all(ti[k] == tj[k] for k in kinds[j])) for j, tj in enumerate(tags)] for ti in tags])
 
 
 def _loss(logits: torch.Tensor, match: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -175,9 +176,14 @@ def train(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.Module,
 
 
 @torch.no_grad()
-def _recompute_batchnorm(model: torch.nn.Module, preprocess: Preprocess, rng: random.Random,
-                         batch_size: int, batches: int = 64,
-                         sample: Callable[[random.Random], world.Scene] = world.random_scene) -> None:
+def _recompute_batchnorm(
+    model: torch.nn.Module,
+    preprocess: Preprocess,
+    rng: random.Random,
+    batch_size: int,
+    batches: int = 64,
+    sample: Callable[[random.Random], world.Scene] = world.random_scene,
+) -> None:
     """Replace BatchNorm's running statistics by plain averages over random scenes (`sample`).
 
     The running averages kept during training mix in the pinned shape batches,
@@ -198,10 +204,16 @@ def _recompute_batchnorm(model: torch.nn.Module, preprocess: Preprocess, rng: ra
 
 # --- evaluation ---------------------------------------------------------------
 
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, preprocess: Preprocess, tokenizer: Tokenizer,
-             count: int = 600, seed: int = 12345,
-             sizes: tuple[int, ...] = EVAL_SIZES) -> dict[int, dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module,
+    preprocess: Preprocess,
+    tokenizer: Tokenizer,
+    count: int = 600,
+    seed: int = 12345,
+    sizes: tuple[int, ...] = EVAL_SIZES,
+) -> dict[int, dict[str, float]]:
     """Zero-shot accuracy on fresh scenes, scored as the product does: cosine
     against every bare vocabulary tag. Per size: true colour / shape among the
     top 3 of all tags, top-1 within its own category, and per background the
@@ -215,7 +227,7 @@ def evaluate(model: torch.nn.Module, preprocess: Preprocess, tokenizer: Tokenize
         hits = {"colour_top3": 0, "shape_top3": 0, "colour_top1": 0, "shape_top1": 0}
         backgrounds = {name: [0, 0] for name in world.BACKGROUNDS}  # [right, seen]
         for start in range(0, count, 100):
-            chunk = scenes[start:start + 100]
+            chunk = scenes[start : start + 100]
             images = torch.stack([preprocess(world.draw(s, pixels)) for s in chunk])
             scores = F.normalize(model.encode_image(images), dim=-1) @ text.T
             for scene, row in zip(chunk, scores):
@@ -231,20 +243,26 @@ def evaluate(model: torch.nn.Module, preprocess: Preprocess, tokenizer: Tokenize
                 backgrounds[scene.background][0] += vocab[best][1] == scene.tags()["background"]
                 backgrounds[scene.background][1] += 1
         results[pixels] = {k: v / count for k, v in hits.items()}
-        results[pixels].update({f"background_{name}": right / max(1, seen)
-                                for name, (right, seen) in backgrounds.items()})
+        results[pixels].update(
+            {f"background_{name}": right / max(1, seen) for name, (right, seen) in backgrounds.items()}
+        )
     return results
 
 
 def results_table(results: dict[int, dict[str, float]]) -> str:
     names = list(world.BACKGROUNDS)
-    lines = ["| pixels | colour top-3 (all 13 tags) | shape top-3 (all 13 tags) | colour top-1 (colours) "
-             "| shape top-1 (shapes) | " + " | ".join(f"{n} bg top-1 (backgrounds)" for n in names) + " |",
-             "|---|---|---|---|---|" + "---|" * len(names)]
+    lines = [
+        "| pixels | colour top-3 (all 13 tags) | shape top-3 (all 13 tags) | colour top-1 (colours) "
+        "| shape top-1 (shapes) | " + " | ".join(f"{n} bg top-1 (backgrounds)" for n in names) + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
     for pixels, r in results.items():
-        lines.append(f"| {pixels} | {r['colour_top3']:.3f} | {r['shape_top3']:.3f} "
-                     f"| {r['colour_top1']:.3f} | {r['shape_top1']:.3f} | "
-                     + " | ".join(f"{r[f'background_{n}']:.3f}" for n in names) + " |")
+        lines.append(
+            f"| {pixels} | {r['colour_top3']:.3f} | {r['shape_top3']:.3f} "
+            f"| {r['colour_top1']:.3f} | {r['shape_top1']:.3f} | "
+            + " | ".join(f"{r[f'background_{n}']:.3f}" for n in names)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -259,12 +277,12 @@ def tensor_hash(state: dict[str, torch.Tensor]) -> str:
 
 # --- writing the folder -------------------------------------------------------
 
+
 def _write_folder(model: torch.nn.Module, folder: Path, keep_settings: Path | None = None) -> dict[str, torch.Tensor]:
     """Everything except the README; returns the fp16 state dict written.
     `keep_settings`: an existing easy_diffuser.json (e.g. with a calibrated
     tau) to carry over instead of the defaults."""
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     config = {"model_cfg": MODEL_CFG, "preprocess_cfg": {"mean": MEAN, "std": STD}}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """The tab's webui-free logic: its controls as options, re-selection without the model, a click on a
 tag, and the Calibrate section's number fields."""
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,12 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
     caption = CaptionOptions(values["caption_model"], **(caption_decoding or {})) if values["caption"] else None
     automatic = values["auto_tau"]
     return ExtractOptions(
-        max_tags=values["max_tags"], tau=None if automatic else values["tau"],
+        max_tags=values["max_tags"],
+        tau=None if automatic else values["tau"],
         negatives=OPTION["negatives"].default if automatic else values["negatives"],
-        quality_negatives=values["quality_negatives"], weights=values["weights"], caption=caption,
+        quality_negatives=values["quality_negatives"],
+        weights=values["weights"],
+        caption=caption,
     )
 
 
@@ -48,7 +52,7 @@ def extract(engine: Engine, image: ImageInput, options: ExtractOptions) -> "Extr
 
 
 def _selected(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, captions: list[str]) -> "Extracted":
-    result, = engine.extract_embeddings(embedding, options, captions=captions)
+    (result,) = engine.extract_embeddings(embedding, options, captions=captions)
     negatives = engine.selection_options(options)[0].negatives
     return Extracted(engine.model_id, embedding.detach().to("cpu", torch.float32), options.caption, negatives, result)
 
@@ -117,7 +121,9 @@ def _in_range(values: list, name: str, option) -> None:
         try:
             option.check(value)
         except OptionError:
-            raise ValueError(f"{name}: {value:g} is out of range: each must be from {option.minimum:g} to {option.maximum:g}.") from None
+            raise ValueError(
+                f"{name}: {value:g} is out of range: each must be from {option.minimum:g} to {option.maximum:g}."
+            ) from None
 
 
 class Pace:
@@ -146,9 +152,10 @@ def _numbers(text: str, name: str, kind: type, example: str) -> list:
             value = kind(token)
         except ValueError:
             what = "a whole number" if kind is int else "a number"
-            raise ValueError(f"{name}: {token!r} is not {what}; separate numbers with commas, e.g. {example}.") from None
+            raise ValueError(
+                f"{name}: {token!r} is not {what}; separate numbers with commas, e.g. {example}."
+            ) from None
         if not math.isfinite(value):  # float() reads "nan" and "inf", which no sweep can use
             raise ValueError(f"{name}: {token!r} is not a finite number.")
         values.append(value)
     return values
-

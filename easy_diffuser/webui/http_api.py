@@ -12,6 +12,7 @@ that the options are checked by the same schema as on the command line, with the
 messages (422). The extraction itself runs in the threadpool: a request waiting for the webui's
 queue lock never blocks the server's event loop.
 """
+
 from __future__ import annotations
 
 import base64
@@ -70,16 +71,26 @@ class ModelsResponse(BaseModel):
 REQUEST_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {
-            "type": "object",
-            "properties": {
-                "image": {"type": "string", "description": "the image file's bytes in base64, or a data: URL"},
-                "reselect": {"type": "string", "description": "instead of image: an earlier answer's reselect token"},
-                "model": {"type": "string", "description": "a name from GET /models; default: the webui's setting"},
-            },
-            "additionalProperties": True,
-            "description": "plus any option of GET /options",
-        }}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "description": "the image file's bytes in base64, or a data: URL"},
+                        "reselect": {
+                            "type": "string",
+                            "description": "instead of image: an earlier answer's reselect token",
+                        },
+                        "model": {
+                            "type": "string",
+                            "description": "a name from GET /models; default: the webui's setting",
+                        },
+                    },
+                    "additionalProperties": True,
+                    "description": "plus any option of GET /options",
+                }
+            }
+        },
     }
 }
 
@@ -106,7 +117,9 @@ def add_routes(
 
         loaded = service.loaded_engine(model) if image is None else None
         try:  # a re-selection runs no model: it needs no queue once the model is loaded
-            return await run_in_threadpool(work, loaded) if loaded else await run_in_threadpool(service.run, work, model)
+            return (
+                await run_in_threadpool(work, loaded) if loaded else await run_in_threadpool(service.run, work, model)
+            )
         except ModelError as error:  # the weights can't be had on this server: not the client's fault
             raise HTTPException(status_code=503, detail=str(error)) from None
 
@@ -118,9 +131,17 @@ def add_routes(
     def options() -> dict:
         return schema_help()
 
-    app.add_api_route(f"{PREFIX}/extract", extract, methods=["POST"], response_model=ExtractResponse,
-                      dependencies=dependencies, openapi_extra=REQUEST_SCHEMA)
-    app.add_api_route(f"{PREFIX}/models", models, methods=["GET"], response_model=ModelsResponse, dependencies=dependencies)
+    app.add_api_route(
+        f"{PREFIX}/extract",
+        extract,
+        methods=["POST"],
+        response_model=ExtractResponse,
+        dependencies=dependencies,
+        openapi_extra=REQUEST_SCHEMA,
+    )
+    app.add_api_route(
+        f"{PREFIX}/models", models, methods=["GET"], response_model=ModelsResponse, dependencies=dependencies
+    )
     app.add_api_route(f"{PREFIX}/options", options, methods=["GET"], dependencies=dependencies)
 
 
@@ -140,7 +161,7 @@ async def _read_json(request: Request, limit: int) -> dict:
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise HTTPException(status_code=400, detail=f"body: not valid JSON ({_first_line(error)})") from None
     if not isinstance(body, dict):
-        raise HTTPException(status_code=422, detail="body: must be a JSON object such as {\"image\": \"...\"}")
+        raise HTTPException(status_code=422, detail='body: must be a JSON object such as {"image": "..."}')
     return body
 
 
@@ -149,9 +170,13 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _too_large(limit: int) -> HTTPException:
-    return HTTPException(status_code=413, detail=(
-        f"body: larger than {limit / 1024 / 1024:g} MB; send a smaller image, or raise the limit in "
-        "Settings > Easy Diffuser > Largest HTTP request"))
+    return HTTPException(
+        status_code=413,
+        detail=(
+            f"body: larger than {limit / 1024 / 1024:g} MB; send a smaller image, or raise the limit in "
+            "Settings > Easy Diffuser > Largest HTTP request"
+        ),
+    )
 
 
 def _first_line(error: Exception) -> str:
@@ -165,7 +190,9 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
     image_text, token, model = fields.pop("image", None), fields.pop("reselect", None), fields.pop("model", None)
     if token is not None:
         if image_text is not None or not isinstance(token, str):
-            raise HTTPException(status_code=422, detail="reselect: a token string from an earlier answer, sent instead of image")
+            raise HTTPException(
+                status_code=422, detail="reselect: a token string from an earlier answer, sent instead of image"
+            )
     elif not isinstance(image_text, str):
         raise HTTPException(status_code=422, detail="image: required, the image file's bytes in base64 or a data: URL")
     if model is not None and model not in choices:
@@ -177,9 +204,13 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
     if options.caption and options.caption.model not in CAPTIONERS:
         # Any other id would make the server download whatever a client names.
         listed = ", ".join(CAPTIONERS)
-        raise HTTPException(status_code=400, detail=f"caption: {options.caption.model[:100]!r} is not one of true, false, {listed}")
+        raise HTTPException(
+            status_code=400, detail=f"caption: {options.caption.model[:100]!r} is not one of true, false, {listed}"
+        )
     if token is not None and options.caption:
-        raise HTTPException(status_code=422, detail="caption: a caption needs the image; send image instead of reselect")
+        raise HTTPException(
+            status_code=422, detail="caption: a caption needs the image; send image instead of reselect"
+        )
     return (_decode_image(image_text) if token is None else None), token, model, options
 
 
@@ -197,9 +228,13 @@ def _embedding_from(token: str, engine: Engine) -> torch.Tensor:
     except (binascii.Error, ValueError, RuntimeError):
         raise HTTPException(status_code=400, detail="reselect: not a token this server gave") from None
     if model.decode(errors="replace") != engine.model_id:
-        raise HTTPException(status_code=409, detail=(
-            f"reselect: the token was made by {model.decode(errors='replace')[:100]!r}, this request uses "
-            f"{engine.model_id!r}; send the image again"))
+        raise HTTPException(
+            status_code=409,
+            detail=(
+                f"reselect: the token was made by {model.decode(errors='replace')[:100]!r}, this request uses "
+                f"{engine.model_id!r}; send the image again"
+            ),
+        )
     width = engine.text_embeddings.shape[1]
     if embedding.numel() != width or not torch.isfinite(embedding).all() or embedding.norm() < 1e-3:
         raise HTTPException(status_code=400, detail="reselect: not a token this server gave")
@@ -213,7 +248,9 @@ def _basic_auth(api_auth: str) -> Callable[[HTTPBasicCredentials], bool]:
     def check(given: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
         if given.username in credentials and compare_digest(given.password, credentials[given.username]):
             return True
-        raise HTTPException(status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+        raise HTTPException(
+            status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"}
+        )
 
     return check
 
@@ -223,7 +260,9 @@ def _decode_image(text: str):
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
-            raise HTTPException(status_code=400, detail="image: a data: URL must be base64-encoded (data:image/png;base64,...)")
+            raise HTTPException(
+                status_code=400, detail="image: a data: URL must be base64-encoded (data:image/png;base64,...)"
+            )
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):

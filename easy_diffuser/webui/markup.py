@@ -1,4 +1,5 @@
 """The tab's HTML: tag bars, status and error lines, batch and calibration reports."""
+
 from __future__ import annotations
 
 import html
@@ -11,14 +12,17 @@ from ..calibration.store import InForce, change_text
 from ..engine import Extraction
 from ..selection import TagScore
 
+
 def tag_bars_html(tags: Sequence[TagScore]) -> str:
     """One clickable bar per tag; its length is the tag's relevance against the most relevant one."""
     if not tags:
         return ""
     top = max(max(tag.relevance for tag in tags), 1e-6)
     rows = "".join(_tag_bar(tag, 4 + 96 * min(max(tag.relevance / top, 0.0), 1.0)) for tag in tags)
-    hint = ("Click a tag to move it: positive &rarr; negative &rarr; off. A click or a moved control "
-            "rewrites both prompts, hand edits included.")
+    hint = (
+        "Click a tag to move it: positive &rarr; negative &rarr; off. A click or a moved control "
+        "rewrites both prompts, hand edits included."
+    )
     return f'<div class="easy-diffuser-tags"><p class="easy-diffuser-hint">{hint}</p>{rows}</div>'
 
 
@@ -38,7 +42,8 @@ def status_html(result: Extraction) -> str:
     """Which model and which tau made this result, and where that tau came from."""
     positive = sum(tag.role == "positive" for tag in result.tags)
     negative = sum(tag.role == "negative" for tag in result.tags)
-    text = f"{result.model} &middot; tau {result.tau:.2f} ({html.escape(result.tau_source)}) &middot; {positive} positive, {negative} negative tags"
+    tau = f"tau {result.tau:.2f} ({html.escape(result.tau_source)})"
+    text = f"{html.escape(result.model)} &middot; {tau} &middot; {positive} positive, {negative} negative tags"
     return f'<p class="easy-diffuser-status">{text}</p>'
 
 
@@ -67,7 +72,9 @@ def calibration_html(result: Calibration) -> str:
     ]
     lines += [f"Skipped {html.escape(line)}" for line in result.skipped]
     if result.path:
-        lines.append(f"Saved as a candidate in {html.escape(str(result.path))}: press <b>Apply</b> to make Automatic tau use it.")
+        lines.append(
+            f"Saved as a candidate in {html.escape(str(result.path))}: press <b>Apply</b> to make Automatic tau use it."
+        )
     summary = "".join(f"<p>{line}</p>" for line in lines)
     return f'<div class="easy-diffuser-calibration">{summary}{_table_html(result.rows + result.baselines, best)}</div>'
 
@@ -80,7 +87,8 @@ def _table_html(rows: Sequence[Row], best: Row) -> str:
 
 def _table_row(row: Row, best: bool) -> str:
     marked = ' class="easy-diffuser-best"' if best else ""
-    cells = f"<td>{html.escape(row.setting.describe())}</td><td>{row.loss:.4f}</td><td>{row.cosine:.4f}</td><td>{row.images}</td>"
+    numbers = f"<td>{row.loss:.4f}</td><td>{row.cosine:.4f}</td><td>{row.images}</td>"
+    cells = f"<td>{html.escape(row.setting.describe())}</td>{numbers}"
     return f"<tr{marked}>{cells}</tr>"
 
 

@@ -4,6 +4,7 @@ The webui adapter (scripts/easy_diffuser_tab.py) gives `Service` the host's rule
 where it runs, how to make room on the GPU, and the queue lock that keeps it from running beside
 image generation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ T = TypeVar("T")
 AUTO = "Auto"  # the model setting that follows the loaded checkpoint
 SD2_MODEL = "ViT-H-14/laion2b_s32b_b79k"  # SD 2.x conditions on OpenCLIP ViT-H/14
 SD1_MODEL = "ViT-L-14/openai"  # SD 1.x, and SDXL's first text encoder, use OpenAI's ViT-L/14
-
 
 
 def auto_model(is_sd2: bool) -> str:
@@ -108,4 +108,3 @@ class Service:
     def _forget_all(self) -> None:
         self._forget()
         unload_models()
-

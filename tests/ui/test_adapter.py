@@ -1,5 +1,6 @@
 """The webui adapter's rules, against the stand-in `modules`: settings, flags, model choice,
 device and memory handling (A1111 and Forge), the queue lock, progress, batch, calibration, install.py."""
+
 from __future__ import annotations
 
 import html
@@ -16,18 +17,27 @@ import pytest
 gr = pytest.importorskip("gradio")
 
 import torch  # noqa: E402
+from modules import call_queue, devices, lowvram, processing, sd_models, shared  # noqa: E402
 
-import webui_host  # noqa: E402
 from easy_diffuser.calibration.shapes_proof import scenes, write_folder  # noqa: E402
 from easy_diffuser.engine import calibration_path  # noqa: E402
 from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
-from modules import call_queue, devices, lowvram, processing, sd_models, shared  # noqa: E402
+
+import webui_host  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # The tab's controls at their starting values (keyed by controls.CONTROLS), "Caption first" off.
-TAB = {"max_tags": 24, "auto_tau": True, "tau": 1.0, "negatives": 8, "quality_negatives": 6, "weights": False,
-       "caption": False, "caption_model": "Salesforce/blip-image-captioning-base"}
+TAB = {
+    "max_tags": 24,
+    "auto_tau": True,
+    "tau": 1.0,
+    "negatives": 8,
+    "quality_negatives": 6,
+    "weights": False,
+    "caption": False,
+    "caption_model": "Salesforce/blip-image-captioning-base",
+}
 BATCH = {**TAB, "max_tags": 8, "quality_negatives": 0}
 
 
@@ -98,7 +108,9 @@ def test_every_setting_survives_the_settings_page_refresh(webui):
 def test_the_model_flag_overrides_the_setting_and_the_weights_go_under_models(webui, models_path, tmp_path):
     module = webui()
     assert module.weights_folder() == models_path / "easy_diffuser"
-    module = webui("--easy-diffuser-model", "ViT-bigG-14/laion2b_s39b_b160k", "--easy-diffuser-model-path", str(tmp_path))
+    module = webui(
+        "--easy-diffuser-model", "ViT-bigG-14/laion2b_s39b_b160k", "--easy-diffuser-model-path", str(tmp_path)
+    )
     assert module.resolve_model(None) == "ViT-bigG-14/laion2b_s39b_b160k"
     assert module.weights_folder() == tmp_path
     assert module.resolve_model("shapes-demo") == "shapes-demo"  # an API request names its own
@@ -200,7 +212,7 @@ def test_forge_goes_through_its_memory_manager(webui, forge):
     loaded, placement = FakeLoaded(), module.placement()
     assert placement.device.type == "cuda" and placement.dtype == torch.float16
     placement.acquire(loaded)
-    (action, patcher), = forge.calls
+    ((action, patcher),) = forge.calls
     assert action == "load" and patcher.model is loaded.model and patcher.load_device.type == "cuda"
     placement.release(loaded)
     assert forge.calls[1:] == [("unload", patcher), ("empty_cache",)]
@@ -292,6 +304,7 @@ def test_every_control_reselects_from_the_stored_embedding_without_model_or_queu
         assert len(prompt.split(", ")) == 1
         seen = []
         original = Engine.extract_embeddings
+
         def spy(self, embedding, options, **kwargs):
             seen.append(options)
             return original(self, embedding, options, **kwargs)
@@ -430,8 +443,14 @@ def test_calibrate_errors_are_one_line(calibration, tmp_path):
         ("", "2"): "enter at least one number",
     }
     for (taus, negatives), message in cases.items():
-        assert message in html.unescape(module.calibrate_folder(str(folder), taus, negatives, 64, 64, 12, Progress())[0])
-    for where, message in [("  ", "Enter the folder"), (tmp_path / "nope", "no such folder"), (tmp_path / "empty", "no readable images")]:
+        assert message in html.unescape(
+            module.calibrate_folder(str(folder), taus, negatives, 64, 64, 12, Progress())[0]
+        )
+    for where, message in [
+        ("  ", "Enter the folder"),
+        (tmp_path / "nope", "no such folder"),
+        (tmp_path / "empty", "no readable images"),
+    ]:
         report, plot, _, status = module.calibrate_folder(str(where), *CALIBRATE, Progress())
         assert message in report and "easy-diffuser-error" in report and "Traceback" not in report
     shared.opts.easy_diffuser_model = str(tmp_path / "missing.safetensors")
@@ -461,7 +480,12 @@ def elem_ids(demo: gr.Blocks) -> set:
 def test_the_tab_has_its_elem_ids_and_hides_the_folder_batch_when_told(webui):
     webui()
     shown = elem_ids(webui_host.build_page())
-    assert {"easy_diffuser_prompt", "easy_diffuser_neg_prompt", "easy_diffuser_image", "easy_diffuser_batch_folder"} <= shown
+    assert {
+        "easy_diffuser_prompt",
+        "easy_diffuser_neg_prompt",
+        "easy_diffuser_image",
+        "easy_diffuser_batch_folder",
+    } <= shown
     assert {"easy_diffuser_calibrate_folder", "easy_diffuser_calibrate_run", "easy_diffuser_calibrate_stop"} <= shown
     webui("--hide-ui-dir-config")
     hidden = elem_ids(webui_host.build_page())
@@ -503,7 +527,7 @@ def test_install_does_nothing_when_open_clip_is_there(launch):
 def test_install_adds_only_open_clip_and_pins_what_the_webui_pinned(launch):
     launch.installed = False
     runpy.run_path(str(ROOT / "install.py"))
-    (command, constraints), = launch.pip_calls
+    ((command, constraints),) = launch.pip_calls
     assert command.startswith('install "open-clip-torch==2.20.0" -c ')
     pins = constraints.split()
     assert f"torch=={importlib.metadata.version('torch')}" in pins and f"gradio=={gr.__version__}" in pins

@@ -3,6 +3,7 @@
 Runs under whichever gradio the venv has (3.41.2 as in A1111, 4.40 as in Forge), in Debian's
 headless Chromium driven by Playwright.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,10 +17,12 @@ import pytest
 gr = pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-import webui_host  # noqa: E402  (after the skips: it imports gradio)
+from modules import call_queue, processing, sd_models, shared  # noqa: E402
+
 from easy_diffuser.calibration.shapes_proof import scenes, write_folder  # noqa: E402
 from easy_diffuser.engine import calibration_path  # noqa: E402
-from modules import call_queue, processing, sd_models, shared  # noqa: E402
+
+import webui_host  # noqa: E402  (after the skips: it imports gradio)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -108,7 +111,10 @@ def test_extract_click_a_tag_and_send_to_txt2img(page, red_circle, tmp_path):
     expect(circle).to_have_class(re.compile("easy-diffuser-off"))
     assert "circle" not in textarea(page, "easy_diffuser_neg_prompt").input_value().split(", ")
 
-    prompt, negative = textarea(page, "easy_diffuser_prompt").input_value(), textarea(page, "easy_diffuser_neg_prompt").input_value()
+    prompt, negative = (
+        textarea(page, "easy_diffuser_prompt").input_value(),
+        textarea(page, "easy_diffuser_neg_prompt").input_value(),
+    )
     page.click("#easy_diffuser_send_txt2img")
     expect(selected_tab(page)).to_have_text("txt2img")  # found by its label although it is the third tab
     expect(textarea(page, "txt2img_prompt")).to_have_value(prompt)

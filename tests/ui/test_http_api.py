@@ -1,4 +1,5 @@
 """The HTTP routes as the webui serves them: registered by on_app_started, behind --api and --api-auth."""
+
 from __future__ import annotations
 
 import base64
@@ -16,12 +17,13 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from modules import call_queue, script_callbacks, shared  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import webui_host  # noqa: E402
 from easy_diffuser import models  # noqa: E402
 from easy_diffuser.webui import service  # noqa: E402
-from modules import call_queue, script_callbacks, shared  # noqa: E402
+
+import webui_host  # noqa: E402
 
 EXTRACT = "/easy-diffuser/v1/extract"
 MODELS = "/easy-diffuser/v1/models"
@@ -125,7 +127,10 @@ def test_no_routes_without_api_but_with_nowebui(models_path, shapes_model):
 
 def test_api_auth_is_checked_as_the_webui_checks_it(models_path, shapes_model, image_b64):
     client = TestClient(start_webui(["--api", "--api-auth", "alice:secret,bob:pa:ss"], models_path, shapes_model))
-    for path, call in ((MODELS, client.get), (EXTRACT, lambda path, **kw: client.post(path, json={"image": image_b64}, **kw))):
+    for path, call in (
+        (MODELS, client.get),
+        (EXTRACT, lambda path, **kw: client.post(path, json={"image": image_b64}, **kw)),
+    ):
         missing = call(path)
         assert missing.status_code == 401 and missing.json()
         assert call(path, auth=("alice", "wrong")).status_code == 401
@@ -199,7 +204,7 @@ def test_big_images_are_fine(client):
         (b'{"image": "aGk=", "caption": {"model": "microsoft/git-base-coco", "beams": 99}}', 422, "caption.beams"),
         (b'{"image": "aGk=", "caption": {"model": "evil/model"}}', 400, "caption: 'evil/model' is not one of"),
         (b'["image"]', 422, "body: must be a JSON object"),
-        (b'[' * 100_000 + b']' * 100_000, 400, "body: not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "body: not valid JSON"),
         (b'{"image": "\xff\xfe"}', 400, "body: not valid JSON"),
         (b'{"image": null}', 422, "image: required"),
     ],
@@ -249,7 +254,13 @@ def test_missing_weights_do_not_unload_the_working_model(models_path, shapes_mod
 
 def test_options_describes_every_option(client):
     body = client.get("/easy-diffuser/v1/options").json()
-    assert body["max_tags"] == {"type": "int", "default": 24, "help": body["max_tags"]["help"], "minimum": 1, "maximum": 75}
+    assert body["max_tags"] == {
+        "type": "int",
+        "default": 24,
+        "help": body["max_tags"]["help"],
+        "minimum": 1,
+        "maximum": 75,
+    }
     assert body["tau"]["null"] and body["caption"]["fields"]["beams"]["maximum"] == 16
 
 
@@ -265,14 +276,21 @@ def test_reselect_answers_other_options_without_the_image_or_the_queue(client, i
     assert len(again.json()["prompt"].split(", ")) == 3 and len(token) < 4096  # a token, not the image
 
 
-@pytest.mark.parametrize("payload, status, detail", [
-    ({"reselect": "bm90IGEgdG9rZW4="}, 400, "reselect: not a token this server gave"),
-    ({"reselect": "!!!"}, 400, "reselect: not a token this server gave"),
-    ({"reselect": base64.urlsafe_b64encode(b"ViT-L-14/openai\0" + b"\0" * 128).decode()}, 409, "send the image again"),
-    ({"reselect": 5}, 422, "reselect: a token string"),
-    ({"reselect": "x", "image": "aGk="}, 422, "reselect: a token string"),
-    ({"reselect": "x", "caption": True}, 422, "caption: a caption needs the image"),
-])
+@pytest.mark.parametrize(
+    "payload, status, detail",
+    [
+        ({"reselect": "bm90IGEgdG9rZW4="}, 400, "reselect: not a token this server gave"),
+        ({"reselect": "!!!"}, 400, "reselect: not a token this server gave"),
+        (
+            {"reselect": base64.urlsafe_b64encode(b"ViT-L-14/openai\0" + b"\0" * 128).decode()},
+            409,
+            "send the image again",
+        ),
+        ({"reselect": 5}, 422, "reselect: a token string"),
+        ({"reselect": "x", "image": "aGk="}, 422, "reselect: a token string"),
+        ({"reselect": "x", "caption": True}, 422, "caption: a caption needs the image"),
+    ],
+)
 def test_a_bad_reselect_token_is_refused_in_one_line(client, image_b64, payload, status, detail):
     client.post(EXTRACT, json={"image": image_b64})  # the model is loaded
     response = client.post(EXTRACT, json=payload)

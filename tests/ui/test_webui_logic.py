@@ -1,4 +1,5 @@
 """The webui-free half of the tab: tag cycling, tag bars, option mapping and the shared model service."""
+
 from __future__ import annotations
 
 import threading
@@ -6,12 +7,20 @@ import threading
 import pytest
 import torch
 
-from easy_diffuser.webui import controls, markup, service
-from easy_diffuser.calibration.sweep import DEFAULT_TAUS, NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Calibration, Row, Setting
+from easy_diffuser.calibration.sweep import (
+    DEFAULT_TAUS,
+    NO_NEGATIVES,
+    WHOLE_VOCABULARY,
+    WHOLE_VOCABULARY_LABEL,
+    Calibration,
+    Row,
+    Setting,
+)
 from easy_diffuser.engine import Extraction
 from easy_diffuser.models import ModelError
 from easy_diffuser.options import CaptionOptions, ExtractOptions
 from easy_diffuser.selection import TagScore
+from easy_diffuser.webui import controls, markup, service
 
 
 def tag(name: str, role: str, relevance: float = 1.0) -> TagScore:
@@ -47,15 +56,25 @@ def test_the_caption_stays_in_front_after_a_click():
 
 
 def test_tag_bars_escape_the_text_and_scale_by_relevance():
-    bars = markup.tag_bars_html([tag('a "quoted" <b>tag</b>', "positive", 2.0), tag("half", "negative", 1.0), tag("low", "off", -0.5)])
+    bars = markup.tag_bars_html(
+        [tag('a "quoted" <b>tag</b>', "positive", 2.0), tag("half", "negative", 1.0), tag("low", "off", -0.5)]
+    )
     assert 'data-tag="a &quot;quoted&quot; &lt;b&gt;tag&lt;/b&gt;"' in bars and "<b>" not in bars
     assert "width:100%" in bars and "width:52%" in bars and "width:4%" in bars
     assert "easy-diffuser-off" in bars
     assert markup.tag_bars_html([]) == ""
 
 
-TAB = {"max_tags": 12.0, "auto_tau": True, "tau": 2.5, "negatives": 5.0, "quality_negatives": 3.0, "weights": True,
-       "caption": False, "caption_model": "Salesforce/blip-image-captioning-base"}
+TAB = {
+    "max_tags": 12.0,
+    "auto_tau": True,
+    "tau": 2.5,
+    "negatives": 5.0,
+    "quality_negatives": 3.0,
+    "weights": True,
+    "caption": False,
+    "caption_model": "Salesforce/blip-image-captioning-base",
+}
 
 
 def test_control_values_become_extract_options():
@@ -96,11 +115,19 @@ def test_the_calibration_report_marks_the_best_and_names_each_baseline(tmp_path)
         return Row(Setting(tau, negatives, label), loss, 0.8, [loss], [("red", "blue")])
 
     rows = [row(0.0, 2, 1.0), row(1.0, 2, 1.5)]
-    baselines = [row(0.0, 0, 1.6, NO_NEGATIVES), row(WHOLE_VOCABULARY, 2, 1.4, WHOLE_VOCABULARY_LABEL), row(WHOLE_VOCABULARY, 4, 1.3, WHOLE_VOCABULARY_LABEL)]
-    result = Calibration("shapes-demo", "shapes", rows, baselines, rows[0], [tmp_path / "a.png"], path=tmp_path / "<m>.json")
+    baselines = [
+        row(0.0, 0, 1.6, NO_NEGATIVES),
+        row(WHOLE_VOCABULARY, 2, 1.4, WHOLE_VOCABULARY_LABEL),
+        row(WHOLE_VOCABULARY, 4, 1.3, WHOLE_VOCABULARY_LABEL),
+    ]
+    result = Calibration(
+        "shapes-demo", "shapes", rows, baselines, rows[0], [tmp_path / "a.png"], path=tmp_path / "<m>.json"
+    )
     text = markup.calibration_html(result)
     assert "Best on 1 images: <b>tau 0, 2 negatives</b> (loss 1.0000)" in text
-    assert '<tr class="easy-diffuser-best"><td>tau 0, 2 negatives</td>' in text and text.count("easy-diffuser-best") == 1
+    assert (
+        '<tr class="easy-diffuser-best"><td>tau 0, 2 negatives</td>' in text and text.count("easy-diffuser-best") == 1
+    )
     assert "<p>whole-vocabulary lowest, 4 negatives: loss 1.3000.</p>" in text  # the fairer of the two in the summary
     assert "<td>whole-vocabulary lowest, 2 negatives</td>" in text and "<p>no negative prompt: loss 1.6000.</p>" in text
     assert "&lt;m&gt;.json" in text and "<m>" not in text
@@ -112,11 +139,16 @@ class Recorder:
 
     def __init__(self, model: str, cache_dir) -> None:
         self.model, self.events, self.lock = model, [], threading.Lock()
-        self.service = service.Service(lambda name: name or self.model, lambda: cache_dir, self.placement, self.exclusive)
+        self.service = service.Service(
+            lambda name: name or self.model, lambda: cache_dir, self.placement, self.exclusive
+        )
 
     def placement(self) -> service.Placement:
         return service.Placement(
-            torch.device("cpu"), torch.float32, lambda loaded: self.events.append("acquire"), lambda loaded: self.events.append("release")
+            torch.device("cpu"),
+            torch.float32,
+            lambda loaded: self.events.append("acquire"),
+            lambda loaded: self.events.append("release"),
         )
 
     def exclusive(self, work):

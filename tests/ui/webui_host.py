@@ -5,6 +5,7 @@ modules/scripts.py imports it; txt2img and img2img are stand-ins with the real e
 fields; the tabs are rendered as modules/ui.py renders them (in a user-chosen order), and the
 extension's javascript/ and style.css are put into the page as modules/ui_gradio_extensions.py does.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,7 +23,6 @@ for path in (STUB, ROOT):  # the extension folder comes first on sys.path while 
         sys.path.insert(0, str(path))
 
 import gradio as gr  # noqa: E402
-
 from modules import infotext_utils, paths, script_callbacks, shared  # noqa: E402
 
 # The user moved the Easy Diffuser tab first and img2img before txt2img (Settings > User interface > Tabs order).
@@ -48,7 +48,9 @@ def build_page() -> gr.Blocks:
         prompt = gr.Textbox(label="Prompt", elem_id="txt2img_prompt", lines=3)
         negative = gr.Textbox(label="Negative prompt", elem_id="txt2img_neg_prompt", lines=3)
         steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-        infotext_utils.add_paste_fields("txt2img", None, [(prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps")])
+        infotext_utils.add_paste_fields(
+            "txt2img", None, [(prompt, "Prompt"), (negative, "Negative prompt"), (steps, "Steps")]
+        )
     with gr.Blocks(analytics_enabled=False) as img2img:
         prompt = gr.Textbox(label="Prompt", elem_id="img2img_prompt", lines=3)
         negative = gr.Textbox(label="Negative prompt", elem_id="img2img_neg_prompt", lines=3)
@@ -79,7 +81,9 @@ def inject_javascript_and_css() -> None:
 
     def template_response(*args, **kwargs):
         response = original(*args, **kwargs)
-        response.body = response.body.replace(b"</head>", f"{head}</head>".encode()).replace(b"</body>", f"{css}</body>".encode())
+        response.body = response.body.replace(b"</head>", f"{head}</head>".encode()).replace(
+            b"</body>", f"{css}</body>".encode()
+        )
         response.init_headers()
         return response
 

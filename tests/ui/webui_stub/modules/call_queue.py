@@ -1,4 +1,5 @@
 """Stand-in for modules/call_queue.py (the real lock is a FIFOLock)."""
+
 import threading
 
 queue_lock = threading.Lock()

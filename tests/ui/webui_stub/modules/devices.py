@@ -1,4 +1,5 @@
 """Stand-in for modules/devices.py; counts torch_gc() calls."""
+
 import torch
 
 cpu: torch.device = torch.device("cpu")

@@ -24,4 +24,8 @@ def add_paste_fields(tabname, init_img, fields, override_settings_component=None
             if not isinstance(fields[i], PasteField):
                 fields[i] = PasteField(*fields[i])
 
-    paste_fields[tabname] = {"init_img": init_img, "fields": fields, "override_settings_component": override_settings_component}
+    paste_fields[tabname] = {
+        "init_img": init_img,
+        "fields": fields,
+        "override_settings_component": override_settings_component,
+    }

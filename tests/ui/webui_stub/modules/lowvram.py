@@ -1,4 +1,5 @@
 """Stand-in for modules/lowvram.py; records when the SD model is sent to the CPU."""
+
 calls: list = []
 
 

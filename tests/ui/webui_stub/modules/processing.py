@@ -5,6 +5,7 @@ the extension sets; process_images draws what the prompt names and avoids what t
 names, seeded, so a calibration on it measures something. As the real one, it makes no image once
 shared.state.interrupted is set.
 """
+
 from __future__ import annotations
 
 import random
@@ -53,7 +54,21 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
 
 class Processed:
-    def __init__(self, p: StableDiffusionProcessing, images_list, seed=-1, info="", subseed=None, all_prompts=None, all_negative_prompts=None, all_seeds=None, all_subseeds=None, index_of_first_image=0, infotexts=None, comments=""):
+    def __init__(
+        self,
+        p: StableDiffusionProcessing,
+        images_list,
+        seed=-1,
+        info="",
+        subseed=None,
+        all_prompts=None,
+        all_negative_prompts=None,
+        all_seeds=None,
+        all_subseeds=None,
+        index_of_first_image=0,
+        infotexts=None,
+        comments="",
+    ):
         self.images = images_list
         self.prompt = p.prompt
         self.negative_prompt = p.negative_prompt

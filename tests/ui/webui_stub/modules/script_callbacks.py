@@ -1,4 +1,5 @@
 """Stand-in for modules/script_callbacks.py: the registration functions and the callers the host uses."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -1,5 +1,6 @@
 """Stand-in for modules/shared.py (opts, cmd_opts, state, sd_model), OptionInfo/Options of modules/options.py
 and State of modules/shared_state.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,21 @@ ROOT = Path(__file__).resolve().parents[4]
 
 
 class OptionInfo:
-    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, refresh=None, comment_before='', comment_after='', infotext=None, restrict_api=False, category_id=None):
+    def __init__(
+        self,
+        default=None,
+        label="",
+        component=None,
+        component_args=None,
+        onchange=None,
+        section=None,
+        refresh=None,
+        comment_before="",
+        comment_after="",
+        infotext=None,
+        restrict_api=False,
+        category_id=None,
+    ):
         self.default = default
         self.label = label
         self.component = component
@@ -69,14 +84,14 @@ class State:
 def make_parser() -> argparse.ArgumentParser:
     """The webui flags the extension reads (modules/cmd_args.py), then the extension's preload.py."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--no-half", action='store_true')
-    parser.add_argument("--medvram", action='store_true')
-    parser.add_argument("--lowvram", action='store_true')
-    parser.add_argument("--use-cpu", nargs='+', default=[], type=str.lower)
-    parser.add_argument("--hide-ui-dir-config", action='store_true', default=False)
-    parser.add_argument("--api", action='store_true')
+    parser.add_argument("--no-half", action="store_true")
+    parser.add_argument("--medvram", action="store_true")
+    parser.add_argument("--lowvram", action="store_true")
+    parser.add_argument("--use-cpu", nargs="+", default=[], type=str.lower)
+    parser.add_argument("--hide-ui-dir-config", action="store_true", default=False)
+    parser.add_argument("--api", action="store_true")
     parser.add_argument("--api-auth", type=str, default=None)
-    parser.add_argument("--nowebui", action='store_true')
+    parser.add_argument("--nowebui", action="store_true")
     spec = importlib.util.spec_from_file_location("preload", ROOT / "preload.py")
     preload = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(preload)

@@ -1,4 +1,5 @@
 """Stand-in for modules/ui_components.py: the editable dropdown the extension's settings use (same signature)."""
+
 from functools import wraps
 
 import gradio as gr
@@ -16,7 +17,7 @@ class DropdownEditable(gr.Dropdown, FormComponent):
 
     @wraps(gr.Dropdown.__init__)
     def __init__(self, **kwargs):
-        kwargs['allow_custom_value'] = True
+        kwargs["allow_custom_value"] = True
         super().__init__(**kwargs)
 
     def get_block_name(self):
