@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from easy_diffuser import embedding, models  # noqa: E402
 from easy_diffuser.engine import Engine  # noqa: E402
 from easy_diffuser.options import ExtractOptions  # noqa: E402
+from easy_diffuser.presence import TagCalibration  # noqa: E402
 from easy_diffuser.vocabulary import BUILTIN_DIR, load_vocabulary  # noqa: E402
 from easy_diffuser.webui import controls  # noqa: E402
 
@@ -62,6 +63,8 @@ def main() -> None:
     engine.text_embeddings = torch.nn.functional.normalize(torch.randn(len(engine.vocabulary), width), dim=-1)
     tokens = embedding.tokenize(engine.loaded, engine.vocabulary.tags)
     engine.token_costs = (embedding.token_lengths(tokens) - 2).tolist()
+    # A real CLIP's tag probabilities (the built-in default), not shapes-demo's fit to its 13-tag world.
+    engine.tag_calibration = TagCalibration()
     image_embedding = torch.nn.functional.normalize(torch.randn(1, width), dim=-1)
     extracted = controls._selected(engine, image_embedding, ExtractOptions(), [])
 

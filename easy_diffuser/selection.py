@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 
 from .options import ExtractOptions
@@ -94,17 +95,17 @@ def _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, q
     chosen: list[int] = []
     per_category: dict[str, int] = {}
     budget = _Budget(options.token_budget)
+    twins = _Twins(text_embeddings, [], options.dedup_threshold)
     for index in torch.argsort(scores.relevance, descending=True).tolist():
         if len(chosen) >= options.max_tags:
             break
         category = vocabulary.categories[index]
         if index in quality or per_category.get(category, 0) >= options.max_per_category:
             continue
-        if _near_duplicate(index, chosen, text_embeddings, options.dedup_threshold):
-            continue
-        if not budget.take(token_costs[index]):
+        if twins.near(index) or not budget.take(token_costs[index]):
             continue
         chosen.append(index)
+        twins.add(index)
         per_category[category] = per_category.get(category, 0) + 1
     return chosen
 
@@ -113,17 +114,18 @@ def _pick_negatives(scores, text_embeddings, token_costs, options, quality, posi
     relevant = (scores.relevance >= options.tau).nonzero().flatten()
     ascending = relevant[torch.argsort(scores.relevance[relevant])].tolist()
     shown = positives + _may_be_present(scores, options)
+    excluded = quality | set(shown)
+    # A near-twin of a tag the prompt names or the image shows would fight them.
+    twins = _Twins(text_embeddings, shown, options.dedup_threshold)
     chosen: list[int] = []
     for index in ascending:
         if len(chosen) >= options.negatives:
             break
-        if index in quality or index in shown:
-            continue
-        # A near-twin of a tag the prompt names or the image shows would fight them.
-        if _near_duplicate(index, shown + chosen, text_embeddings, options.dedup_threshold):
+        if index in excluded or twins.near(index):
             continue
         if budget.take(token_costs[index]):
             chosen.append(index)
+            twins.add(index)
     return chosen
 
 
@@ -144,13 +146,21 @@ def _pick_quality_negatives(scores, token_costs, options, quality, budget) -> li
     return chosen
 
 
-def _near_duplicate(index: int, chosen: list[int], text_embeddings: torch.Tensor, threshold: float) -> bool:
-    if not chosen:
-        return False
-    # numpy, not torch: for one row against a few dozen, torch's per-op and thread-pool overhead was
-    # 90% of a re-selection (2.6 ms a call on a busy CPU); the tensor's memory is shared, not copied.
-    embeddings = text_embeddings.numpy()
-    return bool((embeddings[chosen] @ embeddings[index]).max() > threshold)
+class _Twins:
+    """The tags a candidate must not nearly repeat (text-embedding cosine above the threshold), growing as
+    tags are chosen. numpy, not torch: for one row against a few dozen, torch's per-op and thread-pool
+    overhead was 90% of a re-selection; the tensor's memory is shared, not copied."""
+
+    def __init__(self, text_embeddings: torch.Tensor, indices: list[int], threshold: float) -> None:
+        self.embeddings = text_embeddings.numpy()
+        self.rows = self.embeddings[indices]
+        self.threshold = threshold
+
+    def near(self, index: int) -> bool:
+        return len(self.rows) > 0 and float((self.rows @ self.embeddings[index]).max()) > self.threshold
+
+    def add(self, index: int) -> None:
+        self.rows = np.vstack([self.rows, self.embeddings[index][None]])
 
 
 class _Budget:
