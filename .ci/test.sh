@@ -39,9 +39,9 @@ bash .ci/lint.sh || status=1
 
 bash .ci/setup-ui-venvs.sh
 
-echo "== core tests with open_clip $(.venv/bin/python -W ignore -c 'import open_clip; print(open_clip.__version__)')"
+echo "== core tests with open_clip $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("open-clip-torch"))')"
 .venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/ui || status=1
-echo "== model tests with open_clip $(.venv-open-clip3/bin/python -W ignore -c 'import open_clip; print(open_clip.__version__)')"
+echo "== model tests with open_clip $(.venv-open-clip3/bin/python -c 'import importlib.metadata as m; print(m.version("open-clip-torch"))')"
 .venv-open-clip3/bin/python -m pytest -q -p no:cacheprovider \
     tests/test_models.py tests/test_embedding_cache.py tests/test_semantics.py || status=1
 for venv in .venv-gradio3 .venv-gradio4; do
