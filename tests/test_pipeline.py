@@ -199,3 +199,15 @@ def test_worker_preprocessing_is_bit_identical_to_the_models_own(shapes_engine, 
     for path in (tmp_path / "values.png", tmp_path / "scene.jpg"):
         expected = shapes_engine.loaded.preprocess(load_image(path, min_side=prepare.min_side))
         assert torch.equal(prepare(path, str(path)), expected)
+
+
+def test_an_image_whose_name_is_near_the_systems_limit_gets_its_caption(tmp_path, shapes_engine):
+    name = "é" * 120 + "x" * 6  # 246 bytes in UTF-8: a legal name, its caption too, but not ".NAME.XXXXXXXX.tmp"
+    (tmp_path / "set").mkdir()
+    image = draw_scene(tmp_path / "set" / f"{name}.png", 64, colour="red")
+    leftover = image.parent / f".{files._temp_prefix(image.with_suffix('.txt').name)[1:]}k1ll3d.tmp"
+    leftover.write_text("red, cir")  # what a killed run leaves
+    summary = caption_folder(shapes_engine, tmp_path / "set")
+    assert summary.written == [image] and not summary.failed
+    assert "red" in image.with_suffix(".txt").read_text()
+    assert sorted(os.listdir(tmp_path / "set")) == sorted([image.name, image.with_suffix(".txt").name])
