@@ -239,11 +239,13 @@ def test_an_output_that_is_not_a_records_file_is_one_line_and_left_as_it_was(tmp
     assert output.read_bytes() == FOREIGN_OUTPUTS[name]  # resume neither truncated nor appended to it
 
 
-def test_a_whole_last_record_missing_its_newline_is_kept(tmp_path, cache_dir):
+def test_a_whole_last_record_missing_its_newline_is_kept(tmp_path, cache_dir, capsys):
     images = make_folder(tmp_path / "set", 2)
     output = tmp_path / "out.jsonl"
     assert main(shapes(images[0], "--output", output, cache=cache_dir)) == 0
     output.write_text(output.read_text().rstrip("\n"))  # as an editor saving without a final newline leaves it
+    capsys.readouterr()
     assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    assert "1 captioned, 1 already captioned" in capsys.readouterr().err  # image 0's record was kept
     assert sorted(item["path"] for item in read_records(output)) == [str(image) for image in images]
     assert len(output.read_text().splitlines()) == 2  # image 0 not redone
