@@ -191,12 +191,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     try:
         for item in map(Path, args.inputs):
-            run = _run_folder if item.is_dir() else _run_image
+            run = _run_folder if _is_folder(item) else _run_image
             failed |= not run(engine, item, options, args, records)
     finally:
         if records:
             records.close()
     return EXIT_IMAGE_FAILED if failed else 0
+
+
+def _is_folder(path: Path) -> bool:
+    """A name the system refuses to look up (too long, a parent without permission) is not a folder: as an
+    image it then gets its one `error:` line naming the file, and the other inputs still run."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _run_image(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import re
 import stat
@@ -20,7 +21,7 @@ os.umask(_UMASK)
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temp_path) on a temp file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
     temp = Path(temp_name)
     try:
@@ -32,9 +33,23 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temp.unlink(missing_ok=True)
 
 
+def _temp_prefix(name: str) -> str:
+    """`.NAME.`, or for a name near the system's 255-byte limit a shortened one (its start and a digest of all
+    of it), so that the temp name, longer by the prefix and suffix, is still a name the system accepts."""
+    encoded = os.fsencode(name)
+    if len(encoded) <= _LONGEST_KEPT_NAME:
+        return f".{name}."
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    return f".{os.fsdecode(encoded[:_SHORTENED_NAME])}~{digest}."
+
+
+_LONGEST_KEPT_NAME = 200  # + "." + "." + mkstemp's 8 random characters + ".tmp": within 255 bytes
+_SHORTENED_NAME = 150
+
+
 def remove_leftover_temp_files(path: Path) -> None:
     """Temp files of `path` that a killed process (SIGKILL runs no cleanup) left behind."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
+    for leftover in path.parent.glob(f"{glob.escape(_temp_prefix(path.name))}*{TEMP_SUFFIX}"):
         leftover.unlink(missing_ok=True)
 
 

@@ -167,6 +167,11 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a model once per (spec, cache folder) and reuse it; move it to `device`/`dtype`."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelError(
+            f"model: must name a model ({', '.join(REGISTRY)}, an open_clip ARCH/TAG pair, "
+            f"a model folder or a checkpoint file path), not {spec!r}"
+        )
     return _loaded(spec, Path(cache_dir or DEFAULT_CACHE_DIR)).to(device, dtype or default_dtype(device))
 
 

@@ -87,6 +87,10 @@ class RecordWriter:
             self.lines.unlink(missing_ok=True)
             if self.parquet:
                 self.path.unlink(missing_ok=True)
+        # Resuming reads the records there: a file that isn't ours (or is damaged) is refused now, in one line,
+        # before anything is appended to it or merged over it.
+        for _ in read_records(self.path, strict=True):
+            pass
         _drop_cut_last_line(self.lines)
         self._file = open(self.lines, "a", encoding="utf-8")
 
@@ -117,8 +121,11 @@ def merge_journal(path: Path) -> None:
     journal.unlink()
 
 
-def read_records(path: Path) -> Iterator[dict]:
-    """Every record in a .jsonl or .parquet file (with a killed run's journal), or in a folder of shards of either."""
+def read_records(path: Path, strict: bool = False) -> Iterator[dict]:
+    """Every record in a .jsonl or .parquet file (with a killed run's journal), or in a folder of shards of either.
+
+    A line or file that is not a record is a ValueError naming it; `strict` also refuses a .parquet file that
+    can't be read (in a folder of shards, one a killed job left unfinished is skipped)."""
     path = Path(path)
     if path.is_dir():
         for shard in sorted(path.rglob("*")):
@@ -127,7 +134,7 @@ def read_records(path: Path) -> Iterator[dict]:
         return
     if path.suffix.lower() == ".parquet":
         if path.exists():
-            yield from read_parquet(path)
+            yield from read_parquet(path, strict)
         yield from _read_lines(journal_path(path))
     else:
         yield from _read_lines(path)
@@ -137,32 +144,80 @@ def done_paths(path: Path) -> set[str]:
     return {item["path"] for item in read_records(path)}
 
 
-def read_parquet(path: Path) -> Iterator[dict]:
+def read_parquet(path: Path, strict: bool = False) -> Iterator[dict]:
     _, pq = _arrow()
     try:
         table = pq.read_table(path)
-    except OSError:  # a shard a killed writer left unfinished (no footer): its images are done again
-        return
-    yield from table.to_pylist()
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        if strict:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"{path}: not a Parquet file of records ({first}); {_WAY_OUT}") from None
+        return  # a shard a killed writer left unfinished (no footer): its images are done again
+    for number, item in enumerate(table.to_pylist(), 1):
+        yield _checked(item, path, f"row {number}")
+
+
+_WAY_OUT = "give another --output, or --overwrite to start it again"
+# How every line json_line writes begins: a last line that begins so but is cut short is a killed run's.
+_RECORD_START = '{"path": '
 
 
 def _read_lines(path: Path) -> Iterator[dict]:
     if not path.exists():
         return
     with open(path, encoding="utf-8", errors="surrogateescape") as lines:
-        for line in lines:
-            if line.endswith("\n"):  # the last line of a killed run may be cut short: never trusted
-                yield json.loads(line)
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if not line.endswith("\n") and _is_cut_record(line):  # a killed run's last line: never trusted
+                return
+            yield _checked(_parse(line, path, number), path, f"line {number}")
+
+
+def _parse(line: str, path: Path, number: int) -> Any:
+    try:
+        return json.loads(line, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError(f"{path}: line {number} is nested too deeply to be a record; {_WAY_OUT}") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: line {number} is not a JSON record ({error}); {_WAY_OUT}") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _checked(item: Any, path: Path, where: str) -> dict:
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+        raise ValueError(f'{path}: {where} is not a record of easy-diffuser (no "path"); {_WAY_OUT}')
+    return item
+
+
+def _is_cut_record(line: str) -> bool:
+    """A last line without its newline that a kill cut short; a whole record merely missing it is kept."""
+    if not line.startswith(_RECORD_START):
+        return False
+    try:
+        json.loads(line, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return True
+    return False
 
 
 def _drop_cut_last_line(path: Path) -> None:
-    """Truncate a line a kill cut short, so that appended records start on a line of their own."""
+    """Truncate a line a kill cut short (or end a whole last record missing its newline), so that appended
+    records start on a line of their own. Called after the file was read without error."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as handle:
         data = handle.read()
-        if not data.endswith(b"\n"):
-            handle.truncate(data.rfind(b"\n") + 1)
+        if data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        if _is_cut_record(data[start:].decode("utf-8", "surrogateescape")):
+            handle.truncate(start)
+        else:
+            handle.write(b"\n")
 
 
 def arrow_schema():

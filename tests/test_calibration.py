@@ -263,3 +263,10 @@ def test_webui_generator_uses_processing_without_saving_and_stops_on_interrupt()
     shared.state.interrupted = True
     with pytest.raises(GenerationStopped):
         generator.generate("red, circle", "blue", 7)
+
+
+def test_the_shapes_folder_writer_takes_a_plain_string_path(tmp_path):
+    from easy_diffuser.calibration.shapes_proof import scenes, write_folder
+
+    write_folder(str(tmp_path / "scenes"), scenes(2, seed=1))  # as a user types it
+    assert sorted(path.name for path in (tmp_path / "scenes").iterdir()) == ["scene-0000.png", "scene-0001.png"]

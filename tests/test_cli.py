@@ -112,3 +112,14 @@ def test_captions_get_the_permissions_a_plain_file_would(tmp_path, cache_dir):
     plain.write_text("x")
     assert main([str(tmp_path / "set"), "--model", "shapes-demo", "--cache-dir", str(cache_dir)]) == 0
     assert images[0].with_suffix(".txt").stat().st_mode == plain.stat().st_mode  # not mkstemp's private 0600
+
+
+def test_a_name_too_long_for_the_system_is_one_line_and_the_rest_still_run(shapes_red_circle, cache_dir, capsys):
+    too_long = str(shapes_red_circle.parent / ("y" * 300 + ".png"))  # over NAME_MAX: even stat() refuses it
+    code = main([too_long, str(shapes_red_circle), "--model", "shapes-demo", "--cache-dir", str(cache_dir), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {too_long}: cannot read (File name too long)"
+    ]
+    assert "circle" in json.loads(out)["prompt"]

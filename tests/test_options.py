@@ -151,3 +151,10 @@ def test_start_checks_the_options_before_loading_any_model(monkeypatch):
         easy_diffuser.start(model="shapes-demo", max_tags=0)
     with pytest.raises(OptionError, match="colour: is not an option"):
         easy_diffuser.start(model="shapes-demo", colour="red")
+
+
+@pytest.mark.parametrize("model", [None, "", "  ", 3])
+def test_a_model_that_is_not_a_name_is_a_one_line_model_error(model):
+    with pytest.raises(easy_diffuser.ModelError) as raised:
+        easy_diffuser.Engine(model)
+    assert str(raised.value).startswith("model: must name a model (") and str(raised.value).endswith(f"not {model!r}")

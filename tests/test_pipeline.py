@@ -199,3 +199,53 @@ def test_worker_preprocessing_is_bit_identical_to_the_models_own(shapes_engine, 
     for path in (tmp_path / "values.png", tmp_path / "scene.jpg"):
         expected = shapes_engine.loaded.preprocess(load_image(path, min_side=prepare.min_side))
         assert torch.equal(prepare(path, str(path)), expected)
+
+
+def test_an_image_whose_name_is_near_the_systems_limit_gets_its_caption(tmp_path, shapes_engine):
+    name = "é" * 120 + "x" * 6  # 246 bytes in UTF-8: a legal name, its caption too, but not ".NAME.XXXXXXXX.tmp"
+    (tmp_path / "set").mkdir()
+    image = draw_scene(tmp_path / "set" / f"{name}.png", 64, colour="red")
+    leftover = image.parent / f".{files._temp_prefix(image.with_suffix('.txt').name)[1:]}k1ll3d.tmp"
+    leftover.write_text("red, cir")  # what a killed run leaves
+    summary = caption_folder(shapes_engine, tmp_path / "set")
+    assert summary.written == [image] and not summary.failed
+    assert "red" in image.with_suffix(".txt").read_text()
+    assert sorted(os.listdir(tmp_path / "set")) == sorted([image.name, image.with_suffix(".txt").name])
+
+
+FOREIGN_OUTPUTS = {
+    "text.jsonl": b"my notes\nnot json at all\n",
+    "no-newline.jsonl": b"my only line, no newline",
+    "nan.jsonl": b'{"path": "/x.png", "tau": NaN}\n',
+    "not-objects.jsonl": b"[1, 2]\n",
+    "no-path.jsonl": b'{"name": "a.png"}\n',
+    "nested.jsonl": b"[" * 100_000 + b"\n",
+    "garbage.parquet": b"PAR1 this is not parquet",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN_OUTPUTS))
+def test_an_output_that_is_not_a_records_file_is_one_line_and_left_as_it_was(tmp_path, cache_dir, capsys, name):
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    make_folder(tmp_path / "set", 1)
+    output = tmp_path / name
+    output.write_bytes(FOREIGN_OUTPUTS[name])
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {output}: ") and line.endswith(
+        "give another --output, or --overwrite to start it again"
+    )
+    assert output.read_bytes() == FOREIGN_OUTPUTS[name]  # resume neither truncated nor appended to it
+
+
+def test_a_whole_last_record_missing_its_newline_is_kept(tmp_path, cache_dir, capsys):
+    images = make_folder(tmp_path / "set", 2)
+    output = tmp_path / "out.jsonl"
+    assert main(shapes(images[0], "--output", output, cache=cache_dir)) == 0
+    output.write_text(output.read_text().rstrip("\n"))  # as an editor saving without a final newline leaves it
+    capsys.readouterr()
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    assert "1 captioned, 1 already captioned" in capsys.readouterr().err  # image 0's record was kept
+    assert sorted(item["path"] for item in read_records(output)) == [str(image) for image in images]
+    assert len(output.read_text().splitlines()) == 2  # image 0 not redone

@@ -43,7 +43,8 @@ def scenes(count: int, seed: int) -> list[world.Scene]:
     return [world.random_scene(rng) for _ in range(count)]
 
 
-def write_folder(folder: Path, items: Sequence[world.Scene], pixels: int = 64) -> None:
+def write_folder(folder: str | Path, items: Sequence[world.Scene], pixels: int = 64) -> None:
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for index, scene in enumerate(items):
         world.draw(scene, pixels).save(folder / f"scene-{index:04d}.png")

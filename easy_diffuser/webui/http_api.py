@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from secrets import compare_digest
 from typing import Any, Callable, List, Optional
 
@@ -107,7 +108,7 @@ def add_routes(
     dependencies = [Depends(_basic_auth(api_auth))] if api_auth else []
 
     async def extract(request: Request) -> dict:
-        body = await _read_json(request, int(max_request_mb() * 1024 * 1024))
+        body = await _read_json(request, _limit_bytes(max_request_mb()))
         image, token, model, options = _parse(body, choices())
 
         def work(engine: Engine) -> dict:
@@ -143,6 +144,13 @@ def add_routes(
         f"{PREFIX}/models", models, methods=["GET"], response_model=ModelsResponse, dependencies=dependencies
     )
     app.add_api_route(f"{PREFIX}/options", options, methods=["GET"], dependencies=dependencies)
+
+
+def _limit_bytes(megabytes: Any) -> int:
+    """The setting in bytes; a value the settings page can't produce (a hand-edited config.json's NaN, text or
+    0) means the default, not a 500 on every request or a limit that refuses them all."""
+    valid = isinstance(megabytes, (int, float)) and not isinstance(megabytes, bool) and math.isfinite(megabytes)
+    return int((megabytes if valid and megabytes >= 1 else DEFAULT_MAX_REQUEST_MB) * 1024 * 1024)
 
 
 async def _read_json(request: Request, limit: int) -> dict:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from scenes import draw_scene
+# The stand-in webui's `modules` package and the extension folder, on sys.path before any test module is
+# imported: the test modules import `modules` at the top, and an import sorter may put that line before
+# `import webui_host` (which sets the same paths for scripts run outside pytest).
+for _path in (Path(__file__).resolve().parent / "webui_stub", Path(__file__).resolve().parents[2]):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from scenes import draw_scene  # noqa: E402
 
 SHAPES_MODEL = "shapes-demo"  # the tiny CLIP shipped in the package: real semantics, no download
 

@@ -238,17 +238,32 @@ def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read_whole(model
     shared.opts.easy_diffuser_max_request_mb = 50
 
 
+@pytest.mark.parametrize("setting", [float("nan"), float("inf"), "50", 0, -1, None])
+def test_a_limit_setting_the_page_cannot_produce_means_the_default(models_path, shapes_model, image_b64, setting):
+    client = TestClient(start_webui(["--api"], models_path, shapes_model), raise_server_exceptions=False)
+    shared.opts.easy_diffuser_max_request_mb = setting  # a hand-edited config.json
+    try:
+        assert client.post(EXTRACT, json={"image": image_b64}).status_code == 200
+        response = client.post(EXTRACT, json={"image": "A" * (51 * 1024 * 1024)})
+        assert response.status_code == 413 and "larger than 50 MB" in response.json()["detail"]
+    finally:
+        shared.opts.easy_diffuser_max_request_mb = 50
+
+
 def test_missing_weights_do_not_unload_the_working_model(models_path, shapes_model, image_b64, tmp_path, monkeypatch):
     models.unload_models()
     loads = []
     monkeypatch.setattr(models, "_loaded", models.LoadOnce(lambda *args: loads.append(args) or models._load(*args)))
     client = TestClient(start_webui(["--api"], models_path, shapes_model))
     missing = str(tmp_path / "ViT-L-14-openai.safetensors")
-    for _ in range(3):
+    try:
+        for _ in range(3):
+            shared.opts.easy_diffuser_model = shapes_model
+            assert client.post(EXTRACT, json={"image": image_b64}).status_code == 200
+            shared.opts.easy_diffuser_model = missing
+            assert client.post(EXTRACT, json={"image": image_b64}).status_code == 503
+    finally:  # the setting is global: the tests after this one (and the module's client) use shapes-demo
         shared.opts.easy_diffuser_model = shapes_model
-        assert client.post(EXTRACT, json={"image": image_b64}).status_code == 200
-        shared.opts.easy_diffuser_model = missing
-        assert client.post(EXTRACT, json={"image": image_b64}).status_code == 503
     assert [spec for spec, _ in loads].count(shapes_model) == 1  # loaded once, kept through three 503s
 
 
