@@ -23,6 +23,7 @@ from pathlib import Path
 from ..engine import Engine
 from ..shapes import cooccur, world
 from .run import calibrate
+from .shapes_proof import comparison_table as shapes_comparison_table
 from .shapes_proof import true_in_negative, write_folder
 from .sweep import NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Row, Setting, calibration_options, measure
 
@@ -70,21 +71,8 @@ def compare_held_out(
 
 
 def comparison_table(compared: Sequence[Compared]) -> str:
-    lines = [
-        (
-            "| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative "
-            "| negatives the world never draws |"
-        ),
-        "|---|---|---|---|---|---|---|",
-    ]
-    for item in compared:
-        s = item.row.setting
-        tau = "all tags" if s.tau == WHOLE_VOCABULARY else ("-" if s.label == NO_NEGATIVES else f"{s.tau:g}")
-        lines.append(
-            f"| {item.name} | {tau} | {s.negatives} | {item.row.loss:.4f} | {item.row.cosine:.4f} "
-            f"| {item.true_in_negative:.0%} | {item.distractor_share:.0%} |"
-        )
-    return "\n".join(lines)
+    never_drawn = {"negatives the world never draws": lambda item: f"{item.distractor_share:.0%}"}
+    return shapes_comparison_table(compared, never_drawn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import argparse
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -82,18 +82,17 @@ def compare_held_out(
     return [Compared(s.label, row, true_in_negative(row, items)) for s, row in zip(settings, rows)]
 
 
-def comparison_table(compared: Sequence[Compared]) -> str:
-    lines = [
-        "| negative prompt | tau | negatives | loss (BCE) | image cosine | true attribute in negative |",
-        "|---|---|---|---|---|---|",
-    ]
+def comparison_table(compared: Sequence[Compared], extra: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+    """The held-out comparison as a Markdown table; `extra` adds columns (heading -> cell of an item)."""
+    extra = extra or {}
+    headings = ["negative prompt", "tau", "negatives", "loss (BCE)", "image cosine", "true attribute in negative"]
+    lines = ["| " + " | ".join([*headings, *extra]) + " |", "|" + "---|" * (len(headings) + len(extra))]
     for item in compared:
         s = item.row.setting
         tau = "all tags" if s.tau == WHOLE_VOCABULARY else ("-" if s.label == NO_NEGATIVES else f"{s.tau:g}")
-        lines.append(
-            f"| {item.name} | {tau} | {s.negatives} | {item.row.loss:.4f} | {item.row.cosine:.4f} "
-            f"| {item.true_in_negative:.0%} |"
-        )
+        losses = [f"{item.row.loss:.4f}", f"{item.row.cosine:.4f}", f"{item.true_in_negative:.0%}"]
+        cells = [item.name, tau, s.negatives, *losses]
+        lines.append("| " + " | ".join(map(str, [*cells, *(cell(item) for cell in extra.values())])) + " |")
     return "\n".join(lines)
 
 
