@@ -162,3 +162,14 @@ def test_unreadable_images_are_skipped_and_named_on_every_surface(tmp_path, fold
     result = calibrate(engine, folder, ShapesGenerator(), taus=[2.0], negatives=[1], report=False)
     assert len(result.images) == 4 and len(result.skipped) == 1 and "broken.png" in result.skipped[0]
     assert "broken.png" in markup.calibration_html(result)  # and so does the tab's report
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--width", "99999999"), ("--height", "0"), ("--steps", "0"), ("--steps", "x")]
+)
+def test_generation_settings_out_of_range_are_refused_before_anything_runs(tmp_path, folder, capsys, flag, value):
+    with pytest.raises(SystemExit) as exited:
+        calibrate_cli(tmp_path, str(folder), flag, value)
+    assert exited.value.code == 2
+    assert f"argument {flag}: must be a whole number from" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # no model was loaded, nothing was written

@@ -89,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--seed", type=int, default=0, help="generation seed offset (default: %(default)s)")
     webui = parser.add_argument_group("webui generation")
-    webui.add_argument("--width", type=int, default=256, help="(default: %(default)s)")
-    webui.add_argument("--height", type=int, default=256, help="(default: %(default)s)")
-    webui.add_argument("--steps", type=int, default=12, help="sampling steps (default: %(default)s)")
+    webui.add_argument("--width", type=_whole(64, 2048), default=256, help="64 to 2048 (default: %(default)s)")
+    webui.add_argument("--height", type=_whole(64, 2048), default=256, help="64 to 2048 (default: %(default)s)")
+    webui.add_argument(
+        "--steps", type=_whole(1, 150), default=12, help="sampling steps, 1 to 150 (default: %(default)s)"
+    )
     parser.add_argument(
         "--table", action="store_true", help="print the whole table (default: a summary; the table is in the report)"
     )
@@ -103,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (never in force)"
     )
     return parser
+
+
+def _whole(low: int, high: int):
+    """An argparse type: a whole number from low to high (a webui would be sent whatever we pass on)."""
+
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}")
+        return int(text)
+
+    parse.__name__ = "int"
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
