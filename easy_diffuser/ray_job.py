@@ -313,12 +313,24 @@ def _read_shards(output: str, columns: list[str]) -> list[dict]:
         if entry.path.endswith(".parquet"):
             try:
                 rows += pq.read_table(entry.path, filesystem=filesystem, columns=columns).to_pylist()
-            except OSError:
+            except (OSError, ValueError):  # ArrowInvalid (a ValueError): not one of our shards
                 continue
         elif entry.path.endswith(".jsonl"):
             with filesystem.open_input_stream(entry.path) as stream:
                 lines = stream.read().decode("utf-8", "surrogateescape").splitlines(keepends=True)
-            rows += [{key: json.loads(line)[key] for key in columns} for line in lines if line.endswith("\n")]
+            rows += _records_in(lines, columns)
+    return rows
+
+
+def _records_in(lines: list[str], columns: list[str]) -> list[dict]:
+    """The whole lines that are our records; anything else only means its image is done again."""
+    rows = []
+    for line in filter(lambda line: line.endswith("\n"), lines):
+        try:
+            record = json.loads(line)
+            rows.append({key: record[key] for key in columns})
+        except (ValueError, KeyError, TypeError, RecursionError):
+            continue
     return rows
 
 

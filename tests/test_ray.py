@@ -3,6 +3,7 @@ records, a worker killed mid-job, and a rerun that does no model work."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -138,3 +139,15 @@ def test_lists_of_paths_are_read_relative_to_the_list(tmp_path, local_ray):
     ]
     with pytest.raises(ValueError, match="no such file"):
         ray_job.list_inputs([tmp_path / "missing"])
+
+
+def test_foreign_or_damaged_shards_only_cost_their_images_a_redo(tmp_path):
+    from easy_diffuser.ray_job import _read_shards
+
+    output = tmp_path / "out"
+    output.mkdir()
+    good = {"path": "/a.png", "prompt": "red"}
+    lines = [json.dumps(good), "not json", json.dumps({"prompt": "no path"}), "[1, 2]", "[" * 100_000, '{"path": "/cut']
+    (output / "part-1.jsonl").write_text("\n".join(lines))
+    (output / "part-2.parquet").write_bytes(b"PAR1 garbage")
+    assert _read_shards(str(output), ["path"]) == [{"path": "/a.png"}]
