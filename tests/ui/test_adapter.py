@@ -297,7 +297,7 @@ def test_every_control_reselects_from_the_stored_embedding_without_model_or_queu
     module = webui()
     *_, tau, negatives, state = module.extract(Image.open(red_circle), None, TAB, Progress())
     assert tau == gr.update(value=-1.0, interactive=False)  # shapes-demo's own tau, locked while automatic
-    assert negatives == gr.update(value=6, interactive=False)  # and its count of negatives
+    assert negatives == gr.update(value=8, interactive=False)  # and its count of negatives
     monkeypatch.setattr(Engine, "encode", lambda *args: pytest.fail("re-selection ran the model"))
     with call_queue.queue_lock:  # a generation holds the queue: re-selection still answers
         prompt, negative, *_ = module.reselect(state, {**TAB, "max_tags": 1})
@@ -312,10 +312,10 @@ def test_every_control_reselects_from_the_stored_embedding_without_model_or_queu
         monkeypatch.setattr(Engine, "extract_embeddings", spy)
         module.reselect(state, {**TAB, "quality_negatives": 0})  # shapes-demo has no quality tags: see what it asks
         assert seen[-1].quality_negatives == 0
-        manual = {**TAB, "auto_tau": False, "tau": -1.0, "negatives": 6}
+        manual = {**TAB, "auto_tau": False, "tau": -1.0, "negatives": 8}
         *_, status, tau, negatives, same = module.reselect(state, manual)
         assert same.result.tags == state.result.tags and "(option)" in status  # the same tau, now set by hand
-        assert tau == gr.update(value=-1.0, interactive=True) and negatives == gr.update(value=6, interactive=True)
+        assert tau == gr.update(value=-1.0, interactive=True) and negatives == gr.update(value=8, interactive=True)
         *_, none = module.reselect(state, {**manual, "negatives": 0})
         assert not [tag for tag in none.result.tags if tag.role == "negative" and tag.category != "quality"]
 

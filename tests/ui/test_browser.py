@@ -206,6 +206,8 @@ def test_calibrate_stops_on_stop_and_goes_on_when_pressed_again(page, tmp_path, 
         expect(report.locator(".easy-diffuser-best")).to_have_count(1)
         expect(page.locator("#easy_diffuser_calibrate_plot img")).to_be_visible()
         expect(page.locator("#easy_diffuser_calibrate_grid img")).to_be_visible()
+        assert not saved.exists()  # a candidate: nothing changes until Apply
+        page.click("#easy_diffuser_calibrate_apply")
         expect(page.locator("#easy_diffuser_status .easy-diffuser-status")).to_contain_text("(calibrated")
         assert saved.exists()
     finally:

@@ -104,7 +104,7 @@ def test_the_calibration_fields_read_numbers_and_explain_bad_input():
         (controls.parse_taus, "0, high", "'high' is not a number"),
         (controls.parse_taus, "nan", "not a finite number"),
         (controls.parse_negatives, "2.5", "'2.5' is not a whole number"),
-        (controls.parse_negatives, "-1", "can't be below 0"),
+        (controls.parse_negatives, "-1", "negatives: -1 is out of range: each must be from 0 to 75"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse(text)
@@ -128,8 +128,12 @@ def test_the_calibration_report_marks_the_best_and_names_each_baseline(tmp_path)
     assert (
         '<tr class="easy-diffuser-best"><td>tau 0, 2 negatives</td>' in text and text.count("easy-diffuser-best") == 1
     )
-    assert "<p>whole-vocabulary lowest, 4 negatives: loss 1.3000.</p>" in text  # the fairer of the two in the summary
-    assert "<td>whole-vocabulary lowest, 2 negatives</td>" in text and "<p>no negative prompt: loss 1.6000.</p>" in text
+    # The summary compares the fairer of the two whole-vocabulary rows, and says by how much the choice wins.
+    assert "<p>baseline whole-vocabulary lowest, 4 negatives: loss 1.3000 on the same images" in text
+    assert "the chosen setting is better by 0.3000</p>" in text and "BEATS" not in text
+    assert "<td>whole-vocabulary lowest, 2 negatives</td>" in text  # the table keeps every row
+    assert "<p>baseline no negative prompt: loss 1.6000 on the same images" in text
+    assert "press <b>Apply</b>" in text
     assert "&lt;m&gt;.json" in text and "<m>" not in text
     assert "after 4 of 9 generations" in markup.calibration_stopped_html(4, 9)
 
