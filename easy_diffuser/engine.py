@@ -24,7 +24,7 @@ from .captioner import Captioner, compose, load_captioner
 from .embedding import ProgressFn
 from .files import safe_name
 from .images import ImageInput, load_image
-from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, load_model
+from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, declared_defaults, load_model
 from .options import CaptionOptions, ExtractOptions
 from .presence import TagCalibration, model_tag_calibration
 from .prompt import escape, format_prompt, prompts
@@ -209,19 +209,40 @@ class Engine:
     def _tau(self, requested: float | None, learned: dict) -> tuple[float, str]:
         if requested is not None:
             return float(requested), "option"
-        if isinstance(learned.get("tau"), (int, float)):
-            return float(learned["tau"]), f"calibrated ({calibration_path(self.cache_dir, self.model_id)})"
-        if "tau" in self.loaded.defaults:
-            return float(self.loaded.defaults["tau"]), "model default"
-        return DEFAULT_TAU, "built-in default"
+        return _automatic_tau(learned, self.loaded.defaults, calibration_path(self.cache_dir, self.model_id))
 
     def _calibration(self) -> dict:
-        """What `easy-diffuser calibrate` learned for this model; {} when nothing (or a damaged file)."""
-        try:
-            return read_calibration(calibration_path(self.cache_dir, self.model_id))
-        except SettingsFileError as error:  # a damaged file falls back to the defaults, never breaks extraction
-            _warn_once(f"ignoring calibration: {error}; using the defaults")
-            return {}
+        return _learned(self.cache_dir, self.model_id)
+
+
+def automatic_values(spec: str, cache_dir: str | os.PathLike) -> tuple[float, int] | None:
+    """What automatic tau and negatives mean for a model, read without loading it (the tab shows them
+    before the first extraction); None when that needs the model itself (model folders, checkpoint files)."""
+    declared = declared_defaults(spec)
+    if declared is None:
+        return None
+    model_id, defaults = declared
+    learned = _learned(Path(cache_dir), model_id)
+    tau, _ = _automatic_tau(learned, defaults, calibration_path(Path(cache_dir), model_id))
+    return tau, int(learned.get("negatives", defaults.get("negatives", ExtractOptions.negatives)))
+
+
+def _automatic_tau(learned: dict, defaults: dict, path: Path) -> tuple[float, str]:
+    """tau and where it came from: this model's calibration file, else its defaults, else the built-in one."""
+    if isinstance(learned.get("tau"), (int, float)):
+        return float(learned["tau"]), f"calibrated ({path})"
+    if "tau" in defaults:
+        return float(defaults["tau"]), "model default"
+    return DEFAULT_TAU, "built-in default"
+
+
+def _learned(cache_dir: Path, model_id: str) -> dict:
+    """What `easy-diffuser calibrate` learned for this model; {} when nothing (or a damaged file)."""
+    try:
+        return read_calibration(calibration_path(cache_dir, model_id))
+    except SettingsFileError as error:  # a damaged file falls back to the defaults, never breaks extraction
+        _warn_once(f"ignoring calibration: {error}; using the defaults")
+        return {}
 
 
 _warned: set[str] = set()

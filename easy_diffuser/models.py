@@ -359,6 +359,17 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
     )
 
 
+def declared_defaults(spec: str) -> tuple[str, dict[str, Any]] | None:
+    """(model id, defaults) of a named model without loading it: the registry's, and shapes-demo's own file.
+    None for model folders and checkpoint files, whose id needs their weights hashed."""
+    if spec == "shapes-demo":
+        return spec, _folder_defaults(DATA_DIR / "shapes-demo" / "easy_diffuser.json")
+    if "/" in spec and "=" not in spec and not Path(spec).expanduser().exists():
+        info = REGISTRY.get(spec)
+        return spec, dict(info.defaults) if info else {}
+    return None
+
+
 def _folder_defaults(path: Path) -> dict[str, Any]:
     """A model folder's own defaults (tau, negatives, ...); none when the file is absent."""
     if not path.exists():

@@ -28,7 +28,7 @@ from easy_diffuser.batch import BatchSummary, caption_folder
 from easy_diffuser.calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibrate, store
 from easy_diffuser.calibration.generators import CallableGenerator, webui_generator
 from easy_diffuser.captioner import CAPTIONERS
-from easy_diffuser.engine import DEFAULT_TAU, Engine
+from easy_diffuser.engine import DEFAULT_TAU, Engine, automatic_values
 from easy_diffuser.images import ImageError
 from easy_diffuser.models import LoadedModel, ModelError, default_dtype, list_models
 from easy_diffuser.options import CAPTION_OPTION, CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, ExtractOptions, Option
@@ -446,11 +446,14 @@ def _controls() -> dict[str, gr.components.Component]:
         made["weights"] = gr.Checkbox(
             opts.easy_diffuser_weights, label=OPTION["weights"].label, elem_id="easy_diffuser_weights"
         )
-    # Locked while automatic: they show the values in force, which the first extraction fills in.
-    made["tau"] = _slider(OPTION["tau"], DEFAULT_TAU, elem_id="easy_diffuser_tau", interactive=False)
-    made["negatives"] = _slider(
-        OPTION["negatives"], opts.easy_diffuser_negatives, elem_id="easy_diffuser_negatives", interactive=False
+    # Locked while automatic: they show the values in force (read without loading the model where it can be;
+    # a model folder's are known after the first extraction), and every extraction shows them again.
+    tau, negatives = automatic_values(resolve_model(None), weights_folder()) or (
+        DEFAULT_TAU,
+        OPTION["negatives"].default,
     )
+    made["tau"] = _slider(OPTION["tau"], tau, elem_id="easy_diffuser_tau", interactive=False)
+    made["negatives"] = _slider(OPTION["negatives"], negatives, elem_id="easy_diffuser_negatives", interactive=False)
     made["quality_negatives"] = _slider(
         OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality"
     )
@@ -601,7 +604,6 @@ def on_ui_settings() -> None:
     add("extract_on_drop", True, "Extract as soon as an image is dropped")
     for name, label in (
         ("max_tags", "Default number of tags"),
-        ("negatives", "Tags in the negative prompt (besides the quality negatives)"),
         ("quality_negatives", "Default number of standard quality negatives"),
     ):
         add(name, OPTION[name].default, label, gr.Slider, _slider_args(OPTION[name]))

@@ -70,8 +70,9 @@ class FakeLoaded:
 def test_settings_are_registered_in_their_section(webui):
     webui()
     labels = shared.opts.data_labels
-    keys = {"model", "keep_in_vram", "extract_on_drop", "max_tags", "negatives", "quality_negatives", "weights"}
+    keys = {"model", "keep_in_vram", "extract_on_drop", "max_tags", "quality_negatives", "weights"}
     assert {f"easy_diffuser_{key}" for key in keys} <= set(labels)
+    assert "easy_diffuser_negatives" not in labels  # the count in force is the calibration's or the model's
     ours = [info for key, info in labels.items() if key.startswith("easy_diffuser_")]
     assert {info.section for info in ours} == {("easy_diffuser", "Easy Diffuser")}
     # Filed under a category of webui 1.10's Settings (modules/shared_options.py registers these), not "Uncategorized".
@@ -537,3 +538,12 @@ def test_install_adds_only_open_clip_and_pins_what_the_webui_pinned(launch):
 def test_sending_without_an_image_keeps_the_image_img2img_has(webui):
     module = webui()
     assert module._keep_empty("red, circle", "blue", None) == ("red, circle", "blue", gr.update())
+
+
+def test_the_locked_sliders_show_the_models_values_before_the_first_extraction(webui, models_path):
+    from easy_diffuser.engine import automatic_values
+
+    webui()  # shapes-demo is configured: its own tau -1 and 8 negatives, read without loading the model
+    assert automatic_values("shapes-demo", models_path / "easy_diffuser") == (-1.0, 8)
+    assert automatic_values("ViT-L-14/openai", models_path / "easy_diffuser") == (1.5, 8)
+    assert automatic_values(str(models_path), models_path / "easy_diffuser") is None  # a folder: known once loaded

@@ -229,9 +229,11 @@ def tag_count(page, elem_id: str) -> int:
 def test_every_control_reselects_at_once_without_extract_and_outside_the_queue(page, red_circle, monkeypatch):
     from easy_diffuser.engine import Engine
 
+    tau = page.locator("#easy_diffuser_tau input[type=number]")
+    expect(tau).to_have_value("-1")  # the tau in force before any extraction (shapes-demo's own), not 1
+    expect(page.locator("#easy_diffuser_negatives input[type=number]")).to_have_value("8")
     upload(page, red_circle)
     extract(page)
-    tau = page.locator("#easy_diffuser_tau input[type=number]")
     expect(tau).to_have_value("-1")  # shapes-demo's tau, in force with Automatic on
     expect(tau).to_be_disabled()  # automatic locks it
     expect(page.locator("#easy_diffuser_negatives input[type=number]")).to_be_disabled()
