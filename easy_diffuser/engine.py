@@ -101,8 +101,15 @@ class Engine:
         self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()
     ) -> list[Extraction]:
         """Extract a batch of already loaded PIL images (one forward pass)."""
+        return self.extract_with_embeddings(images, options, names)[0]
+
+    def extract_with_embeddings(
+        self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()
+    ) -> tuple[list[Extraction], torch.Tensor]:
+        """extract_many, and the image embeddings, from which a re-selection needs no model pass."""
         captions = self.caption(images, options) if options.caption else []
-        return self.extract_embeddings(self.encode(images), options, names, captions)
+        embeddings = self.encode(images)
+        return self.extract_embeddings(embeddings, options, names, captions), embeddings
 
     def encode(self, images: Sequence) -> torch.Tensor:
         """Unit-length image embeddings (float32, CPU), one row per image."""

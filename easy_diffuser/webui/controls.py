@@ -45,14 +45,16 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
 
 def extract(engine: Engine, image: ImageInput, options: ExtractOptions) -> "Extracted":
     """One image through the model (caption, embedding), kept for re-selection."""
-    image = load_image(image)
-    embedding = engine.encode([image])
-    captions = engine.caption([image], options) if options.caption else []
-    return _selected(engine, embedding, options, captions)
+    (result,), embedding = engine.extract_with_embeddings([load_image(image)], options)
+    return _kept(engine, embedding, options, result)
 
 
 def _selected(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, captions: list[str]) -> "Extracted":
     (result,) = engine.extract_embeddings(embedding, options, captions=captions)
+    return _kept(engine, embedding, options, result)
+
+
+def _kept(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, result: Extraction) -> "Extracted":
     negatives = engine.selection_options(options)[0].negatives
     return Extracted(engine.model_id, embedding.detach().to("cpu", torch.float32), options.caption, negatives, result)
 

@@ -112,9 +112,11 @@ def add_routes(
         image, token, model, options = _parse(body, choices())
 
         def work(engine: Engine) -> dict:
-            embedding = engine.encode([image]) if image is not None else _embedding_from(token, engine)
-            captions = engine.caption([image], options) if options.caption else ()
-            return _answer(engine.extract_embeddings(embedding, options, captions=captions)[0], embedding)
+            if image is None:
+                embedding = _embedding_from(token, engine)
+                return _answer(engine.extract_embeddings(embedding, options)[0], embedding)
+            (result,), embedding = engine.extract_with_embeddings([image], options)
+            return _answer(result, embedding)
 
         loaded = service.loaded_engine(model) if image is None else None
         try:  # a re-selection runs no model: it needs no queue once the model is loaded
