@@ -19,7 +19,7 @@ from ..models import DEFAULT_MODEL, ModelError, default_device
 from ..options import OPTION
 from . import store
 from .generators import make_generator
-from .report import summary_lines, table_text
+from .report import NO_PLOT, summary_lines, table_text
 from .run import FIRST_IMAGES, calibrate
 from .sweep import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibration_options
 
@@ -220,3 +220,5 @@ def _print_result(result: Calibration, full_table: bool) -> None:
     print(f"wrote {result.path} (a candidate: not in force)")
     for name, path in result.report.items():
         print(f"{name}: {path}")
+    if "plot" not in result.report:
+        print(f"plot: {NO_PLOT}")
