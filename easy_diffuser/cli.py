@@ -30,7 +30,7 @@ EXIT_SETUP_FAILED = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="easy-diffuser",
-        description="Turn images into Stable Diffusion prompts with CLIP.",
+        description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
         epilog="other command:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
         "(easy-diffuser calibrate --help)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model folder or checkpoint file",
+        help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model or tagger folder, or checkpoint file",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
@@ -63,6 +63,11 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
     """A flag from the options schema: its range and default in the help, its check as the argument's type."""
     if option.kind is bool:
         group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
+        return
+    if option.kind is str:
+        group.add_argument(
+            option.flag, dest=dest, type=_checked_by(option), default=option.default, metavar="TAGS", help=option.help
+        )
         return
     default = option.automatic or option.default
     group.add_argument(

@@ -66,9 +66,14 @@ class NotARegularFile(OSError):
     """A folder, FIFO, device or socket where a file was expected."""
 
 
-def read_regular_file(path: str | os.PathLike) -> bytes:
-    """The bytes of a regular file. A FIFO would block a plain read forever (and a device may never
-    end), so the file is opened without blocking and checked before anything is read."""
+class FileTooLarge(OSError):
+    """A file larger than its reader's limit (a settings file of gigabytes is a mistake or an attack)."""
+
+
+def read_regular_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, at most `limit` of them (FileTooLarge past it). A FIFO would block a
+    plain read forever (and a device may never end), so the file is opened without blocking and checked
+    before anything is read."""
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         mode = os.fstat(descriptor).st_mode
@@ -80,4 +85,7 @@ def read_regular_file(path: str | os.PathLike) -> bytes:
         os.close(descriptor)
         raise
     with os.fdopen(descriptor, "rb") as handle:
-        return handle.read()
+        data = handle.read() if limit is None else handle.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise FileTooLarge(errno.EFBIG, f"larger than {limit:,} bytes")
+    return data

@@ -16,6 +16,10 @@ from typing import Any, Mapping, Optional
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
+# A tagger's thresholds decide which tags go in; booru prompts often pass one chunk, and the webui splits
+# longer ones into chunks of 75: three chunks hold what a tagger finds at its default thresholds.
+BOORU_TOKEN_BUDGET = 3 * TOKEN_BUDGET
+MAX_TAG_LIST = 4000  # characters of an exclude or always-first list
 
 
 class OptionError(ValueError):
@@ -32,7 +36,7 @@ class Option:
     """One option: its name (the Python and HTTP field), type, default, range and how surfaces show it."""
 
     name: str
-    kind: type  # int, float or bool
+    kind: type  # int, float, bool, or str (a comma-separated list of tags)
     default: Any
     help: str
     label: str  # the tab's control
@@ -46,6 +50,10 @@ class Option:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
         if value is None and self.automatic:
             return None
+        if self.kind is str:
+            if not isinstance(value, str) or len(value) > MAX_TAG_LIST or not value.isprintable():
+                raise OptionError(self.name, f"{self.accepts}, not {str(value)[:80]!r}")
+            return value
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise OptionError(self.name, f"must be true or false, not {value!r}")
@@ -66,6 +74,8 @@ class Option:
     @property
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
+        if self.kind is str:
+            return f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
         kind = "a whole number" if self.kind is int else "a number"
         automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
@@ -142,6 +152,71 @@ OPTIONS: tuple[Option, ...] = (
         "Weights",
         "--weights",
     ),
+    Option(
+        "token_budget",
+        int,
+        None,
+        "most tokens of the positive prompt (the webui splits a longer prompt into chunks of 75)",
+        "Token budget",
+        "--token-budget",
+        1,
+        6 * TOKEN_BUDGET,
+        automatic=f"{TOKEN_BUDGET}, one chunk, for CLIP; {BOORU_TOKEN_BUDGET} for taggers",
+    ),
+    Option(
+        "general_threshold",
+        float,
+        0.35,
+        "probability a general tag needs to be in the prompt (taggers)",
+        "General tags threshold",
+        "--general-threshold",
+        0,
+        1,
+        0.01,
+    ),
+    Option(
+        "character_threshold",
+        float,
+        0.85,
+        "probability a character or series tag needs to be in the prompt (taggers)",
+        "Character tags threshold",
+        "--character-threshold",
+        0,
+        1,
+        0.01,
+    ),
+    Option(
+        "general_mcut",
+        bool,
+        False,
+        "general tags threshold by MCut, the largest gap in this image's probabilities (taggers)",
+        "MCut for general tags",
+        "--general-mcut",
+    ),
+    Option(
+        "character_mcut",
+        bool,
+        False,
+        "character tags threshold by MCut, at least 0.15 (taggers)",
+        "MCut for character tags",
+        "--character-mcut",
+    ),
+    Option(
+        "exclude_tags",
+        str,
+        "",
+        "tags never written, in either prompt (comma-separated)",
+        "Exclude tags",
+        "--exclude-tags",
+    ),
+    Option(
+        "first_tags",
+        str,
+        "",
+        "tags written first, in this order, when the image has them (comma-separated)",
+        "Always-first tags",
+        "--first-tags",
+    ),
 )
 CAPTION_OPTIONS: tuple[Option, ...] = (
     Option("beams", int, 3, "the captioner's beam search width", "Captioner beams", "--caption-beams", 1, 16),
@@ -198,18 +273,20 @@ class ExtractOptions:
     negatives: int = OPTION["negatives"].default
     quality_negatives: int = OPTION["quality_negatives"].default
     weights: bool = OPTION["weights"].default
+    token_budget: Optional[int] = OPTION["token_budget"].default  # None: the model's (75 CLIP, 225 taggers)
+    general_threshold: float = OPTION["general_threshold"].default
+    character_threshold: float = OPTION["character_threshold"].default
+    general_mcut: bool = OPTION["general_mcut"].default
+    character_mcut: bool = OPTION["character_mcut"].default
+    exclude_tags: str = OPTION["exclude_tags"].default
+    first_tags: str = OPTION["first_tags"].default
     caption: Optional[CaptionOptions] = None  # None: tags only
-    token_budget: int = TOKEN_BUDGET  # Python API only: the prompt's tokens
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
 
     def __post_init__(self) -> None:
         _checked(self, OPTIONS)
         if self.caption is not None and not isinstance(self.caption, CaptionOptions):
             raise OptionError("caption", f"must be CaptionOptions or None, not {self.caption!r}")
-        if not isinstance(self.token_budget, int) or not 1 <= self.token_budget <= TOKEN_BUDGET:
-            raise OptionError(
-                "token_budget", f"must be a whole number from 1 to {TOKEN_BUDGET}, not {self.token_budget!r}"
-            )
         if not isinstance(self.dedup_threshold, (int, float)) or not 0 < self.dedup_threshold <= 1:
             raise OptionError(
                 "dedup_threshold", f"must be a number above 0 and at most 1, not {self.dedup_threshold!r}"
@@ -256,7 +333,8 @@ def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        entry = {"type": option.kind.__name__, "default": option.default, "help": option.help}
+        kind = "comma-separated tags" if option.kind is str else option.kind.__name__
+        entry = {"type": kind, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
         if option.automatic:

@@ -29,7 +29,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import label_cache
 from .batch import caption_owners
 from .engine import Engine, ExtractOptions
 from .files import write_atomically
@@ -111,7 +110,7 @@ def run_job(
     if not todo:  # nothing to do: no model, no actors
         return JobSummary(0, 0, len(paths) - len(todo), time.perf_counter() - started)
     engine = Engine(model, "cpu", cache_dir=cache_dir, vocabulary_dirs=vocabulary_dirs)  # builds the tag cache once
-    cache = label_cache.cache_path(engine.cache_dir, engine.loaded.cache_key, engine.vocabulary)
+    cache = engine.scorer.cache_file  # CLIP's tag embeddings; a tagger needs none
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actors = gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)  # on CPUs, half decode, half extract
@@ -128,7 +127,7 @@ def run_job(
             "device": "cuda" if gpus else "cpu",
             "cache_dir": str(engine.cache_dir),
             "vocabulary_dirs": list(vocabulary_dirs),
-            "cache_file": (str(cache), ray.put(cache.read_bytes() if cache.exists() else b"")),
+            "cache_file": (str(cache or ""), ray.put(cache.read_bytes() if cache and cache.exists() else b"")),
             "options": options,
             "captions": captions,
         },

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from ..captioner import CAPTIONERS
 from ..engine import Engine, Extraction
 from ..images import ImageError, load_image
-from ..models import REGISTRY, ModelError
+from ..models import REGISTRY, ModelError, ModelFileError
 from ..options import ExtractOptions, OptionError, schema_help
 from .service import Service
 
@@ -114,15 +114,17 @@ def add_routes(
         def work(engine: Engine) -> dict:
             if image is None:
                 embedding = _embedding_from(token, engine)
-                return _answer(engine.extract_embeddings(embedding, options)[0], embedding)
+                return _answer(engine.extract_embeddings(embedding, options)[0], embedding, engine)
             (result,), embedding = engine.extract_with_embeddings([image], options)
-            return _answer(result, embedding)
+            return _answer(result, embedding, engine)
 
         loaded = service.loaded_engine(model) if image is None else None
         try:  # a re-selection runs no model: it needs no queue once the model is loaded
             return (
                 await run_in_threadpool(work, loaded) if loaded else await run_in_threadpool(service.run, work, model)
             )
+        except ModelFileError as error:  # the model asked for is a broken folder: this model can't serve
+            raise HTTPException(status_code=422, detail=str(error)) from None
         except ModelError as error:  # the weights can't be had on this server: not the client's fault
             raise HTTPException(status_code=503, detail=str(error)) from None
 
@@ -224,14 +226,15 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
     return (_decode_image(image_text) if token is None else None), token, model, options
 
 
-def _answer(result: Extraction, embedding: torch.Tensor) -> dict:
-    """The extraction, and the token that selects again from the same image embedding."""
-    payload = result.model.encode() + b"\0" + embedding[0].half().numpy().tobytes()
+def _answer(result: Extraction, embedding: torch.Tensor, engine: Engine) -> dict:
+    """The extraction, and the token that selects again from the same image's features (CLIP's image
+    embedding, a tagger's tag probabilities as log-odds; fp16)."""
+    payload = result.model.encode() + b"\0" + engine.scorer.for_token(embedding[0]).numpy().tobytes()
     return {**result.to_dict(), "reselect": base64.urlsafe_b64encode(payload).decode()}
 
 
 def _embedding_from(token: str, engine: Engine) -> torch.Tensor:
-    """The image embedding in a reselect token, checked against this engine; 400/409 with the reason."""
+    """The image's features in a reselect token, checked against this engine; 400/409 with the reason."""
     try:
         model, _, data = base64.urlsafe_b64decode(token.encode()).partition(b"\0")
         embedding = torch.frombuffer(bytearray(data), dtype=torch.float16).float()
@@ -245,10 +248,10 @@ def _embedding_from(token: str, engine: Engine) -> torch.Tensor:
                 f"{engine.model_id!r}; send the image again"
             ),
         )
-    width = engine.text_embeddings.shape[1]
-    if embedding.numel() != width or not torch.isfinite(embedding).all() or embedding.norm() < 1e-3:
+    features = engine.scorer.checked(embedding)
+    if features is None:
         raise HTTPException(status_code=400, detail="reselect: not a token this server gave")
-    return torch.nn.functional.normalize(embedding, dim=0)[None]
+    return features
 
 
 def _basic_auth(api_auth: str) -> Callable[[HTTPBasicCredentials], bool]:
