@@ -151,3 +151,18 @@ def test_foreign_or_damaged_shards_only_cost_their_images_a_redo(tmp_path):
     (output / "part-1.jsonl").write_text("\n".join(lines))
     (output / "part-2.parquet").write_bytes(b"PAR1 garbage")
     assert _read_shards(str(output), ["path"]) == [{"path": "/a.png"}]
+
+
+def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_ray, tmp_path):
+    from taggers import write_tagger
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, colour in enumerate(["red", "green", "blue", "yellow"] * 2):
+        draw_scene(folder / f"img{index}.{'jpg' if index % 2 else 'png'}", 48, colour=colour)
+    model = str(write_tagger(tmp_path / "wd-tiny", "convnext"))
+    common = [str(folder), "--model", model, "--cache-dir", str(tmp_path / "cache"), "--no-captions"]
+    assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*common, "--engine", "ray", "--output", str(tmp_path / "shards.jsonl")]) == 0
+    local, distributed = read_records(tmp_path / "local.jsonl"), read_records(tmp_path / "shards.jsonl")
+    assert by_path(distributed) == by_path(local) and len(by_path(local)) == 8

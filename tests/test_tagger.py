@@ -319,3 +319,38 @@ def test_the_thresholds_are_options_on_every_surface(tmp_path, capsys, transpare
     engine = Engine(str(folder), cache_dir=tmp_path / "c")
     options = ExtractOptions.from_mapping({"general_threshold": 0.6, "exclude_tags": "saber_(fate)"})
     assert engine.extract(transparent_strip, options).prompt == "1girl, general"
+
+
+def test_a_folder_is_captioned_through_the_pipeline_as_image_by_image(folders, tmp_path, cache_dir):
+    from easy_diffuser.batch import caption_folder
+
+    images = tmp_path / "dataset"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for index, size in enumerate([(40, 20), (20, 50), (33, 33), (64, 8), (9, 70)]):
+        pixels = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+        Image.fromarray(pixels, "RGBA").save(images / f"{index}.png")
+    engine = Engine(str(folders["swinv2"]), cache_dir=cache_dir)
+    summary = caption_folder(engine, images, batch_size=2, workers=2)
+    assert len(summary.written) == 5 and not summary.failed
+    for path in sorted(images.glob("*.png")):
+        assert path.with_suffix(".txt").read_text() == engine.extract(path).prompt + "\n"
+
+
+def test_the_host_places_releases_and_unloads_a_tagger_as_it_does_clip(folders, cache_dir, transparent_strip):
+    from easy_diffuser.webui.service import Placement, Service
+
+    calls = []
+    placement = Placement(
+        torch.device("cpu"),
+        torch.float32,
+        acquire=lambda loaded: calls.append(("acquire", type(loaded).__name__)),
+        release=lambda loaded: calls.append(("release", type(loaded).__name__)),
+    )
+    spec = str(folders["eva02"])
+    service = Service(lambda requested: spec, lambda: cache_dir, lambda: placement, lambda work: work())
+    assert service.run(lambda engine: engine.extract(transparent_strip)).tags
+    assert calls == [("acquire", "LoadedTagger"), ("release", "LoadedTagger")]
+    loaded = service.engine.loaded
+    service.unload()  # Reload UI, or the script unloaded: the tagger's memory can go
+    assert service.engine is None and load_model(spec, cache_dir=cache_dir) is not loaded
