@@ -354,3 +354,23 @@ def test_the_host_places_releases_and_unloads_a_tagger_as_it_does_clip(folders, 
     loaded = service.engine.loaded
     service.unload()  # Reload UI, or the script unloaded: the tagger's memory can go
     assert service.engine is None and load_model(spec, cache_dir=cache_dir) is not loaded
+
+
+def test_the_calibration_round_trip_measures_a_tagger_by_its_own_probabilities(folders, cache_dir, transparent_strip):
+    import math
+
+    from easy_diffuser.calibration.generators import CallableGenerator
+    from easy_diffuser.calibration.sweep import Setting, measure
+
+    engine = Engine(str(folders["vit"]), cache_dir=cache_dir)
+    source = load_image(transparent_strip)
+    other = Image.fromarray(np.random.default_rng(5).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    settings = [Setting(-1.0, 2), Setting(1.0, 2)]
+
+    def loss(image):
+        generator = CallableGenerator(lambda prompt, negative, seed: image, "fixed")
+        rows, stopped = measure(engine, [source], generator, settings, ExtractOptions())
+        assert not stopped and all(math.isfinite(row.loss) for row in rows)
+        return rows[0].loss
+
+    assert loss(source) < loss(other)  # the source's own probabilities are the closest
