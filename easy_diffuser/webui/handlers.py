@@ -72,15 +72,12 @@ class Handlers:
         return _shown(fresh, values)
 
     def extract_on_drop(
-        self,
-        image: Optional[Image.Image],
-        extracted: Optional[controls.Extracted],
-        values: Mapping[str, Any],
-        progress: gr.Progress = gr.Progress(),
+        self, image: Optional[Image.Image], extracted: Optional[controls.Extracted], *rest: Any
     ) -> tuple:
+        """extract(), if Settings say that a dropped image is extracted at once; `rest`: values, progress."""
         if not self.host.opts.easy_diffuser_extract_on_drop:
             return _unchanged(extracted)
-        return self.extract(image, extracted, values, progress)
+        return self.extract(image, extracted, *rest)
 
     def reselect(self, extracted: Optional[controls.Extracted], values: Mapping[str, Any]) -> tuple:
         """A control moved: select again from the stored embedding, outside the queue (no model forward pass)."""

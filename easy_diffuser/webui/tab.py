@@ -186,19 +186,11 @@ def _calibrate_section(handlers: Handlers, status: gr.HTML) -> None:
             undo = gr.Button("Undo apply", elem_id="easy_diffuser_calibrate_undo")
         report = gr.HTML(elem_id="easy_diffuser_calibrate_report")
         with gr.Row(equal_height=False):  # the plot keeps its shape beside the tall grid
-            plot = gr.Image(
-                label="Loss against tau",
-                type="pil",
-                interactive=False,
-                visible=False,
-                elem_id="easy_diffuser_calibrate_plot",
-            )
-            grid = gr.Image(
-                label="Source | best tau | poor tau",
-                type="pil",
-                interactive=False,
-                visible=False,
-                elem_id="easy_diffuser_calibrate_grid",
+            plot, grid = (
+                gr.Image(
+                    label=label, type="pil", interactive=False, visible=False, elem_id=f"easy_diffuser_calibrate_{name}"
+                )
+                for name, label in (("plot", "Loss against tau"), ("grid", "Source | best tau | poor tau"))
             )
     run.click(
         handlers.calibrate_folder,
