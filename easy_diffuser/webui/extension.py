@@ -25,7 +25,7 @@ class Extension:
         self.handlers = Handlers(host, self.service)
 
     def on_ui_settings(self) -> None:
-        self.host.add_settings(settings.settings(self.host.cmd_opts.easy_diffuser_model))
+        self.host.add_settings(settings.definitions(self.host.cmd_opts.easy_diffuser_model))
 
     def on_ui_tabs(self) -> list[tuple[gr.Blocks, str, str]]:
         return [(tab.build_tab(self.host, self.handlers), "Easy Diffuser", "easy_diffuser")]

@@ -36,7 +36,7 @@ def slider_args(option: Option) -> dict[str, float]:
     return {"minimum": option.minimum, "maximum": option.maximum, "step": option.step}
 
 
-def settings(forced_model: Optional[str]) -> list[Setting]:
+def definitions(forced_model: Optional[str]) -> list[Setting]:
     """`forced_model`: the --easy-diffuser-model flag, which the model setting's label then names."""
     return [
         Setting(
