@@ -10,9 +10,10 @@ place and every surface says the same thing about a bad value:
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
@@ -62,6 +63,18 @@ class Option:
         except ValueError:
             raise OptionError(self.name, f"{self.accepts}, not {text!r}") from None
         return self.check(value)
+
+    def argument_type(self) -> Callable[[str], Any]:
+        """`parse` as an argparse `type=`: a bad value is argparse's one-line usage error, which names the flag."""
+
+        def parse(text: str) -> Any:
+            try:
+                return self.parse(text)
+            except OptionError as error:
+                raise argparse.ArgumentTypeError(error.problem) from None
+
+        parse.__name__ = self.kind.__name__  # argparse's fallback message says "invalid int value"
+        return parse
 
     @property
     def accepts(self) -> str:
