@@ -43,6 +43,8 @@ def test_records_hold_every_image_with_its_tags_and_a_rerun_does_nothing(tmp_pat
     (tmp_path / "set" / "broken.png").write_bytes(b"not a png")
     output = tmp_path / "records.jsonl"
     assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 1
+    # --no-captions: no .txt was written, so the summary counts records, never "captioned" (issue 19).
+    assert "6 records written, 0 already recorded, 1 failed" in capsys.readouterr().err
     records = {Path(item["path"]).name: item for item in read_records(output)}
     assert sorted(records) == sorted([image.name for image in images] + ["broken.png"])
     assert "red" in records["img000.png"]["prompt"] and records["img000.png"]["error"] is None
@@ -52,7 +54,7 @@ def test_records_hold_every_image_with_its_tags_and_a_rerun_does_nothing(tmp_pat
     assert not list((tmp_path / "set").glob("*.txt"))  # --no-captions: records only
     capsys.readouterr()
     assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
-    assert "0 captioned, 6 already captioned" in capsys.readouterr().err
+    assert "0 records written, 6 already recorded, 0 failed" in capsys.readouterr().err
     assert len(list(read_records(output))) == 6
 
 
@@ -213,30 +215,89 @@ def test_an_image_whose_name_is_near_the_systems_limit_gets_its_caption(tmp_path
     assert sorted(os.listdir(tmp_path / "set")) == sorted([image.name, image.with_suffix(".txt").name])
 
 
+def parquet_bytes(columns: dict, schema=None) -> bytes:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns, schema=schema), buffer)
+    return buffer.getvalue().to_pybytes()
+
+
+def a_record(**changes) -> dict:
+    tag = {"tag": "red", "score": 0.3, "relevance": 2.0, "category": "colour", "role": "positive"}
+    return {
+        "path": "/a.png",
+        "prompt": "red",
+        "negative_prompt": "blue",
+        "tags": [tag],
+        "model": "m",
+        "tau": 1.0,
+        "error": None,
+    } | changes
+
+
+def records_schema_with(name: str, kind):
+    from easy_diffuser.records import arrow_schema
+
+    schema = arrow_schema()
+    return schema.set(schema.get_field_index(name), schema.field(name).with_type(kind))
+
+
+# A user's own files given as --output (issue 18 §1): none is a records file, so none may count its images as
+# done, be appended to, rewritten, or deleted by --overwrite.
 FOREIGN_OUTPUTS = {
-    "text.jsonl": b"my notes\nnot json at all\n",
-    "no-newline.jsonl": b"my only line, no newline",
-    "nan.jsonl": b'{"path": "/x.png", "tau": NaN}\n',
-    "not-objects.jsonl": b"[1, 2]\n",
-    "no-path.jsonl": b'{"name": "a.png"}\n',
-    "nested.jsonl": b"[" * 100_000 + b"\n",
-    "garbage.parquet": b"PAR1 this is not parquet",
+    "text.jsonl": lambda: b"my notes\nnot json at all\n",
+    "no-newline.jsonl": lambda: b"my only line, no newline",
+    "nan.jsonl": lambda: b'{"path": "/x.png", "tau": NaN}\n',
+    "not-objects.jsonl": lambda: b"[1, 2]\n",
+    "no-path.jsonl": lambda: b'{"name": "a.png"}\n',
+    "nested.jsonl": lambda: b"[" * 100_000 + b"\n",
+    "garbage.parquet": lambda: b"PAR1 this is not parquet",
+    # A path column is not enough: the user's labels would be lost at the end, and its images counted as done.
+    "labels.parquet": lambda: parquet_bytes({"path": ["/a.png", "/b.png"], "label": ["cat", "dog"]}),
+    "labels.jsonl": lambda: b'{"path": "/a.png", "label": "cat"}\n{"path": "/b.png", "label": "dog"}\n',
+    "extra-key.jsonl": lambda: (json.dumps(a_record(label="cat")) + "\n").encode(),
+    "tau-text.jsonl": lambda: (json.dumps(a_record(tau="1.0")) + "\n").encode(),
+    "tag-without-score.jsonl": lambda: (json.dumps(a_record(tags=[{"tag": "red"}])) + "\n").encode(),
+    "tau-text.parquet": lambda: parquet_bytes(
+        {**{key: [value] for key, value in a_record(tau="1.0").items()}},
+        records_schema_with("tau", __import__("pyarrow").string()),
+    ),
+    "long-line.jsonl": lambda: (json.dumps(a_record(prompt="x" * (5 * 2**20))) + "\n").encode(),
 }
 
 
+@pytest.mark.parametrize("overwrite", [False, True], ids=["resume", "overwrite"])
 @pytest.mark.parametrize("name", sorted(FOREIGN_OUTPUTS))
-def test_an_output_that_is_not_a_records_file_is_one_line_and_left_as_it_was(tmp_path, cache_dir, capsys, name):
+def test_an_output_that_is_not_a_records_file_is_one_line_and_left_as_it_was(
+    tmp_path, cache_dir, capsys, name, overwrite
+):
     if name.endswith(".parquet"):
         pytest.importorskip("pyarrow")
     make_folder(tmp_path / "set", 1)
     output = tmp_path / name
-    output.write_bytes(FOREIGN_OUTPUTS[name])
-    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 2
+    output.write_bytes(FOREIGN_OUTPUTS[name]())
+    before = output.read_bytes()
+    flags = ["--overwrite"] if overwrite else []
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", *flags, cache=cache_dir)) == 2
     [line] = error_lines(capsys.readouterr().err)
     assert line.startswith(f"error: {output}: ") and line.endswith(
-        "give another --output, or --overwrite to start it again"
+        "it was left as it is: give another --output, or move it away"
     )
-    assert output.read_bytes() == FOREIGN_OUTPUTS[name]  # resume neither truncated nor appended to it
+    assert output.read_bytes() == before  # neither appended to, rewritten, truncated nor deleted
+    assert sorted(os.listdir(tmp_path)) == sorted(["set", "cache", name])  # no journal, no lock left
+
+
+def test_overwrite_starts_a_records_file_again(tmp_path, cache_dir, capsys):
+    pytest.importorskip("pyarrow")
+    make_folder(tmp_path / "set", 2)
+    output = tmp_path / "out.parquet"
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    capsys.readouterr()
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", "--overwrite", cache=cache_dir)) == 0
+    assert "2 records written, 0 already recorded" in capsys.readouterr().err
+    assert len(list(read_records(output))) == 2
 
 
 def test_a_whole_last_record_missing_its_newline_is_kept(tmp_path, cache_dir, capsys):
@@ -246,6 +307,6 @@ def test_a_whole_last_record_missing_its_newline_is_kept(tmp_path, cache_dir, ca
     output.write_text(output.read_text().rstrip("\n"))  # as an editor saving without a final newline leaves it
     capsys.readouterr()
     assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
-    assert "1 captioned, 1 already captioned" in capsys.readouterr().err  # image 0's record was kept
+    assert "1 records written, 1 already recorded" in capsys.readouterr().err  # image 0's record was kept
     assert sorted(item["path"] for item in read_records(output)) == [str(image) for image in images]
     assert len(output.read_text().splitlines()) == 2  # image 0 not redone
