@@ -99,12 +99,11 @@ class OutputLock:
             try:
                 descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             except OSError as error:
-                raise OSError(error.errno, f"{self.output}: cannot lock it ({error.strerror})") from None
+                raise OSError(f"{self.output}: cannot lock it ({error.strerror})") from None  # one line, no [Errno]
             if not _try_lock(descriptor):
                 holder = _holder(descriptor)
                 os.close(descriptor)
                 raise OutputBusy(
-                    errno.EBUSY,
                     f"{self.output}: another easy-diffuser run (process {holder}) is writing it; "
                     "wait for it to end, or give another --output",
                 )

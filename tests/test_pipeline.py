@@ -310,3 +310,156 @@ def test_a_whole_last_record_missing_its_newline_is_kept(tmp_path, cache_dir, ca
     assert "1 records written, 1 already recorded" in capsys.readouterr().err  # image 0's record was kept
     assert sorted(item["path"] for item in read_records(output)) == [str(image) for image in images]
     assert len(output.read_text().splitlines()) == 2  # image 0 not redone
+
+
+def test_a_second_run_on_the_same_output_is_refused_and_a_killed_holder_never_blocks(tmp_path, cache_dir, capsys):
+    make_folder(tmp_path / "set", 2)
+    output = tmp_path / "out.jsonl"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from easy_diffuser.files import OutputLock; OutputLock({str(output)!r}); print(1)"
+            "; import time; time.sleep(300)",
+        ],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    try:
+        assert holder.stdout.readline() == b"1\n"  # it holds the lock, as a run writing out.jsonl would
+        assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 2
+        [line] = error_lines(capsys.readouterr().err)
+        assert line == (
+            f"error: {output}: another easy-diffuser run (process {holder.pid}) is writing it; "
+            "wait for it to end, or give another --output"
+        )
+        assert not output.exists()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup, its lock file stays behind
+        holder.wait()
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    assert len(list(read_records(output))) == 2
+    assert sorted(os.listdir(tmp_path)) == ["cache", "out.jsonl", "set"]  # the lock file goes with the run
+
+
+def test_two_runs_at_once_record_every_image_once(tmp_path, cache_dir):
+    pytest.importorskip("pyarrow")
+    make_folder(tmp_path / "set", 40)
+    output = tmp_path / "out.parquet"
+    main(shapes(tmp_path / "set", "--output", tmp_path / "warm.jsonl", "--no-captions", cache=cache_dir))
+    command = [
+        *CLI,
+        *shapes(tmp_path / "set", "--output", output, "--no-captions", "--batch-size", "4", cache=cache_dir),
+    ]
+    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert all("Traceback" not in err for _, err in results)
+    assert sorted(code for code, _ in results) in ([0, 0], [0, 2])  # the second refused, or it came after
+    refusals = [err for code, err in results if code == 2]
+    assert all("another easy-diffuser run" in err for err in refusals)
+    paths = [item["path"] for item in read_records(output)]
+    assert len(paths) == len(set(paths)) == 40
+
+
+def test_a_parquet_output_that_cannot_be_written_keeps_its_journal_and_a_rerun_merges_it(
+    tmp_path, cache_dir, capsys, monkeypatch
+):
+    pytest.importorskip("pyarrow")
+    make_folder(tmp_path / "set", 3)
+    output = tmp_path / "out.parquet"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files.tempfile, "mkstemp", refuse)  # where the Parquet file's atomic write starts
+        assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and error_lines(err) == [
+        f"error: {output}: cannot write it (Permission denied); its 3 new records are kept in "
+        f"{journal_path(output).name}, and the next run merges them"
+    ]
+    assert not output.exists() and len(journal_path(output).read_text().splitlines()) == 3
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0  # cause gone
+    assert "0 records written, 3 already recorded" in capsys.readouterr().err  # the journal's records, not redone
+    assert len(list(read_records(output))) == 3 and not journal_path(output).exists()
+
+
+def test_names_that_are_not_utf8_are_recorded_in_parquet_and_skipped_by_a_rerun(tmp_path, cache_dir):
+    pytest.importorskip("pyarrow")
+    folder = tmp_path / "set"
+    folder.mkdir()
+    raw = draw_scene(folder / os.fsdecode(b"raw\xff.png"), 64, colour="red")
+    (folder / os.fsdecode(b"bad\xfe.png")).write_bytes(b"not a png")  # an error record naming it too
+    output = tmp_path / "out.parquet"
+    command = [*CLI, *shapes(folder, "--output", output, "--no-captions", cache=cache_dir)]
+    first = subprocess.run(command, capture_output=True, text=True, errors="backslashreplace", timeout=300)
+    assert first.returncode == 1 and "Traceback" not in first.stderr and not journal_path(output).exists()
+    records = {item["path"]: item for item in read_records(output)}
+    assert set(records) == {str(folder / "raw\\xff.png"), str(folder / "bad\\xfe.png")}  # \xNN: valid Unicode
+    assert "red" in records[str(folder / "raw\\xff.png")]["prompt"] and raw.exists()
+    assert "bad\\xfe.png" in records[str(folder / "bad\\xfe.png")]["error"]
+    again = subprocess.run(command, capture_output=True, text=True, errors="backslashreplace", timeout=300)
+    assert again.returncode == 0 and "0 records written, 2 already recorded" in again.stderr
+
+
+def test_a_journal_of_the_previous_version_with_a_raw_name_merges(tmp_path, cache_dir):
+    pytest.importorskip("pyarrow")
+    make_folder(tmp_path / "set", 1)
+    output = tmp_path / "out.parquet"
+    old = a_record(path="/old/raw\udcff.png")  # the previous version wrote the undecodable byte as \udcff
+    journal_path(output).write_text(json.dumps(old) + "\n")
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    assert sorted(item["path"] for item in read_records(output)) == [
+        "/old/raw\\xff.png",
+        str(tmp_path / "set" / "img000.png"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "link to a records file", "link as the journal", "fifo"])
+def test_an_output_that_is_a_link_or_a_fifo_is_refused_and_nothing_is_created(tmp_path, cache_dir, capsys, kind):
+    pytest.importorskip("pyarrow")
+    make_folder(tmp_path / "set", 1)
+    target = tmp_path / "elsewhere" / "target.jsonl"
+    target.parent.mkdir()
+    output = tmp_path / ("out.parquet" if kind == "link as the journal" else "out.jsonl")
+    if kind == "fifo":
+        os.mkfifo(output)
+    elif kind == "link as the journal":
+        journal_path(output).symlink_to(target)
+    else:
+        if kind == "link to a records file":
+            target.write_text(json.dumps(a_record()) + "\n")
+        output.symlink_to(target)
+    before = target.read_bytes() if target.exists() else None
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    reason = "not a regular file" if kind == "fifo" else "is a symbolic link"
+    assert line.startswith(f"error: {tmp_path}/out.") and reason in line
+    assert (target.read_bytes() if target.exists() else None) == before  # a dangling link's target not created
+
+
+def test_a_cut_last_line_is_set_aside_with_a_warning_never_silently_dropped(tmp_path, cache_dir, caplog):
+    images = make_folder(tmp_path / "set", 2)
+    output = tmp_path / "out.jsonl"
+    assert main(shapes(images[0], "--output", output, cache=cache_dir)) == 0
+    cut = '{"path": "' + str(images[1]) + '", "prompt": "red, ci'
+    output.write_text(output.read_text() + cut)  # killed while writing image 1's record
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 0
+    assert sorted(item["path"] for item in read_records(output)) == [str(image) for image in images]
+    kept = tmp_path / "out.jsonl.cut"
+    assert kept.read_text() == cut + "\n"  # the cut text is kept, not lost
+    assert f"{output}: its last line was cut short" in caplog.text and "moved to out.jsonl.cut" in caplog.text
+
+
+def test_parquet_without_pyarrow_names_the_extra_and_exits_as_a_setup_error(tmp_path, cache_dir, capsys, monkeypatch):
+    make_folder(tmp_path / "set", 1)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    output = tmp_path / "out.parquet"
+    assert main(shapes(tmp_path / "set", "--output", output, "--no-captions", cache=cache_dir)) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        "error: Parquet output needs pyarrow: pip install 'easy-diffuser[parquet]' "
+        "(in a webui's venv: pip install pyarrow); or write .jsonl"
+    ]
+    assert not output.exists()
