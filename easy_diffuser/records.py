@@ -222,14 +222,15 @@ def read_parquet(path: Path, strict: bool = False) -> Iterator[dict]:
         parquet = pq.ParquetFile(path)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         if strict:
-            raise RecordsError(f"{path}: not a Parquet file of records ({_first_line(error)}); {_LEFT}") from None
+            reason = f"not a Parquet file of records ({_first_line(error)})"
+            raise RecordsError(f"{path}: {reason}; {LEFT_AS_IT_IS}") from None
         return  # a shard a killed writer left unfinished (no footer): its images are done again
     difference = schema_difference(parquet.schema_arrow)
     if difference:
-        raise RecordsError(f"{path}: not a Parquet file of easy-diffuser records ({difference}); {_LEFT}")
+        raise RecordsError(f"{path}: not a Parquet file of easy-diffuser records ({difference}); {LEFT_AS_IT_IS}")
     for number, item in enumerate(parquet.read().to_pylist(), 1):
         if not isinstance(item["path"], str):
-            raise RecordsError(f"{path}: row {number} has no path; {_LEFT}")
+            raise RecordsError(f"{path}: row {number} has no path; {LEFT_AS_IT_IS}")
         yield item
 
 
@@ -246,7 +247,7 @@ def schema_difference(schema) -> str:
 
 
 # Said of a file that isn't a records file: we can't tell a foreign file from a damaged one, so we never delete it.
-_LEFT = "it was left as it is: give another --output, or move it away"
+LEFT_AS_IT_IS = "it was left as it is: give another --output, or move it away"
 # How every line json_line writes begins: a last line that begins so but is cut short is a killed run's.
 _RECORD_START = '{"path": '
 
@@ -254,30 +255,34 @@ _RECORD_START = '{"path": '
 def _read_lines(path: Path) -> Iterator[dict]:
     if not path.exists():
         return
-    with open(path, encoding="utf-8", errors="surrogateescape") as lines:
-        number = 0
-        while line := lines.readline(LONGEST_LINE + 1):
-            number += 1
-            if len(line) > LONGEST_LINE:
-                raise RecordsError(f"{path}: line {number} is longer than any record; {_LEFT}")
-            if not line.strip():
-                continue
-            if not line.endswith("\n") and _is_cut_record(line):  # a killed run's last line: never trusted
-                return
-            item = _parse(line, path, number)
-            problem = record_problem(item)
-            if problem:
-                raise RecordsError(f"{path}: line {number} is not a record of easy-diffuser ({problem}); {_LEFT}")
-            yield item
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        yield from records_in_lines(iter(lambda: handle.readline(LONGEST_LINE + 1), ""), path)
 
 
-def _parse(line: str, path: Path, number: int) -> Any:
+def records_in_lines(lines: Iterable[str], name: str | os.PathLike) -> Iterator[dict]:
+    """The records of JSON Lines (`name` is the file, for messages); RecordsError at the first line that is not
+    exactly a record. A last line a kill cut short (no newline) ends them."""
+    for number, line in enumerate(lines, 1):
+        if len(line) > LONGEST_LINE:
+            raise RecordsError(f"{name}: line {number} is longer than any record; {LEFT_AS_IT_IS}")
+        if not line.strip():
+            continue
+        if not line.endswith("\n") and _is_cut_record(line):  # a killed run's last line: never trusted
+            return
+        item = _parse(line, name, number)
+        problem = record_problem(item)
+        if problem:
+            raise RecordsError(f"{name}: line {number} is not a record of easy-diffuser ({problem}); {LEFT_AS_IT_IS}")
+        yield item
+
+
+def _parse(line: str, path: str | os.PathLike, number: int) -> Any:
     try:
         return json.loads(line, parse_constant=_refuse_constant)
     except RecursionError:
-        raise RecordsError(f"{path}: line {number} is nested too deeply to be a record; {_LEFT}") from None
+        raise RecordsError(f"{path}: line {number} is nested too deeply to be a record; {LEFT_AS_IT_IS}") from None
     except ValueError as error:
-        raise RecordsError(f"{path}: line {number} is not a JSON record ({error}); {_LEFT}") from None
+        raise RecordsError(f"{path}: line {number} is not a JSON record ({error}); {LEFT_AS_IT_IS}") from None
 
 
 def _refuse_constant(name: str) -> None:
