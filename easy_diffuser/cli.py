@@ -21,7 +21,7 @@ from .engine import Engine, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
 from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option
-from .records import RecordWriter, absolute, error_record, record
+from .records import RecordsError, RecordWriter, absolute, error_record, record
 
 EXIT_IMAGE_FAILED = 1
 EXIT_SETUP_FAILED = 2
@@ -183,9 +183,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = _run_folder if _is_folder(item) else _run_image
             failed |= not run(engine, item, options, args, records)
     finally:
-        if records:
-            records.close()
+        unwritten = records is not None and not _close(records)
+    if unwritten:
+        return EXIT_SETUP_FAILED
     return EXIT_IMAGE_FAILED if failed else 0
+
+
+def _close(records: RecordWriter) -> bool:
+    """Close the records; False (after one error line) when a Parquet output could not be written. Its journal
+    is kept, so a rerun merges it once the cause is fixed."""
+    try:
+        records.close()
+    except RecordsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def _is_folder(path: Path) -> bool:
