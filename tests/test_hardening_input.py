@@ -14,6 +14,7 @@ from PIL import Image
 
 from easy_diffuser import cli
 from easy_diffuser.images import MAX_ASPECT, bounded, load_image
+from easy_diffuser.options import ExtractOptions, OptionError
 from easy_diffuser.pipeline import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +95,50 @@ def test_the_cut_shows_a_crop_model_the_same_centre_and_leaves_ordinary_shapes_a
     for size in [(MAX_ASPECT * 10, 10), (10, MAX_ASPECT * 10), (4000, 3000), (1, 1)]:
         image = Image.new("RGB", size)
         assert bounded(image) is image
+
+
+# --- numbers too large for a float, and echoes of huge input ----------------------------------------------------
+
+HUGE = 10**400  # no float holds it: float(HUGE) and math.isfinite(HUGE) raise OverflowError
+
+
+@pytest.mark.parametrize(
+    "given, field",
+    [
+        ({"max_tags": HUGE}, "max_tags"),
+        ({"tau": HUGE}, "tau"),
+        ({"negatives": -HUGE}, "negatives"),
+        ({"quality_negatives": 10**5000}, "quality_negatives"),  # sibling: Python won't even print it (4,300 digits)
+        ({"caption": {"beams": HUGE}}, "caption.beams"),
+    ],
+)
+def test_a_number_no_float_can_hold_is_an_option_error_naming_the_field(given, field):
+    with pytest.raises(OptionError) as raised:
+        ExtractOptions.from_mapping(given)
+    message = str(raised.value)
+    assert message.startswith(f"{field}: must be") and "digits" in message and len(message) < 200
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["docs/sample.png", "--tags", "1" + "0" * 400],
+        ["docs/sample.png", "--negatives", "-" + "9" * 400],
+        ["calibrate", "docs", "--negatives", "1" + "0" * 400],
+        ["calibrate", "docs", "--negatives", "4", "1" + "0" * 400],
+    ],
+    ids=["tags", "negatives", "calibrate-negatives", "calibrate-second-negatives"],
+)
+def test_a_400_digit_number_on_the_command_line_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([str(ROOT / arg) if arg.startswith("docs") else arg for arg in argv])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert "must be a whole number from" in err.splitlines()[-1] and len(err.splitlines()[-1]) < 200
+
+
+@pytest.mark.parametrize("given", [{"x" * 1_000_000: 1}, {"tau": "x" * 1_000_000}, {"caption": ["x"] * 100_000}])
+def test_a_message_quotes_at_most_a_short_piece_of_huge_input(given):
+    with pytest.raises(OptionError) as raised:
+        ExtractOptions.from_mapping(given)
+    assert len(str(raised.value)) < 300
