@@ -30,6 +30,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 
+from .images import bounded
 from .options import OptionError
 from .settings_files import SettingsFileError, check_model_defaults, read_json_object
 from .torchscript import is_torchscript, read_torchscript_state_dict
@@ -468,7 +469,15 @@ def _architecture(arch: str, **kwargs: Any) -> tuple[torch.nn.Module, Callable]:
         model, _, preprocess = _open_clip().create_model_and_transforms(arch, **kwargs)
     finally:
         logging.getLogger().removeFilter(notice)
-    return model, preprocess
+    return model, _bounded_first(preprocess)
+
+
+def _bounded_first(preprocess: Callable) -> Callable:
+    """The model's preprocessing with images.bounded in front: every surface, and the pipeline's decode
+    workers (which run these same steps), cut a thin strip before the resize would scale it up to gigabytes."""
+    from torchvision import transforms
+
+    return transforms.Compose([bounded, *preprocess.transforms])
 
 
 def _finish(
