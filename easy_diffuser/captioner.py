@@ -28,8 +28,16 @@ import torch
 from PIL import Image
 
 from .files import safe_name
-from .hub import offline, require_reachable
-from .models import DEFAULT_CACHE_DIR, LoadOnce, ModelError, OnDevice, _weights_only_torch_load, default_dtype
+from .models import (
+    DEFAULT_CACHE_DIR,
+    LoadOnce,
+    ModelError,
+    OnDevice,
+    _weights_only_torch_load,
+    default_dtype,
+    hub_offline,
+    require_reachable,
+)
 from .options import DEFAULT_CAPTIONER, TOKEN_BUDGET, CaptionOptions
 from .selection import TagScore
 
@@ -153,9 +161,11 @@ def _from_hub(model_id: str, cache_dir: Path) -> Captioner:
     except ModelError:
         raise
     except Exception:
-        if offline():
+        if hub_offline():
             raise
-    require_reachable()
+    from huggingface_hub import constants
+
+    require_reachable(constants.ENDPOINT)
     return _from_pretrained(model_id, model_id, cache_dir=str(cache_dir), local_files_only=False)
 
 

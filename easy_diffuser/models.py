@@ -1,7 +1,9 @@
 """Model registry and loading: one entry point, `load_model(spec)`, over a table of known models.
 
-A model is a CLIP (open_clip) or a WD tagger (timm, tagger.py); `load_model` hands a tagger spec to
-tagger.py, so both load, cache, move between devices and unload the same way. A CLIP spec is one of:
+A model is a CLIP (open_clip) or a WD tagger (timm, tagger.py). Other kinds of model register their loader
+here (`register_kind`, as timm's @register_model fills its registry; tagger.py registers itself, and the
+package imports it), so every kind loads, caches, moves between devices and unloads the same way.
+A CLIP spec is one of:
   * a registry name: "ViT-L-14/openai", "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k",
     "shapes-demo" (the tiny model shipped in the package), or any other open_clip "ARCH/TAG" pair;
   * a local model folder holding open_clip_config.json and open_clip_model.safetensors
@@ -22,18 +24,19 @@ import logging
 import os
 import tempfile
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 
+from .images import bounded
 from .options import OptionError
 from .settings_files import SettingsFileError, check_model_defaults, read_json_object
 from .torchscript import is_torchscript, read_torchscript_state_dict
-
-if TYPE_CHECKING:
-    from .tagger import LoadedTagger
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_MODEL = "ViT-L-14/openai"
@@ -200,7 +203,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
-) -> "LoadedModel | LoadedTagger":
+) -> Any:
     """Load a model once per (spec, cache folder) and reuse it; move it to `device`/`dtype`."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError(
@@ -215,11 +218,20 @@ def unload_models(spec: str | None = None, cache_dir: str | os.PathLike | None =
     _loaded.clear(spec, Path(cache_dir or DEFAULT_CACHE_DIR))
 
 
-def _load(spec: str, cache_dir: Path) -> "LoadedModel | LoadedTagger":
-    from . import tagger  # imports this module: imported here, not above
+# Other kinds of model: (claims(spec), load(spec, cache folder)), asked before the CLIP specs.
+MODEL_KINDS: list[tuple[Callable[[str], bool], Callable[[str, Path], Any]]] = []
 
-    if tagger.is_tagger(spec):
-        return tagger.load(spec, cache_dir)
+
+def register_kind(claims: Callable[[str], bool], load: Callable[[str, Path], Any]) -> None:
+    """Let `load_model` load another kind of model (tagger.py's WD taggers): same cache, devices and unloading.
+    The loaded object has `model`, `model_id`, `cache_key`, `defaults`, `preprocess`, `image_size` and `to()`."""
+    MODEL_KINDS.append((claims, load))
+
+
+def _load(spec: str, cache_dir: Path) -> Any:
+    for claims, load in MODEL_KINDS:
+        if claims(spec):
+            return load(spec, cache_dir)
     if spec == "shapes-demo":
         return _load_folder(DATA_DIR / "shapes-demo", model_id="shapes-demo")
     arch, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
@@ -236,7 +248,7 @@ def _load(spec: str, cache_dir: Path) -> "LoadedModel | LoadedTagger":
     )
 
 
-_loaded: LoadOnce["LoadedModel | LoadedTagger"] = LoadOnce(_load)
+_loaded: LoadOnce[Any] = LoadOnce(_load)
 
 
 def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
@@ -288,6 +300,15 @@ class WeightSource:
     filename: str = ""
     url: str = ""
 
+    @property
+    def server(self) -> str:
+        """The server a download asks: the hub's endpoint (HF_ENDPOINT), or the URL's."""
+        if self.hub_repo:
+            from huggingface_hub import constants
+
+            return _server_of(constants.ENDPOINT)
+        return _server_of(self.url)
+
     def fetch(self, cache_dir: Path, local_only: bool) -> Path | None:
         """The local file, downloaded unless local_only; None when local_only and it is not here."""
         if self.hub_repo:
@@ -323,18 +344,64 @@ def weight_sources(pretrained_cfg: dict[str, Any]) -> list[WeightSource]:
 
 
 def _fetch(sources: list[WeightSource], cache_dir: Path) -> Path:
-    """A file already here first (nothing downloaded for what is cached), then downloads in order of safety."""
+    """A file already here first (nothing downloaded for what is cached), then downloads in order of safety.
+
+    Each server is asked once whether it answers before anything is downloaded from it: without network the
+    hub's downloader retries for about a minute before it gives the same error."""
     errors: list[Exception] = []
-    for local_only in (True, False):
-        for source in sources:
-            try:
-                path = source.fetch(cache_dir, local_only)
-            except Exception as error:
-                errors.append(error)
-                continue
-            if path is not None:
-                return path
-    raise errors[-1] if errors else FileNotFoundError("no download source")
+    for source in sources:
+        try:
+            path = source.fetch(cache_dir, local_only=True)
+        except Exception as error:
+            errors.append(error)
+            continue
+        if path is not None:
+            return path
+    unreachable: set[str] = set()
+    for source in sources:
+        if source.hub_repo and hub_offline():
+            errors.append(ConnectionError("HF_HUB_OFFLINE is set, so the hub is not asked"))
+            continue
+        if source.server in unreachable:
+            continue
+        try:
+            require_reachable(source.server)
+        except ConnectionError as error:
+            unreachable.add(source.server)
+            errors.append(error)
+            continue
+        try:
+            return source.fetch(cache_dir, local_only=False)
+        except Exception as error:
+            errors.append(error)
+    raise errors[0] if errors else FileNotFoundError("no download source")
+
+
+def _server_of(url: str) -> str:
+    """https://huggingface.co/org/repo -> https://huggingface.co"""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def require_reachable(url: str, timeout: float = 5.0) -> None:
+    """ConnectionError at once when the server of `url` does not answer: one request, no retries.
+
+    urllib honours the same proxy settings (HTTPS_PROXY, ...) as the hub's and open_clip's downloads."""
+    server = _server_of(url)
+    try:
+        urllib.request.urlopen(urllib.request.Request(server, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: the server is there, whatever it thinks of a bare HEAD
+    except (urllib.error.URLError, OSError) as error:
+        raise ConnectionError(f"{server} is not reachable: {getattr(error, 'reason', error)}") from None
+
+
+def hub_offline() -> bool:
+    """Honour HF_HUB_OFFLINE when it is set after huggingface_hub was imported (it reads it only then)."""
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _first_line(error: BaseException) -> str:
@@ -449,7 +516,15 @@ def _architecture(arch: str, **kwargs: Any) -> tuple[torch.nn.Module, Callable]:
         model, _, preprocess = _open_clip().create_model_and_transforms(arch, **kwargs)
     finally:
         logging.getLogger().removeFilter(notice)
-    return model, preprocess
+    return model, _bounded_first(preprocess)
+
+
+def _bounded_first(preprocess: Callable) -> Callable:
+    """The model's preprocessing with images.bounded in front: every surface, and the pipeline's decode
+    workers (which run these same steps), cut a thin strip before the resize would scale it up to gigabytes."""
+    from torchvision import transforms
+
+    return transforms.Compose([bounded, *preprocess.transforms])
 
 
 def _finish(

@@ -102,6 +102,7 @@ class Outcome:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     stopped: bool = False
     seconds: float = 0.0
+    recorded: int = 0  # records written
 
 
 def default_workers() -> int:
@@ -263,6 +264,7 @@ class _Writer:
             return
         try:
             self.records.write(rows)
+            self.outcome.recorded += len(rows)
         except OSError as error:
             reason = f"{self.records.lines}: cannot write the record ({error.strerror or error})"
             self.outcome.failed.extend((item.task.path, reason) for item in batch if item.task.record)

@@ -31,8 +31,18 @@ import torch
 from PIL import Image
 
 from .files import FileTooLarge, NotARegularFile, read_regular_file, safe_name
-from .hub import offline, require_reachable
-from .models import DATA_DIR, REGISTRY, ModelError, ModelFileError, OnDevice, content_hash, one_line
+from .models import (
+    DATA_DIR,
+    REGISTRY,
+    ModelError,
+    ModelFileError,
+    OnDevice,
+    content_hash,
+    hub_offline,
+    one_line,
+    register_kind,
+    require_reachable,
+)
 
 TAGGER_FILES = ("model.safetensors", "config.json", "selected_tags.csv")
 WEIGHTS, CONFIG, TAGS = TAGGER_FILES
@@ -140,9 +150,11 @@ def _fetch(repo: str, cache_dir: Path) -> Path:
     except Exception:
         pass
     try:
-        if offline():
+        if hub_offline():
             raise ConnectionError("HF_HUB_OFFLINE is set")
-        require_reachable()
+        from huggingface_hub import constants
+
+        require_reachable(constants.ENDPOINT)
         return _hub_folder(repo, cache_dir, local_only=False)
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
         raise ModelError(
@@ -383,3 +395,6 @@ class SquareOnWhite:
 def to_bgr(image: Image.Image) -> Image.Image:
     """The channels in BGR order, as the WD models were trained (a module-level function: Ray pickles it)."""
     return Image.merge("RGB", image.split()[::-1])
+
+
+register_kind(is_tagger, load)  # models.load_model loads taggers from now on

@@ -158,7 +158,7 @@ def test_only_the_three_files_are_downloaded(folders, cache_dir, monkeypatch):
         return str(folders["convnext"] / filename)
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
-    monkeypatch.setattr(tagger, "require_reachable", lambda: None)
+    monkeypatch.setattr(tagger, "require_reachable", lambda url: None)
     loaded = tagger.load("SmilingWolf/wd-convnext-tagger-v3", cache_dir)
     assert loaded.model_id == "SmilingWolf/wd-convnext-tagger-v3"
     downloaded = [name for repo, name, local in asked if not local]
