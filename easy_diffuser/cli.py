@@ -20,7 +20,7 @@ from .captioner import CAPTIONERS
 from .engine import Engine, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
-from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option, OptionError
+from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option
 from .records import RecordsError, RecordWriter, absolute, error_record, record
 
 EXIT_IMAGE_FAILED = 1
@@ -68,22 +68,11 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
     group.add_argument(
         option.flag,
         dest=dest,
-        type=_checked_by(option),
+        type=option.argument_type(),
         default=option.default,
         metavar=option.kind.__name__.upper(),
         help=f"{option.help}; {option.minimum:g} to {option.maximum:g} (default: {default})",
     )
-
-
-def _checked_by(option: Option):
-    def parse(text: str):
-        try:
-            return option.parse(text)
-        except OptionError as error:
-            raise argparse.ArgumentTypeError(error.problem) from None  # argparse names the flag itself
-
-    parse.__name__ = option.kind.__name__
-    return parse
 
 
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,12 +21,16 @@ import logging
 import os
 import tempfile
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 
+from .images import bounded
 from .options import OptionError
 from .settings_files import SettingsFileError, check_model_defaults, read_json_object
 from .torchscript import is_torchscript, read_torchscript_state_dict
@@ -249,6 +253,15 @@ class WeightSource:
     filename: str = ""
     url: str = ""
 
+    @property
+    def server(self) -> str:
+        """The server a download asks: the hub's endpoint (HF_ENDPOINT), or the URL's."""
+        if self.hub_repo:
+            from huggingface_hub import constants
+
+            return _server_of(constants.ENDPOINT)
+        return _server_of(self.url)
+
     def fetch(self, cache_dir: Path, local_only: bool) -> Path | None:
         """The local file, downloaded unless local_only; None when local_only and it is not here."""
         if self.hub_repo:
@@ -284,18 +297,64 @@ def weight_sources(pretrained_cfg: dict[str, Any]) -> list[WeightSource]:
 
 
 def _fetch(sources: list[WeightSource], cache_dir: Path) -> Path:
-    """A file already here first (nothing downloaded for what is cached), then downloads in order of safety."""
+    """A file already here first (nothing downloaded for what is cached), then downloads in order of safety.
+
+    Each server is asked once whether it answers before anything is downloaded from it: without network the
+    hub's downloader retries for about a minute before it gives the same error."""
     errors: list[Exception] = []
-    for local_only in (True, False):
-        for source in sources:
-            try:
-                path = source.fetch(cache_dir, local_only)
-            except Exception as error:
-                errors.append(error)
-                continue
-            if path is not None:
-                return path
-    raise errors[-1] if errors else FileNotFoundError("no download source")
+    for source in sources:
+        try:
+            path = source.fetch(cache_dir, local_only=True)
+        except Exception as error:
+            errors.append(error)
+            continue
+        if path is not None:
+            return path
+    unreachable: set[str] = set()
+    for source in sources:
+        if source.hub_repo and hub_offline():
+            errors.append(ConnectionError("HF_HUB_OFFLINE is set, so the hub is not asked"))
+            continue
+        if source.server in unreachable:
+            continue
+        try:
+            require_reachable(source.server)
+        except ConnectionError as error:
+            unreachable.add(source.server)
+            errors.append(error)
+            continue
+        try:
+            return source.fetch(cache_dir, local_only=False)
+        except Exception as error:
+            errors.append(error)
+    raise errors[0] if errors else FileNotFoundError("no download source")
+
+
+def _server_of(url: str) -> str:
+    """https://huggingface.co/org/repo -> https://huggingface.co"""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def require_reachable(url: str, timeout: float = 5.0) -> None:
+    """ConnectionError at once when the server of `url` does not answer: one request, no retries.
+
+    urllib honours the same proxy settings (HTTPS_PROXY, ...) as the hub's and open_clip's downloads."""
+    server = _server_of(url)
+    try:
+        urllib.request.urlopen(urllib.request.Request(server, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: the server is there, whatever it thinks of a bare HEAD
+    except (urllib.error.URLError, OSError) as error:
+        raise ConnectionError(f"{server} is not reachable: {getattr(error, 'reason', error)}") from None
+
+
+def hub_offline() -> bool:
+    """Honour HF_HUB_OFFLINE when it is set after huggingface_hub was imported (it reads it only then)."""
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _first_line(error: BaseException) -> str:
@@ -410,7 +469,15 @@ def _architecture(arch: str, **kwargs: Any) -> tuple[torch.nn.Module, Callable]:
         model, _, preprocess = _open_clip().create_model_and_transforms(arch, **kwargs)
     finally:
         logging.getLogger().removeFilter(notice)
-    return model, preprocess
+    return model, _bounded_first(preprocess)
+
+
+def _bounded_first(preprocess: Callable) -> Callable:
+    """The model's preprocessing with images.bounded in front: every surface, and the pipeline's decode
+    workers (which run these same steps), cut a thin strip before the resize would scale it up to gigabytes."""
+    from torchvision import transforms
+
+    return transforms.Compose([bounded, *preprocess.transforms])
 
 
 def _finish(

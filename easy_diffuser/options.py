@@ -10,9 +10,10 @@ place and every surface says the same thing about a bad value:
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
@@ -22,9 +23,25 @@ class OptionError(ValueError):
     """A value an option can't take; the message names the option and what it accepts."""
 
     def __init__(self, name: str, problem: str) -> None:
+        name = shown_text(name)  # an unknown field's name is the client's input: a 1 MB key is no 1 MB message
         super().__init__(f"{name}: {problem}")
         self.name = name
         self.problem = problem
+
+
+SHOWN = 60  # characters of a user's value quoted in a message
+
+
+def shown(value: Any) -> str:
+    """repr(value) as a message quotes it: cut to SHOWN characters, and a huge whole number by its size (Python
+    refuses to print one of over 4,300 digits, and a message that echoes a megabyte of input helps nobody)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * SHOWN:
+        return f"a whole number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return shown_text(repr(value))
+
+
+def shown_text(text: str) -> str:
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}..."
 
 
 @dataclass(frozen=True)
@@ -48,11 +65,11 @@ class Option:
             return None
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise OptionError(self.name, f"must be true or false, not {value!r}")
+                raise OptionError(self.name, f"must be true or false, not {shown(value)}")
             return value
         number = self._number(value)
         if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
-            raise OptionError(self.name, f"{self.accepts}, not {value!r}")
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
         return number
 
     def parse(self, text: str) -> Any:
@@ -60,8 +77,20 @@ class Option:
         try:
             value = self.kind(text)
         except ValueError:
-            raise OptionError(self.name, f"{self.accepts}, not {text!r}") from None
+            raise OptionError(self.name, f"{self.accepts}, not {shown(text)}") from None
         return self.check(value)
+
+    def argument_type(self) -> Callable[[str], Any]:
+        """`parse` as an argparse `type=`: a bad value is argparse's one-line usage error, which names the flag."""
+
+        def parse(text: str) -> Any:
+            try:
+                return self.parse(text)
+            except OptionError as error:
+                raise argparse.ArgumentTypeError(error.problem) from None
+
+        parse.__name__ = self.kind.__name__  # argparse's fallback message says "invalid int value"
+        return parse
 
     @property
     def accepts(self) -> str:
@@ -73,10 +102,13 @@ class Option:
     def _number(self, value: Any) -> int | float:
         # bool is an int in Python, and "3" is no count: both would hide a client's mistake.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise OptionError(self.name, f"{self.accepts}, not {value!r}")
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
+        if isinstance(value, int) and not self.minimum <= value <= self.maximum:
+            # Checked before any float(): a whole number of 310 digits or more has none (OverflowError).
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
         if self.kind is int:
             if isinstance(value, float) and not value.is_integer():  # sliders send 12.0, which is fine
-                raise OptionError(self.name, f"{self.accepts}, not {value!r}")
+                raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
             return int(value) if math.isfinite(value) else value
         return float(value)
 
@@ -184,7 +216,7 @@ class CaptionOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise OptionError("caption.model", f"must name a captioner, not {self.model!r}")
+            raise OptionError("caption.model", f"must name a captioner, not {shown(self.model)}")
         _checked(self, CAPTION_OPTIONS, "caption.")
 
 
@@ -205,14 +237,14 @@ class ExtractOptions:
     def __post_init__(self) -> None:
         _checked(self, OPTIONS)
         if self.caption is not None and not isinstance(self.caption, CaptionOptions):
-            raise OptionError("caption", f"must be CaptionOptions or None, not {self.caption!r}")
+            raise OptionError("caption", f"must be CaptionOptions or None, not {shown(self.caption)}")
         if not isinstance(self.token_budget, int) or not 1 <= self.token_budget <= TOKEN_BUDGET:
             raise OptionError(
-                "token_budget", f"must be a whole number from 1 to {TOKEN_BUDGET}, not {self.token_budget!r}"
+                "token_budget", f"must be a whole number from 1 to {TOKEN_BUDGET}, not {shown(self.token_budget)}"
             )
         if not isinstance(self.dedup_threshold, (int, float)) or not 0 < self.dedup_threshold <= 1:
             raise OptionError(
-                "dedup_threshold", f"must be a number above 0 and at most 1, not {self.dedup_threshold!r}"
+                "dedup_threshold", f"must be a number above 0 and at most 1, not {shown(self.dedup_threshold)}"
             )
 
     @classmethod
@@ -249,7 +281,7 @@ def caption_from(value: Any) -> CaptionOptions | None:
                 f"caption.{unknown[0]}", f"is not a caption option; they are {', '.join(sorted(allowed))}"
             )
         return CaptionOptions(**value)
-    raise OptionError("caption", f"must be true, false, a captioner name or an object, not {value!r}")
+    raise OptionError("caption", f"must be true, false, a captioner name or an object, not {shown(value)}")
 
 
 def schema_help() -> dict[str, Any]:
