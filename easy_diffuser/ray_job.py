@@ -85,7 +85,7 @@ def main(args: argparse.Namespace, options: ExtractOptions) -> int:
     try:
         paths = list_inputs(args.inputs, args.recursive)
         if not ray.is_initialized():
-            ray.init(address=args.ray_address)
+            ray.init(address=args.ray_address, runtime_env={"env_vars": {"PYTHONWARNINGS": _worker_warnings()}})
         summary = run_job(
             paths,
             str(args.output),
@@ -102,6 +102,13 @@ def main(args: argparse.Namespace, options: ExtractOptions) -> int:
         return EXIT_SETUP_FAILED
     print(f"{args.output}: {summary}", file=sys.stderr)
     return EXIT_IMAGE_FAILED if summary.errors else 0
+
+
+def _worker_warnings() -> str:
+    """PYTHONWARNINGS for the workers: without timm's FutureWarning, which an actor would print when it unpickles
+    open_clip's transforms (the driver imports open_clip through models._open_clip, which hides it)."""
+    timm = "ignore:Importing from timm.models.layers is deprecated:FutureWarning"
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), timm]))
 
 
 def run_job(
