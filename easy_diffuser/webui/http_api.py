@@ -38,7 +38,8 @@ from .service import Service
 
 PREFIX = "/easy-diffuser/v1"
 DEFAULT_MAX_REQUEST_MB = 50  # a 30 MB photo in base64 is 40 MB
-MAX_TOKEN_CHARS = 64 * 1024  # a model name and fp16 features: ViT-bigG's embedding 3.5 KB, a WD tagger's 10,861 probabilities 29 KB
+# A reselect token: a model name and fp16 features (ViT-bigG embedding 3.5 KB, WD v3 tagger 10,861 log-odds 29 KB).
+MAX_TOKEN_CHARS = 64 * 1024
 
 
 class TagOut(BaseModel):
