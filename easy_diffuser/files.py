@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -10,7 +11,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 TEMP_SUFFIX = ".tmp"
 # The process's umask, read once: os.umask can only be read by setting it.
@@ -66,9 +67,15 @@ class NotARegularFile(OSError):
     """A folder, FIFO, device or socket where a file was expected."""
 
 
-def read_regular_file(path: str | os.PathLike) -> bytes:
-    """The bytes of a regular file. A FIFO would block a plain read forever (and a device may never
-    end), so the file is opened without blocking and checked before anything is read."""
+class FileTooLarge(OSError):
+    """A file larger than its reader's limit (a settings file of gigabytes is a mistake or an attack)."""
+
+
+def read_regular_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. A FIFO would block a plain read forever and a device
+    may never end (a symlink to /dev/zero reads until memory runs out), so the file is opened without blocking
+    and checked before anything is read, and no more than `limit` + 1 bytes are ever read (a file may grow).
+    Every reader of a user's file goes through here: images, settings files, model configs and vocabularies."""
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         mode = os.fstat(descriptor).st_mode
@@ -80,4 +87,39 @@ def read_regular_file(path: str | os.PathLike) -> bytes:
         os.close(descriptor)
         raise
     with os.fdopen(descriptor, "rb") as handle:
-        return handle.read()
+        data = handle.read() if limit is None else handle.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise FileTooLarge(errno.EFBIG, f"larger than {_size_text(limit)}, too large for this kind of file")
+    return data
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**20:g} MB" if size >= 2**20 else f"{size / 2**10:g} KB"
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing; left behind, empty), waiting for other processes'.
+    Steps that read one file and rename another are then never interleaved with another process's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _lock(descriptor)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _lock(descriptor: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(descriptor, msvcrt.LK_LOCK, 1)  # waits about 10 seconds, then raises
+                return
+            except OSError:
+                continue
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
