@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Optional
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
 
 
@@ -32,7 +33,7 @@ class Option:
     """One option: its name (the Python and HTTP field), type, default, range and how surfaces show it."""
 
     name: str
-    kind: type  # int, float or bool
+    kind: type  # int, float, bool or str (a str option takes one of `choices`)
     default: Any
     help: str
     label: str  # the tab's control
@@ -41,6 +42,7 @@ class Option:
     maximum: float | None = None
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
+    choices: tuple[str, ...] = ()  # a str option's values
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
@@ -49,6 +51,10 @@ class Option:
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise OptionError(self.name, f"must be true or false, not {value!r}")
+            return value
+        if self.choices:
+            if value not in self.choices:
+                raise OptionError(self.name, f"{self.accepts}, not {value!r}")
             return value
         number = self._number(value)
         if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
@@ -66,6 +72,8 @@ class Option:
     @property
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
+        if self.choices:
+            return f"must be one of {', '.join(self.choices)}"
         kind = "a whole number" if self.kind is int else "a number"
         automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
@@ -142,6 +150,17 @@ OPTIONS: tuple[Option, ...] = (
         "Weights",
         "--weights",
     ),
+    # The prompt style (prompt_style.py). booru is the booru tagger models' prompt (the WD tagger backend).
+    Option(
+        "prompt_style",
+        str,
+        "automatic",
+        "tags: a list of tags; sentences: a describing captioner's paragraph, then the tags it does not say "
+        "(for Flux, SD3, Qwen-Image); booru: a booru tagger's tags; automatic: the style of the checkpoint's family",
+        "Prompt style",
+        "--prompt-style",
+        choices=("automatic", "tags", "sentences", "booru"),
+    ),
 )
 CAPTION_OPTIONS: tuple[Option, ...] = (
     Option("beams", int, 3, "the captioner's beam search width", "Captioner beams", "--caption-beams", 1, 16),
@@ -156,7 +175,14 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         75,
     ),
     Option(
-        "max_length", int, 30, "most caption tokens", "Caption maximum length (tokens)", "--caption-max-length", 1, 75
+        "max_length",
+        int,
+        30,
+        "most caption tokens (a describing captioner reads the defaults, 3 beams and 30 tokens, as its own: 1 and 256)",
+        "Caption maximum length (tokens)",
+        "--caption-max-length",
+        1,
+        512,
     ),
 )
 OPTION = {option.name: option for option in OPTIONS}
@@ -198,6 +224,7 @@ class ExtractOptions:
     negatives: int = OPTION["negatives"].default
     quality_negatives: int = OPTION["quality_negatives"].default
     weights: bool = OPTION["weights"].default
+    prompt_style: str = OPTION["prompt_style"].default
     caption: Optional[CaptionOptions] = None  # None: tags only
     token_budget: int = TOKEN_BUDGET  # Python API only: the prompt's tokens
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
@@ -259,6 +286,8 @@ def schema_help() -> dict[str, Any]:
         entry = {"type": option.kind.__name__, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
+        if option.choices:
+            entry["choices"] = list(option.choices)
         if option.automatic:
             entry["null"] = option.automatic
         return entry

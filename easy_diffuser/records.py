@@ -1,8 +1,8 @@
 """One record per image, written as JSON Lines or Parquet, and read back to resume.
 
 A record: {"path", "prompt", "negative_prompt", "tags": [{"tag", "score", "relevance", "category", "role"}],
-"model", "tau", "error"}. `error` is None for a captioned image; for an image that could not be used it
-names the cause and the prompts are None. Any record means "done": a rerun skips its image.
+"model", "tau", "error", "prompt_style", "caption"}. `error` is None for a captioned image; for an image
+that could not be used it names the cause and the prompts are None. Any record means "done": a rerun skips its image.
 
 JSON Lines files are appended to as the work goes; a kill can only cut the last line short, and that
 line is dropped on reading and repaired before appending. A Parquet file cannot be appended to, so
@@ -40,6 +40,8 @@ def record(result: Extraction, path: str) -> dict[str, Any]:
         "model": result.model,
         "tau": result.tau,
         "error": None,
+        "prompt_style": result.prompt_style,
+        "caption": result.caption,
     }
 
 
@@ -52,6 +54,8 @@ def error_record(path: str, message: str, model: str = "") -> dict[str, Any]:
         "model": model,
         "tau": None,
         "error": message,
+        "prompt_style": None,
+        "caption": None,
     }
 
 
@@ -240,6 +244,8 @@ def arrow_schema():
             ("model", pa.string()),
             ("tau", pa.float64()),
             ("error", pa.string()),
+            ("prompt_style", pa.string()),
+            ("caption", pa.string()),
         ]
     )
 
