@@ -73,7 +73,15 @@ def _save(model, processor, folder: Path) -> Path:
 
 # Qwen2-VL: a byte-level BPE tokenizer over the 256 byte characters (no merges) plus Qwen's special
 # tokens, the chat template's shape, and a model of one layer each side at hidden size 32.
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 QWEN_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for content in message['content'] %}"
     "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ content['text'] }}"
@@ -103,6 +111,7 @@ def build_qwen2_vl(folder: Path) -> Path:
         max_position_embeddings=1024,
         rope_scaling={"type": "mrope", "mrope_section": [4, 2, 2]},  # halves of the head size 16
         image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         bos_token_id=ids["<|im_start|>"],
