@@ -51,6 +51,7 @@ class Extraction:
     source: str = ""  # the image's path or name, for batch output
     caption: str = ""  # the captioner's text at the head of the prompt; "" when captioning is off
     prompt_style: str = "tags"  # the style in force: "tags" or "sentences" (automatic resolved)
+    style_note: str = ""  # which style and why, for a status line (prompt_style.status)
 
     def to_dict(self) -> dict:
         data = {
@@ -59,7 +60,7 @@ class Extraction:
             "tags": [t.to_dict() for t in self.tags],
         }
         data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
-        data["prompt_style"] = self.prompt_style
+        data.update(prompt_style=self.prompt_style, prompt_style_note=self.style_note)
         if self.source:
             data["source"] = self.source
         return data
@@ -155,7 +156,7 @@ class Engine:
                 prompt, tags, caption = self._with_caption(captions[index], tags, options, style)
             source = names[index] if index < len(names) else ""
             result = Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
-            results.append(replace(result, prompt_style=style.name))
+            results.append(replace(result, prompt_style=style.name, style_note=prompt_style.status(style)))
         return results
 
     def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
