@@ -172,7 +172,7 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         "Caption minimum length (tokens)",
         "--caption-min-length",
         0,
-        75,
+        512,
     ),
     Option(
         "max_length",
