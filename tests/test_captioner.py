@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 from tiny_captioners import SMALL, WORDS, build_blip, build_git  # noqa: E402
 
@@ -49,15 +50,6 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("captioners")
     return {"blip": build_blip(root / "blip"), "git": build_git(root / "git")}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run slower, not faster, on several threads of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 from tiny_captioners import build_blip, build_qwen2_vl  # noqa: E402
 
@@ -44,14 +45,6 @@ DESCRIPTION = "A red circle lies on a grey floor. Soft light falls from the left
 def qwen(tmp_path_factory):
     torch.manual_seed(0)
     return build_qwen2_vl(tmp_path_factory.mktemp("describers") / "qwen2-vl")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
