@@ -412,3 +412,16 @@ def test_python_api_prompt_style(tiny_model_dir, qwen, image, tmp_path, monkeypa
     assert ed.options.prompt_style == "sentences"
     assert ed.run().prompt_style == "sentences" and ed.prompt.startswith(DESCRIPTION)
     assert isinstance(load_captioner(str(qwen)), Captioner)
+
+
+def test_calibration_under_a_flux_checkpoint_runs_no_describer(engine, tmp_path, monkeypatch):
+    from easy_diffuser.calibration import calibrate
+    from easy_diffuser.calibration.generators import ShapesGenerator
+
+    monkeypatch.setattr(engine, "target", detect("flux1-dev.safetensors"))
+    monkeypatch.setattr(Engine, "caption", lambda *args: pytest.fail("calibration ran a captioner"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), "red").save(folder / "a.png")
+    result = calibrate(engine, folder, ShapesGenerator(), (0.0,), (1,), out_dir=tmp_path / "out", report=False)
+    assert result.rows  # measured, with the tags style
