@@ -3,8 +3,9 @@
     tags       CLIP's tags, optionally behind a caption: `caption, tag, tag`, 75 CLIP tokens (SD 1.x, 2.x, SDXL)
     sentences  a describing captioner's paragraph, then the tags it does not say: `A woman ... light. tag, tag`,
                within the target text encoder's budget: 512 T5 tokens for Flux, SD3 and Qwen-Image
-    booru      a booru tagger model's tags (the WD tagger backend); not a style a CLIP model writes
-    automatic  the style of the checkpoint family (checkpoint_family.py), `tags` when the family is unknown
+    booru      a booru tagger model's tags (the WD tagger backend, booru.py); not a style a CLIP model writes
+    automatic  booru for a tagger model; else the style of the checkpoint family (checkpoint_family.py),
+               `tags` when the family is unknown
 
 The negative prompt is the project's own in every style.
 
@@ -31,14 +32,14 @@ from .checkpoint_family import UNKNOWN, Detected, Family
 from .options import DEFAULT_DESCRIBER, CaptionOptions, ExtractOptions, OptionError
 
 TokenCounter = Callable[[str], int]
-WRITTEN = ("tags", "sentences")  # the styles a CLIP model's extraction writes
+WRITTEN = ("tags", "sentences")  # the styles any model's extraction writes; booru needs a tagger
 
 
 @dataclass(frozen=True)
 class Style:
     """The style in force for an extraction, and what it needs."""
 
-    name: str  # "tags" or "sentences"
+    name: str  # "tags", "sentences" or "booru"
     reason: str  # why, for the status line: "automatic: the loaded model is a Flux"
     caption: CaptionOptions | None  # the captioner to run; sentences: the default describer unless one is chosen
     family: Family  # the checkpoint family the prompt is for (UNKNOWN when none is known)
@@ -53,15 +54,18 @@ class Style:
         return self.sentences and (self.family.text_encoder == "t5" or self.family is UNKNOWN)
 
 
-def resolve(options: ExtractOptions, target: Detected | None = None) -> Style:
-    """The style `options.prompt_style` means for the checkpoint `target` (None: none known)."""
+def resolve(options: ExtractOptions, target: Detected | None = None, tagger: bool = False) -> Style:
+    """The style `options.prompt_style` means for the checkpoint `target` (None: none known) and a model that
+    is (`tagger`) or is not a booru tagger."""
     target = target or Detected(UNKNOWN, "no checkpoint is known")
     family, requested = target.family, options.prompt_style
-    if requested == "automatic":
+    if requested == "automatic" and tagger:
+        name, reason = "booru", "automatic: booru, as the model is a booru tagger"
+    elif requested == "automatic":
         name = family.prompt_style if family.prompt_style in WRITTEN else "tags"
         known = f" for {family.label}" if family is not UNKNOWN else ""
         reason = f"automatic: {name}{known}, as {target.reason}"
-    elif requested == "booru":
+    elif requested == "booru" and not tagger:
         raise OptionError("prompt_style", "booru is the prompt of a booru tagger model; this model is a CLIP model")
     else:
         name, reason = requested, "chosen"

@@ -350,16 +350,16 @@ def test_cli_prompt_style_sentences_with_a_named_captioner_and_records(tiny_mode
     folder = tmp_path / "pictures"
     folder.mkdir()
     Image.new("RGB", (40, 40), "blue").save(folder / "a.png")
-    common = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu"]
+    common = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu", "--json"]
     style = ["--prompt-style", "sentences", f"--caption={qwen}", "--caption-max-length", "6"]
-    code, out, err = run_cli([str(folder / "a.png"), *common, *style, "--json"], capsys)
+    code, out, err = run_cli([str(folder / "a.png"), *common, *style], capsys)
     result = json.loads(out)
     assert code == 0 and result["prompt_style"] == "sentences" and result["prompt"].startswith(result["caption"])
     code, out, err = run_cli([str(folder), *common, *style, "--output", str(tmp_path / "records.jsonl")], capsys)
+    printed = json.loads(out)
     (line,) = (tmp_path / "records.jsonl").read_text().splitlines()
-    saved = json.loads(line)
-    assert code == 0 and saved["prompt_style"] == "sentences" and saved["prompt"].startswith(saved["caption"])
-    assert (folder / "a.txt").read_text().strip() == saved["prompt"]
+    assert code == 0 and printed["prompt_style"] == "sentences" and printed["prompt"].startswith(printed["caption"])
+    assert json.loads(line)["prompt"] == printed["prompt"] == (folder / "a.txt").read_text().strip()
 
 
 def test_cli_checkpoint_makes_automatic_sentences_with_the_default_describer(
