@@ -37,6 +37,7 @@ TAB = {
     "weights": False,
     "caption": False,
     "caption_model": "",
+    "prompt_style": "tags",
 }
 
 

@@ -15,8 +15,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from . import prompt_style
 from .batch import BATCH_SIZE, caption_folder
-from .captioner import CAPTIONERS
+from .captioner import CAPTIONERS, check_supported
+from .checkpoint_family import detect_checkpoint
 from .engine import Engine, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
@@ -63,6 +65,9 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
     """A flag from the options schema: its range and default in the help, its check as the argument's type."""
     if option.kind is bool:
         group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
+        return
+    if option.choices:
+        group.add_argument(option.flag, dest=dest, choices=option.choices, default=option.default, help=option.help)
         return
     if option.kind is str:
         parse = option.argument_type()
@@ -127,6 +132,13 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     for option in CAPTION_OPTIONS:
         _add_option(group, option, f"caption_{option.name}")
     group.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="NAME|FILE.safetensors",
+        help="the checkpoint the prompts are for: --prompt-style automatic follows its family (Flux, SD3, Qwen-Image: "
+        "sentences; others: tags); a .safetensors file's header metadata is read too",
+    )
+    group.add_argument(
         "--keep-in-vram",
         action="store_true",
         help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)",
@@ -163,10 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = None
     try:
         options = options_from(args)
+        target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
+        style = prompt_style.resolve(options, target)  # booru on a CLIP model is refused here
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options)
+            return ray_main(args, options, style)
+        if style.caption:
+            check_supported(style.caption.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,
             args.device or default_device(),
@@ -174,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
         )
-        if options.caption:
-            engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image
+        engine.target = target
+        if style.caption:
+            engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
         records = RecordWriter(args.output, args.overwrite) if args.output else None
     except (ModelError, ValueError, OSError) as error:

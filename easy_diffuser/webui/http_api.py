@@ -38,6 +38,7 @@ from .service import Service
 
 PREFIX = "/easy-diffuser/v1"
 DEFAULT_MAX_REQUEST_MB = 50  # a 30 MB photo in base64 is 40 MB
+NEEDS_IMAGE = "prompt_style: sentences runs a describing captioner, which needs the image; send image, not reselect"
 # A reselect token: a model name and fp16 features (ViT-bigG embedding 3.5 KB, WD v3 tagger 10,861 log-odds 29 KB).
 MAX_TOKEN_CHARS = 64 * 1024
 
@@ -58,6 +59,8 @@ class ExtractResponse(BaseModel):
     tau: float
     tau_source: str
     caption: str
+    prompt_style: str  # the style in force: tags or sentences (automatic follows the loaded checkpoint)
+    prompt_style_note: str  # which style and why; and when the checkpoint ignores the negative prompt
     reselect: str  # send back as {"reselect": ...} with other options to select again from this image
 
 
@@ -120,6 +123,8 @@ def add_routes(
 
         def work(engine: Engine) -> dict:
             if image is None:
+                if engine.style(options).caption:  # sentences, also when automatic means it for this checkpoint
+                    raise HTTPException(status_code=422, detail=NEEDS_IMAGE)
                 embedding = _embedding_from(token, engine)
                 return _answer(engine.extract_embeddings(embedding, options)[0], embedding, engine)
             (result,), embedding = engine.extract_with_embeddings([image], options)
@@ -135,6 +140,8 @@ def add_routes(
                 return _refusal(HTTPException(status_code=422, detail=str(error)))
             except ModelError as error:  # the weights can't be had on this server: not the client's fault
                 return _refusal(HTTPException(status_code=503, detail=str(error)))
+            except OptionError as error:  # booru on a CLIP model
+                return _refusal(HTTPException(status_code=422, detail=str(error)))
 
         return await run_in_threadpool(answer)
 
