@@ -65,13 +65,14 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
         group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
         return
     default = option.automatic or option.default
+    accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"
     group.add_argument(
         option.flag,
         dest=dest,
         type=_checked_by(option),
         default=option.default,
-        metavar=option.kind.__name__.upper(),
-        help=f"{option.help}; {option.minimum:g} to {option.maximum:g} (default: {default})",
+        metavar=option.name.upper() if option.choices else option.kind.__name__.upper(),
+        help=f"{option.help}; {accepts} (default: {default})",
     )
 
 

@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Optional
 
+from .families import AUTOMATIC
+from .families import CHOICES as FAMILY_CHOICES
+
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
 
@@ -32,7 +35,7 @@ class Option:
     """One option: its name (the Python and HTTP field), type, default, range and how surfaces show it."""
 
     name: str
-    kind: type  # int, float or bool
+    kind: type  # int, float, bool, or str (one of `choices`)
     default: Any
     help: str
     label: str  # the tab's control
@@ -41,6 +44,7 @@ class Option:
     maximum: float | None = None
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
+    choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
@@ -50,6 +54,10 @@ class Option:
             if not isinstance(value, bool):
                 raise OptionError(self.name, f"must be true or false, not {value!r}")
             return value
+        if self.kind is str:
+            if not isinstance(value, str) or value.strip().lower() not in self.choices:
+                raise OptionError(self.name, f"{self.accepts}, not {value!r}")
+            return value.strip().lower()
         number = self._number(value)
         if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
             raise OptionError(self.name, f"{self.accepts}, not {value!r}")
@@ -66,6 +74,8 @@ class Option:
     @property
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
+        if self.kind is str:
+            return f"must be one of {', '.join(self.choices)}"
         kind = "a whole number" if self.kind is int else "a number"
         automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
@@ -142,6 +152,16 @@ OPTIONS: tuple[Option, ...] = (
         "Weights",
         "--weights",
     ),
+    Option(
+        "family",
+        str,
+        AUTOMATIC,
+        "checkpoint family whose quality tags, negative template and rating words a tagger's prompt takes "
+        "(automatic: from the checkpoint's name and metadata)",
+        "Checkpoint family preset",
+        "--family",
+        choices=FAMILY_CHOICES,
+    ),
 )
 CAPTION_OPTIONS: tuple[Option, ...] = (
     Option("beams", int, 3, "the captioner's beam search width", "Captioner beams", "--caption-beams", 1, 16),
@@ -198,6 +218,7 @@ class ExtractOptions:
     negatives: int = OPTION["negatives"].default
     quality_negatives: int = OPTION["quality_negatives"].default
     weights: bool = OPTION["weights"].default
+    family: str = OPTION["family"].default  # families.CHOICES; the preset applies to a tagger's prompts
     caption: Optional[CaptionOptions] = None  # None: tags only
     token_budget: int = TOKEN_BUDGET  # Python API only: the prompt's tokens
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
@@ -259,6 +280,8 @@ def schema_help() -> dict[str, Any]:
         entry = {"type": option.kind.__name__, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
+        if option.choices:
+            entry["choices"] = list(option.choices)
         if option.automatic:
             entry["null"] = option.automatic
         return entry
