@@ -4,8 +4,9 @@ The checkpoints most webui users run for 2D work were trained on Danbooru tags w
 
     preset = choose("automatic", "ponyDiffusionV6XL_v6.safetensors", path)
     preset.status                    # "Pony (from the checkpoint name ponyDiffusionV6XL_v6)"
-    preset.positive(["1girl", "solo"], rating="general")   # "score_9, ..., rating_safe, 1girl, solo"
+    preset.positive(["1girl", "rating_safe", "solo"])  # "score_9, score_8_up, ..., 1girl, rating_safe, solo"
     preset.negative(["blurry"])      # the image's own negatives, then the family's template (none for Pony)
+    preset.family.ratings["general"] # "rating_safe": the word for WD's rating, which the tag order places
 
 *Automatic* reads the checkpoint's name, then the metadata in its safetensors header (only the header: the
 JSON before the weights, size-capped); a setting other than automatic overrides it. Pure: no webui, no torch.
@@ -38,16 +39,12 @@ class Family:
     suffix: str = ""  # quality tags after them (Animagine puts them last)
     negative: str = ""  # the template after the image's own negatives
     ratings: Mapping[str, str] = field(default_factory=dict)  # WD rating -> the family's word
-    rating_last: bool = False  # rating word just before the suffix instead of just after the prefix
     safe_negative: str = ""  # what the card's negative starts with for a safe picture ("nsfw")
     names: tuple[str, ...] = ()  # lower-case patterns (regular expressions) that name the family
 
-    def positive(self, tags: Sequence[str], rating: str | None = None) -> str:
-        """The prompt: prefix, the rating word, the image's tags, suffix (rating before the suffix if rating_last)."""
-        word = self.ratings.get(rating or "", "")
-        head = [self.prefix] + ([] if self.rating_last else [word])
-        tail = ([word] if self.rating_last else []) + [self.suffix]
-        return ", ".join(part for part in (*head, *tags, *tail) if part)
+    def positive(self, tags: Sequence[str]) -> str:
+        """The prompt: the quality prefix, the image's tags (their rating word among them), the quality suffix."""
+        return ", ".join(part for part in (self.prefix, *tags, self.suffix) if part)
 
     def negative_prompt(self, negatives: Sequence[str], rating: str | None = None) -> str:
         """The image's own negatives first, then the family's template (§5 of the booru issue); a picture
@@ -103,7 +100,6 @@ FAMILIES: dict[str, Family] = {
             "low quality, watermark, unfinished, displeasing, oldest, early, chromatic aberration, signature, "
             "extra digits, artistic error, username, scan, [abstract]",
             ratings=_ANIMAGINE_RATINGS,
-            rating_last=True,
             safe_negative="nsfw",
             names=(r"animagine",),
         ),
@@ -118,7 +114,6 @@ FAMILIES: dict[str, Family] = {
             "cropped, worst quality, low quality, low score, bad score, average score, signature, watermark, "
             "username, blurry",
             ratings=_ANIMAGINE_RATINGS,
-            rating_last=True,
             names=(r"animagine[-_ ]?(xl)?[-_ ]?v?4", r"anim4gine"),
         ),
     )
@@ -140,8 +135,8 @@ class Preset:
     def status(self) -> str:
         return f"{self.family.title if self.family else 'No preset'} ({self.reason})"
 
-    def positive(self, tags: Sequence[str], rating: str | None = None) -> str:
-        return self.family.positive(tags, rating) if self.family else ", ".join(tags)
+    def positive(self, tags: Sequence[str]) -> str:
+        return self.family.positive(tags) if self.family else ", ".join(tags)
 
     def negative(self, negatives: Sequence[str], rating: str | None = None) -> str:
         return self.family.negative_prompt(negatives, rating) if self.family else ", ".join(negatives)

@@ -134,16 +134,21 @@ def test_only_the_header_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_pony_prompt_follows_its_card() -> None:
     pony = families.FAMILIES["pony"]
-    assert pony.positive(["1girl", "solo"], rating="general") == (
+    assert pony.positive(["rating_safe", "1girl", "solo"]) == (
         "score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, rating_safe, 1girl, solo"
     )
-    assert pony.positive(["1girl"], rating="explicit").endswith("rating_explicit, 1girl")
+    assert [pony.ratings[r] for r in families.WD_RATINGS] == [
+        "rating_safe",
+        "rating_questionable",
+        "rating_questionable",
+        "rating_explicit",
+    ]
     assert pony.negative_prompt(["blue", "star"], rating="general") == "blue, star"  # "needs no negative prompt"
 
 
 def test_noobai_prefix_and_negative_template_come_after_the_images_own_negatives() -> None:
     noobai = families.FAMILIES["illustrious"]
-    assert noobai.positive(["red", "circle"], rating="general") == (
+    assert noobai.positive([noobai.ratings["general"], "red", "circle"]) == (
         "masterpiece, best quality, newest, absurdres, highres, safe, red, circle"
     )
     negative = noobai.negative_prompt(["blue", "star"], rating="general")
@@ -153,13 +158,12 @@ def test_noobai_prefix_and_negative_template_come_after_the_images_own_negatives
     assert "nsfw" not in noobai.negative_prompt(["blue"], rating="explicit")
 
 
-def test_animagine_puts_rating_and_quality_tags_last() -> None:
-    assert families.FAMILIES["animagine"].positive(["red", "circle"], rating="questionable") == (
+def test_animagine_puts_quality_tags_last() -> None:
+    animagine = families.FAMILIES["animagine"]
+    assert animagine.positive(["red", "circle", animagine.ratings["questionable"]]) == (
         "red, circle, nsfw, masterpiece, best quality, very aesthetic, absurdres"
     )
-    assert families.FAMILIES["animagine4"].positive(["red"], rating="sensitive") == (
-        "red, sensitive, masterpiece, high score, great score, absurdres"
-    )
+    assert families.FAMILIES["animagine4"].positive(["red"]) == "red, masterpiece, high score, great score, absurdres"
 
 
 def test_every_family_maps_every_wd_rating() -> None:
