@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,7 +28,16 @@ import torch
 from PIL import Image
 
 from .files import safe_name
-from .models import DEFAULT_CACHE_DIR, LoadOnce, ModelError, OnDevice, _weights_only_torch_load, default_dtype
+from .models import (
+    DEFAULT_CACHE_DIR,
+    LoadOnce,
+    ModelError,
+    OnDevice,
+    _weights_only_torch_load,
+    default_dtype,
+    hub_offline,
+    require_reachable,
+)
 from .options import DEFAULT_CAPTIONER, TOKEN_BUDGET, CaptionOptions
 from .selection import TagScore
 
@@ -154,22 +161,12 @@ def _from_hub(model_id: str, cache_dir: Path) -> Captioner:
     except ModelError:
         raise
     except Exception:
-        if _offline():
+        if hub_offline():
             raise
-    _require_hub_reachable()
-    return _from_pretrained(model_id, model_id, cache_dir=str(cache_dir), local_files_only=False)
-
-
-def _require_hub_reachable(timeout: float = 5.0) -> None:
-    """Raise ConnectionError at once when the hub does not answer (urllib honours the same proxy settings)."""
     from huggingface_hub import constants
 
-    try:
-        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        pass  # it answered: the hub is there, whatever it thinks of a bare HEAD
-    except (urllib.error.URLError, OSError) as error:
-        raise ConnectionError(f"{constants.ENDPOINT} is not reachable: {getattr(error, 'reason', error)}") from None
+    require_reachable(constants.ENDPOINT)
+    return _from_pretrained(model_id, model_id, cache_dir=str(cache_dir), local_files_only=False)
 
 
 def _load_folder(folder: Path, model_id: str) -> Captioner:
@@ -217,14 +214,6 @@ def _require_transformers() -> None:
         raise ModelError(
             "captions need the transformers package: pip install 'easy-diffuser[caption]' (or transformers>=4.30.2)"
         ) from None
-
-
-def _offline() -> bool:
-    """Honour HF_HUB_OFFLINE when it is set after transformers was imported (it reads it only then)."""
-    return any(
-        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
 
 
 def _first_line(error: Exception) -> str:

@@ -30,6 +30,7 @@ from easy_diffuser.captioner import (  # noqa: E402
 )
 from easy_diffuser.engine import Engine, ExtractOptions  # noqa: E402
 from easy_diffuser.models import ModelError  # noqa: E402
+from easy_diffuser.options import TOKEN_BUDGET  # noqa: E402
 from easy_diffuser.selection import TagScore  # noqa: E402
 
 # Whole words only: a decoded caption then re-tokenizes to as many tokens as were generated.
@@ -317,7 +318,7 @@ def test_engine_puts_the_caption_first_and_leaves_the_negative_prompt(engine, ti
     assert result.caption and result.prompt.startswith(result.caption)
     assert result.to_dict()["caption"] == result.caption and plain.to_dict()["caption"] == ""
     assert result.negative_prompt == plain.negative_prompt
-    assert token_count(engine.loaded, result.prompt) <= ExtractOptions.token_budget
+    assert token_count(engine.loaded, result.prompt) <= TOKEN_BUDGET  # a CLIP model's budget: one chunk
 
 
 def test_engine_turns_tags_the_caption_repeats_off(engine, tiny, image, monkeypatch):
