@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -404,3 +405,49 @@ def test_a_bad_model_folder_is_one_line_on_the_command_line(model_folder, cache_
     code = cli.main([str(shapes_red_circle), "--model", str(model_folder), "--cache-dir", str(cache_dir)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "'model_cfg.embed_dim' must be" in err.strip().splitlines()[-1]
+
+
+# --- TorchScript zip bombs ------------------------------------------------------------------------------------------
+
+BOMB_PEAK = """
+import resource, sys
+from pathlib import Path
+from easy_diffuser.models import ModelError, read_state_dict
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_state_dict(Path(sys.argv[1]))
+    print("loaded")
+except ModelError as error:
+    print(error)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def torchscript_bomb(tmp_path: Path, member: str) -> Path:
+    """A real TorchScript archive of a small Linear whose `member` ("data/0", "data.pkl") is replaced by 256 MB of
+    deflated zeros: an archive of about 250 KB."""
+    import torch
+
+    good, bomb = tmp_path / "good.pt", tmp_path / "bomb.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(good))
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bomb, "w") as target:
+        for info in source.infolist():
+            if info.filename.endswith(f"/{member}"):
+                deflated = zipfile.ZipInfo(info.filename)
+                deflated.compress_type = zipfile.ZIP_DEFLATED
+                with target.open(deflated, "w", force_zip64=True) as out:
+                    for _ in range(256):
+                        out.write(bytes(2**20))
+            else:
+                target.writestr(info, source.read(info))
+    return bomb
+
+
+@pytest.mark.parametrize("member", ["data/0", "data.pkl"], ids=["storage", "pickle"])
+def test_a_torchscript_zip_bomb_is_refused_before_anything_is_inflated(tmp_path, member):
+    bomb = torchscript_bomb(tmp_path, member)
+    assert bomb.stat().st_size < 2**20
+    message, grown = run_python(BOMB_PEAK, str(bomb)).strip().rsplit("\n", 1)
+    print(f"peak RSS grew by {grown} MB reading a {bomb.stat().st_size // 1024} KB archive")
+    assert "would inflate to 256 MB" in message and "zip bomb" in message and str(bomb) in message
+    assert int(grown) < 50
