@@ -10,6 +10,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -94,7 +95,9 @@ def read_regular_file(path: str | os.PathLike, limit: int | None = None) -> byte
 
 
 def _size_text(size: int) -> str:
-    return f"{size / 2**20:g} MB" if size >= 2**20 else f"{size / 2**10:g} KB"
+    if size >= 2**20:
+        return f"{size / 2**20:g} MB"
+    return f"{size / 2**10:g} KB" if size >= 2**10 else f"{size:,} bytes"
 
 
 @contextlib.contextmanager
@@ -102,15 +105,54 @@ def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if missing; left behind, empty), waiting for other processes'.
     Steps that read one file and rename another are then never interleaved with another process's."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
-        _lock(descriptor)
+        _lock(descriptor, wait=True)
         yield
     finally:
         os.close(descriptor)  # closing releases the lock
 
 
-def _lock(descriptor: int) -> None:
+class OutputBusy(OSError):
+    """Another run is writing the same output."""
+
+
+class OutputLock:
+    """One writer per output: an advisory lock (flock) on `.NAME.lock` beside it, held while a run writes it and
+    removed after. The kernel drops the lock when its process ends, even killed, so a stale file never blocks."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = Path(output)
+        self.path = self.output.with_name(_temp_prefix(self.output.name) + "lock")
+        while True:
+            try:
+                descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            except OSError as error:
+                raise OSError(f"{self.output}: cannot lock it ({error.strerror})") from None  # one line, no [Errno]
+            if not _lock(descriptor, wait=False):
+                holder = _holder(descriptor)
+                os.close(descriptor)
+                raise OutputBusy(
+                    f"{self.output}: another easy-diffuser run (process {holder}) is writing it; "
+                    "wait for it to end, or give another --output",
+                )
+            if _same_file(descriptor, self.path):  # not a lock file the previous holder removed as we opened it
+                break
+            os.close(descriptor)
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, str(os.getpid()).encode("ascii"))
+        self.descriptor: int | None = descriptor
+
+    def release(self) -> None:
+        if self.descriptor is not None:
+            with contextlib.suppress(OSError):  # Windows keeps an open file: the next run then locks it again
+                self.path.unlink(missing_ok=True)  # while still locked: a run opening it now retries on a new file
+            os.close(self.descriptor)
+            self.descriptor = None
+
+
+def _lock(descriptor: int, wait: bool) -> bool:
+    """An exclusive lock on the open file, waiting for other processes' when `wait`; False when it is held."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -118,8 +160,28 @@ def _lock(descriptor: int) -> None:
 
         while True:
             try:
-                msvcrt.locking(descriptor, msvcrt.LK_LOCK, 1)  # waits about 10 seconds, then raises
-                return
+                msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+                return True
             except OSError:
-                continue
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
+                if not wait:
+                    return False
+                time.sleep(0.1)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(descriptor: int) -> str:
+    try:
+        return os.read(descriptor, 20).decode("ascii", "replace").strip() or "?"
+    except OSError:  # Windows: the holder's locked byte can't be read
+        return "?"
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False

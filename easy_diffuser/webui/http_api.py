@@ -32,13 +32,15 @@ from starlette.concurrency import run_in_threadpool
 from ..captioner import CAPTIONERS
 from ..engine import Engine, Extraction
 from ..images import ImageError, load_image
-from ..models import REGISTRY, ModelError
+from ..models import REGISTRY, ModelError, ModelFileError
 from ..options import ExtractOptions, OptionError, schema_help
 from .service import Service
 
 PREFIX = "/easy-diffuser/v1"
 DEFAULT_MAX_REQUEST_MB = 50  # a 30 MB photo in base64 is 40 MB
-MAX_TOKEN_CHARS = 64 * 1024  # a reselect token is a model name and a half-precision embedding: ViT-bigG's is 3.5 KB
+NEEDS_IMAGE = "prompt_style: sentences runs a describing captioner, which needs the image; send image, not reselect"
+# A reselect token: a model name and fp16 features (ViT-bigG embedding 3.5 KB, WD v3 tagger 10,861 log-odds 29 KB).
+MAX_TOKEN_CHARS = 64 * 1024
 
 
 class TagOut(BaseModel):
@@ -57,6 +59,8 @@ class ExtractResponse(BaseModel):
     tau: float
     tau_source: str
     caption: str
+    prompt_style: str  # the style in force: tags or sentences (automatic follows the loaded checkpoint)
+    prompt_style_note: str  # which style and why; and when the checkpoint ignores the negative prompt
     reselect: str  # send back as {"reselect": ...} with other options to select again from this image
 
 
@@ -119,10 +123,12 @@ def add_routes(
 
         def work(engine: Engine) -> dict:
             if image is None:
+                if engine.style(options).caption:  # sentences, also when automatic means it for this checkpoint
+                    raise HTTPException(status_code=422, detail=NEEDS_IMAGE)
                 embedding = _embedding_from(token, engine)
-                return _answer(engine.extract_embeddings(embedding, options)[0], embedding)
+                return _answer(engine.extract_embeddings(embedding, options)[0], embedding, engine)
             (result,), embedding = engine.extract_with_embeddings([image], options)
-            return _answer(result, embedding)
+            return _answer(result, embedding, engine)
 
         def answer() -> Any:  # in a worker thread: a re-selection runs no model, so it needs no queue once loaded
             try:
@@ -130,8 +136,12 @@ def add_routes(
                 return work(loaded) if loaded else service.run(work, model)
             except HTTPException as error:
                 return _refusal(error)
+            except ModelFileError as error:  # the model asked for is a broken folder: this model can't serve
+                return _refusal(HTTPException(status_code=422, detail=str(error)))
             except ModelError as error:  # the weights can't be had on this server: not the client's fault
                 return _refusal(HTTPException(status_code=503, detail=str(error)))
+            except OptionError as error:  # booru on a CLIP model
+                return _refusal(HTTPException(status_code=422, detail=str(error)))
 
         return await run_in_threadpool(answer)
 
@@ -240,14 +250,15 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
     return (_decode_image(image_text) if token is None else None), token, model, options
 
 
-def _answer(result: Extraction, embedding: torch.Tensor) -> dict:
-    """The extraction, and the token that selects again from the same image embedding."""
-    payload = result.model.encode() + b"\0" + embedding[0].half().numpy().tobytes()
+def _answer(result: Extraction, embedding: torch.Tensor, engine: Engine) -> dict:
+    """The extraction, and the token that selects again from the same image's features (CLIP's image
+    embedding, a tagger's tag probabilities as log-odds; fp16)."""
+    payload = result.model.encode() + b"\0" + engine.scorer.for_token(embedding[0]).numpy().tobytes()
     return {**result.to_dict(), "reselect": base64.urlsafe_b64encode(payload).decode()}
 
 
 def _embedding_from(token: str, engine: Engine) -> torch.Tensor:
-    """The image embedding in a reselect token, checked against this engine; 400/409 with the reason."""
+    """The image's features in a reselect token, checked against this engine; 400/409 with the reason."""
     if len(token) > MAX_TOKEN_CHARS:  # refused before it is decoded: a 49 MB one would be copied three times
         raise HTTPException(status_code=400, detail="reselect: not a token this server gave")
     try:
@@ -263,10 +274,10 @@ def _embedding_from(token: str, engine: Engine) -> torch.Tensor:
                 f"{engine.model_id!r}; send the image again"
             ),
         )
-    width = engine.text_embeddings.shape[1]
-    if embedding.numel() != width or not torch.isfinite(embedding).all() or embedding.norm() < 1e-3:
+    features = engine.scorer.checked(embedding)
+    if features is None:
         raise HTTPException(status_code=400, detail="reselect: not a token this server gave")
-    return torch.nn.functional.normalize(embedding, dim=0)[None]
+    return features
 
 
 def _basic_auth(api_auth: str) -> Callable[[HTTPBasicCredentials], bool]:

@@ -322,6 +322,44 @@ def test_a_bad_reselect_token_is_refused_in_one_line(client, image_b64, payload,
     assert detail in response.json()["detail"]
 
 
+@pytest.fixture(scope="module")
+def tagger_folder(tmp_path_factory):
+    from taggers import logits_for, write_tagger
+
+    logits = logits_for({"general": 0.9, "1girl": 0.95, "smile": 0.5, "saber_(fate)": 0.9})
+    return write_tagger(tmp_path_factory.mktemp("wd") / "wd-tiny", "vit", logits=logits)
+
+
+def test_a_tagger_answers_booru_tags_and_reselects_by_threshold_from_its_token(models_path, tagger_folder, image_b64):
+    client = TestClient(start_webui(["--api"], models_path, str(tagger_folder)))
+    first = client.post(EXTRACT, json={"image": image_b64})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["prompt"] == r"1girl, saber \(fate\), general, smile"
+    categories = {tag["tag"]: tag["category"] for tag in body["tags"]}
+    assert (categories["1girl"], categories["saber (fate)"], categories["general"]) == (
+        "general",
+        "character",
+        "rating",
+    )
+    with call_queue.queue_lock:  # no model pass: it answers while the queue is held
+        again = client.post(EXTRACT, json={"reselect": body["reselect"], "general_threshold": 0.6})
+    assert again.status_code == 200, again.text
+    assert again.json()["prompt"] == r"1girl, saber \(fate\), general"
+
+
+def test_a_broken_tagger_folder_is_a_4xx_naming_the_file(models_path, tagger_folder, tmp_path, image_b64):
+    broken = tmp_path / "wd-broken"
+    broken.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (broken / name).write_bytes((tagger_folder / name).read_bytes())
+    client = TestClient(start_webui(["--api"], models_path, str(broken)))
+    response = client.post(EXTRACT, json={"image": image_b64})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith(str(broken / "selected_tags.csv")) and "\n" not in detail
+
+
 def resident_mb() -> int:
     pages = int(open("/proc/self/statm").read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") // 2**20
