@@ -457,7 +457,7 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
         )
     except Exception as error:  # sizes in range that still don't fit together (heads that don't divide the width)
         raise ModelError(
-            f"{config_path}: open_clip cannot build this model ({type(error).__name__}: {_one_line(error)})"
+            f"{config_path}: open_clip cannot build this model ({type(error).__name__}: {one_line(error)})"
         ) from None
     _load_weights(model, weights)
     defaults = _folder_defaults(folder / "easy_diffuser.json")
