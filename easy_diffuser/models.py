@@ -617,7 +617,8 @@ def _register_config(model_id: str, model_cfg: dict) -> str:
     """open_clip builds models only from registered config files; register this one under a unique name."""
     open_clip = _open_clip()
 
-    arch = f"easy-diffuser-{model_id}"
+    # Named by the config too: a folder whose config was fixed (same weights, same model id) gets its new one.
+    arch = f"easy-diffuser-{model_id}-{hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:8]}"
     if arch not in open_clip.list_models():
         # open_clip reads the file once into its table, so the file need not outlive the call.
         with tempfile.TemporaryDirectory(prefix="easy_diffuser_cfg_") as folder:
