@@ -19,10 +19,29 @@ from ..selection import Role, TagScore, with_role
 
 NEXT_ROLE: dict[Role, Role] = {"positive": "negative", "negative": "off", "off": "positive"}
 # The tab's controls, in the order the tab lays them out; the values of a handler's `values` mapping.
-CONTROLS = ("max_tags", "auto_tau", "tau", "negatives", "quality_negatives", "weights", "caption", "caption_model")
+CONTROLS = (
+    "max_tags",
+    "auto_tau",
+    "tau",
+    "negatives",
+    "quality_negatives",
+    "general_threshold",
+    "character_threshold",
+    "weights",
+    "caption",
+    "caption_model",
+)
 # The controls a re-selection answers at once; the captioner ones need the image again (Extract).
-RESELECTING = ("max_tags", "auto_tau", "tau", "negatives", "quality_negatives")
-STALE = "The CLIP model changed since this image was extracted: press Extract."
+RESELECTING = (
+    "max_tags",
+    "auto_tau",
+    "tau",
+    "negatives",
+    "quality_negatives",
+    "general_threshold",
+    "character_threshold",
+)
+STALE = "The model changed since this image was extracted: press Extract."
 
 
 def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, int] | None = None) -> ExtractOptions:
@@ -38,6 +57,8 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
         tau=None if automatic else values["tau"],
         negatives=OPTION["negatives"].default if automatic else values["negatives"],
         quality_negatives=values["quality_negatives"],
+        general_threshold=values["general_threshold"],
+        character_threshold=values["character_threshold"],
         weights=values["weights"],
         caption=caption,
     )
