@@ -39,6 +39,7 @@ TAB = {
     "weights": False,
     "caption": False,
     "caption_model": "",
+    "prompt_style": "tags",
 }
 
 

@@ -15,8 +15,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from . import prompt_style
 from .batch import BATCH_SIZE, caption_folder
-from .captioner import CAPTIONERS
+from .captioner import CAPTIONERS, check_supported
+from .checkpoint_family import detect_checkpoint
 from .engine import Engine, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
@@ -64,18 +66,19 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
     if option.kind is bool:
         group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
         return
-    if option.kind is str:
+    if option.kind is str and not option.choices:
         parse = option.argument_type()
         group.add_argument(option.flag, dest=dest, type=parse, default=option.default, metavar="TAGS", help=option.help)
         return
     default = option.automatic or option.default
+    accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"
     group.add_argument(
         option.flag,
         dest=dest,
         type=option.argument_type(),
         default=option.default,
-        metavar=option.kind.__name__.upper(),
-        help=f"{option.help}; {option.minimum:g} to {option.maximum:g} (default: {default})",
+        metavar=option.name.upper() if option.choices else option.kind.__name__.upper(),
+        help=f"{option.help}; {accepts} (default: {default})",
     )
 
 
@@ -127,6 +130,13 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     for option in CAPTION_OPTIONS:
         _add_option(group, option, f"caption_{option.name}")
     group.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="NAME|FILE.safetensors",
+        help="the checkpoint the prompts are for: --prompt-style automatic follows its family (Flux, SD3, Qwen-Image: "
+        "sentences; others: tags); a .safetensors file's header metadata is read too",
+    )
+    group.add_argument(
         "--keep-in-vram",
         action="store_true",
         help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)",
@@ -163,10 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = None
     try:
         options = options_from(args)
+        target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
+        style = prompt_style.resolve(options, target)  # booru on a CLIP model is refused here
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options)
+            return ray_main(args, options, style)
+        if style.caption:
+            check_supported(style.caption.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,
             args.device or default_device(),
@@ -174,8 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
         )
-        if options.caption:
-            engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image
+        engine.target = target
+        if style.caption:
+            engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
         records = RecordWriter(args.output, args.overwrite) if args.output else None
     except (ModelError, ValueError, OSError) as error:

@@ -62,7 +62,9 @@ def _read(path: Path, vocabulary: Vocabulary, width: int) -> torch.Tensor | None
                 f"{rows.dtype} values of shape {rows.shape}, expected float16 ({len(vocabulary)}, {width})"
             )
         if metadata.get("digest") != _digest(rows):
-            raise ValueError("its values do not match their digest (damaged, or not written by easy-diffuser)")
+            raise ValueError(
+                "rows that do not match their digest (damaged, or by an older easy-diffuser or another program)"
+            )
         embeddings = rows.astype(np.float32)
         if not np.isfinite(embeddings).all():  # only a file made to match its digest gets here with these
             raise ValueError("values that are not finite")

@@ -15,7 +15,11 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Optional
 
+from .families import AUTOMATIC
+from .families import CHOICES as FAMILY_CHOICES
+
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
 # A tagger's thresholds decide which tags go in; booru prompts often pass one chunk, and the webui splits
 # longer ones into chunks of 75: three chunks hold what a tagger finds at its default thresholds.
@@ -53,7 +57,7 @@ class Option:
     """One option: its name (the Python and HTTP field), type, default, range and how surfaces show it."""
 
     name: str
-    kind: type  # int, float, bool, or str (a comma-separated list of tags)
+    kind: type  # int, float, bool, or str (one of `choices`, or else a comma-separated list of tags)
     default: Any
     help: str
     label: str  # the tab's control
@@ -62,11 +66,16 @@ class Option:
     maximum: float | None = None
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
+    choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
         if value is None and self.automatic:
             return None
+        if self.choices:
+            if not isinstance(value, str) or value.strip().lower() not in self.choices:
+                raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
+            return value.strip().lower()
         if self.kind is str:
             if not isinstance(value, str) or len(value) > MAX_TAG_LIST or not value.isprintable():
                 raise OptionError(self.name, f"{self.accepts}, not {str(value)[:80]!r}")
@@ -103,6 +112,8 @@ class Option:
     @property
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
+        if self.choices:
+            return f"must be one of {', '.join(self.choices)}"
         if self.kind is str:
             return f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
         kind = "a whole number" if self.kind is int else "a number"
@@ -249,6 +260,27 @@ OPTIONS: tuple[Option, ...] = (
         "Always-first tags",
         "--first-tags",
     ),
+    # The prompt style (prompt_style.py). booru is the booru tagger models' prompt (the WD tagger backend).
+    Option(
+        "prompt_style",
+        str,
+        "automatic",
+        "tags: a list of tags; sentences: a describing captioner's paragraph, then the tags it does not say "
+        "(for Flux, SD3, Qwen-Image); booru: a booru tagger's tags; automatic: the style of the checkpoint's family",
+        "Prompt style",
+        "--prompt-style",
+        choices=("automatic", "tags", "sentences", "booru"),
+    ),
+    Option(
+        "family",
+        str,
+        AUTOMATIC,
+        "checkpoint family whose quality tags, negative template and rating words a tagger's prompt takes "
+        "(automatic: from the checkpoint's name and metadata)",
+        "Checkpoint family preset",
+        "--family",
+        choices=FAMILY_CHOICES,
+    ),
 )
 CAPTION_OPTIONS: tuple[Option, ...] = (
     Option("beams", int, 3, "the captioner's beam search width", "Captioner beams", "--caption-beams", 1, 16),
@@ -260,10 +292,17 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         "Caption minimum length (tokens)",
         "--caption-min-length",
         0,
-        75,
+        512,
     ),
     Option(
-        "max_length", int, 30, "most caption tokens", "Caption maximum length (tokens)", "--caption-max-length", 1, 75
+        "max_length",
+        int,
+        30,
+        "most caption tokens (a describing captioner reads the defaults, 3 beams and 30 tokens, as its own: 1 and 256)",
+        "Caption maximum length (tokens)",
+        "--caption-max-length",
+        1,
+        512,
     ),
 )
 OPTION = {option.name: option for option in OPTIONS}
@@ -312,6 +351,8 @@ class ExtractOptions:
     character_mcut: bool = OPTION["character_mcut"].default
     exclude_tags: str = OPTION["exclude_tags"].default
     first_tags: str = OPTION["first_tags"].default
+    prompt_style: str = OPTION["prompt_style"].default
+    family: str = OPTION["family"].default  # families.CHOICES; the preset applies to a tagger's prompts
     caption: Optional[CaptionOptions] = None  # None: tags only
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
 
@@ -365,10 +406,12 @@ def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        kind = "comma-separated tags" if option.kind is str else option.kind.__name__
+        kind = "choice" if option.choices else "comma-separated tags" if option.kind is str else option.kind.__name__
         entry = {"type": kind, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
+        if option.choices:
+            entry["choices"] = list(option.choices)
         if option.automatic:
             entry["null"] = option.automatic
         return entry

@@ -37,6 +37,7 @@ from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError
 from .pipeline import Preprocessor, caption_path
+from .prompt_style import Style
 from .records import (
     LEFT_AS_IT_IS,
     RecordsError,
@@ -70,22 +71,24 @@ class JobSummary:
         return f"{self.images} images ({self.errors} errors), {self.skipped} already in the output{rate}"
 
 
-def main(args: argparse.Namespace, options: ExtractOptions) -> int:
+def main(args: argparse.Namespace, options: ExtractOptions, style: Style) -> int:
     try:
         import ray
     except ImportError:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    if args.output is None or options.caption:
+    if args.output is None or style.caption:
         reason = (
-            "needs --output DIR for its records" if args.output is None else "does not run a captioner (--caption) yet"
+            "needs --output DIR for its records"
+            if args.output is None
+            else "does not run a captioner (--caption, --prompt-style sentences) yet"
         )
         print(f"error: --engine ray {reason}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     try:
         paths = list_inputs(args.inputs, args.recursive)
         if not ray.is_initialized():
-            ray.init(address=args.ray_address)
+            ray.init(address=args.ray_address, runtime_env={"env_vars": {"PYTHONWARNINGS": _worker_warnings()}})
         summary = run_job(
             paths,
             str(args.output),
@@ -102,6 +105,13 @@ def main(args: argparse.Namespace, options: ExtractOptions) -> int:
         return EXIT_SETUP_FAILED
     print(f"{args.output}: {summary}", file=sys.stderr)
     return EXIT_IMAGE_FAILED if summary.errors else 0
+
+
+def _worker_warnings() -> str:
+    """PYTHONWARNINGS for the workers: without timm's FutureWarning, which an actor would print when it unpickles
+    open_clip's transforms (the driver imports open_clip through models._open_clip, which hides it)."""
+    timm = "ignore:Importing from timm.models.layers is deprecated:FutureWarning"
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), timm]))
 
 
 def run_job(

@@ -76,6 +76,7 @@ TAB = {
     "weights": True,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
+    "prompt_style": "automatic",
 }
 
 
