@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from easy_diffuser import tagger  # noqa: E402
 
 SIZES = {
-    # WD v3 ViT's config.json; "small" is the same at ViT-S width
+    # WD v3 ViT's config.json; "small" and "tiny" are the same at ViT-S and ViT-Ti width
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
 }
 CLASSES = 10_861
 

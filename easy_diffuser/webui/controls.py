@@ -33,18 +33,10 @@ CONTROLS = (
     "caption_model",
     "prompt_style",
 )
-# The controls a re-selection answers at once; the captioner ones need the image again (Extract). The prompt
-# style re-selects with the caption it has; only a description the image has not had yet needs Extract.
-RESELECTING = (
-    "max_tags",
-    "auto_tau",
-    "tau",
-    "negatives",
-    "quality_negatives",
-    "general_threshold",
-    "character_threshold",
-    "prompt_style",
-)
+# The controls a re-selection answers at once; the captioner ones need the image again (Extract), Weights has
+# a handler of its own. The prompt style re-selects with the caption it has; only a description the image has
+# not had yet needs Extract.
+RESELECTING = tuple(name for name in CONTROLS if name not in ("weights", "caption", "caption_model"))
 STALE = "The model changed since this image was extracted: press Extract."
 NEEDS_DESCRIPTION = "The sentences style needs a description of this image: press Extract."
 
