@@ -139,7 +139,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_tags",
         int,
         24,
-        "most tags in the positive prompt (it also stays within one 75-token chunk)",
+        "most tags in a CLIP model's positive prompt (also within the token budget); a tagger's thresholds decide",
         "Number of tags",
         "--tags",
         1,

@@ -87,6 +87,9 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     made["quality_negatives"] = _slider(
         OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality"
     )
+    with gr.Row():  # a WD tagger's (booru tags); a CLIP model ignores them
+        for name in ("general_threshold", "character_threshold"):
+            made[name] = _slider(OPTION[name], OPTION[name].default, elem_id=f"easy_diffuser_{name}")
     with gr.Row():
         made["caption"] = gr.Checkbox(
             opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption"
