@@ -153,9 +153,16 @@ def webui_generator(
 
 
 def make_generator(spec: str, width: int = 256, height: int = 256, steps: int = 12) -> Generator:
-    """The CLI's --generator: "shapes" or the URL of a running webui."""
+    """The CLI's --generator: "shapes", "shapes-cooccur", "webui" (the default URL) or the URL of a running webui."""
     if spec == "shapes":
         return ShapesGenerator()
-    if spec.startswith(("http://", "https://")):
-        return WebuiHttpGenerator(spec, width, height, steps)
-    raise ValueError(f"unknown generator {spec!r}: use 'shapes' or a webui URL such as {webui_client.DEFAULT_URL}")
+    if spec == "shapes-cooccur":
+        from ..shapes.cooccur import CooccurGenerator  # the co-occurrence world's generator (cooccur_proof.py)
+
+        return CooccurGenerator()
+    if spec == "webui" or spec.startswith(("http://", "https://")):
+        return WebuiHttpGenerator(webui_client.DEFAULT_URL if spec == "webui" else spec, width, height, steps)
+    raise ValueError(
+        f"unknown generator {spec!r}: use 'shapes', 'shapes-cooccur', 'webui' or a webui URL such as "
+        f"{webui_client.DEFAULT_URL}"
+    )
