@@ -1,7 +1,7 @@
 """Every extraction option, defined once: name, default, range and help.
 
 The command line's flags (cli.py), the HTTP request (webui/http_api.py), the tab's controls and
-settings (scripts/easy_diffuser_tab.py) and the validation of `ExtractOptions` itself are all
+settings (webui/tab.py, webui/settings.py) and the validation of `ExtractOptions` itself are all
 derived from `OPTIONS` and `CAPTION_OPTIONS`, so a default, a range or a message changes in one
 place and every surface says the same thing about a bad value:
 

@@ -114,7 +114,7 @@ def webui_generator(
 ) -> CallableGenerator:
     """In-process txt2img with the webui's loaded checkpoint, for the tab.
 
-    `processing` is `modules.processing` and `shared` is `modules.shared`, passed in by the tab so
+    `processing` is `modules.processing` and `shared` is `modules.shared`, passed in by webui/host.py so
     this module stays free of webui imports. Pass `queue_lock=modules.call_queue.queue_lock` when the caller
     does not already hold the queue (a handler wrapped with wrap_gradio_gpu_call does: then leave
     it None, A1111's lock is not re-entrant). Images are not saved to the user's outputs.

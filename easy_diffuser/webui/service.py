@@ -1,6 +1,6 @@
 """The one engine that the webui tab and the HTTP routes share, free of webui and gradio imports.
 
-The webui adapter (scripts/easy_diffuser_tab.py) gives `Service` the host's rules: which model,
+The webui adapter (webui/host.py) gives `Service` the host's rules: which model,
 where it runs, how to make room on the GPU, and the queue lock that keeps it from running beside
 image generation.
 """

@@ -19,9 +19,11 @@ gr = pytest.importorskip("gradio")
 import torch  # noqa: E402
 from modules import call_queue, devices, lowvram, processing, sd_models, shared  # noqa: E402
 
+from easy_diffuser.calibration import store  # noqa: E402
 from easy_diffuser.calibration.shapes_proof import scenes, write_folder  # noqa: E402
 from easy_diffuser.engine import calibration_path  # noqa: E402
 from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
+from easy_diffuser.webui import handlers, tab  # noqa: E402
 
 import webui_host  # noqa: E402
 
@@ -43,14 +45,14 @@ BATCH = {**TAB, "max_tags": 8, "quality_negatives": 0}
 
 @pytest.fixture
 def webui(models_path, shapes_model, monkeypatch):
-    """Start the stand-in webui with a command line; yields the extension's script module."""
+    """Start the stand-in webui with a command line; yields the extension's tab handlers (their host: .host)."""
     monkeypatch.setattr(devices, "device_interrogate", devices.cpu)
     monkeypatch.setattr(sd_models.model_data, "sd_model", None)
 
     def start(*args: str):
         module = webui_host.load_extension(list(args), models_path)
         shared.opts.easy_diffuser_model = shapes_model
-        return module
+        return module.extension.handlers
 
     return start
 
@@ -108,13 +110,13 @@ def test_every_setting_survives_the_settings_page_refresh(webui):
 
 def test_the_model_flag_overrides_the_setting_and_the_weights_go_under_models(webui, models_path, tmp_path):
     module = webui()
-    assert module.weights_folder() == models_path / "easy_diffuser"
+    assert module.host.weights_folder() == models_path / "easy_diffuser"
     module = webui(
         "--easy-diffuser-model", "ViT-bigG-14/laion2b_s39b_b160k", "--easy-diffuser-model-path", str(tmp_path)
     )
-    assert module.resolve_model(None) == "ViT-bigG-14/laion2b_s39b_b160k"
-    assert module.weights_folder() == tmp_path
-    assert module.resolve_model("shapes-demo") == "shapes-demo"  # an API request names its own
+    assert module.host.resolve_model(None) == "ViT-bigG-14/laion2b_s39b_b160k"
+    assert module.host.weights_folder() == tmp_path
+    assert module.host.resolve_model("shapes-demo") == "shapes-demo"  # an API request names its own
 
 
 @pytest.mark.parametrize(
@@ -130,7 +132,7 @@ def test_auto_matches_the_loaded_checkpoint(webui, monkeypatch, checkpoint, expe
     module = webui()
     shared.opts.easy_diffuser_model = "Auto"
     monkeypatch.setattr(sd_models.model_data, "sd_model", checkpoint)
-    assert module.resolve_model(None) == expected
+    assert module.host.resolve_model(None) == expected
 
 
 @pytest.mark.parametrize(
@@ -146,7 +148,7 @@ def test_auto_matches_the_loaded_checkpoint(webui, monkeypatch, checkpoint, expe
 def test_device_and_precision_follow_the_webui_flags(webui, monkeypatch, args, device, dtype):
     module = webui(*args)
     monkeypatch.setattr(devices, "device_interrogate", torch.device("cuda"))
-    placement = module.placement()
+    placement = module.host.placement()
     assert (placement.device.type, placement.dtype) == (device, dtype)
 
 
@@ -154,7 +156,7 @@ def test_device_and_precision_follow_the_webui_flags(webui, monkeypatch, args, d
 def test_low_vram_sends_the_sd_model_to_the_cpu_first_and_ours_back_after(webui, monkeypatch, flag):
     module = webui(flag)
     monkeypatch.setattr(lowvram, "calls", [])
-    loaded, placement = FakeLoaded(), module.placement()
+    loaded, placement = FakeLoaded(), module.host.placement()
     placement.acquire(loaded)
     assert lowvram.calls == ["send_everything_to_cpu"] and loaded.moves == [(placement.device, placement.dtype)]
     gc_before = devices.gc_calls
@@ -166,7 +168,7 @@ def test_keep_in_vram_leaves_the_model_where_it_is(webui, monkeypatch):
     module = webui()
     monkeypatch.setattr(lowvram, "calls", [])
     shared.opts.easy_diffuser_keep_in_vram = True
-    loaded, placement = FakeLoaded(), module.placement()
+    loaded, placement = FakeLoaded(), module.host.placement()
     placement.acquire(loaded)
     placement.release(loaded)
     assert lowvram.calls == [] and len(loaded.moves) == 1
@@ -210,7 +212,7 @@ def test_forge_goes_through_its_memory_manager(webui, forge):
     module = webui()
     other = SimpleNamespace(model="the SD model")
     forge.current_loaded_models.append(other)
-    loaded, placement = FakeLoaded(), module.placement()
+    loaded, placement = FakeLoaded(), module.host.placement()
     assert placement.device.type == "cuda" and placement.dtype == torch.float16
     placement.acquire(loaded)
     ((action, patcher),) = forge.calls
@@ -225,7 +227,7 @@ def test_forge_goes_through_its_memory_manager(webui, forge):
 def test_forge_keep_in_vram_leaves_it_to_the_manager(webui, forge):
     module = webui()
     shared.opts.easy_diffuser_keep_in_vram = True
-    loaded, placement = FakeLoaded(), module.placement()
+    loaded, placement = FakeLoaded(), module.host.placement()
     placement.acquire(loaded)
     placement.release(loaded)
     assert [call[0] for call in forge.calls] == ["load", "empty_cache"]
@@ -253,11 +255,11 @@ def test_first_use_shows_progress_while_the_vocabulary_is_encoded(webui, red_cir
     first = Progress()
     prompt, negative, bars, status, tau, negatives, state = module.extract(image, None, TAB, first)
     assert "red" in prompt and "easy-diffuser-tag" in bars and state.result.tags
-    encoding = [value for value, desc in first.calls if desc == module.VOCABULARY_PROGRESS]
+    encoding = [value for value, desc in first.calls if desc == handlers.VOCABULARY_PROGRESS]
     assert encoding and encoding[-1][0] == encoding[-1][1]  # (done, total), finished
     again = Progress()
     module.extract(image, None, TAB, again)
-    assert all(desc != module.VOCABULARY_PROGRESS for _, desc in again.calls)  # cached now
+    assert all(desc != handlers.VOCABULARY_PROGRESS for _, desc in again.calls)  # cached now
 
 
 def test_no_image_and_bad_weights_are_messages(webui, red_circle, tmp_path):
@@ -352,16 +354,16 @@ def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypat
     (folder / "broken.png").write_bytes(b"not a png")
 
     stop_after_first_chunk = Progress()
-    original = module._reporter
+    original = handlers._reporter
 
     def reporter(progress, desc, unit):
         report = original(progress, desc, unit)
         return (lambda done, total: (report(done, total), module._stop_batch.set())) if desc == "Captioning" else report
 
-    monkeypatch.setattr(module, "_reporter", reporter)
+    monkeypatch.setattr(handlers, "_reporter", reporter)
     stopped = module.caption(str(folder), False, False, BATCH, stop_after_first_chunk)
     assert "(stopped)" in stopped and len(list(folder.glob("*.txt"))) == 8
-    monkeypatch.setattr(module, "_reporter", original)
+    monkeypatch.setattr(handlers, "_reporter", original)
     done = module.caption(str(folder), False, False, BATCH, Progress())
     assert "2 captioned, 8 already captioned, 1 failed" in done and "broken.png" in done
     assert "blue" in (folder / "9.txt").read_text()
@@ -403,7 +405,7 @@ def test_calibrate_writes_the_learned_tau_that_extraction_then_uses(calibration,
     assert "Best on 10 images" in report and str(candidate) in report and "no negative prompt" in report
     assert "Apply" in report and "calibrated" not in status and not saved.exists()  # nothing in force until applied
     assert any(desc and "generations" in desc and " s each" in desc for _, desc in progress.calls)
-    status = module.change_calibration(module.store.apply)
+    status = module.change_calibration(store.apply)
     assert "Calibration applied" in status and f"tau {data['tau']:g}" in status and data["images"] == 10
     assert plot["visible"] and grid["visible"] and grid["value"].size[1] > 128
     # One hold of the queue: the generator did not take the lock again (A1111's would deadlock).
@@ -464,14 +466,14 @@ def test_calibrate_without_a_checkpoint_says_so_in_one_line_and_does_nothing(cal
     module, folder, saved = calibration
     monkeypatch.setattr(sd_models, "checkpoints_list", {})
     extracted = []
-    monkeypatch.setattr(module, "calibrate", lambda *args, **kwargs: extracted.append(args))
+    monkeypatch.setattr(handlers, "calibrate", lambda *args, **kwargs: extracted.append(args))
     report, plot, grid, status = module.calibrate_folder(str(folder), *CALIBRATE, Progress())
     assert report.count("<p") == 1 and "easy-diffuser-error" in report and "models/Stable-diffusion" in report
     assert not plot["visible"] and status == gr.update()
     assert extracted == [] and processing.calls == [] and not saved.exists()
     assert module.service.engine is None  # not even the CLIP model was loaded
     monkeypatch.setattr(sd_models.model_data, "sd_model", SimpleNamespace(is_sd2=False))  # one is loaded: fine
-    assert not module._no_checkpoint()
+    assert not module.host.no_checkpoint()
 
 
 def elem_ids(demo: gr.Blocks) -> set:
@@ -536,8 +538,8 @@ def test_install_adds_only_open_clip_and_pins_what_the_webui_pinned(launch):
 
 
 def test_sending_without_an_image_keeps_the_image_img2img_has(webui):
-    module = webui()
-    assert module._keep_empty("red, circle", "blue", None) == ("red, circle", "blue", gr.update())
+    webui()
+    assert tab._keep_empty("red, circle", "blue", None) == ("red, circle", "blue", gr.update())
 
 
 def test_the_locked_sliders_show_the_models_values_before_the_first_extraction(webui, models_path):

@@ -1,0 +1,202 @@
+"""The webui adapter: the one module of the package that imports the webui (`modules`, and Forge's `backend`).
+
+Only scripts/easy_diffuser_tab.py imports it; everything else in easy_diffuser.webui is handed a
+`WebuiHost` and asks it for the host's rules: settings and flags, which model, the device and memory
+handling (A1111's lowvram, Forge's memory manager), the queue lock, the job state that Interrupt sets,
+in-process txt2img, and the txt2img/img2img components to send prompts to.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+import torch
+from modules import call_queue, devices, lowvram, paths, processing, sd_models, shared, ui_components
+
+try:
+    from modules.infotext_utils import paste_fields
+except ImportError:  # webui before 1.8
+    from modules.generation_parameters_copypaste import paste_fields
+
+from ..calibration.generators import CallableGenerator, webui_generator
+from ..models import LoadedModel, default_dtype, list_models
+from .service import AUTO, Placement, auto_model
+from .settings import SECTION, Setting
+
+T = TypeVar("T")
+CATEGORY = "postprocessing"  # Settings' group of webui 1.7+, where the webui's own CLIP interrogator is
+
+
+class WebuiHost:
+    """The webui as the tab, the routes and the model service see it. Made when the script loads (and again
+    on Reload UI), which is when it finds out whether it runs under Forge."""
+
+    def __init__(self) -> None:
+        try:  # Forge: GPU memory belongs to its memory manager, which its own interrogator also goes through
+            from backend import memory_management
+            from backend.patcher.base import ModelPatcher
+        except ImportError:
+            self._forge = None
+        else:
+            self._forge = _ForgeMemory(memory_management, ModelPatcher)
+
+    # -- settings and flags
+
+    @property
+    def opts(self) -> Any:
+        """The webui's settings (shared.opts), read when used: Settings may change them at any time."""
+        return shared.opts
+
+    @property
+    def cmd_opts(self) -> Any:
+        return shared.cmd_opts
+
+    def add_settings(self, settings: list[Setting]) -> None:
+        for setting in settings:
+            component = ui_components.DropdownEditable if setting.editable_dropdown else setting.component
+            info = shared.OptionInfo(setting.default, setting.label, component, setting.args, section=SECTION)
+            info.category_id = CATEGORY  # as options_section() does with a 3-part section; older webuis ignore it
+            shared.opts.add_option(f"easy_diffuser_{setting.key}", info)
+
+    # -- which model, and where its weights go
+
+    def configured_model(self) -> str:
+        return shared.cmd_opts.easy_diffuser_model or shared.opts.easy_diffuser_model
+
+    def model_choices(self) -> list[str]:
+        return list(dict.fromkeys([AUTO, *list_models(), self.configured_model()]))
+
+    def resolve_model(self, requested: Optional[str]) -> str:
+        name = requested or self.configured_model()
+        return auto_model(self._checkpoint_is_sd2()) if name == AUTO else name
+
+    @staticmethod
+    def _checkpoint_is_sd2() -> bool:
+        # model_data.sd_model rather than shared.sd_model: in A1111 the latter loads a checkpoint when none is loaded.
+        return bool(getattr(sd_models.model_data.sd_model, "is_sd2", False))
+
+    def weights_folder(self) -> Path:
+        return Path(shared.cmd_opts.easy_diffuser_model_path or os.path.join(paths.models_path, "easy_diffuser"))
+
+    # -- device, memory and the queue
+
+    def placement(self) -> Placement:
+        device = self._device()
+        dtype = torch.float32 if shared.cmd_opts.no_half else default_dtype(device)
+        keep = shared.opts.easy_diffuser_keep_in_vram
+        if self._forge is not None:
+            return Placement(device, dtype, partial(self._forge.acquire, device), self._forge.release, keep)
+        return Placement(device, dtype, partial(_acquire, device, dtype), _release, keep)
+
+    def _device(self) -> torch.device:
+        # A1111's device_interrogate already honours --use-cpu; Forge ignores the flag, so check it for both.
+        if {"interrogate", "all"} & set(shared.cmd_opts.use_cpu):
+            return devices.cpu
+        return self._forge.text_encoder_device() if self._forge is not None else devices.device_interrogate
+
+    @staticmethod
+    def queued(work: Callable[[], T]) -> T:
+        return call_queue.wrap_queued_call(work)()  # never beside image generation
+
+    @staticmethod
+    def torch_gc() -> None:
+        devices.torch_gc()
+
+    # -- generation, for calibration
+
+    @staticmethod
+    def no_checkpoint() -> bool:
+        """No checkpoint loaded and none to load: calibration could generate nothing (the webui would try to load
+        one from an empty list and print its tracebacks). model_data, not shared.sd_model, which would load one."""
+        return sd_models.model_data.sd_model is None and not getattr(sd_models, "checkpoints_list", None)
+
+    @staticmethod
+    @contextmanager
+    def job() -> Iterator[None]:
+        """A webui job, as wrap_gradio_gpu_call makes one (the queue is already held: its lock is not re-entrant)."""
+        shared.state.begin()  # no job name: begin() took none before webui 1.6
+        try:
+            yield
+        finally:
+            shared.state.end()
+            shared.state.interrupted = False  # as wrap_gradio_call does after every job
+
+    @staticmethod
+    def interrupt() -> None:
+        shared.state.interrupt()
+
+    @staticmethod
+    def interrupted() -> bool:
+        return shared.state.interrupted  # the webui's own Interrupt button sets it
+
+    def txt2img(self, loaded: LoadedModel, width: int, height: int, steps: int) -> CallableGenerator:
+        """The webui's txt2img, with our CLIP model off the GPU while the checkpoint generates.
+
+        The same rule as between two extractions (Keep in VRAM decides), and under Forge the way back
+        too: its memory manager may evict our model to make room for the checkpoint."""
+        generator = webui_generator(processing, shared, width, height, steps, queue_lock=None)  # the queue is held
+        rules = self.placement()
+
+        def generate(prompt: str, negative_prompt: str, seed: int) -> Any:
+            rules.release(loaded)
+            try:
+                return generator.generate(prompt, negative_prompt, seed)
+            finally:
+                rules.acquire(loaded)
+
+        return CallableGenerator(generate, generator.name)
+
+    # -- the txt2img and img2img tabs
+
+    @staticmethod
+    def prompt_fields(tab: str) -> list[Any]:
+        """The tab's prompt boxes, as the webui registered them for pasting (only the registry is used)."""
+        fields = {label: component for component, label in paste_fields[tab]["fields"]}
+        return [fields["Prompt"], fields["Negative prompt"]]
+
+    @staticmethod
+    def img2img_image() -> Any:
+        return paste_fields["img2img"]["init_img"]
+
+
+def _acquire(device: torch.device, dtype: torch.dtype, loaded: LoadedModel) -> None:
+    if shared.cmd_opts.lowvram or shared.cmd_opts.medvram:  # as modules/interrogate.py: the SD model leaves first
+        lowvram.send_everything_to_cpu()
+        devices.torch_gc()
+    loaded.to(device, dtype)
+
+
+def _release(loaded: LoadedModel) -> None:
+    if not shared.opts.easy_diffuser_keep_in_vram:
+        loaded.to(devices.cpu)
+    devices.torch_gc()
+
+
+class _ForgeMemory:
+    """Forge moves models only through backend.memory_management, which frees room for them."""
+
+    def __init__(self, memory_management: Any, model_patcher: type) -> None:
+        self.manager = memory_management
+        self.model_patcher = model_patcher
+        self.patcher: Any = None
+
+    def text_encoder_device(self) -> torch.device:
+        return self.manager.text_encoder_device()
+
+    def acquire(self, device: torch.device, loaded: LoadedModel) -> None:
+        if self.patcher is None or self.patcher.model is not loaded.model:
+            offload = self.manager.text_encoder_offload_device()
+            self.patcher = self.model_patcher(loaded.model, load_device=device, offload_device=offload)
+        self.manager.load_models_gpu([self.patcher])
+
+    def release(self, loaded: LoadedModel) -> None:
+        if not shared.opts.easy_diffuser_keep_in_vram:
+            # What free_memory() does to the models it evicts, for ours alone.
+            for entry in [e for e in self.manager.current_loaded_models if e.model is self.patcher]:
+                self.manager.current_loaded_models.remove(entry)
+                entry.model_unload()
+        self.manager.soft_empty_cache()
