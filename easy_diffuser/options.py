@@ -325,4 +325,8 @@ def schema_help() -> dict[str, Any]:
             "default": False,
             "fields": {option.name: describe(option) for option in CAPTION_OPTIONS},
         },
+        "refine": {  # POST /refine's fields, not /extract's
+            "type": "object",
+            "fields": {option.name: describe(option) for option in REFINE_OPTIONS},
+        },
     }

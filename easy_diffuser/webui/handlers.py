@@ -7,19 +7,22 @@ mapping), so a new control changes no handler's signature. The webui itself is r
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import gradio as gr
 from PIL import Image
 
 from ..batch import BatchSummary, caption_folder
 from ..calibration import Calibration, calibrate, store
+from ..calibration.generators import Generator
 from ..engine import Engine
 from ..images import ImageError
 from ..models import ModelError
-from ..options import CAPTION_OPTION, ExtractOptions
+from ..options import CAPTION_OPTION, ExtractOptions, RefineOptions
 from . import controls, markup
+from .http_api import NoGenerator
 from .service import Service
 
 if TYPE_CHECKING:  # the host imports the webui: only the script makes one
@@ -28,6 +31,10 @@ if TYPE_CHECKING:  # the host imports the webui: only the script makes one
 NO_CHECKPOINT = (
     "Calibrate generates images with a Stable Diffusion checkpoint, and the webui has none: put one in "
     "models/Stable-diffusion, choose it at the top of the page, then press Calibrate again."
+)
+NO_CHECKPOINT_ROUND_TRIP = (
+    "Check and Refine generate images with a Stable Diffusion checkpoint, and the webui has none: put one in "
+    "models/Stable-diffusion, choose it at the top of the page, then press the button again."
 )
 VOCABULARY_PROGRESS = "Encoding the tag vocabulary (first use of this model only)"
 
@@ -224,6 +231,17 @@ class Handlers:
 
     def _calibration_stopped(self) -> bool:
         return self._stop_calibration.is_set() or self.host.interrupted()  # the webui's own Interrupt stops it too
+
+    # -- Check and Refine by the round trip
+
+    @contextmanager
+    def generating(self, engine: Engine, options: RefineOptions) -> Iterator[Generator]:
+        """In-process txt2img with the loaded checkpoint, in a webui job (Interrupt stops it); NoGenerator without a
+        checkpoint. The queue must be held already (service.run holds it)."""
+        if self.host.no_checkpoint():
+            raise NoGenerator(NO_CHECKPOINT_ROUND_TRIP)
+        with self.host.job():
+            yield self.host.txt2img(engine.loaded, options.width, options.height, options.steps)
 
     def _as_job(self, work: Callable[[], Calibration]) -> Calibration:
         with self.host.job():

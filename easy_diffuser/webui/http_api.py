@@ -3,6 +3,9 @@
     POST /easy-diffuser/v1/extract  {"image": base64 or data URL, "model": optional, options...}
                                     {"reselect": token of an earlier answer, options...}: the same image
                                     under other options, without sending it again or running CLIP
+    POST /easy-diffuser/v1/refine   {"image", "prompt", "negative_prompt", "model", refine options...}: generate
+                                    from the pair with the loaded checkpoint, score it, try better pairs
+                                    (rounds 0: a check); the answer is the CLI's --json object
     GET  /easy-diffuser/v1/models
     GET  /easy-diffuser/v1/options  what each option accepts (from the options schema)
 
@@ -20,7 +23,7 @@ import binascii
 import json
 import math
 from secrets import compare_digest
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -28,15 +31,23 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from ..calibration.generators import Generator
 from ..captioner import CAPTIONERS
 from ..engine import Engine, Extraction
 from ..images import ImageError, load_image
 from ..models import REGISTRY, ModelError
-from ..options import ExtractOptions, OptionError, schema_help
+from ..options import ExtractOptions, OptionError, RefineOptions, schema_help
+from ..refine import refine as refine_pair
 from .service import Service
 
 PREFIX = "/easy-diffuser/v1"
 DEFAULT_MAX_REQUEST_MB = 50  # a 30 MB photo in base64 is 40 MB
+# (engine, options) -> the in-process generator, inside a webui job; ValueError when nothing can generate
+Generating = Callable[[Engine, RefineOptions], ContextManager[Generator]]
+
+
+class NoGenerator(ValueError):
+    """Nothing to generate with (no checkpoint): the refine route answers 503 with this message."""
 
 
 class TagOut(BaseModel):
@@ -103,8 +114,10 @@ def add_routes(
     selected: Callable[[], str],
     api_auth: Optional[str],
     max_request_mb: Callable[[], float] = lambda: DEFAULT_MAX_REQUEST_MB,
+    generating: Optional[Generating] = None,
 ) -> None:
-    """Register the routes; `api_auth` is the webui's --api-auth, checked as the webui checks its own."""
+    """Register the routes; `api_auth` is the webui's --api-auth, checked as the webui checks its own.
+    With `generating`, also POST /refine."""
     dependencies = [Depends(_basic_auth(api_auth))] if api_auth else []
 
     async def extract(request: Request) -> dict:
@@ -126,6 +139,21 @@ def add_routes(
         except ModelError as error:  # the weights can't be had on this server: not the client's fault
             raise HTTPException(status_code=503, detail=str(error)) from None
 
+    async def refine(request: Request) -> dict:
+        assert generating is not None
+        body = await _read_json(request, _limit_bytes(max_request_mb()))
+        image, prompt, negative, model, options = _parse_refine(body, choices())
+
+        def work(engine: Engine) -> dict:
+            with generating(engine, options) as generator:
+                result = refine_pair(engine, image, generator, prompt, negative, options)
+            return {**result.to_dict(), "stopped": result.stopped, "error": result.error}
+
+        try:
+            return await run_in_threadpool(service.run, work, model)
+        except (ModelError, NoGenerator) as error:  # no weights, no checkpoint: the server's, not the client's
+            raise HTTPException(status_code=503, detail=str(error)) from None
+
     def models() -> dict:
         names = choices()
         listed = [{"name": name, "use": REGISTRY[name].use if name in REGISTRY else ""} for name in names]
@@ -142,6 +170,8 @@ def add_routes(
         dependencies=dependencies,
         openapi_extra=REQUEST_SCHEMA,
     )
+    if generating is not None:
+        app.add_api_route(f"{PREFIX}/refine", refine, methods=["POST"], dependencies=dependencies)
     app.add_api_route(
         f"{PREFIX}/models", models, methods=["GET"], response_model=ModelsResponse, dependencies=dependencies
     )
@@ -222,6 +252,26 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
             status_code=422, detail="caption: a caption needs the image; send image instead of reselect"
         )
     return (_decode_image(image_text) if token is None else None), token, model, options
+
+
+def _parse_refine(body: dict, choices: List[str]) -> tuple[Any, str, str, Optional[str], RefineOptions]:
+    """(image, prompt, negative prompt, model, options) of a refine request, each checked (400 or 422)."""
+    fields = dict(body)
+    image_text, model = fields.pop("image", None), fields.pop("model", None)
+    prompt, negative = fields.pop("prompt", None), fields.pop("negative_prompt", "")
+    if not isinstance(image_text, str):
+        raise HTTPException(status_code=422, detail="image: required, the image file's bytes in base64 or a data: URL")
+    if not isinstance(prompt, str) or not isinstance(negative, str):
+        raise HTTPException(
+            status_code=422, detail="prompt, negative_prompt: the pair to check, as text (prompt is required)"
+        )
+    if model is not None and model not in choices:
+        raise HTTPException(status_code=400, detail=f"model: {str(model)[:100]!r} is not one of {', '.join(choices)}")
+    try:
+        options = RefineOptions.from_mapping(fields)
+    except OptionError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    return _decode_image(image_text), prompt, negative, model, options
 
 
 def _answer(result: Extraction, embedding: torch.Tensor) -> dict:
