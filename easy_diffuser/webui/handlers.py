@@ -6,10 +6,11 @@ mapping), so a new control changes no handler's signature. The webui itself is r
 
 from __future__ import annotations
 
+import queue
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import gradio as gr
 from PIL import Image
@@ -20,7 +21,8 @@ from ..calibration.generators import Generator
 from ..engine import Engine
 from ..images import ImageError
 from ..models import ModelError
-from ..options import CAPTION_OPTION, ExtractOptions, RefineOptions
+from ..options import CAPTION_OPTION, ExtractOptions, OptionError, RefineOptions
+from ..refine import Refinement, Round, refine
 from . import controls, markup
 from .http_api import NoGenerator
 from .service import Service
@@ -48,6 +50,8 @@ class Handlers:
         self._stop_batch = threading.Event()
         self._stop_calibration = threading.Event()
         self._calibrating = threading.Event()  # set while a calibration holds the queue
+        self._stop_round_trip = threading.Event()
+        self._round_trip_running = threading.Event()  # set while Check or Refine generates
 
     def _options(self, values: Mapping[str, Any]) -> ExtractOptions:
         """The tab's control values as options; the captioner decodes as Settings say."""
@@ -234,6 +238,88 @@ class Handlers:
 
     # -- Check and Refine by the round trip
 
+    def check(
+        self, image: Optional[Image.Image], prompt: str, negative: str, *settings: float, progress=gr.Progress()
+    ) -> Iterator[tuple]:
+        """Generate once from the prompt boxes as they stand -> pictures, report, prompt, negative prompt."""
+        yield from self._round_trip(image, prompt, negative, (0, 1, *settings[2:]), progress)  # one generation
+
+    def refine(
+        self, image: Optional[Image.Image], prompt: str, negative: str, *settings: float, progress=gr.Progress()
+    ) -> Iterator[tuple]:
+        """Check, then better pairs round by round; each round shows as it is scored, and the best fills the boxes."""
+        yield from self._round_trip(image, prompt, negative, settings, progress)
+
+    def stop_round_trip(self) -> None:
+        self._stop_round_trip.set()
+        if self._round_trip_running.is_set():  # only then: while it waits for the queue, another job generates
+            self.host.interrupt()
+
+    def _round_trip(
+        self, image: Optional[Image.Image], prompt: str, negative: str, settings: Sequence[float], progress: Any
+    ) -> Iterator[tuple]:
+        unchanged = (gr.update(), gr.update())
+        problem = (
+            "Drop an image first."
+            if image is None
+            else ("Extract or write a prompt first." if not prompt.strip() else "")
+        )
+        if not problem and self.host.no_checkpoint():
+            problem = NO_CHECKPOINT_ROUND_TRIP
+        try:
+            names = ("rounds", "seeds", "width", "height", "steps")
+            options = RefineOptions(**{name: int(value) for name, value in zip(names, settings)})
+        except (OptionError, TypeError, ValueError) as error:
+            problem = problem or str(error)
+        if problem:
+            yield gr.update(), markup.error_html(problem), *unchanged
+            return
+        self._stop_round_trip.clear()
+        finished: queue.Queue[Round] = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def work(engine: Engine) -> Refinement:
+            with self.generating(engine, options) as generator:
+                self._round_trip_running.set()
+                try:
+                    return refine(engine, image, generator, prompt, negative, options, finished.put, self._stopped)
+                finally:
+                    self._round_trip_running.clear()
+
+        def run() -> None:
+            try:
+                outcome["result"] = self.service.run(work, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+            except (ModelError, NoGenerator) as error:
+                outcome["error"] = error
+
+        worker = threading.Thread(target=run, name="easy-diffuser-round-trip", daemon=True)
+        progress(0, desc="Generating from the prompts")
+        worker.start()
+        rounds: list[Round] = []
+        while worker.is_alive() or not finished.empty():
+            try:
+                rounds.append(finished.get(timeout=0.1))
+            except queue.Empty:
+                continue
+            latest = rounds[-1]
+            progress(
+                (len(rounds), options.rounds + 1), desc=f"Round {latest.index}: loss {latest.loss:.4f}", unit="rounds"
+            )
+            so_far = Refinement(list(rounds), [options.seed + i for i in range(options.seeds)])
+            yield _round_trip_pictures(image, rounds), markup.round_trip_html(so_far), *unchanged
+        worker.join()
+        if "error" in outcome:
+            yield gr.update(), markup.error_html(str(outcome["error"])), *unchanged
+            return
+        result: Refinement = outcome["result"]
+        best = result.best
+        filled = best is not None and len(result.rounds) > 1
+        pair = (best.prompt, best.negative_prompt) if filled else unchanged
+        yield _round_trip_pictures(image, result.rounds), markup.round_trip_html(result, filled), *pair
+
+    def _stopped(self) -> bool:
+        return self._stop_round_trip.is_set() or self.host.interrupted()
+
     @contextmanager
     def generating(self, engine: Engine, options: RefineOptions) -> Iterator[Generator]:
         """In-process txt2img with the loaded checkpoint, in a webui job (Interrupt stops it); NoGenerator without a
@@ -241,7 +327,8 @@ class Handlers:
         if self.host.no_checkpoint():
             raise NoGenerator(NO_CHECKPOINT_ROUND_TRIP)
         with self.host.job():
-            yield self.host.txt2img(engine.loaded, options.width, options.height, options.steps)
+            save = bool(self.host.opts.easy_diffuser_round_trip_save)
+            yield self.host.txt2img(engine.loaded, options.width, options.height, options.steps, save)
 
     def _as_job(self, work: Callable[[], Calibration]) -> Calibration:
         with self.host.job():
@@ -250,6 +337,11 @@ class Handlers:
                 return work()
             finally:
                 self._calibrating.clear()
+
+
+def _round_trip_pictures(source: Image.Image, rounds: Sequence[Round]) -> list[tuple[Image.Image, str]]:
+    """The source, then each round's first generation, captioned with its score: side by side in a gallery."""
+    return [(source, "source"), *((r.images[0], f"round {r.index}: loss {r.loss:.3f}") for r in rounds if r.images)]
 
 
 def _reporter(progress: gr.Progress, desc: str, unit: str) -> Callable[[int, int], None]:
