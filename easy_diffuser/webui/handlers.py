@@ -341,7 +341,7 @@ class Handlers:
 
 def _round_trip_pictures(source: Image.Image, rounds: Sequence[Round]) -> list[tuple[Image.Image, str]]:
     """The source, then each round's first generation, captioned with its score: side by side in a gallery."""
-    return [(source, "source"), *((r.images[0], f"round {r.index}: loss {r.loss:.3f}") for r in rounds if r.images)]
+    return [(source, "source"), *((r.images[0], f"round {r.index}: {r.loss:.2f}") for r in rounds if r.images)]
 
 
 def _reporter(progress: gr.Progress, desc: str, unit: str) -> Callable[[int, int], None]:

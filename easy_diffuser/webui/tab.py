@@ -82,7 +82,7 @@ def _round_trip_section(handlers: Handlers, image: gr.Image, prompt: gr.Textbox,
         ]
     report = gr.HTML(elem_id="easy_diffuser_round_trip_report")
     pictures = gr.Gallery(
-        label="Source and generations", columns=4, height="auto", elem_id="easy_diffuser_round_trip_images"
+        label="Source and generations", columns=4, height=240, elem_id="easy_diffuser_round_trip_images"
     )
     outputs = [pictures, report, prompt, negative]
     for button, handler in ((check, handlers.check), (refine, handlers.refine)):
