@@ -309,7 +309,7 @@ def test_check_and_refine_work_on_the_prompt_boxes_as_they_stand(page, red_circl
     textarea(page, "easy_diffuser_prompt").fill("blue, square")  # a hand edit, no extraction
     page.click("#easy_diffuser_check")
     report = round_trip_report(page)
-    expect(report).to_contain_text("round-trip loss: how far the tags")
+    expect(report).to_contain_text("round-trip loss: how far the tags", timeout=TIMEOUT_MS)  # may load the model
     lost = report.locator("tr:nth-child(2) td:nth-child(4)")
     expect(lost).to_contain_text("red")
     expect(report.locator("tr:nth-child(2) td:nth-child(5)")).to_contain_text("blue")  # added
@@ -342,7 +342,7 @@ def test_refine_stop_keeps_the_finished_rounds(page, red_circle, monkeypatch):
     _wait_for(lambda: len(calls) >= 3)  # round 0 (2 seeds) is scored, round 1 is generating
     page.click("#easy_diffuser_refine_stop")
     report = round_trip_report(page)
-    expect(report).to_contain_text("Stopped: the finished rounds are kept")
+    expect(report).to_contain_text("Stopped: the finished rounds are kept", timeout=TIMEOUT_MS)
     expect(report.locator("tr")).not_to_have_count(1)  # the header and at least round 0
     assert len(calls) < 10
 
@@ -355,6 +355,6 @@ def test_check_without_a_checkpoint_shows_one_line_and_generates_nothing(page, r
     textarea(page, "easy_diffuser_prompt").fill("red, circle")
     page.click("#easy_diffuser_check")
     error = page.locator("#easy_diffuser_round_trip_report .easy-diffuser-error")
-    expect(error).to_contain_text("the webui has none: put one in models/Stable-diffusion")
+    expect(error).to_contain_text("the webui has none: put one in models/Stable-diffusion", timeout=TIMEOUT_MS)
     expect(page.locator("#easy_diffuser_round_trip_report p")).to_have_count(1)
     assert calls == []
