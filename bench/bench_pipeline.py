@@ -9,6 +9,7 @@ Random weights of a real architecture time the same as trained ones, so nothing 
 
     python bench/bench_pipeline.py                                   # CPU: ViT-B-32, 200 JPEGs of 1024 px
     python bench/bench_pipeline.py --arch ViT-L-14 --device cuda --batch-size 64 --images 2000
+    python bench/bench_pipeline.py --tagger base                     # a WD-v3-ViT-shaped tagger (448 px)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_core import random_checkpoint  # noqa: E402
+from bench_tagger import SIZES, random_tagger  # noqa: E402
 
 from easy_diffuser import models, pipeline  # noqa: E402
 from easy_diffuser.batch import caption_folder, find_images  # noqa: E402
@@ -87,6 +89,7 @@ def old_loop_rate(engine: Engine, images: list[Path], batch_size: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--tagger", choices=SIZES, default=None, help="a random WD-v3-ViT-shaped tagger instead")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--pixels", type=int, default=1024)
@@ -101,7 +104,10 @@ def main() -> None:
         folder = Path(work) / "images"
         folder.mkdir()
         images = write_jpegs(folder, args.images, args.pixels)
-        spec = random_checkpoint(args.arch, Path(work))
+        if args.tagger:
+            spec = str(random_tagger(Path(work) / "wd-random", args.tagger))
+        else:
+            spec = random_checkpoint(args.arch, Path(work))
         engine = Engine(spec, args.device, models.default_dtype(args.device), cache_dir=Path(work) / "cache")
 
         best: dict[str, float] = {}
@@ -118,8 +124,9 @@ def main() -> None:
         forward, ceiling, piped, piped_full, old = (best[name] for name in names)
 
     workers = args.workers or pipeline.default_workers()
+    model = f"WD-v3-ViT-shaped tagger ({args.tagger})" if args.tagger else args.arch
     print(
-        f"{args.arch} on {args.device}, {args.images} JPEGs of {args.pixels} px, batch {args.batch_size}, "
+        f"{model} on {args.device}, {args.images} JPEGs of {args.pixels} px, batch {args.batch_size}, "
         f"{workers} decoding threads, {torch.get_num_threads()} torch threads, best of {args.rounds} rounds\n"
     )
     rows = [

@@ -37,6 +37,7 @@ TAB = {
     "weights": False,
     "caption": False,
     "caption_model": "",
+    "prompt_style": "tags",
 }
 
 
@@ -59,10 +60,12 @@ def main() -> None:
     width = clip.text_projection.shape[1]
 
     engine = Engine("shapes-demo")  # a real Engine, given the shipped vocabulary at the model's width
-    engine.vocabulary = load_vocabulary([BUILTIN_DIR])
-    engine.text_embeddings = torch.nn.functional.normalize(torch.randn(len(engine.vocabulary), width), dim=-1)
+    clip_scorer = engine.scorer
+    clip_scorer.vocabulary = load_vocabulary([BUILTIN_DIR])
+    clip_scorer.text_embeddings = torch.nn.functional.normalize(torch.randn(len(engine.vocabulary), width), dim=-1)
+    clip_scorer.twins = clip_scorer.text_embeddings
     tokens = embedding.tokenize(engine.loaded, engine.vocabulary.tags)
-    engine.token_costs = (embedding.token_lengths(tokens) - 2).tolist()
+    clip_scorer.token_costs = (embedding.token_lengths(tokens) - 2).tolist()
     # A real CLIP's tag probabilities (the built-in default), not shapes-demo's fit to its 13-tag world.
     engine.tag_calibration = TagCalibration()
     image_embedding = torch.nn.functional.normalize(torch.randn(1, width), dim=-1)

@@ -1,4 +1,4 @@
-"""Easy Diffuser: images -> Stable Diffusion prompts (positive and negative) with CLIP.
+"""Easy Diffuser: images -> Stable Diffusion prompts (positive and negative) with CLIP or a WD tagger.
 
 Try it offline with the tiny model shipped in the package:
 
@@ -8,6 +8,7 @@ Try it offline with the tiny model shipped in the package:
     ed.print_caption()
 """
 
+from . import tagger  # noqa: F401  registers the WD taggers with models.load_model
 from .engine import Engine, Extraction, ExtractOptions
 from .images import ImageError
 from .models import ModelError, list_models

@@ -20,7 +20,7 @@ from . import pipeline
 from .engine import Engine, Extraction, ExtractOptions
 from .images import is_image_path
 from .pipeline import Task, caption_path
-from .records import RecordWriter, absolute, done_paths
+from .records import RecordWriter, absolute, done_paths, recorded_path
 
 BATCH_SIZE = 8  # images per forward pass: throughput without holding a folder in memory
 
@@ -32,9 +32,15 @@ class BatchSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     stopped: bool = False
     seconds: float = 0.0  # time spent on the images to do
+    captions: bool = True  # False: records only (--no-captions), so nothing is "captioned"
+    recorded: int = 0  # records written (error records included)
 
     def __str__(self) -> str:
-        text = f"{len(self.written)} captioned, {len(self.skipped)} already captioned, {len(self.failed)} failed"
+        if self.captions:
+            done = f"{len(self.written)} captioned" + (f", {self.recorded} records written" if self.recorded else "")
+            text = f"{done}, {len(self.skipped)} already captioned, {len(self.failed)} failed"
+        else:
+            text = f"{self.recorded} records written, {len(self.skipped)} already recorded, {len(self.failed)} failed"
         if self.seconds and self.written:
             text += f" ({len(self.written) / self.seconds:.1f} images/s)"
         return text + (" (stopped)" if self.stopped else "")
@@ -63,10 +69,11 @@ def caption_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: no such folder")
-    summary = BatchSummary()
+    summary = BatchSummary(captions=captions)
     tasks = plan(find_images(folder, recursive), summary, captions, overwrite, records)
     outcome = pipeline.run(engine, tasks, options, records, batch_size, workers, progress, should_stop, on_result)
     summary.written, summary.stopped, summary.seconds = outcome.written, outcome.stopped, outcome.seconds
+    summary.recorded = outcome.recorded
     summary.failed += outcome.failed
     return summary
 
@@ -88,7 +95,7 @@ def plan(
             )
             summary.failed.append((image, reason))
         wants_caption = captions and owner == image and (overwrite or not caption_path(image).is_file())
-        wants_record = records is not None and absolute(image) not in recorded
+        wants_record = records is not None and recorded_path(absolute(image)) not in recorded
         if wants_caption or wants_record:
             tasks.append(Task(image, wants_caption, wants_record))
         elif owner == image:

@@ -15,13 +15,15 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from . import prompt_style
 from .batch import BATCH_SIZE, caption_folder
-from .captioner import CAPTIONERS
+from .captioner import CAPTIONERS, check_supported
+from .checkpoint_family import detect_checkpoint
 from .engine import Engine, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
-from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option, OptionError
-from .records import RecordWriter, absolute, error_record, record
+from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option
+from .records import RecordsError, RecordWriter, absolute, error_record, record
 
 EXIT_IMAGE_FAILED = 1
 EXIT_SETUP_FAILED = 2
@@ -30,7 +32,7 @@ EXIT_SETUP_FAILED = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="easy-diffuser",
-        description="Turn images into Stable Diffusion prompts with CLIP.",
+        description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
         epilog="other commands:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
         "(easy-diffuser calibrate --help)\n  easy-diffuser check IMAGE --generator G   how faithful the prompt is: "
         "generate and compare\n  easy-diffuser refine IMAGE --generator G  better prompts, round by round",
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model folder or checkpoint file",
+        help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model or tagger folder, or checkpoint file",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
@@ -65,26 +67,20 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
     if option.kind is bool:
         group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
         return
+    if option.kind is str and not option.choices:
+        parse = option.argument_type()
+        group.add_argument(option.flag, dest=dest, type=parse, default=option.default, metavar="TAGS", help=option.help)
+        return
     default = option.automatic or option.default
+    accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"
     group.add_argument(
         option.flag,
         dest=dest,
-        type=_checked_by(option),
+        type=option.argument_type(),
         default=option.default,
-        metavar=option.kind.__name__.upper(),
-        help=f"{option.help}; {option.minimum:g} to {option.maximum:g} (default: {default})",
+        metavar=option.name.upper() if option.choices else option.kind.__name__.upper(),
+        help=f"{option.help}; {accepts} (default: {default})",
     )
-
-
-def _checked_by(option: Option):
-    def parse(text: str):
-        try:
-            return option.parse(text)
-        except OptionError as error:
-            raise argparse.ArgumentTypeError(error.problem) from None  # argparse names the flag itself
-
-    parse.__name__ = option.kind.__name__
-    return parse
 
 
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +131,13 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     for option in CAPTION_OPTIONS:
         _add_option(group, option, f"caption_{option.name}")
     group.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="NAME|FILE.safetensors",
+        help="the checkpoint the prompts are for: --prompt-style automatic follows its family (Flux, SD3, Qwen-Image: "
+        "sentences; others: tags); a .safetensors file's header metadata is read too",
+    )
+    group.add_argument(
         "--keep-in-vram",
         action="store_true",
         help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)",
@@ -175,10 +178,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = None
     try:
         options = options_from(args)
+        target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
+        style = prompt_style.resolve(options, target)  # booru on a CLIP model is refused here
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options)
+            return ray_main(args, options, style)
+        if style.caption:
+            check_supported(style.caption.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,
             args.device or default_device(),
@@ -186,8 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
         )
-        if options.caption:
-            engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image
+        engine.target = target
+        if style.caption:
+            engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
         records = RecordWriter(args.output, args.overwrite) if args.output else None
     except (ModelError, ValueError, OSError) as error:
@@ -199,9 +207,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = _run_folder if _is_folder(item) else _run_image
             failed |= not run(engine, item, options, args, records)
     finally:
-        if records:
-            records.close()
+        unwritten = records is not None and not _close(records)
+    if unwritten:
+        return EXIT_SETUP_FAILED
     return EXIT_IMAGE_FAILED if failed else 0
+
+
+def _close(records: RecordWriter) -> bool:
+    """Close the records; False (after one error line) when a Parquet output could not be written. Its journal
+    is kept, so a rerun merges it once the cause is fixed."""
+    try:
+        records.close()
+    except RecordsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def _is_folder(path: Path) -> bool:

@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .models import LoadedModel
 
@@ -20,14 +19,9 @@ ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 @torch.inference_mode()
-def encode_images(loaded: LoadedModel, images: Sequence[Image.Image]) -> torch.Tensor:
-    """Unit-length image embeddings, float32 on the CPU, one row per image."""
-    return encode_preprocessed(loaded, torch.stack([loaded.preprocess(image) for image in images]))
-
-
-@torch.inference_mode()
 def encode_preprocessed(loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
-    """encode_images for images already through `loaded.preprocess` (stacked): decoding can run elsewhere."""
+    """Unit-length image embeddings, float32 on the CPU, one row per image already through `loaded.preprocess`
+    (stacked: decoding can run elsewhere)."""
     features = loaded.model.encode_image(batch.to(loaded.device, loaded.dtype))
     return F.normalize(features.float(), dim=-1).cpu()
 

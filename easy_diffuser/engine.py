@@ -1,11 +1,16 @@
-"""The pipeline every entry point calls: image -> embedding -> scores -> tags -> prompts.
+"""The pipeline every entry point calls: image -> features -> scores -> tags -> prompts.
+
+The model behind the features is a CLIP or a WD tagger (scorers.py, the one seam); everything else is
+the same path for both.
 
     engine = Engine("shapes-demo")
     result = engine.extract("image.png")
     result.prompt, result.negative_prompt, result.tags
 
 With `ExtractOptions(caption=CaptionOptions(MODEL))` a captioner (captioner.py) runs first and its caption leads
-the positive prompt: `caption, tag, tag, ...` in the same token budget.
+the positive prompt: `caption, tag, tag, ...` in the same token budget. `prompt_style` (prompt_style.py) says
+how the prompt reads: with `sentences` a describing captioner's paragraph leads, in the target encoder's budget;
+`automatic` follows `Engine.target`, the checkpoint the prompts are for (checkpoint_family.py).
 """
 
 from __future__ import annotations
@@ -19,18 +24,22 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from . import embedding, label_cache, scoring
-from .captioner import Captioner, compose, load_captioner
+from . import prompt_style
+from .booru import BooruRule, tag_list
+from .captioner import Captioner, compose, join, load_captioner
+from .checkpoint_family import T5_TOKENS, Detected
 from .embedding import ProgressFn
 from .files import safe_name
 from .images import ImageInput, load_image
 from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, declared_defaults, load_model
-from .options import REFINE_OPTION, CaptionOptions, ExtractOptions, RefineOptions
+from .options import BOORU_TOKEN_BUDGET, REFINE_OPTION, TOKEN_BUDGET, CaptionOptions, ExtractOptions, RefineOptions
 from .presence import TagCalibration, model_tag_calibration
 from .prompt import escape, format_prompt, prompts
+from .scorers import TagScorer, scorer
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
-from .vocabulary import BUILTIN_DIR, Vocabulary, load_vocabulary
+from .tagger import LoadedTagger
+from .vocabulary import Vocabulary
 
 if TYPE_CHECKING:  # refine.py imports this module
     from .calibration.generators import Generator
@@ -51,6 +60,8 @@ class Extraction:
     tau_source: str  # where tau came from: "option", a calibration file, "model default", ...
     source: str = ""  # the image's path or name, for batch output
     caption: str = ""  # the captioner's text at the head of the prompt; "" when captioning is off
+    prompt_style: str = "tags"  # the style in force: "tags" or "sentences" (automatic resolved)
+    style_note: str = ""  # which style and why, for a status line (prompt_style.status)
 
     def to_dict(self) -> dict:
         data = {
@@ -59,13 +70,14 @@ class Extraction:
             "tags": [t.to_dict() for t in self.tags],
         }
         data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
+        data.update(prompt_style=self.prompt_style, prompt_style_note=self.style_note)
         if self.source:
             data["source"] = self.source
         return data
 
 
 class Engine:
-    """A loaded model with its vocabulary and cached tag embeddings, ready to extract."""
+    """A loaded model (CLIP or tagger) with its vocabulary and scorer, ready to extract."""
 
     def __init__(
         self,
@@ -79,20 +91,33 @@ class Engine:
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
-        self.loaded: LoadedModel = load_model(model, check_device(device), dtype, self.cache_dir)
-        # Which tags an image shows, for the negative prompt's guard and calibration's metric.
+        self.loaded: LoadedModel | LoadedTagger = load_model(model, check_device(device), dtype, self.cache_dir)
+        # Which tags an image shows, for the negative prompt's guard and calibration's metric (a tagger's
+        # probabilities say it directly).
         self.tag_calibration: TagCalibration = model_tag_calibration(
             self.loaded.defaults, f"{model}: easy_diffuser.json"
         )
-        folders = [self.loaded.vocabulary_dir or BUILTIN_DIR, *map(Path, vocabulary_dirs)]
-        self.vocabulary: Vocabulary = load_vocabulary(folders)
-        self.text_embeddings = label_cache.text_embeddings(self.loaded, self.vocabulary, self.cache_dir, progress)
-        self.token_costs = (embedding.token_lengths(embedding.tokenize(self.loaded, self.vocabulary.tags)) - 2).tolist()
+        self.scorer: TagScorer = scorer(self.loaded, self.cache_dir, vocabulary_dirs, progress)
         self._lock = threading.Lock()  # one model, many callers (HTTP routes, the tab)
+        self.target: Detected | None = None  # the checkpoint the prompts are for: automatic prompt style follows it
+        self.t5_tokens: prompt_style.TokenCounter = prompt_style.t5_token_bound  # the host's T5 tokenizer if it has one
 
     @property
     def model_id(self) -> str:
         return self.loaded.model_id
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.scorer.vocabulary
+
+    @property
+    def token_costs(self) -> list[int]:
+        return self.scorer.token_costs
+
+    @property
+    def text_embeddings(self) -> torch.Tensor | None:
+        """CLIP's tag embeddings (None for a tagger, which scores by its head)."""
+        return getattr(self.scorer, "text_embeddings", None)
 
     def extract(
         self, image: ImageInput, options: ExtractOptions = ExtractOptions(), name: str | None = None
@@ -110,20 +135,21 @@ class Engine:
     def extract_with_embeddings(
         self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()
     ) -> tuple[list[Extraction], torch.Tensor]:
-        """extract_many, and the image embeddings, from which a re-selection needs no model pass."""
-        captions = self.caption(images, options) if options.caption else []
+        """extract_many, and the images' features, from which a re-selection needs no model pass."""
+        caption = self.style(options).caption
+        captions = self.caption(images, caption) if caption else []
         embeddings = self.encode(images)
         return self.extract_embeddings(embeddings, options, names, captions), embeddings
 
     def encode(self, images: Sequence) -> torch.Tensor:
-        """Unit-length image embeddings (float32, CPU), one row per image."""
-        with self._lock:
-            return embedding.encode_images(self.loaded, images)
+        """The model's features of each image (float32, CPU; scorers.py): CLIP's unit-length image embedding,
+        a tagger's tag probabilities. What re-selection keeps."""
+        return self.encode_tensors(torch.stack([self.loaded.preprocess(image) for image in images]))
 
     def encode_tensors(self, batch: torch.Tensor) -> torch.Tensor:
         """encode() for images already through `self.loaded.preprocess`, stacked (pipeline.py decodes in workers)."""
         with self._lock:
-            return embedding.encode_preprocessed(self.loaded, batch)
+            return self.scorer.features(batch)
 
     def extract_embeddings(
         self,
@@ -133,7 +159,7 @@ class Engine:
         captions: Sequence[str] = (),
         selection: SelectionOptions | None = None,
     ) -> list[Extraction]:
-        """Extract from images already encoded: calibration tries many settings on the same images.
+        """Extract from images already encoded (`encode`): calibration tries many settings on the same images.
 
         With options.caption, `captions` holds each image's caption (extract_many makes them).
         `selection` replaces what options would resolve to (calibration's sweep sets tau itself)."""
@@ -141,17 +167,17 @@ class Engine:
             selection, tau_source = self.selection_options(options)
         else:
             tau_source = "set by the caller"
+        style = self.style(options)
         results = []
-        for index, scores in enumerate(scoring.score(image_embeddings, self.text_embeddings)):
-            tags = select(scores, self.vocabulary, self.text_embeddings, self.token_costs, selection)
+        for index, scores in enumerate(self.scorer.scores(image_embeddings)):
+            tags = select(scores, self.vocabulary, self.scorer.twins, self.token_costs, selection)
             prompt, negative = prompts(tags, options.weights)
             caption = ""
-            if options.caption:
-                prompt, tags, caption = self._with_caption(captions[index], tags, options)
+            if style.caption:
+                prompt, tags, caption = self._with_caption(captions[index], tags, options, style)
             source = names[index] if index < len(names) else ""
-            results.append(
-                Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
-            )
+            result = Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
+            results.append(replace(result, prompt_style=style.name, style_note=prompt_style.status(style)))
         return results
 
     def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
@@ -166,9 +192,12 @@ class Engine:
             tau=tau,
             negatives=counts.get("negatives", options.negatives),
             quality_negatives=options.quality_negatives,
-            token_budget=options.token_budget,
+            token_budget=self.token_budget(options),
             dedup_threshold=options.dedup_threshold,
             presence=self.tag_calibration,
+            booru=self._booru_rule(options) if self.scorer.booru else None,
+            exclude=tag_list(options.exclude_tags),
+            first=tag_list(options.first_tags),
         )
         return selection, tau_source
 
@@ -208,32 +237,49 @@ class Engine:
         """The pair as it stands, generated once (round 0 alone): its score and tag diff."""
         return self.refine(image, generator, prompt, negative_prompt, rounds=0, seeds=1, seed=seed, options=options)
 
+    def token_budget(self, options: ExtractOptions) -> int:
+        """The positive prompt's tokens: the option, else one chunk for CLIP and three for a tagger."""
+        if options.token_budget is not None:
+            return options.token_budget
+        return BOORU_TOKEN_BUDGET if self.scorer.booru else TOKEN_BUDGET
+
+    @staticmethod
+    def _booru_rule(options: ExtractOptions) -> BooruRule:
+        return BooruRule(
+            options.general_threshold, options.character_threshold, options.general_mcut, options.character_mcut
+        )
+
     def captioner(self, spec: str) -> Captioner:
         """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
         return load_captioner(spec, self.loaded.device, self.loaded.dtype, self.cache_dir)
 
-    def caption(self, images: Sequence, options: ExtractOptions) -> list[str]:
+    def style(self, options: ExtractOptions) -> prompt_style.Style:
+        """The prompt style the options mean for `self.target`, with the captioner it runs."""
+        return prompt_style.resolve(options, self.target, tagger=self.scorer.booru)
+
+    def caption(self, images: Sequence, options: CaptionOptions) -> list[str]:
         """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM."""
-        assert options.caption is not None
         with self._lock:
-            captioner = self.captioner(options.caption.model)
+            captioner = self.captioner(options.model)
             try:
-                return [captioner.caption(image, options.caption) for image in images]
+                return [captioner.caption(image, options) for image in images]
             finally:
                 if not self.keep_in_vram and captioner.device.type != "cpu":
                     captioner.to("cpu")
 
     def _with_caption(
-        self, caption: str, tags: list[TagScore], options: ExtractOptions
+        self, caption: str, tags: list[TagScore], options: ExtractOptions, style: prompt_style.Style
     ) -> tuple[str, list[TagScore], str]:
-        """(prompt, tags, caption): `caption, tags...` in the token budget; positive tags the caption
+        """(prompt, tags, caption): caption then tags in the style's token budget; positive tags the caption
         repeats or that no longer fit go "off", so the tags' roles still match the prompt."""
-        caption, kept = compose(
-            caption, tags, lambda text: embedding.token_count(self.loaded, text), options.token_budget
-        )
+        if style.uses_t5:
+            cost, budget = self.t5_tokens, T5_TOKENS
+        else:
+            cost, budget = self.scorer.token_count, self.token_budget(options)
+        caption, kept = compose(caption, tags, cost, budget, style.sentences)
         dropped = {tag.tag for tag in tags if tag.role == "positive"} - {tag.tag for tag in kept}
         tags = [replace(tag, role="off") if tag.tag in dropped else tag for tag in tags]
-        return ", ".join(filter(None, [escape(caption), format_prompt(kept, options.weights)])), tags, caption
+        return join(escape(caption), [format_prompt(kept, options.weights)], style.sentences), tags, caption
 
     def _model_selection_defaults(self, options: ExtractOptions) -> dict:
         """A model folder may ask for other defaults (shapes-demo: one tag per category)."""

@@ -41,6 +41,8 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 _ORIENTATION_TAG = 0x0112
+# The thinnest shape a model is shown whole (see bounded): wider than phone panoramas (about 5:1).
+MAX_ASPECT = 8
 
 
 class ImageError(ValueError):
@@ -162,6 +164,26 @@ def _to_eight_bit(image: Image.Image) -> Image.Image:
     elif image.mode != "F":
         values = values / 256  # 16-bit range (PNG's 16-bit greyscale opens as "I")
     return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+
+
+def bounded(image: Image.Image) -> Image.Image:
+    """`image`, cut to its centre when it is more than MAX_ASPECT times as long as it is wide.
+
+    A model scales a picture before it looks at it, and a thin strip makes that step explode: CLIP's resize
+    scales the short side up to its input size, so a 1x100000 PNG of 275 bytes becomes 224 x 22,400,000
+    pixels before the centre crop keeps 224 x 224, and padding it to a square (the WD tagger) makes
+    100000 x 100000. Cut at MAX_ASPECT:1, the resized image has at most MAX_ASPECT squares of the model's
+    size and the padded square at most MAX_ASPECT times the image's pixels, which the bomb guard bounds.
+    A crop-to-square model sees the same centre square as before (the cut keeps 3.5 squares either side
+    of it); every image up to MAX_ASPECT:1 is returned as it is."""
+    width, height = image.size
+    if max(width, height) <= MAX_ASPECT * min(width, height):
+        return image
+    if width > height:
+        left = (width - MAX_ASPECT * height) // 2
+        return image.crop((left, 0, left + MAX_ASPECT * height, height))
+    top = (height - MAX_ASPECT * width) // 2
+    return image.crop((0, top, width, top + MAX_ASPECT * width))
 
 
 def is_image_path(path: Path) -> bool:

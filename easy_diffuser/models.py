@@ -1,6 +1,9 @@
-"""Model registry and loading: one entry point, `load_model(spec)`, over a table of known CLIPs.
+"""Model registry and loading: one entry point, `load_model(spec)`, over a table of known models.
 
-A model spec is one of:
+A model is a CLIP (open_clip) or a WD tagger (timm, tagger.py). Other kinds of model register their loader
+here (`register_kind`, as timm's @register_model fills its registry; tagger.py registers itself, and the
+package imports it), so every kind loads, caches, moves between devices and unloads the same way.
+A CLIP spec is one of:
   * a registry name: "ViT-L-14/openai", "ViT-H-14/laion2b_s32b_b79k", "ViT-bigG-14/laion2b_s39b_b160k",
     "shapes-demo" (the tiny model shipped in the package), or any other open_clip "ARCH/TAG" pair;
   * a local model folder holding open_clip_config.json and open_clip_model.safetensors
@@ -21,12 +24,16 @@ import logging
 import os
 import tempfile
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 
+from .images import bounded
 from .options import OptionError
 from .settings_files import SettingsFileError, check_model_defaults, read_json_object
 from .torchscript import is_torchscript, read_torchscript_state_dict
@@ -40,11 +47,19 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
+# A tagger's relevance is the standardised log-odds (scorers.py); tau 2 starts the negative prompt's subset near
+# p = 0.01 on a typical image, until a calibration learns better.
+TAGGER_DEFAULTS: dict[str, Any] = {"tau": 2.0}
+
 T = TypeVar("T")
 
 
 class ModelError(RuntimeError):
     """A model that cannot be had; the message names the cause and the fix."""
+
+
+class ModelFileError(ModelError):
+    """A model's own file is unusable (a missing, malformed or mismatched file); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,8 @@ class ModelInfo:
     use: str
     defaults: dict[str, Any] = field(default_factory=dict)
     hf_hub: str = ""  # a hub repository with safetensors, where open_clip's table names only a .pt URL
+    tagger: bool = False  # a WD tagger (tagger.py): the name is its hub repository
+    shipped: str = ""  # a folder under data/ that ships with the package
 
 
 REGISTRY: dict[str, ModelInfo] = {
@@ -70,6 +87,21 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("ViT-H-14/laion2b_s32b_b79k", "SD 2.x (its OpenCLIP-H text encoder)", {"tau": 1.5}),
         ModelInfo("ViT-bigG-14/laion2b_s39b_b160k", "SDXL (its OpenCLIP-bigG text encoder)", {"tau": 1.5}),
         ModelInfo("shapes-demo", "the tiny shapes-world model shipped for offline tries and tests"),
+        *(
+            ModelInfo(
+                f"SmilingWolf/wd-{name}-tagger-v3",
+                f"anime checkpoints, booru tags: WD v3 {use}",
+                TAGGER_DEFAULTS,
+                tagger=True,
+            )
+            for name, use in (
+                ("vit", "ViT-B tagger (about 380 MB)"),
+                ("swinv2", "SwinV2-B tagger (about 390 MB)"),
+                ("convnext", "ConvNeXt-B tagger (about 390 MB)"),
+                ("vit-large", "ViT-L tagger (about 1.3 GB)"),
+                ("eva02-large", "EVA02-L tagger, the most accurate (about 1.3 GB)"),
+            )
+        ),
     )
 }
 
@@ -103,6 +135,12 @@ class LoadedModel(OnDevice):
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "LoadedModel":
         self.model.to(device=device, dtype=dtype)
         return self
+
+    @property
+    def image_size(self) -> int:
+        """The side of the model's square input (decoding needs no more pixels)."""
+        size = getattr(self.model.visual, "image_size", 224)
+        return max(size) if isinstance(size, (tuple, list)) else int(size)
 
 
 def list_models() -> list[str]:
@@ -165,12 +203,12 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
-) -> LoadedModel:
+) -> Any:
     """Load a model once per (spec, cache folder) and reuse it; move it to `device`/`dtype`."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError(
             f"model: must name a model ({', '.join(REGISTRY)}, an open_clip ARCH/TAG pair, "
-            f"a model folder or a checkpoint file path), not {spec!r}"
+            f"a model or tagger folder or a checkpoint file path), not {spec!r}"
         )
     return _loaded(spec, Path(cache_dir or DEFAULT_CACHE_DIR)).to(device, dtype or default_dtype(device))
 
@@ -180,7 +218,20 @@ def unload_models(spec: str | None = None, cache_dir: str | os.PathLike | None =
     _loaded.clear(spec, Path(cache_dir or DEFAULT_CACHE_DIR))
 
 
-def _load(spec: str, cache_dir: Path) -> LoadedModel:
+# Other kinds of model: (claims(spec), load(spec, cache folder)), asked before the CLIP specs.
+MODEL_KINDS: list[tuple[Callable[[str], bool], Callable[[str, Path], Any]]] = []
+
+
+def register_kind(claims: Callable[[str], bool], load: Callable[[str, Path], Any]) -> None:
+    """Let `load_model` load another kind of model (tagger.py's WD taggers): same cache, devices and unloading.
+    The loaded object has `model`, `model_id`, `cache_key`, `defaults`, `preprocess`, `image_size` and `to()`."""
+    MODEL_KINDS.append((claims, load))
+
+
+def _load(spec: str, cache_dir: Path) -> Any:
+    for claims, load in MODEL_KINDS:
+        if claims(spec):
+            return load(spec, cache_dir)
     if spec == "shapes-demo":
         return _load_folder(DATA_DIR / "shapes-demo", model_id="shapes-demo")
     arch, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
@@ -197,7 +248,7 @@ def _load(spec: str, cache_dir: Path) -> LoadedModel:
     )
 
 
-_loaded: LoadOnce[LoadedModel] = LoadOnce(_load)
+_loaded: LoadOnce[Any] = LoadOnce(_load)
 
 
 def _load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedModel:
@@ -249,6 +300,15 @@ class WeightSource:
     filename: str = ""
     url: str = ""
 
+    @property
+    def server(self) -> str:
+        """The server a download asks: the hub's endpoint (HF_ENDPOINT), or the URL's."""
+        if self.hub_repo:
+            from huggingface_hub import constants
+
+            return _server_of(constants.ENDPOINT)
+        return _server_of(self.url)
+
     def fetch(self, cache_dir: Path, local_only: bool) -> Path | None:
         """The local file, downloaded unless local_only; None when local_only and it is not here."""
         if self.hub_repo:
@@ -284,25 +344,71 @@ def weight_sources(pretrained_cfg: dict[str, Any]) -> list[WeightSource]:
 
 
 def _fetch(sources: list[WeightSource], cache_dir: Path) -> Path:
-    """A file already here first (nothing downloaded for what is cached), then downloads in order of safety."""
+    """A file already here first (nothing downloaded for what is cached), then downloads in order of safety.
+
+    Each server is asked once whether it answers before anything is downloaded from it: without network the
+    hub's downloader retries for about a minute before it gives the same error."""
     errors: list[Exception] = []
-    for local_only in (True, False):
-        for source in sources:
-            try:
-                path = source.fetch(cache_dir, local_only)
-            except Exception as error:
-                errors.append(error)
-                continue
-            if path is not None:
-                return path
-    raise errors[-1] if errors else FileNotFoundError("no download source")
+    for source in sources:
+        try:
+            path = source.fetch(cache_dir, local_only=True)
+        except Exception as error:
+            errors.append(error)
+            continue
+        if path is not None:
+            return path
+    unreachable: set[str] = set()
+    for source in sources:
+        if source.hub_repo and hub_offline():
+            errors.append(ConnectionError("HF_HUB_OFFLINE is set, so the hub is not asked"))
+            continue
+        if source.server in unreachable:
+            continue
+        try:
+            require_reachable(source.server)
+        except ConnectionError as error:
+            unreachable.add(source.server)
+            errors.append(error)
+            continue
+        try:
+            return source.fetch(cache_dir, local_only=False)
+        except Exception as error:
+            errors.append(error)
+    raise errors[0] if errors else FileNotFoundError("no download source")
+
+
+def _server_of(url: str) -> str:
+    """https://huggingface.co/org/repo -> https://huggingface.co"""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def require_reachable(url: str, timeout: float = 5.0) -> None:
+    """ConnectionError at once when the server of `url` does not answer: one request, no retries.
+
+    urllib honours the same proxy settings (HTTPS_PROXY, ...) as the hub's and open_clip's downloads."""
+    server = _server_of(url)
+    try:
+        urllib.request.urlopen(urllib.request.Request(server, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: the server is there, whatever it thinks of a bare HEAD
+    except (urllib.error.URLError, OSError) as error:
+        raise ConnectionError(f"{server} is not reachable: {getattr(error, 'reason', error)}") from None
+
+
+def hub_offline() -> bool:
+    """Honour HF_HUB_OFFLINE when it is set after huggingface_hub was imported (it reads it only then)."""
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _first_line(error: BaseException) -> str:
     return str(error).strip().split("\n")[0]
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
+def one_line(error: BaseException, limit: int = 300) -> str:
     """A multi-line error (load_state_dict lists every key) as one line a user can read."""
     text = " ".join(str(error).split())
     return text if len(text) <= limit else f"{text[:limit]}..."
@@ -333,7 +439,7 @@ def _placed_file(arch: str, tag: str, cache_dir: Path) -> Path | None:
 def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
     open_clip = _open_clip()
     weights = _weights_in(folder)
-    cache_key = f"{folder.name}-{_content_hash(weights)}"
+    cache_key = f"{folder.name}-{content_hash(weights)}"
     model_id = model_id or cache_key
 
     config_path = folder / "open_clip_config.json"
@@ -389,7 +495,7 @@ def _load_file(path: Path, arch: str, model_id: str | None = None) -> LoadedMode
         raise ModelError(f"{path}: unknown architecture {arch!r}; name it as ARCH=PATH, e.g. ViT-L-14={path}")
     model, preprocess = _architecture(arch, force_quick_gelu=_is_openai_checkpoint(path))
     _load_weights(model, path)
-    cache_key = f"{arch}-{path.stem}-{_content_hash(path)}"
+    cache_key = f"{arch}-{path.stem}-{content_hash(path)}"
     return _finish(model, preprocess, open_clip.get_tokenizer(arch), model_id or cache_key, cache_key, None)
 
 
@@ -410,7 +516,15 @@ def _architecture(arch: str, **kwargs: Any) -> tuple[torch.nn.Module, Callable]:
         model, _, preprocess = _open_clip().create_model_and_transforms(arch, **kwargs)
     finally:
         logging.getLogger().removeFilter(notice)
-    return model, preprocess
+    return model, _bounded_first(preprocess)
+
+
+def _bounded_first(preprocess: Callable) -> Callable:
+    """The model's preprocessing with images.bounded in front: every surface, and the pipeline's decode
+    workers (which run these same steps), cut a thin strip before the resize would scale it up to gigabytes."""
+    from torchvision import transforms
+
+    return transforms.Compose([bounded, *preprocess.transforms])
 
 
 def _finish(
@@ -460,7 +574,7 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
         raise
     except Exception as error:
         raise ModelError(
-            f"{path}: not a usable checkpoint for this architecture ({type(error).__name__}: {_one_line(error)})"
+            f"{path}: not a usable checkpoint for this architecture ({type(error).__name__}: {one_line(error)})"
         ) from None
 
 
@@ -505,7 +619,7 @@ def _register_config(model_id: str, model_cfg: dict) -> str:
     return arch
 
 
-def _content_hash(path: Path, chunk: int = 1 << 20) -> str:
+def content_hash(path: Path, chunk: int = 1 << 20) -> str:
     """Hash of size plus first and last MiB: cheap for multi-GB files, different for different weights."""
     digest = hashlib.sha256(str(path.stat().st_size).encode())
     with path.open("rb") as handle:

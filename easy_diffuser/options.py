@@ -10,21 +10,46 @@ place and every surface says the same thing about a bad value:
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
+
+from .families import AUTOMATIC
+from .families import CHOICES as FAMILY_CHOICES
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
+# A tagger's thresholds decide which tags go in; booru prompts often pass one chunk, and the webui splits
+# longer ones into chunks of 75: three chunks hold what a tagger finds at its default thresholds.
+BOORU_TOKEN_BUDGET = 3 * TOKEN_BUDGET
+MAX_TAG_LIST = 4000  # characters of an exclude or always-first list
 
 
 class OptionError(ValueError):
     """A value an option can't take; the message names the option and what it accepts."""
 
     def __init__(self, name: str, problem: str) -> None:
+        name = shown_text(name)  # an unknown field's name is the client's input: a 1 MB key is no 1 MB message
         super().__init__(f"{name}: {problem}")
         self.name = name
         self.problem = problem
+
+
+SHOWN = 60  # characters of a user's value quoted in a message
+
+
+def shown(value: Any) -> str:
+    """repr(value) as a message quotes it: cut to SHOWN characters, and a huge whole number by its size (Python
+    refuses to print one of over 4,300 digits, and a message that echoes a megabyte of input helps nobody)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * SHOWN:
+        return f"a whole number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return shown_text(repr(value))
+
+
+def shown_text(text: str) -> str:
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}..."
 
 
 @dataclass(frozen=True)
@@ -32,7 +57,7 @@ class Option:
     """One option: its name (the Python and HTTP field), type, default, range and how surfaces show it."""
 
     name: str
-    kind: type  # int, float or bool
+    kind: type  # int, float, bool, or str (one of `choices`, or else a comma-separated list of tags)
     default: Any
     help: str
     label: str  # the tab's control
@@ -41,18 +66,27 @@ class Option:
     maximum: float | None = None
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
+    choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
         if value is None and self.automatic:
             return None
+        if self.choices:
+            if not isinstance(value, str) or value.strip().lower() not in self.choices:
+                raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
+            return value.strip().lower()
+        if self.kind is str:
+            if not isinstance(value, str) or len(value) > MAX_TAG_LIST or not value.isprintable():
+                raise OptionError(self.name, f"{self.accepts}, not {str(value)[:80]!r}")
+            return value
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise OptionError(self.name, f"must be true or false, not {value!r}")
+                raise OptionError(self.name, f"must be true or false, not {shown(value)}")
             return value
         number = self._number(value)
         if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
-            raise OptionError(self.name, f"{self.accepts}, not {value!r}")
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
         return number
 
     def parse(self, text: str) -> Any:
@@ -60,12 +94,28 @@ class Option:
         try:
             value = self.kind(text)
         except ValueError:
-            raise OptionError(self.name, f"{self.accepts}, not {text!r}") from None
+            raise OptionError(self.name, f"{self.accepts}, not {shown(text)}") from None
         return self.check(value)
+
+    def argument_type(self) -> Callable[[str], Any]:
+        """`parse` as an argparse `type=`: a bad value is argparse's one-line usage error, which names the flag."""
+
+        def parse(text: str) -> Any:
+            try:
+                return self.parse(text)
+            except OptionError as error:
+                raise argparse.ArgumentTypeError(error.problem) from None
+
+        parse.__name__ = self.kind.__name__  # argparse's fallback message says "invalid int value"
+        return parse
 
     @property
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
+        if self.choices:
+            return f"must be one of {', '.join(self.choices)}"
+        if self.kind is str:
+            return f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
         kind = "a whole number" if self.kind is int else "a number"
         automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
@@ -73,10 +123,13 @@ class Option:
     def _number(self, value: Any) -> int | float:
         # bool is an int in Python, and "3" is no count: both would hide a client's mistake.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise OptionError(self.name, f"{self.accepts}, not {value!r}")
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
+        if isinstance(value, int) and not self.minimum <= value <= self.maximum:
+            # Checked before any float(): a whole number of 310 digits or more has none (OverflowError).
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
         if self.kind is int:
             if isinstance(value, float) and not value.is_integer():  # sliders send 12.0, which is fine
-                raise OptionError(self.name, f"{self.accepts}, not {value!r}")
+                raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
             return int(value) if math.isfinite(value) else value
         return float(value)
 
@@ -142,6 +195,92 @@ OPTIONS: tuple[Option, ...] = (
         "Weights",
         "--weights",
     ),
+    Option(
+        "token_budget",
+        int,
+        None,
+        "most tokens of the positive prompt (the webui splits a longer prompt into chunks of 75)",
+        "Token budget",
+        "--token-budget",
+        1,
+        6 * TOKEN_BUDGET,
+        automatic=f"{TOKEN_BUDGET}, one chunk, for CLIP; {BOORU_TOKEN_BUDGET} for taggers",
+    ),
+    Option(
+        "general_threshold",
+        float,
+        0.35,
+        "probability a general tag needs to be in the prompt (taggers)",
+        "General tags threshold",
+        "--general-threshold",
+        0,
+        1,
+        0.01,
+    ),
+    Option(
+        "character_threshold",
+        float,
+        0.85,
+        "probability a character or series tag needs to be in the prompt (taggers)",
+        "Character tags threshold",
+        "--character-threshold",
+        0,
+        1,
+        0.01,
+    ),
+    Option(
+        "general_mcut",
+        bool,
+        False,
+        "general tags threshold by MCut, the largest gap in this image's probabilities (taggers)",
+        "MCut for general tags",
+        "--general-mcut",
+    ),
+    Option(
+        "character_mcut",
+        bool,
+        False,
+        "character tags threshold by MCut, at least 0.15 (taggers)",
+        "MCut for character tags",
+        "--character-mcut",
+    ),
+    Option(
+        "exclude_tags",
+        str,
+        "",
+        "tags never written, in either prompt (comma-separated)",
+        "Exclude tags",
+        "--exclude-tags",
+    ),
+    Option(
+        "first_tags",
+        str,
+        "",
+        "tags written first, in this order, when the image has them (comma-separated)",
+        "Always-first tags",
+        "--first-tags",
+    ),
+    # The prompt style (prompt_style.py). booru is the booru tagger models' prompt (the WD tagger backend).
+    Option(
+        "prompt_style",
+        str,
+        "automatic",
+        "tags: a list of tags; sentences: a describing captioner's paragraph, then the tags it does not say "
+        "(for Flux, SD3, Qwen-Image); booru: a booru tagger's tags; automatic: the style of the checkpoint's family",
+        "Prompt style",
+        "--prompt-style",
+        choices=("automatic", "tags", "sentences", "booru"),
+    ),
+    Option(
+        "family",
+        str,
+        AUTOMATIC,
+        "checkpoint family whose quality tags, negative template and rating words a tagger's prompt takes "
+        "(automatic: from the checkpoint's name and metadata)",
+        "Checkpoint family preset",
+        "--family",
+        choices=FAMILY_CHOICES,
+    ),
 )
 CAPTION_OPTIONS: tuple[Option, ...] = (
     Option("beams", int, 3, "the captioner's beam search width", "Captioner beams", "--caption-beams", 1, 16),
@@ -153,10 +292,17 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         "Caption minimum length (tokens)",
         "--caption-min-length",
         0,
-        75,
+        512,
     ),
     Option(
-        "max_length", int, 30, "most caption tokens", "Caption maximum length (tokens)", "--caption-max-length", 1, 75
+        "max_length",
+        int,
+        30,
+        "most caption tokens (a describing captioner reads the defaults, 3 beams and 30 tokens, as its own: 1 and 256)",
+        "Caption maximum length (tokens)",
+        "--caption-max-length",
+        1,
+        512,
     ),
 )
 OPTION = {option.name: option for option in OPTIONS}
@@ -215,7 +361,7 @@ class CaptionOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise OptionError("caption.model", f"must name a captioner, not {self.model!r}")
+            raise OptionError("caption.model", f"must name a captioner, not {shown(self.model)}")
         _checked(self, CAPTION_OPTIONS, "caption.")
 
 
@@ -229,21 +375,25 @@ class ExtractOptions:
     negatives: int = OPTION["negatives"].default
     quality_negatives: int = OPTION["quality_negatives"].default
     weights: bool = OPTION["weights"].default
+    token_budget: Optional[int] = OPTION["token_budget"].default  # None: the model's (75 CLIP, 225 taggers)
+    general_threshold: float = OPTION["general_threshold"].default
+    character_threshold: float = OPTION["character_threshold"].default
+    general_mcut: bool = OPTION["general_mcut"].default
+    character_mcut: bool = OPTION["character_mcut"].default
+    exclude_tags: str = OPTION["exclude_tags"].default
+    first_tags: str = OPTION["first_tags"].default
+    prompt_style: str = OPTION["prompt_style"].default
+    family: str = OPTION["family"].default  # families.CHOICES; the preset applies to a tagger's prompts
     caption: Optional[CaptionOptions] = None  # None: tags only
-    token_budget: int = TOKEN_BUDGET  # Python API only: the prompt's tokens
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
 
     def __post_init__(self) -> None:
         _checked(self, OPTIONS)
         if self.caption is not None and not isinstance(self.caption, CaptionOptions):
-            raise OptionError("caption", f"must be CaptionOptions or None, not {self.caption!r}")
-        if not isinstance(self.token_budget, int) or not 1 <= self.token_budget <= TOKEN_BUDGET:
-            raise OptionError(
-                "token_budget", f"must be a whole number from 1 to {TOKEN_BUDGET}, not {self.token_budget!r}"
-            )
+            raise OptionError("caption", f"must be CaptionOptions or None, not {shown(self.caption)}")
         if not isinstance(self.dedup_threshold, (int, float)) or not 0 < self.dedup_threshold <= 1:
             raise OptionError(
-                "dedup_threshold", f"must be a number above 0 and at most 1, not {self.dedup_threshold!r}"
+                "dedup_threshold", f"must be a number above 0 and at most 1, not {shown(self.dedup_threshold)}"
             )
 
     @classmethod
@@ -304,16 +454,19 @@ def caption_from(value: Any) -> CaptionOptions | None:
                 f"caption.{unknown[0]}", f"is not a caption option; they are {', '.join(sorted(allowed))}"
             )
         return CaptionOptions(**value)
-    raise OptionError("caption", f"must be true, false, a captioner name or an object, not {value!r}")
+    raise OptionError("caption", f"must be true, false, a captioner name or an object, not {shown(value)}")
 
 
 def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        entry = {"type": option.kind.__name__, "default": option.default, "help": option.help}
+        kind = "choice" if option.choices else "comma-separated tags" if option.kind is str else option.kind.__name__
+        entry = {"type": kind, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
+        if option.choices:
+            entry["choices"] = list(option.choices)
         if option.automatic:
             entry["null"] = option.automatic
         return entry

@@ -29,6 +29,7 @@ from .files import remove_leftover_temp_files, write_text_atomically
 from .images import ImageError, ImageInput, load_image
 from .models import LoadedModel
 from .records import RecordWriter, absolute, error_record, record
+from .tagger import LoadedTagger
 
 Progress = Callable[[int, int], None]  # (images done, images to do)
 
@@ -37,13 +38,13 @@ class Preprocessor:
     """Image file -> the model's input tensor, bit for bit as `loaded.preprocess` makes it, without torch in
     the worker threads: `pixels` runs the PIL steps and ToTensor + Normalize in numpy (same float32 ops,
     checked for every uint8 value in tests), `to_tensors` only stacks. Every thread that calls torch ops
-    starts an OpenMP team of its own, and on a busy CPU those teams stall the model's.
+    starts an OpenMP team of its own, and on a busy CPU those teams stall the model's. A tagger's
+    preprocessing (pad to a white square, resize, BGR: tagger.py) has the same shape and runs here too.
     Picklable (Ray sends it to decoding tasks); it never loads the model."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel | LoadedTagger) -> None:
         self.transform = loaded.preprocess
-        size = getattr(loaded.model.visual, "image_size", 224)
-        self.min_side = max(size) if isinstance(size, (tuple, list)) else int(size)
+        self.min_side = loaded.image_size
         self.pil_steps, self.mean, self.std = _split_transform(loaded.preprocess)
 
     def load(self, source: ImageInput, name: str) -> Image.Image:
@@ -101,6 +102,7 @@ class Outcome:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     stopped: bool = False
     seconds: float = 0.0
+    recorded: int = 0  # records written
 
 
 def default_workers() -> int:
@@ -124,9 +126,8 @@ def run(
     preprocessor = Preprocessor(engine.loaded)
     writer = _Writer(outcome, records, engine.model_id, on_result)
     done = 0
-    prepared = _prepare_in_order(
-        tasks, preprocessor, bool(options.caption), workers or default_workers(), 4 * batch_size
-    )
+    captioned = engine.style(options).caption is not None  # the captioner needs the decoded image
+    prepared = _prepare_in_order(tasks, preprocessor, captioned, workers or default_workers(), 4 * batch_size)
     try:
         for batch in _batches(prepared, batch_size):
             if should_stop():
@@ -152,7 +153,8 @@ def run(
 def _extract(
     engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
 ) -> list[Extraction]:
-    captions = engine.caption([item.image for item in batch], options) if options.caption else []
+    caption = engine.style(options).caption
+    captions = engine.caption([item.image for item in batch], caption) if caption else []
     embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
     return engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
 
@@ -262,6 +264,7 @@ class _Writer:
             return
         try:
             self.records.write(rows)
+            self.outcome.recorded += len(rows)
         except OSError as error:
             reason = f"{self.records.lines}: cannot write the record ({error.strerror or error})"
             self.outcome.failed.extend((item.task.path, reason) for item in batch if item.task.record)

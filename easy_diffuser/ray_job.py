@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
+import logging
+import os
 import posixpath
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -29,17 +31,32 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import label_cache
-from .batch import caption_owners
+from .batch import caption_owners, find_images
 from .engine import Engine, ExtractOptions
-from .files import write_atomically
+from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError
 from .pipeline import Preprocessor, caption_path
-from .records import absolute, arrow_schema, error_record, is_local, json_line, record
+from .prompt_style import Style
+from .records import (
+    LEFT_AS_IT_IS,
+    RecordsError,
+    absolute,
+    arrow_schema,
+    error_record,
+    is_local,
+    json_line,
+    record,
+    recorded_path,
+    records_in_lines,
+    schema_difference,
+)
+
+log = logging.getLogger(__name__)
 
 EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED = 1, 2
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
+LARGEST_FILE = 2**30  # a list of paths or a shard read into memory: 1 GiB is millions of paths or records
 
 
 @dataclass
@@ -54,22 +71,24 @@ class JobSummary:
         return f"{self.images} images ({self.errors} errors), {self.skipped} already in the output{rate}"
 
 
-def main(args: argparse.Namespace, options: ExtractOptions) -> int:
+def main(args: argparse.Namespace, options: ExtractOptions, style: Style) -> int:
     try:
         import ray
     except ImportError:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    if args.output is None or options.caption:
+    if args.output is None or style.caption:
         reason = (
-            "needs --output DIR for its records" if args.output is None else "does not run a captioner (--caption) yet"
+            "needs --output DIR for its records"
+            if args.output is None
+            else "does not run a captioner (--caption, --prompt-style sentences) yet"
         )
         print(f"error: --engine ray {reason}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     try:
         paths = list_inputs(args.inputs, args.recursive)
         if not ray.is_initialized():
-            ray.init(address=args.ray_address)
+            ray.init(address=args.ray_address, runtime_env={"env_vars": {"PYTHONWARNINGS": _worker_warnings()}})
         summary = run_job(
             paths,
             str(args.output),
@@ -88,6 +107,13 @@ def main(args: argparse.Namespace, options: ExtractOptions) -> int:
     return EXIT_IMAGE_FAILED if summary.errors else 0
 
 
+def _worker_warnings() -> str:
+    """PYTHONWARNINGS for the workers: without timm's FutureWarning, which an actor would print when it unpickles
+    open_clip's transforms (the driver imports open_clip through models._open_clip, which hides it)."""
+    timm = "ignore:Importing from timm.models.layers is deprecated:FutureWarning"
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), timm]))
+
+
 def run_job(
     paths: Sequence[str],
     output: str,
@@ -101,26 +127,67 @@ def run_job(
     extractor: type | None = None,
 ) -> JobSummary:
     """Extract every path not yet in `output` on the running Ray cluster; `extractor` defaults to TagExtractor."""
+    started = time.perf_counter()
+    lock = _lock(output)
+    try:
+        shards, done_rows = _read_output(output, ["path"])  # refuses a folder holding files that aren't ours
+        if overwrite:
+            _delete(output, shards)
+        done = set() if overwrite else {item["path"] for item in done_rows}
+        todo = [path for path in dict.fromkeys(paths) if recorded_path(path) not in done]
+        if not todo:  # nothing to do: no model, no actors
+            return JobSummary(0, 0, len(paths), time.perf_counter() - started)
+        _extract(todo, paths, output, model, options, cache_dir, vocabulary_dirs, captions, batch_size, extractor)
+        new = [item for item in _read_output(output, ["path", "error"])[1] if item["path"] not in done]
+    finally:
+        if lock:
+            lock.release()
+    errors = sum(1 for item in new if item["error"])
+    return JobSummary(len(new), errors, len(paths) - len(todo), time.perf_counter() - started)
+
+
+def _lock(output: str) -> OutputLock | None:
+    """One job writes a local output folder at a time (a bucket can't be locked)."""
+    if not is_local(output):
+        return None
+    folder = Path(absolute(output.removeprefix("file://")))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return OutputLock(folder)
+
+
+def _extract(
+    todo: list[str],
+    paths: Sequence[str],
+    output: str,
+    model: str,
+    options: ExtractOptions,
+    cache_dir: str | None,
+    vocabulary_dirs: Sequence[str],
+    captions: bool,
+    batch_size: int,
+    extractor: type | None,
+) -> None:
     import ray
 
-    started = time.perf_counter()
-    if overwrite:
-        _clear(output)
-    done = done_paths(output)
-    todo = [path for path in dict.fromkeys(paths) if path not in done]
-    if not todo:  # nothing to do: no model, no actors
-        return JobSummary(0, 0, len(paths) - len(todo), time.perf_counter() - started)
     engine = Engine(model, "cpu", cache_dir=cache_dir, vocabulary_dirs=vocabulary_dirs)  # builds the tag cache once
-    cache = label_cache.cache_path(engine.cache_dir, engine.loaded.cache_key, engine.vocabulary)
+    cache = engine.scorer.cache_file  # CLIP's tag embeddings; a tagger needs none
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actors = gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)  # on CPUs, half decode, half extract
     owners = caption_owners([Path(path) for path in paths if is_local(path)]) if captions else {}
-    items = [{"path": path, "caption_owner": str(owners.get(Path(path), path))} for path in todo]
+    items = [
+        {
+            "path": recorded_path(path),  # Arrow holds valid Unicode only; the file's own name travels as bytes
+            "source": path.encode("utf-8", "surrogateescape"),
+            "caption_owner": recorded_path(str(owners.get(Path(path), path))),
+        }
+        for path in todo
+    ]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(todo) // (4 * batch_size)))
     decoded = dataset.map_batches(
         decode_batch, fn_kwargs={"preprocessor": Preprocessor(engine.loaded)}, batch_size=batch_size
     )
+    _spend_rays_restart_warning()
     extracted = decoded.map_batches(
         extractor or TagExtractor,
         fn_constructor_kwargs={
@@ -128,39 +195,69 @@ def run_job(
             "device": "cuda" if gpus else "cpu",
             "cache_dir": str(engine.cache_dir),
             "vocabulary_dirs": list(vocabulary_dirs),
-            "cache_file": (str(cache), ray.put(cache.read_bytes() if cache.exists() else b"")),
+            "cache_file": (str(cache or ""), ray.put(cache.read_bytes() if cache and cache.exists() else b"")),
             "options": options,
             "captions": captions,
         },
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         **actor_resources,
     )
     if output.rstrip("/").lower().endswith(".jsonl"):
         extracted.write_datasink(json_lines_shards(output))
     else:
         extracted.write_parquet(output)
-    new = [item for item in _read_shards(output, ["path", "error"]) if item["path"] not in done]
-    errors = sum(1 for item in new if item["error"])
-    return JobSummary(len(new), errors, len(paths) - len(todo), time.perf_counter() - started)
+
+
+def _spend_rays_restart_warning() -> None:
+    """Ray Data hands every actor it starts object references of its own (the map function, the context) and
+    restarts lost actors, so Ray's core logs an ERROR once per process that an actor with constructor arguments
+    in the object store may not restart (ray-project/ray#53727). Ray Data holds those references for the whole
+    job, so it does not apply here, yet it reads as a failure. It is logged once per process: spend it on a probe
+    actor, with the process's stderr silenced for the one call that logs it."""
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class Probe:
+        def __init__(self, argument: Any) -> None:
+            pass
+
+    sys.stderr.flush()
+    saved, silent = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(silent, 2)
+    try:
+        probe = Probe.remote(ray.put(None))  # an argument in the object store: the warning's condition
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(silent)
+    ray.kill(probe)
 
 
 def decode_batch(batch: dict[str, np.ndarray], preprocessor: Preprocessor) -> dict[str, np.ndarray]:
     """Paths -> the model's input tensors (zeros for a bad image) and an error message per image ("" when fine)."""
     pixels, errors = [], []
-    for path in batch["path"]:
+    for source in batch["source"]:
+        path = _source(source)
         try:
             pixels.append(preprocessor(_read(path), path).numpy())
             errors.append("")
         except ImageError as error:
             pixels.append(None)
-            errors.append(str(error))
+            errors.append(recorded_path(str(error)))  # Arrow carries valid Unicode only
     blank = np.zeros((3, preprocessor.min_side, preprocessor.min_side), np.float32)
     shape = next((item.shape for item in pixels if item is not None), blank.shape)
     filled = [item if item is not None else np.zeros(shape, np.float32) for item in pixels]
     errors = np.array(errors, dtype=object)
-    return {"path": batch["path"], "caption_owner": batch["caption_owner"], "pixels": np.stack(filled), "error": errors}
+    pixels = np.stack(filled)
+    return {
+        "path": batch["path"],
+        "source": batch["source"],
+        "caption_owner": batch["caption_owner"],
+        "pixels": pixels,
+        "error": errors,
+    }
 
 
 class TagExtractor:
@@ -199,19 +296,26 @@ class TagExtractor:
             for index, result in zip(good, self.engine.extract_embeddings(embeddings, self.options, names)):
                 rows[index] = record(result, paths[index])
                 if self.captions and is_local(paths[index]) and rows[index]["error"] is None:
-                    rows[index]["error"] = _write_caption(paths[index], result.prompt, batch["caption_owner"][index])
+                    owner, source = batch["caption_owner"][index], _source(batch["source"][index])
+                    rows[index]["error"] = _write_caption(paths[index], source, result.prompt, owner)
         return pa.Table.from_pylist(rows, schema=arrow_schema())
 
 
-def _write_caption(path: str, prompt: str, owner: str) -> str | None:
+def _source(source: bytes) -> str:
+    """An image's own path or URI (a local name that isn't UTF-8 kept as os.fsdecode gives it)."""
+    return source.decode("utf-8", "surrogateescape")
+
+
+def _write_caption(path: str, source: str, prompt: str, owner: str) -> str | None:
     """None, or why there is no caption: written for another image of the same stem (batch.py), or unwritable."""
-    caption = caption_path(Path(path))
     if owner != path:
-        return f"{path}: not captioned, {caption.name} is {Path(owner).name}'s caption; rename one of them"
+        name = caption_path(Path(path)).name
+        return f"{path}: not captioned, {name} is {Path(owner).name}'s caption; rename one of them"
+    caption = caption_path(Path(source))
     try:
         write_atomically(caption, lambda temp: temp.write_text(prompt + "\n", encoding="utf-8"))
     except OSError as error:
-        return f"{caption}: cannot write the caption ({error.strerror or error})"
+        return recorded_path(f"{caption}: cannot write the caption ({error.strerror or error})")
     return None
 
 
@@ -249,46 +353,83 @@ def json_lines_shards(path: str):
 
 def list_inputs(inputs: Iterable[str], recursive: bool = False) -> list[str]:
     """Image paths/URIs from images, folders, and .txt/.csv/.parquet lists of paths; ValueError names a bad input."""
-    import pyarrow.fs as pafs
-
     paths: list[str] = []
     for item in map(str, inputs):
-        filesystem, inner = _filesystem(item)
-        info = filesystem.get_file_info(inner)
-        if info.type == pafs.FileType.NotFound:
+        kind, size = _kind(item)
+        if kind == "missing":
             raise ValueError(f"{item}: no such file or folder")
-        if info.type == pafs.FileType.Directory:
-            found = filesystem.get_file_info(pafs.FileSelector(inner, recursive=recursive))
-            images = sorted(entry.path for entry in found if entry.is_file and _is_image(entry.path))
-            paths += [_rejoin(item, path) for path in images]
-        elif _is_image(inner):
+        if kind == "folder":
+            paths += _list_folder(item, recursive)
+        elif _is_image(item):
             paths.append(absolute(item))
-        elif posixpath.splitext(inner)[1].lower() in LIST_SUFFIXES:
-            paths += _read_list(item, filesystem, inner)
+        elif posixpath.splitext(item)[1].lower() in LIST_SUFFIXES:
+            if kind != "file":
+                raise ValueError(f"{item}: not a regular file (a FIFO, device or socket); give a list of paths")
+            paths += _read_list(item, _read_capped(item, size, "list of paths"))
         else:
             raise ValueError(f"{item}: not an image, a folder, or a .txt/.csv/.parquet list of paths")
     return paths
 
 
-def _read_list(item: str, filesystem, inner: str) -> list[str]:
-    """A list's paths; relative ones are relative to the list's folder."""
-    suffix = posixpath.splitext(inner)[1].lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _kind(item: str) -> tuple[str, int | None]:
+    """("folder" | "file" | "other" | "missing", size): what a path or URI names, links followed."""
+    import pyarrow.fs as pafs
 
-        table = pq.read_table(inner, filesystem=filesystem)
-        if "path" not in table.column_names:
-            raise ValueError(f"{item}: a Parquet list needs a 'path' column")
-        entries = [str(value) for value in table.column("path").to_pylist() if value]
+    if is_local(item):
+        try:
+            info = os.stat(item.removeprefix("file://"))
+        except FileNotFoundError:
+            return "missing", None
+        kind = "folder" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode) else "other"
+        return kind, info.st_size
+    filesystem, inner = _filesystem(item)
+    info = filesystem.get_file_info(inner)
+    kinds = {pafs.FileType.NotFound: "missing", pafs.FileType.Directory: "folder", pafs.FileType.File: "file"}
+    return kinds.get(info.type, "other"), info.size
+
+
+def _list_folder(item: str, recursive: bool) -> list[str]:
+    """The images in a folder; a local one is listed by the OS (pyarrow can't list a name that isn't UTF-8)."""
+    import pyarrow.fs as pafs
+
+    if is_local(item):
+        return [absolute(path) for path in find_images(Path(item.removeprefix("file://")), recursive)]
+    filesystem, inner = _filesystem(item)
+    found = filesystem.get_file_info(pafs.FileSelector(inner, recursive=recursive))
+    return [
+        _rejoin(item, entry.path)
+        for entry in sorted(found, key=lambda e: e.path)
+        if entry.is_file and _is_image(entry.path)
+    ]
+
+
+def _read_capped(item: str, size: int | None, what: str) -> bytes:
+    """A regular file's bytes (never a FIFO's or a device's, which would hang or never end), at most LARGEST_FILE."""
+    if size is None or size > LARGEST_FILE:
+        raise ValueError(f"{item}: larger than {LARGEST_FILE // 2**20} MiB, too large for a {what}; split it")
+    if is_local(item):
+        data = read_regular_file(item.removeprefix("file://"))
     else:
+        filesystem, inner = _filesystem(item)
         with filesystem.open_input_stream(inner) as stream:
-            text = stream.read().decode("utf-8")
-        if suffix == ".csv":
-            rows = list(csv.reader(io.StringIO(text)))
-            column = rows[0].index("path") if rows and "path" in rows[0] else 0
-            entries = [row[column] for row in rows[1 if rows and "path" in rows[0] else 0 :] if row and row[column]]
-        else:
-            entries = [line.strip() for line in text.splitlines() if line.strip()]
+            data = stream.read(LARGEST_FILE + 1)
+    if len(data) > LARGEST_FILE:
+        raise ValueError(f"{item}: larger than {LARGEST_FILE // 2**20} MiB, too large for a {what}; split it")
+    return data
+
+
+def _read_list(item: str, data: bytes) -> list[str]:
+    """A list's paths; relative ones are relative to the list's folder. Names that aren't UTF-8 are kept as the
+    file system's bytes (as os.fsdecode gives them); a list that isn't text, or a row without a path, is refused."""
+    suffix = posixpath.splitext(item)[1].lower()
+    if suffix == ".parquet":
+        entries = _parquet_list(item, data)
+    elif b"\0" in data:
+        raise ValueError(f"{item}: not a text list of paths (it holds NUL bytes: UTF-16? save it as UTF-8)")
+    elif suffix == ".csv":
+        entries = _csv_list(item, data.decode("utf-8", "surrogateescape"))
+    else:
+        entries = [line.strip() for line in data.decode("utf-8", "surrogateescape").splitlines() if line.strip()]
     base = posixpath.dirname(item)
     return [
         entry if "://" in entry or posixpath.isabs(entry) else absolute(posixpath.join(base, entry))
@@ -296,50 +437,114 @@ def _read_list(item: str, filesystem, inner: str) -> list[str]:
     ]
 
 
-def done_paths(output: str) -> set[str]:
-    return {item["path"] for item in _read_shards(output, ["path"])}
-
-
-def _read_shards(output: str, columns: list[str]) -> list[dict]:
-    """The records (only `columns`) of every shard in `output`; a shard a killed job left unreadable is skipped."""
-    import pyarrow.fs as pafs
+def _parquet_list(item: str, data: bytes) -> list[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    filesystem, inner = _filesystem(output)
-    if filesystem.get_file_info(inner).type != pafs.FileType.Directory:
-        return []
-    rows: list[dict] = []
-    for entry in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True)):
-        if entry.path.endswith(".parquet"):
-            try:
-                rows += pq.read_table(entry.path, filesystem=filesystem, columns=columns).to_pylist()
-            except (OSError, ValueError):  # ArrowInvalid (a ValueError): not one of our shards
-                continue
-        elif entry.path.endswith(".jsonl"):
-            with filesystem.open_input_stream(entry.path) as stream:
-                lines = stream.read().decode("utf-8", "surrogateescape").splitlines(keepends=True)
-            rows += _records_in(lines, columns)
-    return rows
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (OSError, ValueError) as error:  # ArrowInvalid is a ValueError
+        raise ValueError(f"{item}: not a Parquet file ({str(error).splitlines()[0]})") from None
+    if "path" not in table.column_names:
+        raise ValueError(f"{item}: a Parquet list needs a 'path' column")
+    return [str(value) for value in table.column("path").to_pylist() if value]
 
 
-def _records_in(lines: list[str], columns: list[str]) -> list[dict]:
-    """The whole lines that are our records; anything else only means its image is done again."""
-    rows = []
-    for line in filter(lambda line: line.endswith("\n"), lines):
-        try:
-            record = json.loads(line)
-            rows.append({key: record[key] for key in columns})
-        except (ValueError, KeyError, TypeError, RecursionError):
+def _csv_list(item: str, text: str) -> list[str]:
+    """The `path` column (else the first) of a CSV; a row too short to have it is refused, naming the row."""
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as error:
+        raise ValueError(f"{item}: not a CSV list of paths ({error})") from None
+    header = rows[0] if rows and "path" in rows[0] else None
+    column = header.index("path") if header else 0
+    entries = []
+    for number, row in enumerate(rows[1:] if header else rows, 2 if header else 1):
+        if not row:
             continue
-    return rows
+        if len(row) <= column:
+            raise ValueError(
+                f"{item}: row {number} has {len(row)} field(s), no {'path' if header else 'path in the first'} column"
+            )
+        if row[column]:
+            entries.append(row[column])
+    return entries
 
 
-def _clear(output: str) -> None:
+def _read_output(output: str, columns: list[str]) -> tuple[list[str], list[dict]]:
+    """Our shards in `output` and their records (only `columns`). A file there that is not a records shard is a
+    RecordsError naming it: it would count its images as done, and --overwrite would delete it. A Parquet file
+    that can't be read (a shard a killed job left unfinished, or anyone's damaged file) is skipped with a
+    warning: its images are done again, and it is never deleted."""
     import pyarrow.fs as pafs
 
     filesystem, inner = _filesystem(output)
-    if filesystem.get_file_info(inner).type == pafs.FileType.Directory:
-        filesystem.delete_dir_contents(inner)
+    info = filesystem.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        return [], []
+    if info.type != pafs.FileType.Directory:
+        raise RecordsError(f"{output}: is a file; with --engine ray, --output is a folder of shards")
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
+    except UnicodeDecodeError:
+        raise RecordsError(
+            f"{_undecodable_name(inner)}: a name that isn't UTF-8 in the output folder; {LEFT_AS_IT_IS}"
+        ) from None
+    shards, rows = [], []
+    for entry in sorted(entries, key=lambda entry: entry.path):
+        suffix = posixpath.splitext(entry.path)[1].lower()
+        if suffix not in (".parquet", ".jsonl") or entry.type == pafs.FileType.Directory:
+            continue  # a file of another kind: not ours to read or delete
+        if entry.type != pafs.FileType.File:
+            raise RecordsError(f"{entry.path}: not a regular file (a FIFO, device or socket); {LEFT_AS_IT_IS}")
+        found = (
+            _parquet_shard(filesystem, entry.path, columns)
+            if suffix == ".parquet"
+            else _jsonl_shard(filesystem, entry, columns)
+        )
+        if found is not None:
+            shards.append(entry.path)
+            rows += found
+    return shards, rows
+
+
+def _parquet_shard(filesystem, path: str, columns: list[str]) -> list[dict] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path, filesystem=filesystem)
+    except (OSError, ValueError) as error:  # ArrowInvalid is a ValueError
+        log.warning("%s: skipped, not a readable Parquet file (%s); its images, if any, are done again", path, error)
+        return None
+    difference = schema_difference(schema)
+    if difference:
+        raise RecordsError(f"{path}: not a shard of easy-diffuser records ({difference}); {LEFT_AS_IT_IS}")
+    return pq.read_table(path, filesystem=filesystem, columns=columns).to_pylist()
+
+
+def _jsonl_shard(filesystem, entry, columns: list[str]) -> list[dict]:
+    if entry.size is None or entry.size > LARGEST_FILE:
+        raise RecordsError(f"{entry.path}: larger than any shard this job writes; {LEFT_AS_IT_IS}")
+    with filesystem.open_input_stream(entry.path) as stream:
+        data = stream.read()
+    lines = data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    return [{key: item[key] for key in columns} for item in records_in_lines(lines, entry.path)]
+
+
+def _undecodable_name(folder: str) -> str:
+    """The first name under `folder` that isn't valid UTF-8 (for a message that names it)."""
+    for parent, folders, names in os.walk(folder):
+        for name in folders + names:
+            if recorded_path(name) != name:
+                return os.path.join(parent, recorded_path(name))
+    return folder
+
+
+def _delete(output: str, shards: list[str]) -> None:
+    """--overwrite: only our shards go; anything else in the folder stays."""
+    filesystem, _ = _filesystem(output)
+    for shard in shards:
+        filesystem.delete_file(shard)
 
 
 def _filesystem(path: str):

@@ -2,7 +2,9 @@
 
 Positive: the most relevant tags, at most `max_per_category` from each category, near-duplicates
 merged (of two tags whose text embeddings are almost the same, the better one stays), until
-`max_tags` or the token budget is reached.
+`max_tags` or the token budget is reached. A tagger's (`booru` set) are the tags over their category's
+threshold, in booru order (booru.py), within the token budget. Excluded tags are never in either
+prompt; always-first tags lead the positive prompt when chosen.
 
 Negative, the product's own rule: the tags with relevance >= tau are the image's relevant
 subset; the negatives are the lowest-scoring tags inside that subset, i.e. things the image is
@@ -10,8 +12,9 @@ related to but does not show. The least related tags of the whole vocabulary wou
 meaningless ("a tractor" as a negative for a portrait). A tag the image may show (presence.py:
 p >= MAY_BE_PRESENT), or a near-twin of one, is never a negative, whether the positive prompt names
 it or not: with few positive tags the image's own background or colour would otherwise be the
-lowest of a small subset. Optionally the standard negative-quality tags the image is most
-associated with follow. No tag is in both prompts.
+lowest of a small subset. A tagger's probabilities are that guard directly, and only its general tags
+are negatives (not a character, series or rating). Optionally the standard negative-quality tags the
+image is most associated with follow. No tag is in both prompts.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from .options import ExtractOptions
-from .presence import BUILT_IN, TagCalibration
+from . import booru
+from .options import TOKEN_BUDGET, ExtractOptions
+from .presence import BUILT_IN, MAY_BE_PRESENT, TagCalibration
 from .scoring import Scores
 from .vocabulary import NEGATIVE_QUALITY, Vocabulary
 
@@ -37,21 +41,24 @@ class SelectionOptions:
 
     Not checked like ExtractOptions: calibration's whole-vocabulary baseline uses tau = -inf."""
 
-    max_tags: int = _DEFAULTS.max_tags
+    max_tags: int = _DEFAULTS.max_tags  # CLIP's positive prompt; a tagger's thresholds decide instead
     max_per_category: int = _DEFAULTS.max_per_category
     tau: float = 1.0  # relevance threshold of the negative prompt's subset (see scoring.py)
     negatives: int = _DEFAULTS.negatives
     quality_negatives: int = _DEFAULTS.quality_negatives  # standard quality negatives appended; 0 for none
-    token_budget: int = _DEFAULTS.token_budget
+    token_budget: int = TOKEN_BUDGET
     dedup_threshold: float = _DEFAULTS.dedup_threshold  # text-embedding cosine above which two tags count as one
     presence: TagCalibration | None = BUILT_IN  # tags the image may show are never negatives; None: no guard
+    booru: booru.BooruRule | None = None  # a tagger's rule for the positive prompt; None: CLIP's
+    exclude: tuple[str, ...] = ()  # tags (booru.normal) never in either prompt
+    first: tuple[str, ...] = ()  # tags (booru.normal) that lead the positive prompt when chosen
 
 
 @dataclass(frozen=True)
 class TagScore:
     tag: str
     category: str
-    score: float  # cosine similarity of image and tag
+    score: float  # the model's score: CLIP's cosine similarity of image and tag, a tagger's probability
     relevance: float  # standardised score, comparable across images and models
     role: Role
 
@@ -68,25 +75,35 @@ class TagScore:
 def select(
     scores: Scores,
     vocabulary: Vocabulary,
-    text_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor | None,
     token_costs: Sequence[int],
     options: SelectionOptions,
 ) -> list[TagScore]:
-    """Positive tags by falling relevance, then negative tags by rising relevance."""
+    """Positive tags by falling relevance (a tagger's: in booru order), then negative tags by rising relevance.
+
+    `text_embeddings`: unit rows by which near-duplicate tags are found (CLIP's); None for a vocabulary
+    without near-duplicates (a tagger's)."""
     quality = set(vocabulary.in_category(NEGATIVE_QUALITY))
-    positives = _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, quality)
+    excluded = set(vocabulary.indices(options.exclude))
+    first = vocabulary.indices(options.first)
+    if options.booru:
+        ordered = booru.positives(scores.score, vocabulary.tags, vocabulary.categories, options.booru, excluded, first)
+        positives = _within_budget(ordered, token_costs, _Budget(options.token_budget))
+        # Only general tags are the negative prompt's: a character, series or rating never is.
+        blocked = {index for index, category in enumerate(vocabulary.categories) if category != "general"}
+    else:
+        chosen = _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, quality | excluded)
+        positives, blocked = _first(first, chosen), set()
     negative_budget = _Budget(options.token_budget)
-    negatives = _pick_negatives(scores, text_embeddings, token_costs, options, quality, positives, negative_budget)
-    extras = _pick_quality_negatives(scores, token_costs, options, quality, negative_budget)
+    blocked |= quality | excluded
+    negatives = _pick_negatives(scores, text_embeddings, token_costs, options, blocked, positives, negative_budget)
+    extras = _pick_quality_negatives(scores, token_costs, options, quality - excluded, negative_budget)
 
     def tag(index: int, role: Role) -> TagScore:
-        return TagScore(
-            vocabulary.tags[index],
-            vocabulary.categories[index],
-            float(scores.cosine[index]),
-            float(scores.relevance[index]),
-            role,
-        )
+        name, category = vocabulary.tags[index], vocabulary.categories[index]
+        if options.booru and category == "rating":
+            name = options.booru.rating_word(name)
+        return TagScore(name, category, float(scores.score[index]), float(scores.relevance[index]), role)
 
     return [tag(i, "positive") for i in positives] + [tag(i, "negative") for i in negatives + extras]
 
@@ -110,11 +127,22 @@ def _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, q
     return chosen
 
 
-def _pick_negatives(scores, text_embeddings, token_costs, options, quality, positives, budget) -> list[int]:
+def _within_budget(ordered: list[int], token_costs: Sequence[int], budget: "_Budget") -> list[int]:
+    """The tags in order that fit; one that doesn't is skipped, so a shorter one after it may still fit."""
+    return [index for index in ordered if budget.take(token_costs[index])]
+
+
+def _first(first: list[int], chosen: list[int]) -> list[int]:
+    """The chosen tags with those of the always-first list in front, in the list's order."""
+    leading = [index for index in first if index in chosen]
+    return leading + [index for index in chosen if index not in leading]
+
+
+def _pick_negatives(scores, text_embeddings, token_costs, options, blocked, positives, budget) -> list[int]:
     relevant = (scores.relevance >= options.tau).nonzero().flatten()
     ascending = relevant[torch.argsort(scores.relevance[relevant])].tolist()
     shown = positives + _may_be_present(scores, options)
-    excluded = quality | set(shown)
+    excluded = blocked | set(shown)
     # A near-twin of a tag the prompt names or the image shows would fight them.
     twins = _Twins(text_embeddings, shown, options.dedup_threshold)
     chosen: list[int] = []
@@ -130,9 +158,12 @@ def _pick_negatives(scores, text_embeddings, token_costs, options, quality, posi
 
 
 def _may_be_present(scores: Scores, options: SelectionOptions) -> list[int]:
+    """The tags the image may show: by the model's own probabilities where it gives them (a tagger's)."""
     if options.presence is None:
         return []
-    return options.presence.may_be_present(scores.relevance).nonzero().flatten().tolist()
+    if scores.probability is None:
+        return options.presence.may_be_present(scores.relevance).nonzero().flatten().tolist()
+    return (scores.probability >= MAY_BE_PRESENT).nonzero().flatten().tolist()
 
 
 def _pick_quality_negatives(scores, token_costs, options, quality, budget) -> list[int]:
@@ -151,16 +182,19 @@ class _Twins:
     tags are chosen. numpy, not torch: for one row against a few dozen, torch's per-op and thread-pool
     overhead was 90% of a re-selection; the tensor's memory is shared, not copied."""
 
-    def __init__(self, text_embeddings: torch.Tensor, indices: list[int], threshold: float) -> None:
-        self.embeddings = text_embeddings.numpy()
-        self.rows = self.embeddings[indices]
+    def __init__(self, text_embeddings: torch.Tensor | None, indices: list[int], threshold: float) -> None:
+        self.embeddings = None if text_embeddings is None else text_embeddings.numpy()
+        self.rows = None if self.embeddings is None else self.embeddings[indices]
         self.threshold = threshold
 
     def near(self, index: int) -> bool:
-        return len(self.rows) > 0 and float((self.rows @ self.embeddings[index]).max()) > self.threshold
+        if self.rows is None or not len(self.rows):
+            return False
+        return float((self.rows @ self.embeddings[index]).max()) > self.threshold
 
     def add(self, index: int) -> None:
-        self.rows = np.vstack([self.rows, self.embeddings[index][None]])
+        if self.rows is not None:
+            self.rows = np.vstack([self.rows, self.embeddings[index][None]])
 
 
 class _Budget:

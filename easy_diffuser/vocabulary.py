@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from .booru import normal
 
 BUILTIN_DIR = Path(__file__).parent / "data" / "vocabulary"
 # Tags of this category only ever go into negative prompts (lowres, watermark, ...).
@@ -34,6 +37,15 @@ class Vocabulary:
 
     def in_category(self, category: str) -> list[int]:
         return [index for index, name in enumerate(self.categories) if name == category]
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Each tag's position by its `booru.normal` form, as users type tags in lists."""
+        return {normal(tag): index for index, tag in reversed(list(enumerate(self.tags)))}
+
+    def indices(self, tags: Iterable[str]) -> list[int]:
+        """The positions of the tags (already `normal`) that the vocabulary has, in the given order."""
+        return [self.index[tag] for tag in tags if tag in self.index]
 
 
 def load_vocabulary(folders: Sequence[Path | str]) -> Vocabulary:

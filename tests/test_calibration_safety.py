@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,7 +94,7 @@ def test_non_finite_numbers_are_refused_and_never_written(tmp_path, folder, caps
     target = calibration_path(tmp_path / "cache", "shapes-demo")
     store.candidate_path(target).parent.mkdir(parents=True)
     store.candidate_path(target).write_text('{"tau": NaN, "negatives": 2}')  # written by hand or by an old version
-    with pytest.raises(store.CalibrationFileError, match="tau is not a finite number"):
+    with pytest.raises(store.CalibrationFileError, match=r"NaN is not a number\); nothing was applied"):
         store.apply(target)
     assert not target.exists()
 
@@ -125,24 +127,48 @@ def test_the_summary_labels_baselines_and_says_when_one_beats_the_choice():
         row(Setting(WHOLE_VOCABULARY, 1, WHOLE_VOCABULARY_LABEL), [2.0, 2.0]),
         row(Setting(WHOLE_VOCABULARY, 8, WHOLE_VOCABULARY_LABEL), [0.1, 0.1, 0.1, 0.1]),
     ]
+    images = [Path(f"{index}.png") for index in range(5)]
     result = Calibration(
-        "m", "shapes", [chosen, row(Setting(0.5, 1), [0.9, 0.9])], baselines, chosen, [], full_sweep=40, generations=9
+        "m",
+        "shapes",
+        [chosen, row(Setting(0.5, 1), [0.9, 0.9])],
+        baselines,
+        chosen,
+        images,
+        full_sweep=40,
+        generations=9,
     )
     lines = summary_lines(result)
-    assert lines[0] == "chosen: tau -1, 1 negative, loss 0.5000 over 4 images (9 generations, the full sweep needs 40)"
+    # Each line says what it compares on which images: the chosen loss differs between them for that reason.
     assert (
-        "baseline no negative prompt: loss 1.5000 on 2 images (chosen: 0.5000): the chosen setting is better by 1.0000"
-        in lines
+        lines[0]
+        == "chosen: tau -1, 1 negative, loss 0.5000 on 4 of the 5 images (9 generations, the full sweep needs 40)"
     )
-    assert any(
-        "whole-vocabulary lowest, 8 negatives: loss 0.1000 on the same images" in line
-        and "BEATS the chosen setting by 0.4000" in line
-        for line in lines
+    assert (
+        "baseline no negative prompt vs chosen, on the 2 images both were run on: loss 1.5000 vs 0.5000, "
+        "the chosen setting is better by 1.0000" in lines
+    )
+    assert (
+        "baseline whole-vocabulary lowest, 8 negatives vs chosen, on 4 of the 5 images: loss 0.1000 vs 0.5000, "
+        "BEATS the chosen setting by 0.4000" in lines
     )
     assert lines[-1].startswith("note: whole-vocabulary lowest, 8 negatives did better than every tau tried")
     table = table_text(result.rows + baselines, chosen)
     assert "| **tau -1, 1 negative** (chosen) | 0.5000 | 0.9000 | 4 |" in table
     assert "| whole-vocabulary lowest, 1 negative | 2.0000 | 0.9000 | 2 |" in table and "1 negatives" not in table
+
+
+def test_without_matplotlib_the_plot_is_not_drawn_and_both_outputs_say_which_extra_draws_it(
+    tmp_path, folder, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `pip install -e .` alone gives: no report extra
+    assert calibrate_cli(tmp_path, str(folder), "--taus", "2", "--negatives", "1") == 0
+    output = capsys.readouterr().out
+    extra = "it needs matplotlib, pip install 'easy-diffuser[report]'"
+    assert f"plot: not drawn: {extra}" in output and "grid: " in output
+    table = store.candidate_path(calibration_path(tmp_path / "cache", "shapes-demo"))
+    report = table.parent / "shapes-demo.md"
+    assert extra in report.read_text() and not (table.parent / "shapes-demo-loss.png").exists()
 
 
 def test_progress_line_shows_generations_and_time_left():

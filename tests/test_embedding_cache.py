@@ -103,3 +103,54 @@ def test_new_weights_under_the_same_name_get_new_embeddings(tmp_path, cache_dir)
     unload_models()
     after = label_cache.text_embeddings(load_model(str(folder), cache_dir=cache_dir), vocab, cache_dir)
     assert not torch.allclose(before, after)
+
+
+def rewrite_cache(path, embeddings: torch.Tensor, **metadata: str) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        written = handle.metadata()
+    assert set(written) >= {"fingerprint", "digest"} and load_file(str(path))["embeddings"].dtype == torch.float16
+    save_file({"embeddings": embeddings.half().contiguous()}, str(path), {**written, **metadata})
+
+
+@pytest.mark.parametrize("change", ["one value", "another model's rows", "no digest"])
+def test_a_cache_whose_rows_do_not_match_their_digest_is_rebuilt(tiny, tiny_model_dir, cache_dir, caplog, change):
+    """Damage that leaves the file well-formed (right shape, finite unit rows) is caught by the digest."""
+    vocab = vocabulary(tiny_model_dir)
+    good = label_cache.text_embeddings(tiny, vocab, cache_dir)
+    path = label_cache.cache_path(cache_dir, tiny.cache_key, vocab)
+    if change == "one value":
+        flipped = good.clone()
+        flipped[3, 7] = -flipped[3, 7]  # still unit length, still finite
+        rewrite_cache(path, flipped)
+    elif change == "another model's rows":
+        rewrite_cache(path, torch.nn.functional.normalize(torch.randn_like(good), dim=-1))
+    else:
+        rewrite_cache(path, good, digest="")
+    with caplog.at_level("WARNING"):
+        assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), good)
+    assert any("rebuilding text-embedding cache" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), good)  # the rebuilt file is trusted
+    assert not caplog.records
+
+
+def test_non_finite_rows_are_refused_even_with_a_matching_digest(tiny, tiny_model_dir, cache_dir):
+    vocab = vocabulary(tiny_model_dir)
+    good = label_cache.text_embeddings(tiny, vocab, cache_dir)
+    path = label_cache.cache_path(cache_dir, tiny.cache_key, vocab)
+    poisoned = good.clone().half()
+    poisoned[0, 0] = float("nan")
+    rewrite_cache(path, poisoned, digest=label_cache._digest(poisoned.numpy()))
+    assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), good)
+
+
+def test_rows_a_model_gets_wrong_are_never_written(tiny, tiny_model_dir, cache_dir, monkeypatch, caplog):
+    vocab = vocabulary(tiny_model_dir)
+    monkeypatch.setattr(label_cache, "encode_texts", lambda *a, **k: torch.full((len(vocab), 64), float("nan")))
+    with caplog.at_level("WARNING"):
+        label_cache.text_embeddings(tiny, vocab, cache_dir)
+    assert not label_cache.cache_path(cache_dir, tiny.cache_key, vocab).exists()
+    assert any("not finite" in record.getMessage() for record in caplog.records)

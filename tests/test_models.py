@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -88,6 +90,73 @@ def test_weights_placed_by_hand_are_used_offline(offline, tiny_model_dir, tiny_a
     )
     loaded = load_model(f"{tiny_arch}/mine", cache_dir=cache_dir)
     assert loaded.model_id == f"{tiny_arch}/mine"
+
+
+@pytest.fixture
+def hanging_up_server(monkeypatch):
+    """The hub and OpenAI's server as one local server that hangs up on every connection, and counts them.
+
+    Without network the hub's downloader retried each file for about a minute ("Retrying in 8s [Retry 5/5]")."""
+    import huggingface_hub.constants
+
+    from easy_diffuser import models
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            connections.append(connection)
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    address = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", address)
+    pretrained_config = models.pretrained_config
+    monkeypatch.setattr(  # open_clip 2.20 also names OpenAI's .pt on its own server
+        models, "pretrained_config", lambda arch, tag: {**pretrained_config(arch, tag), "url": f"{address}/ViT-L-14.pt"}
+    )
+    yield address, connections
+    listener.close()
+
+
+def extract_on_the_command_line(image: Path, cache_dir: Path, capsys) -> str:
+    from easy_diffuser import cli
+
+    assert cli.main([str(image), "--cache-dir", str(cache_dir), "--device", "cpu"]) == 2  # the setup error's code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+def extract_from_python(image: Path, cache_dir: Path, capsys) -> str:
+    from easy_diffuser import Engine
+
+    with pytest.raises(ModelError) as error:
+        Engine(cache_dir=cache_dir).extract(image)
+    return f"error: {error.value}\n" + capsys.readouterr().err
+
+
+@pytest.mark.parametrize("surface", [extract_on_the_command_line, extract_from_python])
+def test_without_network_the_default_model_fails_in_one_line_without_retries(
+    hanging_up_server, surface, tmp_path, cache_dir, capsys, caplog
+):
+    address, connections = hanging_up_server
+    image = Path(__file__).parents[1] / "docs" / "sample.png"
+    shown = surface(image, cache_dir, capsys)
+    assert len(connections) == 1  # one look at the server for its three files, no download attempted
+    assert shown.count("\n") == 1 and shown.startswith("error: no network and no cached weights for ViT-L-14/openai")
+    assert f"{address} is not reachable" in shown and f"save it as {cache_dir / 'ViT-L-14-openai'}" in shown
+    assert not [record for record in caplog.records if "Retrying" in record.getMessage()]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    as_documented = shown.replace(address, "https://huggingface.co").split(" is not reachable")[0]
+    assert f"| `{as_documented} is not reachable: ...)` |" in readme  # the troubleshooting row
 
 
 @pytest.mark.parametrize("text", ['{"tau": ', "[1, 2]"])

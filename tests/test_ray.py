@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,28 +127,184 @@ def test_a_killed_worker_costs_nothing_every_image_is_recorded_once(local_ray, d
     assert all((folder / f"img{index:03d}.txt").read_text().endswith("\n") for index in range(1, IMAGES))
 
 
-def test_lists_of_paths_are_read_relative_to_the_list(tmp_path, local_ray):
+def test_a_clean_run_prints_neither_rays_deprecation_nor_its_restart_error(local_ray, dataset, cache, tmp_path):
+    """A new driver process (Ray logs the restart error once per process) on the test's cluster, as a user runs it."""
+    package_root = str(Path(easy_diffuser.__file__).parent.parent)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ["img000.png", "img001.jpg", "empty.png"]:
+        shutil.copy(dataset / name, images / name)
+    shutil.copy(dataset / "img002.png", images / os.fsdecode(b"raw\xff.png"))  # a name that isn't UTF-8
+    address = ray.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "easy_diffuser", str(images), "--model", "shapes-demo", "--cache-dir", str(cache)]
+    command += ["--engine", "ray", "--ray-address", address, "--output", str(tmp_path / "out")]
+    run = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=package_root),
+    )
+    assert run.returncode == 1, run.stderr  # 1: empty.png
+    assert "Traceback" not in run.stderr
+    assert "deprecated" not in run.stderr  # concurrency= (Ray 2.51)
+    assert "constructor arguments in the object store" not in run.stderr  # ray-project/ray#53727
+    assert "Failed to convert column" not in run.stderr  # every column Arrow can hold
+    assert "4 images (1 errors), 0 already in the output" in run.stderr
+    paths = {Path(item["path"]).name for item in read_records(tmp_path / "out")}
+    assert paths == {"img000.png", "img001.jpg", "empty.png", "raw\\xff.png"}
+
+
+def test_lists_of_paths_are_read_relative_to_the_list(tmp_path):
     from easy_diffuser import ray_job
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "list.txt").write_text("sub/a.png\n\n/abs/b.jpg\n")
     (tmp_path / "list.csv").write_text("caption,path\nx,sub/c.png\n")
-    assert ray_job.list_inputs([tmp_path / "list.txt", tmp_path / "list.csv"]) == [
+    (tmp_path / "raw.txt").write_bytes(b"sub/raw\xff.png\n")  # a name that isn't UTF-8, as the file system has it
+    assert ray_job.list_inputs([tmp_path / "list.txt", tmp_path / "list.csv", tmp_path / "raw.txt"]) == [
         str(tmp_path / "sub" / "a.png"),
         "/abs/b.jpg",
         str(tmp_path / "sub" / "c.png"),
+        os.fsdecode(bytes(tmp_path / "sub") + b"/raw\xff.png"),
     ]
+    draw_scene(tmp_path / "sub" / os.fsdecode(b"d\xfe.png"), 64, colour="red")
+    assert ray_job.list_inputs([tmp_path / "sub"]) == [str(tmp_path / "sub" / os.fsdecode(b"d\xfe.png"))]
     with pytest.raises(ValueError, match="no such file"):
         ray_job.list_inputs([tmp_path / "missing"])
 
 
-def test_foreign_or_damaged_shards_only_cost_their_images_a_redo(tmp_path):
-    from easy_diffuser.ray_job import _read_shards
+def sparse(path: Path, size: int) -> None:
+    """A file of `size` bytes that takes no disk."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+
+
+def bad_list(tmp_path: Path, kind: str) -> Path:
+    if kind == "short csv row":
+        (tmp_path / "list.csv").write_text("name,path\na,x.png\nb\n")
+        return tmp_path / "list.csv"
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "list.txt")
+        return tmp_path / "list.txt"
+    if kind == "link to /dev/zero":
+        (tmp_path / "list.txt").symlink_to("/dev/zero")
+        return tmp_path / "list.txt"
+    if kind == "utf-16":
+        (tmp_path / "list.txt").write_bytes("a.png\n".encode("utf-16"))
+        return tmp_path / "list.txt"
+    if kind == "huge":
+        sparse(tmp_path / "list.txt", 2**30 + 1)
+        return tmp_path / "list.txt"
+    if kind == "broken parquet":
+        (tmp_path / "list.parquet").write_bytes(b"PAR1 not parquet")
+        return tmp_path / "list.parquet"
+    raise AssertionError(kind)
+
+
+BAD_LISTS = {
+    "short csv row": "list.csv: row 3 has 1 field(s), no path column",
+    "fifo": "list.txt: not a regular file (a FIFO, device or socket)",
+    "link to /dev/zero": "list.txt: not a regular file (a FIFO, device or socket)",
+    "utf-16": "list.txt: not a text list of paths (it holds NUL bytes: UTF-16? save it as UTF-8)",
+    "huge": "list.txt: larger than 1024 MiB, too large for a list of paths; split it",
+    "broken parquet": "list.parquet: not a Parquet file",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LISTS))
+def test_a_bad_list_is_one_line_naming_it_never_a_hang_or_a_traceback(tmp_path, capsys, kind):
+    listed = bad_list(tmp_path, kind)
+    code = main([str(listed), "--model", "shapes-demo", "--engine", "ray", "--output", str(tmp_path / "out")])
+    assert code == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: {tmp_path}/{BAD_LISTS[kind]}")
+    assert not (tmp_path / "out").exists()
+
+
+def our_shard(folder: Path, name: str, paths: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from easy_diffuser.records import arrow_schema, error_record
+
+    pq.write_table(
+        pa.Table.from_pylist([error_record(path, "bad") for path in paths], schema=arrow_schema()), folder / name
+    )
+
+
+FOREIGN_SHARDS = {
+    "labels.parquet": lambda path: __import__("pyarrow.parquet").parquet.write_table(
+        __import__("pyarrow").table({"path": ["/a.png"], "label": ["cat"]}), path
+    ),
+    "labels.jsonl": lambda path: path.write_text('{"path": "/a.png", "label": "cat"}\n'),
+    "notes.jsonl": lambda path: path.write_text("my notes\n"),
+    "fifo.jsonl": lambda path: os.mkfifo(path),
+    "dev-zero.jsonl": lambda path: path.symlink_to("/dev/zero"),
+    "huge.jsonl": lambda path: sparse(path, 2**30 + 1),
+}
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["resume", "overwrite"])
+@pytest.mark.parametrize("name", sorted(FOREIGN_SHARDS))
+def test_a_foreign_file_in_the_output_folder_is_refused_and_nothing_is_deleted(tmp_path, name, overwrite):
+    from easy_diffuser import ray_job
+    from easy_diffuser.records import RecordsError
 
     output = tmp_path / "out"
     output.mkdir()
-    good = {"path": "/a.png", "prompt": "red"}
-    lines = [json.dumps(good), "not json", json.dumps({"prompt": "no path"}), "[1, 2]", "[" * 100_000, '{"path": "/cut']
-    (output / "part-1.jsonl").write_text("\n".join(lines))
-    (output / "part-2.parquet").write_bytes(b"PAR1 garbage")
-    assert _read_shards(str(output), ["path"]) == [{"path": "/a.png"}]
+    our_shard(output, "ours.parquet", ["/b.png"])
+    FOREIGN_SHARDS[name](output / name)
+    before = sorted(os.listdir(output))
+    with pytest.raises(RecordsError, match=f"^{output / name}: .*it was left as it is"):
+        ray_job.run_job(["/a.png", "/b.png"], str(output), "shapes-demo", overwrite=overwrite)
+    assert sorted(os.listdir(output)) == before  # --overwrite deleted nothing, ours included
+
+
+def test_overwrite_removes_only_our_shards_and_a_damaged_one_costs_a_redo(tmp_path):
+    from easy_diffuser import ray_job
+
+    output = tmp_path / "out"
+    (output / "sub").mkdir(parents=True)
+    our_shard(output, "ours.parquet", ["/a.png"])
+    (output / "sub" / "ours.jsonl").write_text(json.dumps(next(read_records(output / "ours.parquet"))) + "\n")
+    (output / "killed.parquet").write_bytes(b"PAR1 cut short")  # unreadable: anyone's, so never deleted
+    (output / "README.txt").write_text("my notes")
+    assert ray_job._read_output(str(output), ["path"])[1] == [{"path": "/a.png"}, {"path": "/a.png"}]
+    summary = ray_job.run_job([], str(output), "shapes-demo", overwrite=True)  # nothing to do: no model
+    assert summary.images == 0
+    assert sorted(str(path.relative_to(output)) for path in output.rglob("*")) == [
+        "README.txt",
+        "killed.parquet",
+        "sub",
+    ]
+
+
+def test_a_second_job_on_the_same_output_folder_is_refused(tmp_path):
+    from easy_diffuser import ray_job
+    from easy_diffuser.files import OutputBusy, OutputLock
+
+    output = tmp_path / "out"
+    held = OutputLock(output)
+    try:
+        with pytest.raises(OutputBusy, match=f"^{output}: another easy-diffuser run .* is writing it"):
+            ray_job.run_job(["/a.png"], str(output), "shapes-demo")
+    finally:
+        held.release()
+    assert ray_job.run_job([], str(output), "shapes-demo").images == 0  # released: the next one runs
+
+
+def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_ray, tmp_path):
+    from taggers import write_tagger
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, colour in enumerate(["red", "green", "blue", "yellow"] * 2):
+        draw_scene(folder / f"img{index}.{'jpg' if index % 2 else 'png'}", 48, colour=colour)
+    model = str(write_tagger(tmp_path / "wd-tiny", "convnext"))
+    common = [str(folder), "--model", model, "--cache-dir", str(tmp_path / "cache"), "--no-captions"]
+    assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*common, "--engine", "ray", "--output", str(tmp_path / "shards.jsonl")]) == 0
+    local, distributed = read_records(tmp_path / "local.jsonl"), read_records(tmp_path / "shards.jsonl")
+    assert by_path(distributed) == by_path(local) and len(by_path(local)) == 8

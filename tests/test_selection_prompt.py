@@ -86,7 +86,7 @@ def test_relevance_is_the_same_whatever_the_cosine_level():
     base = score(image, text)[0]
     assert abs(base.relevance.mean()) < 1e-5 and abs(base.relevance.std() - 1) < 1e-4
     # Same ranking with cosines squeezed and shifted (another model's range) gives the same relevance.
-    squeezed = (base.cosine * 0.1 + 0.2).unsqueeze(0)
+    squeezed = (base.score * 0.1 + 0.2).unsqueeze(0)
     relevance = (squeezed - squeezed.mean()) / squeezed.std()
     assert torch.allclose(relevance[0], base.relevance, atol=1e-4)
 

@@ -14,13 +14,12 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from ..cli import _checked_by
 from ..engine import Engine
 from ..models import DEFAULT_MODEL, ModelError, default_device
 from ..options import OPTION
 from . import store
 from .generators import make_generator
-from .report import summary_lines, table_text
+from .report import NO_PLOT, summary_lines, table_text
 from .run import FIRST_IMAGES, calibrate
 from .sweep import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibration_options
 
@@ -61,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = parser.add_argument_group("the sweep")
     sweep.add_argument(
         "--taus",
-        type=_checked_by(SWEEP_TAU),
+        type=SWEEP_TAU.argument_type(),
         nargs="+",
         default=list(DEFAULT_TAUS),
         metavar="TAU",
@@ -69,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--negatives",
-        type=_checked_by(OPTION["negatives"]),
+        type=OPTION["negatives"].argument_type(),
         nargs="+",
         default=list(DEFAULT_NEGATIVES),
         metavar="N",
@@ -83,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--tags",
-        type=_checked_by(OPTION["max_tags"]),
+        type=OPTION["max_tags"].argument_type(),
         default=None,
         help="positive tags while calibrating (default: the model's calibration_tags, else 24)",
     )
@@ -221,3 +220,5 @@ def _print_result(result: Calibration, full_table: bool) -> None:
     print(f"wrote {result.path} (a candidate: not in force)")
     for name, path in result.report.items():
         print(f"{name}: {path}")
+    if "plot" not in result.report:
+        print(f"plot: {NO_PLOT}")

@@ -16,7 +16,7 @@ differences between settings matter. Beside it the CLIP image-image cosine is re
 The probabilities are the core's (presence.py), so the metric and the negative prompt's guard
 agree on which tags an image shows: center and temperature per model, from its easy_diffuser.json
 ("prob_center", "prob_temperature", fitted with `fit_tag_calibration` where labelled images exist,
-see docs/calibration.md) or the built-in default.
+see docs/calibration.md) or the built-in default. A tagger gives its probabilities itself.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import scoring
 from ..engine import Engine
 from ..presence import TagCalibration
 
@@ -87,7 +86,7 @@ class Metric:
     def fingerprint(self) -> str:
         """Changes when any loss would: the model's weights and vocabulary (through the tag
         embeddings) or the probability calibration. Keys the calibration's saved results."""
-        digest = hashlib.sha1(self.engine.text_embeddings.float().contiguous().numpy().tobytes())
+        digest = hashlib.sha1(self.engine.scorer.fingerprint())
         digest.update(f"{self.engine.model_id} {self.calibration.center} {self.calibration.temperature}".encode())
         return digest.hexdigest()[:16]
 
@@ -95,18 +94,22 @@ class Metric:
         return self.embedded(self.encode(images))
 
     def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Unit image embeddings [images, dim], in bounded batches: a big folder must not fill the GPU."""
+        """The model's features [images, dim] (Engine.encode), in bounded batches: a big folder mustn't fill the GPU."""
         return torch.cat([self.engine.encode(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
 
     def embedded(self, embeddings: torch.Tensor) -> Embedded:
-        return Embedded(embeddings, self.calibration.probabilities(self.relevance(embeddings)))
+        scores = self.engine.scorer.scores(embeddings)
+        if scores and scores[0].probability is not None:  # a tagger's own
+            return Embedded(embeddings, torch.stack([s.probability for s in scores]))
+        return Embedded(embeddings, self.calibration.probabilities(torch.stack([s.relevance for s in scores])))
 
     def relevance(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Relevance of every tag [images, tags] for image embeddings [images, dim]."""
-        return torch.stack([s.relevance for s in scoring.score(embeddings, self.engine.text_embeddings)])
+        """Relevance of every tag [images, tags] for the model's features [images, dim]."""
+        return torch.stack([s.relevance for s in self.engine.scorer.scores(embeddings)])
 
     def compare(self, source: Embedded, generated: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, cosine) per pair of rows: source row i against generated row i."""
+        """(loss, cosine) per pair of rows: source row i against generated row i (the cosine of the features:
+        CLIP's image-image cosine; for a tagger, of the two images' probability vectors)."""
         loss = bce(source.probabilities, generated.probabilities)
-        cosine = (source.embeddings * generated.embeddings).sum(dim=-1)
+        cosine = F.cosine_similarity(source.embeddings, generated.embeddings, dim=-1)
         return loss, cosine

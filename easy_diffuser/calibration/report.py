@@ -4,8 +4,8 @@
 * `{model}-loss.png`: loss against tau, one line per number of negatives, with the baselines;
 * `{model}-grid.png`: source images beside what the best and a poor tau generated from them.
 
-The plot needs matplotlib (optional: without it the plot is skipped and the table says how to
-get it); the grid is drawn with PIL only.
+The plot needs matplotlib, the optional `report` extra (without it the plot is skipped, and the
+table and the command line say how to get it); the grid is drawn with PIL only.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ GRID_ROWS = 6
 CELL = 128
 HEADER = 34
 LABEL_COLOUR = (20, 20, 20)
+NO_PLOT = "not drawn: it needs matplotlib, pip install 'easy-diffuser[report]'"
 
 
 def write_report(
@@ -48,7 +49,7 @@ def write_report(
         f"{summary}\n\n{table_text(result.rows + result.baselines, result.best)}\n"
     )
     if not plotted:
-        text += "\n(loss plot skipped: `pip install matplotlib` to get it)\n"
+        text += f"\n(loss plot {NO_PLOT})\n"
     write_text_atomically(paths["table"], text)
     return paths
 
@@ -166,27 +167,29 @@ def table_text(rows: Sequence[Row], best: Row | None = None) -> str:
 
 
 def summary_lines(result: Calibration) -> list[str]:
-    """The chosen setting, the best baseline of each kind against it on the same images, and the cost."""
+    """The chosen setting, then each kind of baseline against it, each line saying on which images it compares."""
     best = result.best
     assert best is not None
     cost = f"{result.generations} generations" + (
         f", the full sweep needs {result.full_sweep}" if result.full_sweep > result.generations else ""
     )
-    lines = [f"chosen: {best.setting.describe()}, loss {best.loss:.4f} over {best.images} images ({cost})"]
+    total = len(result.images) or best.images
+    lines = [f"chosen: {best.setting.describe()}, loss {best.loss:.4f} on {_images(best.images, total)} ({cost})"]
     beaten_by = []
     for row in best_baselines(result.baselines):
         chosen_there = sum(best.losses[: row.images]) / row.images  # the same images: a paired comparison
         margin = row.loss - chosen_there
-        where = f"on {row.images} images" if row.images < best.images else "on the same images"
         if abs(margin) < 5e-5:
-            verdict = "the same loss as the chosen setting"
+            verdict = "the same loss"
         elif margin > 0:
             verdict = f"the chosen setting is better by {margin:.4f}"
         else:
             verdict = f"BEATS the chosen setting by {-margin:.4f}"
             beaten_by.append(row.setting.describe())
+        where = _images(row.images, total) if row.images == best.images else f"the {row.images} images both were run on"
         lines.append(
-            f"baseline {row.setting.describe()}: loss {row.loss:.4f} {where} (chosen: {chosen_there:.4f}): {verdict}"
+            f"baseline {row.setting.describe()} vs chosen, on {where}: "
+            f"loss {row.loss:.4f} vs {chosen_there:.4f}, {verdict}"
         )
     if beaten_by:
         lines.append(
@@ -195,6 +198,12 @@ def summary_lines(result: Calibration) -> list[str]:
             "want the tau closest to it."
         )
     return lines
+
+
+def _images(count: int, total: int) -> str:
+    if count < total:
+        return f"{count} of the {total} images"
+    return f"all {total} images" if total > 1 else "the 1 image"
 
 
 def best_baselines(baselines: Sequence[Row]) -> list[Row]:

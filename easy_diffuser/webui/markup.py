@@ -45,6 +45,8 @@ def status_html(result: Extraction) -> str:
     negative = sum(tag.role == "negative" for tag in result.tags)
     tau = f"tau {result.tau:.2f} ({html.escape(result.tau_source)})"
     text = f"{html.escape(result.model)} &middot; {tau} &middot; {positive} positive, {negative} negative tags"
+    if result.style_note:
+        text += f" &middot; {html.escape(result.style_note)}"
     return f'<p class="easy-diffuser-status">{text}</p>'
 
 

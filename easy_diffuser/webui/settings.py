@@ -57,7 +57,9 @@ def definitions(forced_model: Optional[str]) -> list[Setting]:
         ),
         Setting("weights", OPTION["weights"].default, "Weights on by default"),
         Setting(
-            "caption", False, "Caption the image before the tags (BLIP or GIT; needs transformers, which the webui has)"
+            "caption",
+            False,
+            "Caption the image before the tags (BLIP, GIT or Qwen2-VL; needs transformers, which the webui has)",
         ),
         Setting("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)}),
         *(

@@ -120,6 +120,10 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
             label="Captioner",
             elem_id="easy_diffuser_caption_model",
         )
+    style = OPTION["prompt_style"]
+    made["prompt_style"] = gr.Radio(
+        list(style.choices), value=style.default, label=style.label, elem_id="easy_diffuser_prompt_style"
+    )
     return {name: made[name] for name in controls.CONTROLS}
 
 

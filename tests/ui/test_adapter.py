@@ -39,6 +39,7 @@ TAB = {
     "weights": False,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
+    "prompt_style": "automatic",
 }
 BATCH = {**TAB, "max_tags": 8, "quality_negatives": 0}
 

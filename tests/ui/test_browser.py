@@ -298,6 +298,28 @@ def _wait_for(condition, seconds: float = TIMEOUT_MS / 1000) -> None:
         time.sleep(0.05)
 
 
+def test_the_style_control_puts_the_description_first_and_switches_back_without_extract(
+    page, red_circle, describer_placed, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the tiny random describer is placed as the default one
+    status = page.locator("#easy_diffuser_status .easy-diffuser-status")
+    style = page.locator("#easy_diffuser_prompt_style")
+    expect(style).to_contain_text("automatic")
+    upload(page, red_circle)
+    tags = extract(page)  # automatic, no checkpoint loaded: tags
+    expect(status).to_contain_text("prompt style tags (automatic: tags, as no checkpoint is known)")
+    style.get_by_text("sentences", exact=True).click()
+    expect(status).to_contain_text("needs a description of this image: press Extract")
+    page.click("#easy_diffuser_extract")
+    expect(status).to_contain_text("prompt style sentences (chosen)")
+    described = textarea(page, "easy_diffuser_prompt").input_value()
+    assert described.endswith(" " + tags) and len(described) > len(tags) + 1  # the description, then the tags
+    style.get_by_text("tags", exact=True).click()  # back: the same description, now cut into one CLIP chunk
+    expect(status).to_contain_text("prompt style tags (chosen)")
+    as_tags = textarea(page, "easy_diffuser_prompt").input_value()
+    assert as_tags != described and as_tags.endswith(", " + tags)
+
+
 def round_trip_report(page):
     return page.locator("#easy_diffuser_round_trip_report .easy-diffuser-round-trip")  # gradio 3 repeats the id
 

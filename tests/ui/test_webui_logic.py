@@ -74,6 +74,7 @@ TAB = {
     "weights": True,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
+    "prompt_style": "automatic",
 }
 
 
@@ -129,10 +130,10 @@ def test_the_calibration_report_marks_the_best_and_names_each_baseline(tmp_path)
         '<tr class="easy-diffuser-best"><td>tau 0, 2 negatives</td>' in text and text.count("easy-diffuser-best") == 1
     )
     # The summary compares the fairer of the two whole-vocabulary rows, and says by how much the choice wins.
-    assert "<p>baseline whole-vocabulary lowest, 4 negatives: loss 1.3000 on the same images" in text
+    assert "<p>baseline whole-vocabulary lowest, 4 negatives vs chosen, on the 1 image: loss 1.3000 vs 1.0000" in text
     assert "the chosen setting is better by 0.3000</p>" in text and "BEATS" not in text
     assert "<td>whole-vocabulary lowest, 2 negatives</td>" in text  # the table keeps every row
-    assert "<p>baseline no negative prompt: loss 1.6000 on the same images" in text
+    assert "<p>baseline no negative prompt vs chosen, on the 1 image: loss 1.6000 vs 1.0000" in text
     assert "press <b>Apply</b>" in text
     assert "&lt;m&gt;.json" in text and "<m>" not in text
     assert "after 4 of 9 generations" in markup.calibration_stopped_html(4, 9)
