@@ -32,11 +32,10 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from . import embedding
 from .calibration.generators import GenerationStopped, Generator
 from .calibration.metric import Embedded, Metric
 from .engine import Engine
-from .options import TOKEN_BUDGET, RefineOptions
+from .options import ExtractOptions, RefineOptions
 from .presence import MAY_BE_PRESENT
 from .prompt import escape
 from .vocabulary import NEGATIVE_QUALITY
@@ -192,6 +191,7 @@ class _Prompt:
 
     def __init__(self, text: str, engine: Engine) -> None:
         self.engine = engine
+        self.budget = engine.token_budget(ExtractOptions())  # one CLIP chunk, or a tagger's longer prompt
         self.index = {tag: i for i, tag in enumerate(engine.vocabulary.tags)}
         self.terms = [self._term(part.strip()) for part in text.split(",") if part.strip()]
 
@@ -212,9 +212,9 @@ class _Prompt:
 
     def add(self, tag: str) -> bool:
         """Append the tag if it fits the token budget (and its comma)."""
-        used = embedding.token_count(self.engine.loaded, ", ".join(term.plain() for term in self.terms))
+        used = self.engine.scorer.token_count(", ".join(term.plain() for term in self.terms))
         cost = self.engine.token_costs[self.index[tag]] + (1 if self.terms else 0)
-        if used + cost > TOKEN_BUDGET:
+        if used + cost > self.budget:
             return False
         self.terms.append(_Term(escape(tag), tag))
         return True
