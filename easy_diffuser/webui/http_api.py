@@ -23,7 +23,7 @@ import binascii
 import json
 import math
 from secrets import compare_digest
-from typing import Any, Callable, ContextManager, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional, TypeVar
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -41,6 +41,7 @@ from ..options import ExtractOptions, OptionError, RefineOptions, schema_help
 from ..refine import refine as refine_pair
 from .service import Service
 
+T = TypeVar("T")
 PREFIX = "/easy-diffuser/v1"
 DEFAULT_MAX_REQUEST_MB = 50  # a 30 MB photo in base64 is 40 MB
 NEEDS_IMAGE = "prompt_style: sentences runs a describing captioner, which needs the image; send image, not reselect"
@@ -261,12 +262,8 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
             )
     elif not isinstance(image_text, str):
         raise HTTPException(status_code=422, detail="image: required, the image file's bytes in base64 or a data: URL")
-    if model is not None and model not in choices:
-        raise HTTPException(status_code=400, detail=f"model: {str(model)[:100]!r} is not one of {', '.join(choices)}")
-    try:
-        options = ExtractOptions.from_mapping(fields)
-    except OptionError as error:
-        raise HTTPException(status_code=422, detail=str(error)) from None
+    _check_model(model, choices)
+    options = _options(ExtractOptions.from_mapping, fields)
     if options.caption and options.caption.model not in CAPTIONERS:
         # Any other id would make the server download whatever a client names.
         listed = ", ".join(CAPTIONERS)
@@ -291,13 +288,21 @@ def _parse_refine(body: dict, choices: List[str]) -> tuple[Any, str, str, Option
         raise HTTPException(
             status_code=422, detail="prompt, negative_prompt: the pair to check, as text (prompt is required)"
         )
+    _check_model(model, choices)
+    return _decode_image(image_text), prompt, negative, model, _options(RefineOptions.from_mapping, fields)
+
+
+def _check_model(model: Any, choices: List[str]) -> None:
     if model is not None and model not in choices:
         raise HTTPException(status_code=400, detail=f"model: {str(model)[:100]!r} is not one of {', '.join(choices)}")
+
+
+def _options(parse: Callable[[dict], T], fields: dict) -> T:
+    """The request's options by the schema; 422 with its one-line message."""
     try:
-        options = RefineOptions.from_mapping(fields)
+        return parse(fields)
     except OptionError as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
-    return _decode_image(image_text), prompt, negative, model, options
 
 
 def _answer(result: Extraction, embedding: torch.Tensor, engine: Engine) -> dict:
