@@ -288,10 +288,16 @@ class Handlers:
 
         def run() -> None:
             try:
-                outcome["result"] = self.service.run(work, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+                outcome["result"] = self.service.run(work)
             except (ModelError, NoGenerator) as error:
                 outcome["error"] = error
 
+        progress(0, desc="Loading the CLIP model")
+        try:  # here, not in the worker: gradio's progress bar follows only this thread's calls
+            self.service.run(lambda engine: None, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+        except ModelError as error:
+            yield gr.update(), markup.error_html(str(error)), *unchanged
+            return
         worker = threading.Thread(target=run, name="easy-diffuser-round-trip", daemon=True)
         progress(0, desc="Generating from the prompts")
         worker.start()
