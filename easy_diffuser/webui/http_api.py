@@ -146,6 +146,8 @@ def add_routes(
 
         def answer() -> Any:  # in a worker thread: a re-selection runs no model, so it needs no queue once loaded
             try:
+                if image is None and model is None:  # the token names its model: the loaded one serves it, or none
+                    return work(_loaded_for_token(service))
                 loaded = service.loaded_engine(model) if image is None else None
                 return work(loaded) if loaded else service.run(work, model)
             except HTTPException as error:
@@ -310,6 +312,15 @@ def _answer(result: Extraction, embedding: torch.Tensor, engine: Engine) -> dict
     embedding, a tagger's tag probabilities as log-odds; fp16)."""
     payload = result.model.encode() + b"\0" + engine.scorer.for_token(embedding[0]).numpy().tobytes()
     return {**result.to_dict(), "reselect": base64.urlsafe_b64encode(payload).decode()}
+
+
+def _loaded_for_token(service: Service) -> Engine:
+    """A re-selection that names no model never loads one: a token is another model's (409 from
+    `_embedding_from`) or the loaded model's, and a model the settings name is not the token's concern."""
+    engine = service.engine
+    if engine is None:
+        raise HTTPException(status_code=409, detail="reselect: the token's model is not loaded; send the image again")
+    return engine
 
 
 def _embedding_from(token: str, engine: Engine) -> torch.Tensor:

@@ -322,6 +322,28 @@ def test_a_bad_reselect_token_is_refused_in_one_line(client, image_b64, payload,
     assert detail in response.json()["detail"]
 
 
+def test_a_token_without_model_reselects_on_the_loaded_model_and_never_loads_the_configured_one(
+    models_path, image_b64, monkeypatch
+):
+    """The settings name a model this server can't have; the image was extracted with `model`. Sending the token
+    back alone loaded the settings' model first (here 503; online a 1.7 GB download) before comparing it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # loading ViT-L-14 would fail at once, not reach a network
+    client = TestClient(start_webui(["--api"], models_path, "ViT-L-14/openai"))
+    first = client.post(EXTRACT, json={"image": image_b64, "model": "shapes-demo", "max_tags": 1})
+    assert first.status_code == 200, first.text
+    again = client.post(EXTRACT, json={"reselect": first.json()["reselect"], "max_tags": 3})
+    assert again.status_code == 200, again.text
+    assert len(again.json()["prompt"].split(", ")) == 3
+
+
+def test_a_token_without_model_when_nothing_is_loaded_is_409_without_loading(models_path, image_b64, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    token = TestClient(start_webui(["--api"], models_path, "shapes-demo")).post(EXTRACT, json={"image": image_b64})
+    fresh = TestClient(start_webui(["--api"], models_path, "ViT-L-14/openai"))  # a restarted server: none loaded
+    response = fresh.post(EXTRACT, json={"reselect": token.json()["reselect"]})
+    assert response.status_code == 409 and "send the image again" in response.json()["detail"], response.text
+
+
 @pytest.fixture(scope="module")
 def tagger_folder(tmp_path_factory):
     from taggers import logits_for, write_tagger
