@@ -109,6 +109,7 @@ def test_the_tab_refuses_what_the_schema_refuses():
         "weights": False,
         "caption": False,
         "caption_model": "",
+        "prompt_style": "automatic",
     }
     assert controls.extract_options(values).max_tags == 12  # sliders send floats
     with pytest.raises(OptionError, match="quality_negatives: must be a whole number from 0 to 32, not 40"):
