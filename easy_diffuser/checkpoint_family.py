@@ -1,4 +1,5 @@
-"""Which family a diffusion checkpoint belongs to, from what a host can tell about it: pure data in, data out.
+"""Which family a diffusion checkpoint belongs to, from what a host can tell about it. `detect` is pure (data
+in, data out); `detect_checkpoint` also reads a .safetensors file's JSON header (never its weights).
 
     detect(name="flux1-dev-bnb-nf4-v2.safetensors")                  -> FLUX, "its name says Flux"
     detect(name="model.safetensors", metadata={"modelspec.architecture": "stable-diffusion-v3-medium"})

@@ -241,6 +241,13 @@ def test_sentences_uses_the_captioner_named_and_booru_is_not_a_clip_models_promp
         ExtractOptions(prompt_style="prose")
 
 
+def test_a_tagger_model_writes_booru_which_automatic_picks_for_it():
+    automatic = prompt_style.resolve(ExtractOptions(), detect("flux1-dev.safetensors"), tagger=True)
+    assert (automatic.name, automatic.caption) == ("booru", None) and "booru tagger" in automatic.reason
+    assert prompt_style.resolve(ExtractOptions(prompt_style="booru"), tagger=True).name == "booru"
+    assert prompt_style.resolve(ExtractOptions(prompt_style="sentences"), tagger=True).name == "sentences"
+
+
 def test_the_t5_bound_counts_every_character_after_normalisation():
     assert prompt_style.t5_token_bound("") == 2  # the leading "▁" and the end token
     assert prompt_style.t5_token_bound("a  red\n circle") == len("a red circle") + 2
