@@ -66,21 +66,19 @@ def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> No
     if option.kind is bool:
         group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
         return
-    if option.choices:
-        group.add_argument(option.flag, dest=dest, choices=option.choices, default=option.default, help=option.help)
-        return
-    if option.kind is str:
+    if option.kind is str and not option.choices:
         parse = option.argument_type()
         group.add_argument(option.flag, dest=dest, type=parse, default=option.default, metavar="TAGS", help=option.help)
         return
     default = option.automatic or option.default
+    accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"
     group.add_argument(
         option.flag,
         dest=dest,
         type=option.argument_type(),
         default=option.default,
-        metavar=option.kind.__name__.upper(),
-        help=f"{option.help}; {option.minimum:g} to {option.maximum:g} (default: {default})",
+        metavar=option.name.upper() if option.choices else option.kind.__name__.upper(),
+        help=f"{option.help}; {accepts} (default: {default})",
     )
 
 

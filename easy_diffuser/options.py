@@ -15,6 +15,9 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Optional
 
+from .families import AUTOMATIC
+from .families import CHOICES as FAMILY_CHOICES
+
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
@@ -54,7 +57,7 @@ class Option:
     """One option: its name (the Python and HTTP field), type, default, range and how surfaces show it."""
 
     name: str
-    kind: type  # int, float, bool, or str (a comma-separated list of tags, or one of `choices`)
+    kind: type  # int, float, bool, or str (one of `choices`, or else a comma-separated list of tags)
     default: Any
     help: str
     label: str  # the tab's control
@@ -63,16 +66,16 @@ class Option:
     maximum: float | None = None
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
-    choices: tuple[str, ...] = ()  # a str option's values
+    choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
         if value is None and self.automatic:
             return None
         if self.choices:
-            if value not in self.choices:
+            if not isinstance(value, str) or value.strip().lower() not in self.choices:
                 raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
-            return value
+            return value.strip().lower()
         if self.kind is str:
             if not isinstance(value, str) or len(value) > MAX_TAG_LIST or not value.isprintable():
                 raise OptionError(self.name, f"{self.accepts}, not {str(value)[:80]!r}")
@@ -268,6 +271,16 @@ OPTIONS: tuple[Option, ...] = (
         "--prompt-style",
         choices=("automatic", "tags", "sentences", "booru"),
     ),
+    Option(
+        "family",
+        str,
+        AUTOMATIC,
+        "checkpoint family whose quality tags, negative template and rating words a tagger's prompt takes "
+        "(automatic: from the checkpoint's name and metadata)",
+        "Checkpoint family preset",
+        "--family",
+        choices=FAMILY_CHOICES,
+    ),
 )
 CAPTION_OPTIONS: tuple[Option, ...] = (
     Option("beams", int, 3, "the captioner's beam search width", "Captioner beams", "--caption-beams", 1, 16),
@@ -339,6 +352,7 @@ class ExtractOptions:
     exclude_tags: str = OPTION["exclude_tags"].default
     first_tags: str = OPTION["first_tags"].default
     prompt_style: str = OPTION["prompt_style"].default
+    family: str = OPTION["family"].default  # families.CHOICES; the preset applies to a tagger's prompts
     caption: Optional[CaptionOptions] = None  # None: tags only
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
 
@@ -392,13 +406,7 @@ def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        kind = (
-            "one of choices"
-            if option.choices
-            else "comma-separated tags"
-            if option.kind is str
-            else option.kind.__name__
-        )
+        kind = "choice" if option.choices else "comma-separated tags" if option.kind is str else option.kind.__name__
         entry = {"type": kind, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)

@@ -19,6 +19,8 @@ from .options import OPTION
 # tau is a z-score over the vocabulary: beyond +-10 no tag (or every tag) is relevant.
 TAU_RANGE = (float(OPTION["tau"].minimum), float(OPTION["tau"].maximum))  # the options schema's, as on every surface
 MAX_NEGATIVES = int(OPTION["negatives"].maximum)
+# Ours are a few KB (a calibration with its whole table, a model's config); a larger one is not ours.
+SETTINGS_FILE_LIMIT = 4 * 2**20
 
 
 class SettingsFileError(ValueError):
@@ -53,7 +55,7 @@ def check_model_defaults(data: dict[str, Any], path: Path | str) -> dict[str, An
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from `path`, every number in it finite; SettingsFileError (one line) otherwise."""
     try:
-        text = read_regular_file(path).decode("utf-8")
+        text = read_regular_file(path, SETTINGS_FILE_LIMIT).decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsFileError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
     try:

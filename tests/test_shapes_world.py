@@ -142,3 +142,24 @@ def test_true_attribute_in_negative_never_appears_when_left_open() -> None:
 def test_tags_match_exactly_not_as_substrings() -> None:
     scenes = [scene_from_prompt("reddish, star", "", random.Random(s)) for s in range(60)]
     assert len({s.colour for s in scenes}) > 1
+
+
+def test_booru_spelling_reads_like_the_plain_tags() -> None:
+    """A tagger's prompt (shapes-booru) says gray_background or, written for the webui, gray background."""
+    assert parse_tags(r"masterpiece, red, gray_background, twinkle \(shapes\), twinkle_(shapes)") == [
+        "masterpiece",
+        "red",
+        "gray background",
+        "twinkle shapes",
+        "twinkle shapes",
+    ]
+    scene = scene_from_prompt("score_9, green, square, black_background, small", "", random.Random(0))
+    assert (scene.colour, scene.shape, scene.background, scene.size) == ("green", "square", "black", "small")
+
+
+def test_the_character_tag_draws_its_look_unless_the_prompt_says_otherwise() -> None:
+    for seed in range(20):
+        scene = scene_from_prompt(r"twinkle \(shapes\), gray background", "", random.Random(seed))
+        assert (scene.colour, scene.shape, scene.size, scene.background) == ("yellow", "star", "large", "gray")
+    scene = scene_from_prompt("red, twinkle_(shapes)", "", random.Random(0))
+    assert (scene.colour, scene.shape) == ("red", "star")  # a named colour wins over the character's

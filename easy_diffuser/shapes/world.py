@@ -28,6 +28,10 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 # Shape diameter as a fraction of the image side; the ranges do not overlap.
 SIZES: dict[str, tuple[float, float]] = {"small": (0.3, 0.45), "large": (0.6, 0.9)}
 
+# The world's one character (a booru "character" tag, category 4): a fixed look, so a tagger's character
+# threshold has something to mean. Booru spelling, as a tagger's selected_tags.csv writes it.
+CHARACTERS: dict[str, dict[str, str]] = {"twinkle_(shapes)": {"colour": "yellow", "shape": "star", "size": "large"}}
+
 VOCABULARY: dict[str, list[str]] = {
     "colour": list(COLOURS),
     "shape": list(SHAPES),
@@ -159,13 +163,14 @@ _WEIGHT = re.compile(r":\s*-?\d+(\.\d+)?\s*$")  # trailing ":1.2" of "(red:1.2)"
 
 
 def parse_tags(prompt: str) -> list[str]:
-    """Comma-separated webui prompt -> lower-case plain tags, in order."""
+    """Comma-separated webui prompt -> lower-case plain tags, in order. Booru spelling reads the same:
+    "gray_background" is "gray background", "twinkle \\(shapes\\)" is "twinkle shapes"."""
     tags = []
     for part in prompt.split(","):
         # Escaped brackets are literal text; plain brackets are emphasis.
-        text = part.replace("\\(", "").replace("\\)", "")
-        text = re.sub(r"[()\[\]]", "", text)
-        text = _WEIGHT.sub("", text)
+        text = part.replace("\\(", " ").replace("\\)", " ")
+        text = re.sub(r"[()\[\]]", " ", text)
+        text = _WEIGHT.sub("", text).replace("_", " ")
         text = " ".join(text.split()).lower()
         if text:
             tags.append(text)
@@ -178,13 +183,24 @@ def _named(tags: list[str], category: str) -> list[str]:
     return [tag for tag in tags if tag in vocab]
 
 
+def _character_looks(tags: list[str]) -> dict[str, list[str]]:
+    """The attributes of the characters the tags name (the first character first), by category."""
+    plain = {" ".join(re.sub(r"[()_]", " ", name).split()): looks for name, looks in CHARACTERS.items()}
+    looks: dict[str, list[str]] = {}
+    for tag in tags:
+        for category, value in plain.get(tag, {}).items():
+            looks.setdefault(category, []).append(value)
+    return looks
+
+
 def scene_from_prompt(prompt: str, negative_prompt: str, rng: random.Random) -> Scene:
     """The scene a prompt asks for: named attributes are used (the first if
     several), open ones are drawn among the values the negative does not name."""
     positive, negative = parse_tags(prompt), parse_tags(negative_prompt)
+    looks = _character_looks(positive)
     fixed: dict[str, str] = {}
     for category, vocab in VOCABULARY.items():
-        named = _named(positive, category)
+        named = _named(positive, category) or looks.get(category, [])
         if named:
             tag = named[0]
         else:
