@@ -1,4 +1,5 @@
-"""Which family a diffusion checkpoint belongs to, from what a host can tell about it: pure data in, data out.
+"""Which family a diffusion checkpoint belongs to, from what a host can tell about it. `detect` is pure (data
+in, data out); `detect_checkpoint` also reads a .safetensors file's JSON header (never its weights).
 
     detect(name="flux1-dev-bnb-nf4-v2.safetensors")                  -> FLUX, "its name says Flux"
     detect(name="model.safetensors", metadata={"modelspec.architecture": "stable-diffusion-v3-medium"})
@@ -28,7 +29,7 @@ from typing import Any, Mapping
 
 CLIP_TOKENS = 75  # one CLIP chunk: 77 positions minus the start and end tokens
 T5_TOKENS = 512  # Flux and SD3 train T5-XXL at a 512-token sequence (its end token included)
-MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on its JSON header
+MAX_HEADER_BYTES = 16 << 20  # an SDXL checkpoint's header is about 200 KB; a larger length is not a header
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ def detect_checkpoint(checkpoint: str | os.PathLike) -> Detected:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """A safetensors file's `__metadata__` (text to text), read from its JSON header only; ValueError naming the
-    file when it is not a safetensors file."""
+    """A safetensors file's `__metadata__` (its text values), read from the 8-byte length and the JSON header only,
+    never the weights; ValueError naming the file when it is not a safetensors file. families.py reads it too."""
     with open(path, "rb") as file:
         head = file.read(8)
         size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
@@ -159,4 +160,6 @@ def read_metadata(path: Path) -> dict[str, str]:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {error})") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return {str(key): str(value) for key, value in metadata.items()} if isinstance(metadata, dict) else {}
+    if not isinstance(metadata, dict):
+        return {}
+    return {key: value for key, value in metadata.items() if isinstance(key, str) and isinstance(value, str)}

@@ -179,13 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = options_from(args)
         target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
-        style = prompt_style.resolve(options, target)  # booru on a CLIP model is refused here
+        # The captioner the style runs, known before any download (booru is a tagger's: it runs none).
+        captioner = None if options.prompt_style == "booru" else prompt_style.resolve(options, target).caption
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options, style)
-        if style.caption:
-            check_supported(style.caption.model)  # a transformers too old for it: one line before any download
+            return ray_main(args, options, captioner)
+        if captioner:
+            check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,
             args.device or default_device(),
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_in_vram=args.keep_in_vram,
         )
         engine.target = target
+        style = engine.style(options)  # booru on a CLIP model is refused here, once the model is known
         if style.caption:
             engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.

@@ -36,8 +36,8 @@ from .engine import Engine, ExtractOptions
 from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError
+from .options import CaptionOptions
 from .pipeline import Preprocessor, caption_path
-from .prompt_style import Style
 from .records import (
     LEFT_AS_IT_IS,
     RecordsError,
@@ -71,13 +71,13 @@ class JobSummary:
         return f"{self.images} images ({self.errors} errors), {self.skipped} already in the output{rate}"
 
 
-def main(args: argparse.Namespace, options: ExtractOptions, style: Style) -> int:
+def main(args: argparse.Namespace, options: ExtractOptions, captioner: CaptionOptions | None) -> int:
     try:
         import ray
     except ImportError:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    if args.output is None or style.caption:
+    if args.output is None or captioner:
         reason = (
             "needs --output DIR for its records"
             if args.output is None

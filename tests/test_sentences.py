@@ -241,6 +241,13 @@ def test_sentences_uses_the_captioner_named_and_booru_is_not_a_clip_models_promp
         ExtractOptions(prompt_style="prose")
 
 
+def test_a_tagger_model_writes_booru_which_automatic_picks_for_it():
+    automatic = prompt_style.resolve(ExtractOptions(), detect("flux1-dev.safetensors"), tagger=True)
+    assert (automatic.name, automatic.caption) == ("booru", None) and "booru tagger" in automatic.reason
+    assert prompt_style.resolve(ExtractOptions(prompt_style="booru"), tagger=True).name == "booru"
+    assert prompt_style.resolve(ExtractOptions(prompt_style="sentences"), tagger=True).name == "sentences"
+
+
 def test_the_t5_bound_counts_every_character_after_normalisation():
     assert prompt_style.t5_token_bound("") == 2  # the leading "▁" and the end token
     assert prompt_style.t5_token_bound("a  red\n circle") == len("a red circle") + 2
@@ -385,8 +392,14 @@ def test_cli_refuses_on_an_old_transformers_in_one_line_before_loading_anything(
     code, out, err = run_cli([*args, "--prompt-style", "sentences"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: Qwen/Qwen2-VL-2B-Instruct needs transformers 4.45.0 or newer")
+
+
+def test_cli_booru_on_a_clip_model_is_a_setup_error(tiny_model_dir, tmp_path, capsys):
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (40, 40), "blue").save(picture)
+    args = [str(picture), "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu"]
     code, out, err = run_cli([*args, "--prompt-style", "booru"], capsys)
-    assert code == 2 and "booru is the prompt of a booru tagger model" in err
+    assert code == 2 and "booru is the prompt of a booru tagger model" in err and out == ""
 
 
 def test_cli_bad_checkpoint_file_and_ray_are_setup_errors(tmp_path, capsys):
