@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="easy-diffuser",
         description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
-        epilog="other command:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
-        "(easy-diffuser calibrate --help)",
+        epilog="other commands:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
+        "(easy-diffuser calibrate --help)\n  easy-diffuser check IMAGE --generator G   how faithful the prompt is: "
+        "generate and compare\n  easy-diffuser refine IMAGE --generator G  better prompts, round by round",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
@@ -165,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .calibration.cli import main as calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv[:1] in (["refine"], ["check"]):  # `easy-diffuser refine IMAGE --generator ...`: refine_cli.py
+        from .refine_cli import main as refine_main
+
+        return refine_main(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     args.captions = args.engine == "local" if args.captions is None else args.captions

@@ -20,7 +20,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ from .embedding import ProgressFn
 from .files import safe_name
 from .images import ImageInput, load_image
 from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, declared_defaults, load_model
-from .options import BOORU_TOKEN_BUDGET, TOKEN_BUDGET, CaptionOptions, ExtractOptions
+from .options import BOORU_TOKEN_BUDGET, REFINE_OPTION, TOKEN_BUDGET, CaptionOptions, ExtractOptions, RefineOptions
 from .presence import TagCalibration, model_tag_calibration
 from .prompt import escape, format_prompt, prompts
 from .scorers import TagScorer, scorer
@@ -40,6 +40,10 @@ from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
 from .tagger import LoadedTagger
 from .vocabulary import Vocabulary
+
+if TYPE_CHECKING:  # refine.py imports this module
+    from .calibration.generators import Generator
+    from .refine import OnRound, Refinement
 
 DEFAULT_TAU = 1.0
 __all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
@@ -196,6 +200,42 @@ class Engine:
             first=tag_list(options.first_tags),
         )
         return selection, tau_source
+
+    def refine(
+        self,
+        image: ImageInput,
+        generator: "Generator",
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        rounds: int = REFINE_OPTION["rounds"].default,
+        seeds: int = REFINE_OPTION["seeds"].default,
+        seed: int = REFINE_OPTION["seed"].default,
+        options: ExtractOptions = ExtractOptions(),
+        on_round: "OnRound | None" = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> "Refinement":
+        """Generate from the pair (None: extracted from the image with `options`), score it against the image,
+        and try up to `rounds` better pairs; see refine.py. The best round is `result.best`, round 0 included."""
+        from .refine import refine
+
+        settings = RefineOptions(rounds=rounds, seeds=seeds, seed=seed)  # checked before any work
+        loaded = load_image(image)
+        if prompt is None:
+            start = self.extract_many([loaded], options)[0]
+            prompt, negative_prompt = start.prompt, start.negative_prompt
+        return refine(self, loaded, generator, prompt, negative_prompt or "", settings, on_round, should_stop)
+
+    def check(
+        self,
+        image: ImageInput,
+        generator: "Generator",
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        seed: int = REFINE_OPTION["seed"].default,
+        options: ExtractOptions = ExtractOptions(),
+    ) -> "Refinement":
+        """The pair as it stands, generated once (round 0 alone): its score and tag diff."""
+        return self.refine(image, generator, prompt, negative_prompt, rounds=0, seeds=1, seed=seed, options=options)
 
     def token_budget(self, options: ExtractOptions) -> int:
         """The positive prompt's tokens: the option, else one chunk for CLIP and three for a tagger."""

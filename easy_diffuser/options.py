@@ -139,7 +139,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_tags",
         int,
         24,
-        "most tags in the positive prompt (it also stays within one 75-token chunk)",
+        "most tags in a CLIP model's positive prompt (also within the token budget); a tagger's thresholds decide",
         "Number of tags",
         "--tags",
         1,
@@ -308,6 +308,37 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
 OPTION = {option.name: option for option in OPTIONS}
 CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
 
+# -- Check and Refine by the round trip (refine.py): generate from a prompt pair, compare with the source --
+REFINE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "rounds",
+        int,
+        4,
+        "refine rounds after the start; each builds a new prompt pair from the last round's tag diff",
+        "Refine rounds",
+        "--rounds",
+        0,
+        16,
+    ),
+    Option(
+        "seeds",
+        int,
+        2,
+        "generations each refine score averages (seeds SEED, SEED+1, ...): one seed can overfit; Check uses one",
+        "Seeds per score",
+        "--seeds",
+        1,
+        8,
+    ),
+    Option("seed", int, 0, "the first generation seed", "Seed", "--seed", 0, 2**31 - 1),
+    Option("width", int, 512, "width of each generated image (webui generators)", "Width", "--width", 64, 2048, 64),
+    Option("height", int, 512, "height of each generated image (webui generators)", "Height", "--height", 64, 2048, 64),
+    Option(
+        "steps", int, 12, "sampling steps of each generation (webui generators)", "Sampling steps", "--steps", 1, 150
+    ),
+)
+REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
+
 
 def _checked(instance: Any, schema: tuple[Option, ...], prefix: str = "") -> None:
     """Check (and normalise: 12.0 -> 12) every schema field of a frozen dataclass instance."""
@@ -381,6 +412,30 @@ class ExtractOptions:
         return replace(base or cls(), **given)
 
 
+@dataclass(frozen=True)
+class RefineOptions:
+    """How Check and Refine generate and score: rounds, seeds per score, and the generation's size and steps."""
+
+    rounds: int = REFINE_OPTION["rounds"].default
+    seeds: int = REFINE_OPTION["seeds"].default
+    seed: int = REFINE_OPTION["seed"].default
+    width: int = REFINE_OPTION["width"].default
+    height: int = REFINE_OPTION["height"].default
+    steps: int = REFINE_OPTION["steps"].default
+
+    def __post_init__(self) -> None:
+        _checked(self, REFINE_OPTIONS)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "RefineOptions":
+        """From a JSON object (HTTP) or keyword arguments; unknown names are refused."""
+        known = sorted(option.name for option in REFINE_OPTIONS)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise OptionError(unknown[0], f"is not a refine option; they are {', '.join(known)}")
+        return cls(**values)
+
+
 def caption_from(value: Any) -> CaptionOptions | None:
     """The `caption` field of a request or a call: false/None, true, a captioner id, or an object."""
     if value is None or value is False:
@@ -422,5 +477,9 @@ def schema_help() -> dict[str, Any]:
             "type": "false | true | captioner | object",
             "default": False,
             "fields": {option.name: describe(option) for option in CAPTION_OPTIONS},
+        },
+        "refine": {  # POST /refine's fields, not /extract's
+            "type": "object",
+            "fields": {option.name: describe(option) for option in REFINE_OPTIONS},
         },
     }

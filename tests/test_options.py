@@ -106,6 +106,8 @@ def test_the_tab_refuses_what_the_schema_refuses():
         "tau": 0.25,
         "negatives": 8.0,
         "quality_negatives": 0.0,
+        "general_threshold": 0.35,
+        "character_threshold": 0.85,
         "weights": False,
         "caption": False,
         "caption_model": "",

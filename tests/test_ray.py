@@ -310,4 +310,4 @@ def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_r
         by_path(read_records(tmp_path / "local.jsonl")),
         by_path(read_records(tmp_path / "shards.jsonl")),
     )
-    assert distributed == local and len(local) == 8  # read_records is a generator: read each file once
+    assert distributed == local and len(local) == 8

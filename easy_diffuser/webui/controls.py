@@ -26,15 +26,18 @@ CONTROLS = (
     "tau",
     "negatives",
     "quality_negatives",
+    "general_threshold",
+    "character_threshold",
     "weights",
     "caption",
     "caption_model",
     "prompt_style",
 )
-# The controls a re-selection answers at once; the captioner ones need the image again (Extract). The prompt
-# style re-selects with the caption it has; only a description the image has not had yet needs Extract.
-RESELECTING = ("max_tags", "auto_tau", "tau", "negatives", "quality_negatives", "prompt_style")
-STALE = "The CLIP model changed since this image was extracted: press Extract."
+# The controls a re-selection answers at once; the captioner ones need the image again (Extract), Weights has
+# a handler of its own. The prompt style re-selects with the caption it has; only a description the image has
+# not had yet needs Extract.
+RESELECTING = tuple(name for name in CONTROLS if name not in ("weights", "caption", "caption_model"))
+STALE = "The model changed since this image was extracted: press Extract."
 NEEDS_DESCRIPTION = "The sentences style needs a description of this image: press Extract."
 
 
@@ -51,6 +54,8 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
         tau=None if automatic else values["tau"],
         negatives=OPTION["negatives"].default if automatic else values["negatives"],
         quality_negatives=values["quality_negatives"],
+        general_threshold=values["general_threshold"],
+        character_threshold=values["character_threshold"],
         weights=values["weights"],
         caption=caption,
         prompt_style=values["prompt_style"],

@@ -40,6 +40,7 @@ class Extension:
                 host.configured_model,
                 host.cmd_opts.api_auth,
                 lambda: host.opts.easy_diffuser_max_request_mb,
+                self.handlers.generating,
             )
 
     def on_script_unloaded(self) -> None:

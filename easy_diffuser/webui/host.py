@@ -150,12 +150,14 @@ class WebuiHost:
     def interrupted() -> bool:
         return shared.state.interrupted  # the webui's own Interrupt button sets it
 
-    def txt2img(self, loaded: LoadedModel, width: int, height: int, steps: int) -> CallableGenerator:
+    def txt2img(
+        self, loaded: LoadedModel, width: int, height: int, steps: int, save: bool = False
+    ) -> CallableGenerator:
         """The webui's txt2img, with our CLIP model off the GPU while the checkpoint generates.
 
         The same rule as between two extractions (Keep in VRAM decides), and under Forge the way back
         too: its memory manager may evict our model to make room for the checkpoint."""
-        generator = webui_generator(processing, shared, width, height, steps, queue_lock=None)  # the queue is held
+        generator = webui_generator(processing, shared, width, height, steps, queue_lock=None, save=save)  # queue held
         rules = self.placement()
 
         def generate(prompt: str, negative_prompt: str, seed: int) -> Any:

@@ -66,6 +66,7 @@ def definitions(forced_model: Optional[str]) -> list[Setting]:
             Setting(f"caption_{option.name}", option.default, option.label, gr.Slider, slider_args(option))
             for option in CAPTION_OPTIONS
         ),
+        Setting("round_trip_save", False, "Save the images Check and Refine generate to the txt2img outputs folder"),
         Setting(
             "max_request_mb",
             DEFAULT_MAX_REQUEST_MB,
