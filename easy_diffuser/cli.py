@@ -20,13 +20,11 @@ from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS, check_supported
 from .checkpoint_family import detect_checkpoint
 from .engine import Engine, Extraction
+from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
-from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, Option
+from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, add_argument
 from .records import RecordsError, RecordWriter, absolute, error_record, record
-
-EXIT_IMAGE_FAILED = 1
-EXIT_SETUP_FAILED = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,31 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prompts = parser.add_argument_group("prompt options")
     for option in OPTIONS:
-        _add_option(prompts, option, option.name)
+        add_argument(prompts, option, option.name)
     _add_caption_arguments(parser)
     _add_scale_arguments(parser)
     return parser
-
-
-def _add_option(group: argparse._ArgumentGroup, option: Option, dest: str) -> None:
-    """A flag from the options schema: its range and default in the help, its check as the argument's type."""
-    if option.kind is bool:
-        group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
-        return
-    if option.kind is str and not option.choices:
-        parse = option.argument_type()
-        group.add_argument(option.flag, dest=dest, type=parse, default=option.default, metavar="TAGS", help=option.help)
-        return
-    default = option.automatic or option.default
-    accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"
-    group.add_argument(
-        option.flag,
-        dest=dest,
-        type=option.argument_type(),
-        default=option.default,
-        metavar=option.name.upper() if option.choices else option.kind.__name__.upper(),
-        help=f"{option.help}; {accepts} (default: {default})",
-    )
 
 
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +106,7 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
         "put it after the images or write --caption=MODEL, so that an image is not taken for MODEL",
     )
     for option in CAPTION_OPTIONS:
-        _add_option(group, option, f"caption_{option.name}")
+        add_argument(group, option, f"caption_{option.name}")
     group.add_argument(
         "--checkpoint",
         default=None,

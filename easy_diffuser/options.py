@@ -483,3 +483,24 @@ def schema_help() -> dict[str, Any]:
             "fields": {option.name: describe(option) for option in REFINE_OPTIONS},
         },
     }
+
+
+def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> None:
+    """The option as a command-line flag: its range and default in the help, its check as the argument's type."""
+    if option.kind is bool:
+        group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
+        return
+    if option.kind is str and not option.choices:
+        parse = option.argument_type()
+        group.add_argument(option.flag, dest=dest, type=parse, default=option.default, metavar="TAGS", help=option.help)
+        return
+    default = option.automatic or option.default
+    accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"
+    group.add_argument(
+        option.flag,
+        dest=dest,
+        type=option.argument_type(),
+        default=option.default,
+        metavar=option.name.upper() if option.choices else option.kind.__name__.upper(),
+        help=f"{option.help}; {accepts} (default: {default})",
+    )

@@ -33,6 +33,7 @@ import numpy as np
 
 from .batch import caption_owners, find_images
 from .engine import Engine, ExtractOptions
+from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError
@@ -54,7 +55,6 @@ from .records import (
 
 log = logging.getLogger(__name__)
 
-EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED = 1, 2
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 LARGEST_FILE = 2**30  # a list of paths or a shard read into memory: 1 GiB is millions of paths or records
 

@@ -27,18 +27,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from PIL import Image
 
 from .calibration.generators import GenerationStopped, Generator
 from .calibration.metric import Embedded, Metric
-from .engine import Engine
 from .options import ExtractOptions, RefineOptions
 from .presence import MAY_BE_PRESENT
 from .prompt import escape
 from .vocabulary import NEGATIVE_QUALITY
+
+if TYPE_CHECKING:  # the engine calls this module (Engine.refine): a type, not an import at run time
+    from .engine import Engine
 
 SCORE_NAME = "round-trip loss"
 SCORE_HELP = (

@@ -15,11 +15,11 @@ from dataclasses import replace
 from typing import Sequence
 
 from .calibration.generators import make_generator
-from .cli import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED, _add_option
 from .engine import Engine
+from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError, load_image
 from .models import DEFAULT_MODEL, ModelError, default_device
-from .options import OPTIONS, REFINE_OPTIONS, ExtractOptions, RefineOptions
+from .options import OPTIONS, REFINE_OPTIONS, ExtractOptions, RefineOptions, add_argument
 from .refine import SCORE_HELP, Refinement, Round, refine
 
 CHECK_ONLY = {"rounds", "seeds"}  # Check is round 0 on one seed: these flags are refine's
@@ -50,10 +50,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     generation = parser.add_argument_group("generation and rounds")
     for option in REFINE_OPTIONS:
         if command == "refine" or option.name not in CHECK_ONLY:
-            _add_option(generation, option, option.name)
+            add_argument(generation, option, option.name)
     extraction = parser.add_argument_group("the start pair, when --prompt is not given")
     for option in OPTIONS:
-        _add_option(extraction, option, option.name)
+        add_argument(extraction, option, option.name)
     return parser
 
 

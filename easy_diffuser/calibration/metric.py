@@ -24,14 +24,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..engine import Engine
 from ..presence import TagCalibration
+
+if TYPE_CHECKING:  # the engine calls this module (Engine.refine): a type, not an import at run time
+    from ..engine import Engine
 
 _EPS = 1e-6  # keeps log() finite for probabilities that round to 0 or 1
 BATCH = 64  # images per forward pass
