@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model or tagger folder, or checkpoint file",
     )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="NAME|FILE",
+        help="the checkpoint the prompts are for: with a tagger and --family automatic, its family preset "
+        "comes from its name or its safetensors header",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
     parser.add_argument("--overwrite", action="store_true", help="replace existing .txt captions")
@@ -174,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
+            checkpoint=args.checkpoint,
         )
         if options.caption:
             engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..engine import Engine, Extraction
+from ..engine import Engine, Extraction, framed
 from ..images import ImageInput, load_image
 from ..options import OPTION, CaptionOptions, ExtractOptions, OptionError
 from ..prompt import escape, prompts
@@ -94,8 +94,9 @@ def cycle_tag(extracted: Extracted, tag: str) -> Extracted:
 
 def tab_prompts(extracted: Extracted, weights: bool) -> tuple[str, str]:
     """(prompt, negative prompt) of the current tags, behind the caption when there is one."""
-    positive, negative = prompts(extracted.result.tags, weights)
-    return ", ".join(filter(None, [escape(extracted.result.caption), positive])), negative
+    result = extracted.result
+    positive, negative = prompts(result.tags, weights)
+    return framed(result.preset, ", ".join(filter(None, [escape(result.caption), positive])), negative, result.tags)
 
 
 def numbers_text(values: Sequence[float]) -> str:

@@ -44,6 +44,8 @@ def status_html(result: Extraction) -> str:
     negative = sum(tag.role == "negative" for tag in result.tags)
     tau = f"tau {result.tau:.2f} ({html.escape(result.tau_source)})"
     text = f"{html.escape(result.model)} &middot; {tau} &middot; {positive} positive, {negative} negative tags"
+    if result.preset:
+        text += f" &middot; preset: {html.escape(result.preset.status)}"
     return f'<p class="easy-diffuser-status">{text}</p>'
 
 

@@ -49,11 +49,13 @@ class Service:
         cache_dir: Callable[[], Path],
         placement: Callable[[], Placement],
         exclusive: Callable[[Callable[[], T]], T],
+        checkpoint: Callable[[], Optional[str]] = lambda: None,
     ) -> None:
         self._resolve_model = resolve_model  # requested name (None: the configured one) -> model spec
         self._cache_dir = cache_dir
         self._placement = placement
         self._exclusive = exclusive
+        self._checkpoint = checkpoint  # the host's loaded checkpoint (file or name): a tagger's family preset
         self._spec: str | None = None
         self._engine: Engine | None = None
 
@@ -94,6 +96,7 @@ class Service:
                 self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
                 self._spec = spec
             self._engine.keep_in_vram = placement.keep_in_vram
+            self._engine.checkpoint = self._checkpoint()
             return work(self._engine)
         finally:
             placement.release(loaded)
