@@ -33,8 +33,13 @@ make_venv() {
         if [ -d "$site/setuptools" ]; then
             "$dir/bin/python" -m pip uninstall --quiet --yes setuptools
         fi
+        # --no-warn-conflicts: pip's check after the install also sees .venv's packages through the .pth,
+        # and reports as ERROR lines those that need newer versions of what this venv pins (httpx2 and
+        # httpcore2, left in .venv by a newer huggingface_hub, need anyio >= 4.10 and h11 >= 0.16; A1111's
+        # httpx 0.24.1 needs older ones). The tests here import this venv's pins, which pip resolves
+        # together (a conflict among them still fails the install); the import check below loads them.
         # shellcheck disable=SC2086  # the pins are words
-        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check $pins
+        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts $pins
         echo "$pins" > "$dir/.easy-diffuser-pins"
     fi
 }

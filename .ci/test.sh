@@ -26,6 +26,7 @@ fi
 # torch first and pinned: any newer release would be a multi-GB download. open-clip-torch 2.20.0
 # is the version the webui pins, so .venv holds it (it replaces a newer one from `pip install -e .`);
 # the newest open_clip is tested in .venv-open-clip3 (setup-ui-venvs.sh).
+echo "== setup: .venv (torch, open-clip-torch 2.20.0, the test, caption, report and ray extras)"
 installed=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("open-clip-torch"))' 2>/dev/null || true)
 if [ -n "$installed" ] && [ "$installed" != 2.20.0 ]; then
     echo "note: .venv's open-clip-torch $installed becomes 2.20.0 (the webui's pin); the newest is tested in .venv-open-clip3"
@@ -33,11 +34,12 @@ fi
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q open-clip-torch==2.20.0 transformers==4.46.1 -e '.[test,caption,report,ray]'
 
+echo "== setup: the venvs with other hosts' pins (.ci/setup-ui-venvs.sh)"
+bash .ci/setup-ui-venvs.sh
+
 status=0
 echo "== lint (ruff)"
 bash .ci/lint.sh || status=1
-
-bash .ci/setup-ui-venvs.sh
 
 echo "== core tests with open_clip $(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("open-clip-torch"))')"
 .venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/ui || status=1

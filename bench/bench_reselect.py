@@ -34,9 +34,12 @@ TAB = {
     "tau": 1.0,
     "negatives": 8,
     "quality_negatives": 6,
+    "general_threshold": 0.35,
+    "character_threshold": 0.85,
     "weights": False,
     "caption": False,
     "caption_model": "",
+    "prompt_style": "tags",
 }
 
 

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from easy_diffuser import tagger  # noqa: E402
 
 SIZES = {
-    # WD v3 ViT's config.json; "small" is the same at ViT-S width
+    # WD v3 ViT's config.json; "small" and "tiny" are the same at ViT-S and ViT-Ti width
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
 }
 CLASSES = 10_861
 
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each, interleaved; the median counts")
     parser.add_argument("--threads", type=int, default=None, help="threads for both (default: each one's own)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile'd (inductor; needs a C compiler)")
     args = parser.parse_args()
     import onnxruntime
 
@@ -129,17 +131,20 @@ def main() -> None:
         loaded = tagger.load_folder(folder)
         pixels = loaded.image_size
         run_onnx = onnx_session(loaded.model, pixels, Path(work) / "model.onnx")
+        runners = {"torch": loaded.probabilities, "onnxruntime": run_onnx}
+        if args.compile:
+            compiled = torch.compile(loaded.model)
+            runners["torch.compile"] = torch.inference_mode()(lambda batch: torch.sigmoid(compiled(batch)))
         rows = []
         for batch_size in args.batches:
             batch = torch.rand(batch_size, 3, pixels, pixels) * 2 - 1
-            ours, theirs = loaded.probabilities(batch), run_onnx(batch)  # warm-up, and the same answer
-            difference = float(np.abs(ours.numpy() - theirs).max())
-            timed: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
-            for _ in range(args.repeat):  # interleaved: a shared CPU's load comes and goes for both
-                timed["torch"] += seconds(lambda: loaded.probabilities(batch), 1)
-                timed["onnxruntime"] += seconds(lambda: run_onnx(batch), 1)
-            median = {name: statistics.median(values) for name, values in timed.items()}
-            rows.append((batch_size, median["torch"], median["onnxruntime"], difference))
+            answers = {name: np.asarray(run(batch)) for name, run in runners.items()}  # warm-up (and compile)
+            difference = max(float(np.abs(answer - answers["torch"]).max()) for answer in answers.values())
+            timed: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(args.repeat):  # interleaved: a shared CPU's load comes and goes for all
+                for name, run in runners.items():
+                    timed[name] += seconds(lambda: run(batch), 1)
+            rows.append((batch_size, {name: statistics.median(values) for name, values in timed.items()}, difference))
 
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
     print(
@@ -147,12 +152,14 @@ def main() -> None:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads) vs onnxruntime {onnxruntime.__version__}, "
         f"median of {args.repeat}\n"
     )
-    print(f"{'batch':>5}  {'torch s/image':>13}  {'onnxruntime s/image':>19}  {'torch / ort time':>16}  max |dp|")
-    for batch_size, ours, theirs, difference in rows:
-        print(
-            f"{batch_size:>5}  {ours / batch_size:>13.3f}  {theirs / batch_size:>19.3f}  "
-            f"{ours / theirs:>16.2f}  {difference:.1e}"
+    names = list(rows[0][1])
+    print(f"{'batch':>5}  " + "  ".join(f"{name + ' s/image':>22}" for name in names) + "  time / ort's  max |dp|")
+    for batch_size, median, difference in rows:
+        ratios = ", ".join(
+            f"{name} {median[name] / median['onnxruntime']:.2f}" for name in names if name != "onnxruntime"
         )
+        per_image = "  ".join(f"{median[name] / batch_size:>22.3f}" for name in names)
+        print(f"{batch_size:>5}  {per_image}  {ratios}  {difference:.1e}")
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
 CLIP tags name what is in an image; a captioner says who does what ("a woman sitting on a bench
 in a park"), and Stable Diffusion prompts read best as such a subject phrase followed by tags.
-The captioners are Hugging Face `transformers` models (the optional `caption` extra):
+A *describing* captioner (Qwen2-VL, an instruction-following vision-language model) writes a
+paragraph instead: subject, setting, style, lighting and composition, the prompt Flux and SD3 want.
+The captioners are Hugging Face `transformers` models (the optional `caption` extra), only of
+classes the host's own `transformers` has (`ARCHITECTURES`; no `trust_remote_code`):
 
-  * a registry id ("Salesforce/blip-image-captioning-base", ...) or any Hub id of a BLIP or GIT
-    captioning model, downloaded on first use into the same cache folder as the CLIP weights;
+  * a registry id ("Salesforce/blip-image-captioning-base", ...) or any Hub id of a model of
+    those classes, downloaded on first use into the same cache folder as the CLIP weights;
   * a local model folder as written by `save_pretrained` (config.json, model.safetensors and the
     processor's tokenizer and preprocessor files).
 
-Weights are read from safetensors; a repository that has only pytorch_model.bin is read with
-torch.load(weights_only=True). The original prototype's captioner, a 1.2 GB pickled
-`checkpoint.pth` with its own model code, is not loaded: unpickling a file runs whatever code
-it carries, so a shared checkpoint of that kind is a way to run someone else's program.
+Weights are read from safetensors (describing captioners: safetensors only); an old BLIP or GIT
+repository that has only pytorch_model.bin is read with torch.load(weights_only=True). The
+original prototype's captioner, a 1.2 GB pickled `checkpoint.pth` with its own model code, is not
+loaded: unpickling a file runs whatever code it carries, so a shared checkpoint of that kind is a
+way to run someone else's program.
 """
 
 from __future__ import annotations
@@ -38,38 +42,79 @@ from .models import (
     hub_offline,
     require_reachable,
 )
-from .options import DEFAULT_CAPTIONER, TOKEN_BUDGET, CaptionOptions
+from .options import CAPTION_OPTION, DEFAULT_CAPTIONER, TOKEN_BUDGET, CaptionOptions
 from .selection import TagScore
 
-# model_type in config.json -> (model class, processor class) in transformers
-MODEL_CLASSES = {"blip": ("BlipForConditionalGeneration", "BlipProcessor"), "git": ("GitForCausalLM", "GitProcessor")}
+
+@dataclass(frozen=True)
+class Architecture:
+    """A captioning model class of `transformers`, and the first release that has it."""
+
+    model_class: str
+    processor_class: str
+    since: str
+    describes: bool = False  # an instruction-following model, asked for a paragraph (Describer)
+
+
+# model_type in config.json -> its classes. Only classes transformers has natively: no trust_remote_code.
+ARCHITECTURES = {
+    "blip": Architecture("BlipForConditionalGeneration", "BlipProcessor", "4.26.0"),
+    "git": Architecture("GitForCausalLM", "GitProcessor", "4.26.0"),
+    "qwen2_vl": Architecture("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "4.45.0", describes=True),
+}
+# What a describing captioner is asked (its chat template wraps it with the image).
+DESCRIBE = (
+    "Describe this image in one detailed paragraph for a text-to-image model: the subject, the setting, "
+    "the style or medium, the lighting and colours, and the composition. Write plain sentences, no lists."
+)
+DESCRIBER_DEFAULTS = {"beams": 1, "max_length": 256}  # in place of BLIP's defaults (3 beams, 30 tokens)
+DESCRIBER_MAX_PIXELS = 512 * 28 * 28  # Qwen2-VL: at most 512 visual tokens an image (about 0.4 megapixels)
 # Words a tag may share with any caption without repeating it ("a", "in the ...").
 STOP_WORDS = frozenset("a an the of in on at with and or to for by from its his her their is are".split())
 _WORD = re.compile(r"[a-z0-9]+")
+_KINDS = "BLIP, GIT or Qwen2-VL"
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 @dataclass(frozen=True)
 class CaptionerInfo:
     name: str
     use: str
+    model_type: str  # its ARCHITECTURES key: known before anything is downloaded
+
+    @property
+    def describes(self) -> bool:
+        return ARCHITECTURES[self.model_type].describes
 
 
 CAPTIONERS: dict[str, CaptionerInfo] = {
     info.name: info
     for info in (
         CaptionerInfo(
-            "Salesforce/blip-image-captioning-base", "BLIP base (about 1 GB): short captions, the quick default"
+            "Salesforce/blip-image-captioning-base",
+            "BLIP base (about 1 GB): short captions, the quick default",
+            "blip",
         ),
         CaptionerInfo(
             "Salesforce/blip-image-captioning-large",
             "BLIP large (about 1.9 GB): more detailed captions, clip-interrogator's choice",
+            "blip",
         ),
         CaptionerInfo(
-            "microsoft/git-base-coco", "GIT base tuned on COCO (about 0.7 GB): plain literal captions, the smallest"
+            "microsoft/git-base-coco",
+            "GIT base tuned on COCO (about 0.7 GB): plain literal captions, the smallest",
+            "git",
         ),
         CaptionerInfo(
             "microsoft/git-large-coco",
             "GIT large tuned on COCO (about 1.6 GB): literal captions, better on busy scenes",
+            "git",
+        ),
+        CaptionerInfo(
+            "Qwen/Qwen2-VL-2B-Instruct",
+            "Qwen2-VL 2B Instruct (2.2B parameters, 4.4 GB, about 6 GB of VRAM): a detailed paragraph, "
+            "the sentences style's default; needs transformers 4.45 or newer (Forge has it)",
+            "qwen2_vl",
         ),
     )
 }
@@ -104,6 +149,52 @@ class Captioner(OnDevice):
         return " ".join(text.split())
 
 
+@dataclass
+class Describer(Captioner):
+    """An instruction-following vision-language model asked for a paragraph (DESCRIBE) through its chat template."""
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Describer":
+        dtype = dtype or default_dtype(device)
+        if dtype == torch.float16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16  # Qwen2's activations overflow fp16; bf16 has fp32's range at the same size
+        return super().to(device, dtype)
+
+    @torch.inference_mode()
+    def caption(self, image: Image.Image, options: CaptionOptions = CaptionOptions()) -> str:
+        beams, max_length = describing(options)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = self.processor(images=[image.convert("RGB")], text=[text], return_tensors="pt")
+        with self._lock:
+            inputs = {
+                name: value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
+                for name, value in inputs.items()
+            }
+            ids = self.model.generate(
+                **inputs,
+                do_sample=False,
+                num_beams=beams,
+                min_new_tokens=min(options.min_length, max_length),
+                max_new_tokens=max_length,
+            )
+        new = ids[:, inputs["input_ids"].shape[1] :]  # the answer, without the prompt
+        return whole_sentences(" ".join(self.processor.batch_decode(new, skip_special_tokens=True)[0].split()))
+
+
+def describing(options: CaptionOptions) -> tuple[int, int]:
+    """(beams, max new tokens) of a describing captioner: the schema's defaults, made for BLIP's one line,
+    mean the describer's own (greedy, 256 tokens); any other value is the user's."""
+    beams = DESCRIBER_DEFAULTS["beams"] if options.beams == CAPTION_OPTION["beams"].default else options.beams
+    default_length = CAPTION_OPTION["max_length"].default
+    return beams, DESCRIBER_DEFAULTS["max_length"] if options.max_length == default_length else options.max_length
+
+
+def whole_sentences(text: str) -> str:
+    """The text without a last sentence cut short (generation stopped at the token limit), if one was finished."""
+    ends = [match.end() for match in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].strip() if ends else text
+
+
 def load_captioner(
     spec: str = DEFAULT_CAPTIONER,
     device: str | torch.device = "cpu",
@@ -124,8 +215,16 @@ def placed_folder(model_id: str, cache_dir: str | os.PathLike | None = None) -> 
     return Path(cache_dir or DEFAULT_CACHE_DIR) / "captioners" / safe_name(model_id)
 
 
-def _load(spec: str, cache_dir: Path) -> Captioner:
+def check_supported(spec: str) -> None:
+    """Before anything is loaded or downloaded: ModelError when this host can't run the captioner `spec`
+    (no transformers, or one too old for its class). Other Hub ids are checked once their config.json is read."""
     _require_transformers()
+    if spec in CAPTIONERS:
+        require_architecture(CAPTIONERS[spec].model_type, spec)
+
+
+def _load(spec: str, cache_dir: Path) -> Captioner:
+    check_supported(spec)
     local = Path(spec).expanduser()
     if local.is_dir():
         return _load_folder(local, model_id=str(local))
@@ -134,8 +233,8 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
         return _load_folder(placed, model_id=spec)
     if "/" not in spec:
         raise ModelError(
-            f"unknown captioner {spec!r}: use one of {', '.join(CAPTIONERS)}, another Hub id of a BLIP or GIT model, "
-            "or a model folder"
+            f"unknown captioner {spec!r}: use one of {', '.join(CAPTIONERS)}, another Hub id of a model of "
+            f"those classes ({_KINDS}), or a model folder"
         )
     try:
         return _from_hub(spec, cache_dir)
@@ -144,8 +243,9 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
         raise ModelError(
             f"cannot get captioner {spec} ({type(error).__name__}: {_first_line(error)}). "
-            f"Without network: download the files of https://huggingface.co/{spec} (config.json, model.safetensors, "
-            f"and the tokenizer and preprocessor files) into {placed}, or pass a local model folder as the captioner"
+            f"Without network: download the files of https://huggingface.co/{spec} (config.json, the .safetensors "
+            f"weights and their index, the tokenizer, preprocessor and chat template files) into {placed}, "
+            "or pass a local model folder as the captioner"
         ) from error
 
 
@@ -176,34 +276,72 @@ def _load_folder(folder: Path, model_id: str) -> Captioner:
         raise
     except Exception as error:
         raise ModelError(
-            f"{folder}: not a usable BLIP or GIT captioner folder ({type(error).__name__}: {_first_line(error)})"
+            f"{folder}: not a usable captioner folder of {_KINDS} ({type(error).__name__}: {_first_line(error)})"
         ) from error
 
 
 def _from_pretrained(source: str, model_id: str, **hub: Any) -> Captioner:
     import transformers
 
-    model_type = transformers.AutoConfig.from_pretrained(source, **hub).model_type
-    if model_type not in MODEL_CLASSES:
-        raise ModelError(
-            f"{model_id}: a {model_type!r} model; captioners are BLIP or GIT models ({', '.join(CAPTIONERS)})"
-        )
-    model_name, processor_name = MODEL_CLASSES[model_type]
-    processor = getattr(transformers, processor_name).from_pretrained(source, **hub)
-    model = _load_weights(getattr(transformers, model_name), source, **hub)
+    model_type = _model_type(source, **hub)  # config.json only: the weights wait for the check below
+    if model_type not in ARCHITECTURES:
+        listed = ", ".join(CAPTIONERS)
+        raise ModelError(f"{model_id}: a {model_type!r} model; captioners are {_KINDS} models ({listed})")
+    architecture = require_architecture(model_type, model_id)
+    processor = getattr(transformers, architecture.processor_class).from_pretrained(source, **hub)
+    model = _load_weights(getattr(transformers, architecture.model_class), source, architecture.describes, **hub)
     model.eval()
     model.requires_grad_(False)
+    if architecture.describes:
+        _cap_resolution(processor.image_processor)
+        return Describer(model_id, model, processor)
     return Captioner(model_id, model, processor)
 
 
-def _load_weights(model_class: Any, source: str, **hub: Any) -> Any:
+def _model_type(source: str, **hub: Any) -> str:
+    """config.json's model_type, read as JSON: an old transformers need not know the type to say what it is."""
+    import transformers
+
+    config, _ = transformers.PretrainedConfig.get_config_dict(source, **hub)
+    return str(config.get("model_type", ""))
+
+
+def require_architecture(model_type: str, model_id: str) -> Architecture:
+    """The architecture, or a one-line ModelError when this host's transformers is too old to have its class."""
+    import transformers
+    from packaging.version import Version
+
+    architecture = ARCHITECTURES[model_type]
+    have = transformers.__version__
+    if Version(have) < Version(architecture.since) or getattr(transformers, architecture.model_class, None) is None:
+        raise ModelError(
+            f"{model_id} needs transformers {architecture.since} or newer ({architecture.model_class}); this "
+            f"host has {have}, and its packages are left as they are. BLIP and GIT captioners still work "
+            f"({DEFAULT_CAPTIONER}, microsoft/git-base-coco)"
+        )
+    return architecture
+
+
+def _load_weights(model_class: Any, source: str, safetensors_only: bool, **hub: Any) -> Any:
     # Repositories from before safetensors hold only pytorch_model.bin; transformers 4.30 reads
     # it with a plain torch.load, which on the webui's torch 2.1 unpickles: force weights_only.
     with _weights_only_torch_load():
         try:
             return model_class.from_pretrained(source, use_safetensors=True, **hub)
         except OSError:
+            if safetensors_only:
+                raise
             return model_class.from_pretrained(source, use_safetensors=False, **hub)
+
+
+def _cap_resolution(image_processor: Any) -> None:
+    """At most DESCRIBER_MAX_PIXELS an image: Qwen2-VL's visual tokens (time, VRAM) grow with the pixels."""
+    if getattr(image_processor, "max_pixels", 0) > DESCRIBER_MAX_PIXELS:
+        image_processor.max_pixels = DESCRIBER_MAX_PIXELS
+        size = getattr(image_processor, "size", None)
+        for key in ("max_pixels", "longest_edge"):  # the name the size dict has in this transformers
+            if isinstance(size, dict) and key in size:
+                size[key] = DESCRIBER_MAX_PIXELS
 
 
 def _require_transformers() -> None:
@@ -225,30 +363,43 @@ def compose(
     tags: Sequence[TagScore],
     token_cost: Callable[[str], int],
     budget: int = TOKEN_BUDGET,
+    sentences: bool = False,
 ) -> tuple[str, list[TagScore]]:
-    """(caption, positive tags) for the prompt `caption, tag, tag, ...` within `budget` CLIP tokens.
+    """(caption, positive tags) for the prompt `join(caption, tags)` within `budget` tokens of `token_cost`.
 
+    The caption is cut at a sentence boundary, or at a word boundary inside a first sentence too long.
     Positive tags whose words the caption already says are dropped; the others keep their order,
     and a tag that no longer fits is skipped so a shorter one after it may still fit (as in
-    selection). Negative tags are not returned: the negative prompt does not change.
+    selection). Negative tags are not returned: the negative prompt does not change. With
+    `sentences` the caption keeps its full stops (a paragraph); otherwise its end punctuation goes.
     """
-    caption = _fit(caption.strip().rstrip(",.;:").strip(), token_cost, budget)
+    caption = _fit(caption.strip(), token_cost, budget)
+    caption = caption if sentences else caption.rstrip(",.;:").strip()
     said = _word_forms(caption)
-    left = budget - (token_cost(caption) if caption else 0)
     kept: list[TagScore] = []
     for tag in tags:
         if tag.role != "positive" or _repeats(tag.tag, said):
             continue
-        cost = token_cost(tag.tag) + (1 if caption or kept else 0)  # the comma before it
-        if cost <= left:
+        if token_cost(join(caption, [t.tag for t in [*kept, tag]], sentences)) <= budget:
             kept.append(tag)
-            left -= cost
     return caption, kept
 
 
-def _fit(caption: str, token_cost: Callable[[str], int], budget: int) -> str:
-    """The caption cut at a word boundary to at most `budget` tokens."""
-    words = caption.split()
+def join(caption: str, tags: Sequence[str], sentences: bool = False) -> str:
+    """The prompt: `caption, tag, tag` (tags style), or `Caption sentences. tag, tag` (sentences style)."""
+    listed = ", ".join(tag for tag in tags if tag)
+    return (" " if sentences else ", ").join(part for part in (caption, listed) if part)
+
+
+def _fit(text: str, token_cost: Callable[[str], int], budget: int) -> str:
+    """The text within `budget`: whole sentences while they fit, else the first one cut at a word boundary."""
+    if token_cost(text) <= budget:
+        return text
+    sentences = [match.end() for match in _SENTENCE_END.finditer(text)]
+    fitting = [end for end in sentences if token_cost(text[:end]) <= budget]
+    if fitting:
+        return text[: fitting[-1]].strip()
+    words = text.split()
     while words and token_cost(" ".join(words)) > budget:
         words.pop()
     return " ".join(words)

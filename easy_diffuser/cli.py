@@ -15,8 +15,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from . import prompt_style
 from .batch import BATCH_SIZE, caption_folder
-from .captioner import CAPTIONERS
+from .captioner import CAPTIONERS, check_supported
+from .checkpoint_family import detect_checkpoint
 from .engine import Engine, Extraction
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
@@ -31,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="easy-diffuser",
         description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
-        epilog="other command:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
-        "(easy-diffuser calibrate --help)",
+        epilog="other commands:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
+        "(easy-diffuser calibrate --help)\n  easy-diffuser check IMAGE --generator G   how faithful the prompt is: "
+        "generate and compare\n  easy-diffuser refine IMAGE --generator G  better prompts, round by round",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
@@ -40,13 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=DEFAULT_MODEL,
         help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model or tagger folder, or checkpoint file",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        metavar="NAME|FILE",
-        help="the checkpoint the prompts are for: with a tagger and --family automatic, its family preset "
-        "comes from its name or its safetensors header",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
@@ -135,6 +131,14 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     for option in CAPTION_OPTIONS:
         _add_option(group, option, f"caption_{option.name}")
     group.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="NAME|FILE.safetensors",
+        help="the checkpoint the prompts are for: --prompt-style automatic follows its family (Flux, SD3, Qwen-Image: "
+        "sentences; others: tags), and with a tagger --family automatic takes its preset (Pony, NoobAI, ...); "
+        "a .safetensors file's header metadata is read too",
+    )
+    group.add_argument(
         "--keep-in-vram",
         action="store_true",
         help="keep the captioner on the GPU beside CLIP (faster for folders, needs VRAM for both)",
@@ -163,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .calibration.cli import main as calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv[:1] in (["refine"], ["check"]):  # `easy-diffuser refine IMAGE --generator ...`: refine_cli.py
+        from .refine_cli import main as refine_main
+
+        return refine_main(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     args.captions = args.engine == "local" if args.captions is None else args.captions
@@ -171,10 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = None
     try:
         options = options_from(args)
+        target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
+        # The captioner the style runs, known before any download (booru is a tagger's: it runs none).
+        captioner = None if options.prompt_style == "booru" else prompt_style.resolve(options, target).caption
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options)
+            return ray_main(args, options, captioner)
+        if captioner:
+            check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,
             args.device or default_device(),
@@ -183,8 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_in_vram=args.keep_in_vram,
             checkpoint=args.checkpoint,
         )
-        if options.caption:
-            engine.captioner(options.caption.model)  # now: a missing captioner is a setup error, not one per image
+        engine.target = target
+        style = engine.style(options)  # booru on a CLIP model is refused here, once the model is known
+        if style.caption:
+            engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
         records = RecordWriter(args.output, args.overwrite) if args.output else None
     except (ModelError, ValueError, OSError) as error:

@@ -8,7 +8,9 @@ the same path for both.
     result.prompt, result.negative_prompt, result.tags
 
 With `ExtractOptions(caption=CaptionOptions(MODEL))` a captioner (captioner.py) runs first and its caption leads
-the positive prompt: `caption, tag, tag, ...` in the same token budget.
+the positive prompt: `caption, tag, tag, ...` in the same token budget. `prompt_style` (prompt_style.py) says
+how the prompt reads: with `sentences` a describing captioner's paragraph leads, in the target encoder's budget;
+`automatic` follows `Engine.target`, the checkpoint the prompts are for (checkpoint_family.py).
 """
 
 from __future__ import annotations
@@ -18,18 +20,20 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from . import prompt_style
 from .booru import BooruRule, tag_list
-from .captioner import Captioner, compose, load_captioner
+from .captioner import Captioner, compose, join, load_captioner
+from .checkpoint_family import T5_TOKENS, Detected
 from .embedding import ProgressFn
 from .families import Preset, choose
 from .files import safe_name
 from .images import ImageInput, load_image
 from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, declared_defaults, load_model
-from .options import BOORU_TOKEN_BUDGET, TOKEN_BUDGET, CaptionOptions, ExtractOptions
+from .options import BOORU_TOKEN_BUDGET, REFINE_OPTION, TOKEN_BUDGET, CaptionOptions, ExtractOptions, RefineOptions
 from .presence import TagCalibration, model_tag_calibration
 from .prompt import escape, format_prompt, prompts
 from .scorers import TagScorer, scorer
@@ -37,6 +41,10 @@ from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
 from .tagger import LoadedTagger
 from .vocabulary import Vocabulary
+
+if TYPE_CHECKING:  # refine.py imports this module
+    from .calibration.generators import Generator
+    from .refine import OnRound, Refinement
 
 DEFAULT_TAU = 1.0
 __all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
@@ -53,6 +61,8 @@ class Extraction:
     tau_source: str  # where tau came from: "option", a calibration file, "model default", ...
     source: str = ""  # the image's path or name, for batch output
     caption: str = ""  # the captioner's text at the head of the prompt; "" when captioning is off
+    prompt_style: str = "tags"  # the style in force: "tags" or "sentences" (automatic resolved)
+    style_note: str = ""  # which style and why, for a status line (prompt_style.status)
     preset: Preset | None = None  # a tagger's checkpoint family preset, and why (None for CLIP)
 
     def to_dict(self) -> dict:
@@ -62,6 +72,7 @@ class Extraction:
             "tags": [t.to_dict() for t in self.tags],
         }
         data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
+        data.update(prompt_style=self.prompt_style, prompt_style_note=self.style_note)
         if self.preset:
             data["preset"] = self.preset.status
         if self.source:
@@ -96,6 +107,8 @@ class Engine:
         )
         self.scorer: TagScorer = scorer(self.loaded, self.cache_dir, vocabulary_dirs, progress)
         self._lock = threading.Lock()  # one model, many callers (HTTP routes, the tab)
+        self.target: Detected | None = None  # the checkpoint the prompts are for: automatic prompt style follows it
+        self.t5_tokens: prompt_style.TokenCounter = prompt_style.t5_token_bound  # the host's T5 tokenizer if it has one
 
     @property
     def model_id(self) -> str:
@@ -131,7 +144,8 @@ class Engine:
         self, images: Sequence, options: ExtractOptions = ExtractOptions(), names: Sequence[str] = ()
     ) -> tuple[list[Extraction], torch.Tensor]:
         """extract_many, and the images' features, from which a re-selection needs no model pass."""
-        captions = self.caption(images, options) if options.caption else []
+        caption = self.style(options).caption
+        captions = self.caption(images, caption) if caption else []
         embeddings = self.encode(images)
         return self.extract_embeddings(embeddings, options, names, captions), embeddings
 
@@ -161,19 +175,20 @@ class Engine:
             selection, tau_source = self.selection_options(options)
         else:
             tau_source = "set by the caller"
+        style = self.style(options)
         preset = self.preset(options) if self.scorer.booru else None
         results = []
         for index, scores in enumerate(self.scorer.scores(image_embeddings)):
             tags = select(scores, self.vocabulary, self.scorer.twins, self.token_costs, selection)
             prompt, negative = prompts(tags, options.weights)
             caption = ""
-            if options.caption:
-                prompt, tags, caption = self._with_caption(captions[index], tags, options)
+            if style.caption:
+                prompt, tags, caption = self._with_caption(captions[index], tags, options, style)
             prompt, negative = framed(preset, prompt, negative, tags)
             source = names[index] if index < len(names) else ""
-            results.append(
-                Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption, preset)
-            )
+            result = Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
+            result = replace(result, prompt_style=style.name, style_note=prompt_style.status(style), preset=preset)
+            results.append(result)
         return results
 
     def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
@@ -196,6 +211,42 @@ class Engine:
             first=tag_list(options.first_tags),
         )
         return selection, tau_source
+
+    def refine(
+        self,
+        image: ImageInput,
+        generator: "Generator",
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        rounds: int = REFINE_OPTION["rounds"].default,
+        seeds: int = REFINE_OPTION["seeds"].default,
+        seed: int = REFINE_OPTION["seed"].default,
+        options: ExtractOptions = ExtractOptions(),
+        on_round: "OnRound | None" = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> "Refinement":
+        """Generate from the pair (None: extracted from the image with `options`), score it against the image,
+        and try up to `rounds` better pairs; see refine.py. The best round is `result.best`, round 0 included."""
+        from .refine import refine
+
+        settings = RefineOptions(rounds=rounds, seeds=seeds, seed=seed)  # checked before any work
+        loaded = load_image(image)
+        if prompt is None:
+            start = self.extract_many([loaded], options)[0]
+            prompt, negative_prompt = start.prompt, start.negative_prompt
+        return refine(self, loaded, generator, prompt, negative_prompt or "", settings, on_round, should_stop)
+
+    def check(
+        self,
+        image: ImageInput,
+        generator: "Generator",
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        seed: int = REFINE_OPTION["seed"].default,
+        options: ExtractOptions = ExtractOptions(),
+    ) -> "Refinement":
+        """The pair as it stands, generated once (round 0 alone): its score and tag diff."""
+        return self.refine(image, generator, prompt, negative_prompt, rounds=0, seeds=1, seed=seed, options=options)
 
     def token_budget(self, options: ExtractOptions) -> int:
         """The positive prompt's tokens: the option, else one chunk for CLIP and three for a tagger."""
@@ -223,26 +274,33 @@ class Engine:
         """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
         return load_captioner(spec, self.loaded.device, self.loaded.dtype, self.cache_dir)
 
-    def caption(self, images: Sequence, options: ExtractOptions) -> list[str]:
+    def style(self, options: ExtractOptions) -> prompt_style.Style:
+        """The prompt style the options mean for `self.target`, with the captioner it runs."""
+        return prompt_style.resolve(options, self.target, tagger=self.scorer.booru)
+
+    def caption(self, images: Sequence, options: CaptionOptions) -> list[str]:
         """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM."""
-        assert options.caption is not None
         with self._lock:
-            captioner = self.captioner(options.caption.model)
+            captioner = self.captioner(options.model)
             try:
-                return [captioner.caption(image, options.caption) for image in images]
+                return [captioner.caption(image, options) for image in images]
             finally:
                 if not self.keep_in_vram and captioner.device.type != "cpu":
                     captioner.to("cpu")
 
     def _with_caption(
-        self, caption: str, tags: list[TagScore], options: ExtractOptions
+        self, caption: str, tags: list[TagScore], options: ExtractOptions, style: prompt_style.Style
     ) -> tuple[str, list[TagScore], str]:
-        """(prompt, tags, caption): `caption, tags...` in the token budget; positive tags the caption
+        """(prompt, tags, caption): caption then tags in the style's token budget; positive tags the caption
         repeats or that no longer fit go "off", so the tags' roles still match the prompt."""
-        caption, kept = compose(caption, tags, self.scorer.token_count, self.token_budget(options))
+        if style.uses_t5:
+            cost, budget = self.t5_tokens, T5_TOKENS
+        else:
+            cost, budget = self.scorer.token_count, self.token_budget(options)
+        caption, kept = compose(caption, tags, cost, budget, style.sentences)
         dropped = {tag.tag for tag in tags if tag.role == "positive"} - {tag.tag for tag in kept}
         tags = [replace(tag, role="off") if tag.tag in dropped else tag for tag in tags]
-        return ", ".join(filter(None, [escape(caption), format_prompt(kept, options.weights)])), tags, caption
+        return join(escape(caption), [format_prompt(kept, options.weights)], style.sentences), tags, caption
 
     def _model_selection_defaults(self, options: ExtractOptions) -> dict:
         """A model folder may ask for other defaults (shapes-demo: one tag per category)."""

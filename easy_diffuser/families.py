@@ -14,16 +14,15 @@ JSON before the weights, size-capped); a setting other than automatic overrides 
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from . import checkpoint_family
+
 AUTOMATIC, NONE = "automatic", "none"
 WD_RATINGS = ("general", "sensitive", "questionable", "explicit")  # the rating rows of a WD tagger's CSV
-MAX_HEADER_BYTES = 16 << 20  # an SDXL checkpoint's header is about 200 KB; a larger length is not a header
 # Metadata keys that name the model or what it was trained from, in order of trust.
 METADATA_KEYS = ("modelspec.title", "ss_sd_model_name", "ss_output_name")
 
@@ -191,22 +190,9 @@ def _shortened(text: str, limit: int = 60) -> str:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file's header, read without touching the weights.
-
-    Only the 8-byte length and the JSON header are read, and only when the length is plausible; any other
-    file, a damaged header or a non-string value gives no metadata (detection then rests on the name)."""
+    """The `__metadata__` of a safetensors file's header (checkpoint_family.read_metadata, the project's one
+    header reader); any other file or a damaged header gives no metadata (detection then rests on the name)."""
     try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) != 8:
-                return {}
-            (length,) = struct.unpack("<Q", prefix)
-            if not 2 <= length <= MAX_HEADER_BYTES:
-                return {}
-            header = json.loads(handle.read(length).decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        return checkpoint_family.read_metadata(Path(path))
+    except (OSError, ValueError):
         return {}
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict):
-        return {}
-    return {key: value for key, value in metadata.items() if isinstance(key, str) and isinstance(value, str)}

@@ -10,8 +10,9 @@ import os
 import re
 import stat
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 TEMP_SUFFIX = ".tmp"
 # The process's umask, read once: os.umask can only be read by setting it.
@@ -72,9 +73,10 @@ class FileTooLarge(OSError):
 
 
 def read_regular_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
-    """The bytes of a regular file, at most `limit` of them (FileTooLarge past it). A FIFO would block a
-    plain read forever (and a device may never end), so the file is opened without blocking and checked
-    before anything is read."""
+    """The bytes of a regular file of at most `limit` bytes. A FIFO would block a plain read forever and a device
+    may never end (a symlink to /dev/zero reads until memory runs out), so the file is opened without blocking
+    and checked before anything is read, and no more than `limit` + 1 bytes are ever read (a file may grow).
+    Every reader of a user's file goes through here: images, settings files, model configs and vocabularies."""
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         mode = os.fstat(descriptor).st_mode
@@ -88,8 +90,27 @@ def read_regular_file(path: str | os.PathLike, limit: int | None = None) -> byte
     with os.fdopen(descriptor, "rb") as handle:
         data = handle.read() if limit is None else handle.read(limit + 1)
     if limit is not None and len(data) > limit:
-        raise FileTooLarge(errno.EFBIG, f"larger than {limit:,} bytes")
+        raise FileTooLarge(errno.EFBIG, f"larger than {_size_text(limit)}, too large for this kind of file")
     return data
+
+
+def _size_text(size: int) -> str:
+    if size >= 2**20:
+        return f"{size / 2**20:g} MB"
+    return f"{size / 2**10:g} KB" if size >= 2**10 else f"{size:,} bytes"
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing; left behind, empty), waiting for other processes'.
+    Steps that read one file and rename another are then never interleaved with another process's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        _lock(descriptor, wait=True)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 class OutputBusy(OSError):
@@ -108,7 +129,7 @@ class OutputLock:
                 descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             except OSError as error:
                 raise OSError(f"{self.output}: cannot lock it ({error.strerror})") from None  # one line, no [Errno]
-            if not _try_lock(descriptor):
+            if not _lock(descriptor, wait=False):
                 holder = _holder(descriptor)
                 os.close(descriptor)
                 raise OutputBusy(
@@ -130,19 +151,23 @@ class OutputLock:
             self.descriptor = None
 
 
-def _try_lock(descriptor: int) -> bool:
+def _lock(descriptor: int, wait: bool) -> bool:
+    """An exclusive lock on the open file, waiting for other processes' when `wait`; False when it is held."""
     try:
         import fcntl
     except ImportError:  # Windows
         import msvcrt
 
-        try:
-            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
+        while True:
+            try:
+                msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not wait:
+                    return False
+                time.sleep(0.1)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         return False
     return True

@@ -35,7 +35,7 @@ import torch
 
 from .images import bounded
 from .options import OptionError
-from .settings_files import SettingsFileError, check_model_defaults, read_json_object
+from .settings_files import SettingsFileError, check_model_config, check_model_defaults, read_json_object
 from .torchscript import is_torchscript, read_torchscript_state_dict
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -450,14 +450,22 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
     model_id = model_id or cache_key
 
     config_path = folder / "open_clip_config.json"
+    if not config_path.exists():
+        raise ModelError(f"{config_path}: missing; a model folder needs its open_clip config")
     try:
-        config = json.loads(config_path.read_text())
-        model_cfg = config["model_cfg"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"{config_path}: missing or not an open_clip config ({error})") from None
-    arch = _register_config(model_id, model_cfg)
+        config = check_model_config(read_json_object(config_path), config_path)
+    except SettingsFileError as error:
+        raise ModelError(f"{error} (not a usable open_clip config)") from None
+    arch = _register_config(model_id, config["model_cfg"])
     preprocess_cfg = config.get("preprocess_cfg", {})
-    model, preprocess = _architecture(arch, image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std"))
+    try:
+        model, preprocess = _architecture(
+            arch, image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std")
+        )
+    except Exception as error:  # sizes in range that still don't fit together (heads that don't divide the width)
+        raise ModelError(
+            f"{config_path}: open_clip cannot build this model ({type(error).__name__}: {one_line(error)})"
+        ) from None
     _load_weights(model, weights)
     defaults = _folder_defaults(folder / "easy_diffuser.json")
     vocabulary = folder / "vocabulary"
@@ -616,7 +624,8 @@ def _register_config(model_id: str, model_cfg: dict) -> str:
     """open_clip builds models only from registered config files; register this one under a unique name."""
     open_clip = _open_clip()
 
-    arch = f"easy-diffuser-{model_id}"
+    # Named by the config too: a folder whose config was fixed (same weights, same model id) gets its new one.
+    arch = f"easy-diffuser-{model_id}-{hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:8]}"
     if arch not in open_clip.list_models():
         # open_clip reads the file once into its table, so the file need not outlive the call.
         with tempfile.TemporaryDirectory(prefix="easy_diffuser_cfg_") as folder:

@@ -19,6 +19,7 @@ from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
 TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
 # A tagger's thresholds decide which tags go in; booru prompts often pass one chunk, and the webui splits
 # longer ones into chunks of 75: three chunks hold what a tagger finds at its default thresholds.
@@ -138,7 +139,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_tags",
         int,
         24,
-        "most tags in the positive prompt (it also stays within one 75-token chunk)",
+        "most tags in a CLIP model's positive prompt (also within the token budget); a tagger's thresholds decide",
         "Number of tags",
         "--tags",
         1,
@@ -259,6 +260,17 @@ OPTIONS: tuple[Option, ...] = (
         "Always-first tags",
         "--first-tags",
     ),
+    # The prompt style (prompt_style.py). booru is the booru tagger models' prompt (the WD tagger backend).
+    Option(
+        "prompt_style",
+        str,
+        "automatic",
+        "tags: a list of tags; sentences: a describing captioner's paragraph, then the tags it does not say "
+        "(for Flux, SD3, Qwen-Image); booru: a booru tagger's tags; automatic: the style of the checkpoint's family",
+        "Prompt style",
+        "--prompt-style",
+        choices=("automatic", "tags", "sentences", "booru"),
+    ),
     Option(
         "family",
         str,
@@ -280,14 +292,52 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         "Caption minimum length (tokens)",
         "--caption-min-length",
         0,
-        75,
+        512,
     ),
     Option(
-        "max_length", int, 30, "most caption tokens", "Caption maximum length (tokens)", "--caption-max-length", 1, 75
+        "max_length",
+        int,
+        30,
+        "most caption tokens (a describing captioner reads the defaults, 3 beams and 30 tokens, as its own: 1 and 256)",
+        "Caption maximum length (tokens)",
+        "--caption-max-length",
+        1,
+        512,
     ),
 )
 OPTION = {option.name: option for option in OPTIONS}
 CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
+
+# -- Check and Refine by the round trip (refine.py): generate from a prompt pair, compare with the source --
+REFINE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "rounds",
+        int,
+        4,
+        "refine rounds after the start; each builds a new prompt pair from the last round's tag diff",
+        "Refine rounds",
+        "--rounds",
+        0,
+        16,
+    ),
+    Option(
+        "seeds",
+        int,
+        2,
+        "generations each refine score averages (seeds SEED, SEED+1, ...): one seed can overfit; Check uses one",
+        "Seeds per score",
+        "--seeds",
+        1,
+        8,
+    ),
+    Option("seed", int, 0, "the first generation seed", "Seed", "--seed", 0, 2**31 - 1),
+    Option("width", int, 512, "width of each generated image (webui generators)", "Width", "--width", 64, 2048, 64),
+    Option("height", int, 512, "height of each generated image (webui generators)", "Height", "--height", 64, 2048, 64),
+    Option(
+        "steps", int, 12, "sampling steps of each generation (webui generators)", "Sampling steps", "--steps", 1, 150
+    ),
+)
+REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
 
 
 def _checked(instance: Any, schema: tuple[Option, ...], prefix: str = "") -> None:
@@ -332,6 +382,7 @@ class ExtractOptions:
     character_mcut: bool = OPTION["character_mcut"].default
     exclude_tags: str = OPTION["exclude_tags"].default
     first_tags: str = OPTION["first_tags"].default
+    prompt_style: str = OPTION["prompt_style"].default
     family: str = OPTION["family"].default  # families.CHOICES; the preset applies to a tagger's prompts
     caption: Optional[CaptionOptions] = None  # None: tags only
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
@@ -359,6 +410,30 @@ class ExtractOptions:
         if "caption" in values:
             given["caption"] = caption_from(values["caption"])
         return replace(base or cls(), **given)
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """How Check and Refine generate and score: rounds, seeds per score, and the generation's size and steps."""
+
+    rounds: int = REFINE_OPTION["rounds"].default
+    seeds: int = REFINE_OPTION["seeds"].default
+    seed: int = REFINE_OPTION["seed"].default
+    width: int = REFINE_OPTION["width"].default
+    height: int = REFINE_OPTION["height"].default
+    steps: int = REFINE_OPTION["steps"].default
+
+    def __post_init__(self) -> None:
+        _checked(self, REFINE_OPTIONS)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "RefineOptions":
+        """From a JSON object (HTTP) or keyword arguments; unknown names are refused."""
+        known = sorted(option.name for option in REFINE_OPTIONS)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise OptionError(unknown[0], f"is not a refine option; they are {', '.join(known)}")
+        return cls(**values)
 
 
 def caption_from(value: Any) -> CaptionOptions | None:
@@ -402,5 +477,9 @@ def schema_help() -> dict[str, Any]:
             "type": "false | true | captioner | object",
             "default": False,
             "fields": {option.name: describe(option) for option in CAPTION_OPTIONS},
+        },
+        "refine": {  # POST /refine's fields, not /extract's
+            "type": "object",
+            "fields": {option.name: describe(option) for option in REFINE_OPTIONS},
         },
     }

@@ -126,9 +126,8 @@ def run(
     preprocessor = Preprocessor(engine.loaded)
     writer = _Writer(outcome, records, engine.model_id, on_result)
     done = 0
-    prepared = _prepare_in_order(
-        tasks, preprocessor, bool(options.caption), workers or default_workers(), 4 * batch_size
-    )
+    captioned = engine.style(options).caption is not None  # the captioner needs the decoded image
+    prepared = _prepare_in_order(tasks, preprocessor, captioned, workers or default_workers(), 4 * batch_size)
     try:
         for batch in _batches(prepared, batch_size):
             if should_stop():
@@ -154,7 +153,8 @@ def run(
 def _extract(
     engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
 ) -> list[Extraction]:
-    captions = engine.caption([item.image for item in batch], options) if options.caption else []
+    caption = engine.style(options).caption
+    captions = engine.caption([item.image for item in batch], caption) if caption else []
     embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
     return engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
 

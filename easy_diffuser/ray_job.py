@@ -36,6 +36,7 @@ from .engine import Engine, ExtractOptions
 from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError
+from .options import CaptionOptions
 from .pipeline import Preprocessor, caption_path
 from .records import (
     LEFT_AS_IT_IS,
@@ -70,15 +71,17 @@ class JobSummary:
         return f"{self.images} images ({self.errors} errors), {self.skipped} already in the output{rate}"
 
 
-def main(args: argparse.Namespace, options: ExtractOptions) -> int:
+def main(args: argparse.Namespace, options: ExtractOptions, captioner: CaptionOptions | None) -> int:
     try:
         import ray
     except ImportError:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    if args.output is None or options.caption:
+    if args.output is None or captioner:
         reason = (
-            "needs --output DIR for its records" if args.output is None else "does not run a captioner (--caption) yet"
+            "needs --output DIR for its records"
+            if args.output is None
+            else "does not run a captioner (--caption, --prompt-style sentences) yet"
         )
         print(f"error: --engine ray {reason}", file=sys.stderr)
         return EXIT_SETUP_FAILED

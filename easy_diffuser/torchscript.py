@@ -35,6 +35,12 @@ _STORAGE_DTYPES = {
 }
 
 
+# torch stores an archive's members uncompressed, so what it holds is about its size on disk. A zip bomb
+# declares far more (1 MB inflating to 2.6 GB); zipfile never inflates past a member's declared size.
+MAX_INFLATION = 2  # times the archive's size on disk, plus a little for tiny archives
+MAX_INFLATED = 8 * 2**30  # OpenAI's largest TorchScript CLIP (RN50x64) holds 1.3 GB
+
+
 class TorchScriptError(ValueError):
     """An archive that is not plain TorchScript weights; the message says what was found."""
 
@@ -50,6 +56,7 @@ def is_torchscript(path: Path) -> bool:
 def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The state dict torch.jit.load(path).state_dict() would give, without loading (running) the archive."""
     with zipfile.ZipFile(path) as archive:
+        _check_inflation(archive, Path(path).stat().st_size)
         data_name = next(
             (name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") == 1), None
         )
@@ -60,6 +67,17 @@ def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise TorchScriptError("big-endian archives are not supported")
         root = _ArchiveUnpickler(archive, prefix).load()
         return _state_dict(root, _module_state_names(archive, prefix))
+
+
+def _check_inflation(archive: zipfile.ZipFile, archive_size: int) -> None:
+    """Refuse an archive whose members would inflate to far more than it holds, before any is read."""
+    inflated = sum(member.file_size for member in archive.infolist())
+    limit = min(MAX_INFLATION * archive_size + 2**20, MAX_INFLATED)
+    if inflated > limit:
+        raise TorchScriptError(
+            f"its members would inflate to {inflated / 2**20:,.0f} MB from {archive_size / 2**20:,.1f} MB "
+            f"(at most {limit / 2**20:,.0f} MB is read; a zip bomb?)"
+        )
 
 
 class _ScriptObject:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .booru import normal
+from .files import read_regular_file
 
 BUILTIN_DIR = Path(__file__).parent / "data" / "vocabulary"
 # Tags of this category only ever go into negative prompts (lowres, watermark, ...).
 NEGATIVE_QUALITY = "negative_quality"
+TAG_LIST_LIMIT = 16 * 2**20  # the shipped lists hold a few KB each; a list of 16 MB is no list of tags
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,10 @@ def load_vocabulary(folders: Sequence[Path | str]) -> Vocabulary:
 
 def _read_tags(path: Path) -> Iterable[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
+        lines = read_regular_file(path, TAG_LIST_LIMIT).decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:  # a FIFO or /dev/zero is refused, not read (files.py)
         # A broken user list must not stop extraction with the other lists.
-        log.warning("skipping tag list %s: %s", path, error)
+        log.warning("skipping tag list %s: %s", path, getattr(error, "strerror", None) or error)
         return []
     # Commas separate prompt tags, so a comma inside a tag would split it in two.
     tags = (" ".join(line.replace(",", " ").split()) for line in lines)

@@ -67,3 +67,14 @@ def shapes_engine(tmp_path_factory):
 @pytest.fixture
 def shapes_red_circle(tmp_path) -> Path:
     return draw_scene(tmp_path / "red_circle.png", colour="red", shape="circle", background="gray")
+
+
+@pytest.fixture
+def one_thread():
+    """Models this small run slower, not faster, on several threads of a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -72,6 +72,9 @@ def write_tagger(
     if "act_layer" in args:
         args["act_layer"] = get_act_layer(args["act_layer"])
     model = timm.create_model(architecture, pretrained=False, num_classes=len(tags), **args)
+    for module in model.modules():  # SwinV2 starts its residual norms at 0, which would hide its activation
+        if isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
+            torch.nn.init.normal_(module.weight, 1.0, 0.2)
     head = model.get_classifier()
     if logits is None:  # timm starts some heads near zero (EVA), which would make every probability 0.5
         torch.nn.init.normal_(head.weight, std=0.3)

@@ -19,6 +19,9 @@ import torch
 from PIL import Image
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+from tiny_captioners import SMALL, WORDS, build_blip, build_git  # noqa: E402
 
 from easy_diffuser.captioner import (  # noqa: E402
     CAPTIONERS,
@@ -32,64 +35,6 @@ from easy_diffuser.engine import Engine, ExtractOptions  # noqa: E402
 from easy_diffuser.models import ModelError  # noqa: E402
 from easy_diffuser.options import TOKEN_BUDGET  # noqa: E402
 from easy_diffuser.selection import TagScore  # noqa: E402
-
-# Whole words only: a decoded caption then re-tokenizes to as many tokens as were generated.
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-WORDS = "a woman man dog cat sitting standing on in the park bench street red blue photo of with".split()
-SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
-VISION = dict(image_size=32, patch_size=8, **SMALL)
-
-
-def _tokenizer(folder: Path) -> "transformers.BertTokenizer":
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n")
-    return transformers.BertTokenizer(str(vocab), bos_token="[DEC]")  # BLIP's start token; special, so never decoded
-
-
-def _ids(*tokens: str) -> list[int]:
-    return [SPECIALS.index(token) for token in tokens]
-
-
-def build_blip(folder: Path) -> Path:
-    pad, sep, dec = _ids("[PAD]", "[SEP]", "[DEC]")
-    text = dict(
-        vocab_size=len(SPECIALS + WORDS),
-        max_position_embeddings=64,
-        bos_token_id=dec,
-        sep_token_id=sep,
-        eos_token_id=sep,
-        pad_token_id=pad,
-        **SMALL,
-    )
-    model = transformers.BlipForConditionalGeneration(
-        transformers.BlipConfig(text_config=text, vision_config=VISION, projection_dim=32)
-    )
-    image_processor = transformers.BlipImageProcessor(size={"height": 32, "width": 32})
-    processor = transformers.BlipProcessor(image_processor, _tokenizer(folder))
-    return _save(model, processor, folder)
-
-
-def build_git(folder: Path) -> Path:
-    pad, cls, sep = _ids("[PAD]", "[CLS]", "[SEP]")
-    config = transformers.GitConfig(
-        vision_config=VISION,
-        vocab_size=len(SPECIALS + WORDS),
-        max_position_embeddings=64,
-        bos_token_id=cls,
-        eos_token_id=sep,
-        pad_token_id=pad,
-        **SMALL,
-    )
-    model = transformers.GitForCausalLM(config)
-    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return _save(model, transformers.GitProcessor(image_processor, _tokenizer(folder)), folder)
-
-
-def _save(model, processor, folder: Path) -> Path:
-    model.save_pretrained(folder, safe_serialization=True)  # the default only from transformers 4.35 on
-    processor.save_pretrained(folder)
-    return folder
 
 
 def as_bin_only(folder: Path) -> Path:
@@ -106,15 +51,6 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("captioners")
     return {"blip": build_blip(root / "blip"), "git": build_git(root / "git")}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run slower, not faster, on several threads of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -189,13 +125,13 @@ def test_an_unreachable_hub_fails_at_once_without_the_hubs_retries(tmp_path, mon
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
     asked_the_hub = []
-    original = transformers.AutoConfig.from_pretrained.__func__
+    original = transformers.PretrainedConfig.get_config_dict.__func__
 
     def spy(cls, source, **hub):
         asked_the_hub.append(not hub.get("local_files_only"))
         return original(cls, source, **hub)
 
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", classmethod(spy))
+    monkeypatch.setattr(transformers.PretrainedConfig, "get_config_dict", classmethod(spy))
     model_id = "Salesforce/blip-image-captioning-base"
     with pytest.raises(ModelError) as error:
         load_captioner(model_id, cache_dir=tmp_path)
@@ -228,7 +164,7 @@ def test_a_bin_only_folder_loads_without_unpickling_code(tmp_path, monkeypatch):
 
 def test_other_models_and_names_are_refused(tmp_path):
     transformers.BertConfig(**SMALL).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ModelError, match="BLIP or GIT"):
+    with pytest.raises(ModelError, match="captioners are BLIP, GIT or Qwen2-VL models"):
         load_captioner(str(tmp_path / "bert"))
     with pytest.raises(ModelError, match="unknown captioner"):
         load_captioner("blip", cache_dir=tmp_path)
@@ -246,6 +182,7 @@ def test_registry_and_options():
         "Salesforce/blip-image-captioning-large",
         "microsoft/git-base-coco",
         "microsoft/git-large-coco",
+        "Qwen/Qwen2-VL-2B-Instruct",
     }
     assert all(info.use for info in CAPTIONERS.values())
     assert CaptionOptions() == CaptionOptions(beams=3, min_length=5, max_length=30)

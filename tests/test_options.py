@@ -61,7 +61,7 @@ def test_the_python_api_refuses_a_bad_value_with_a_line_naming_the_field(name, v
         ("--negatives", "-1", "must be a whole number from 0 to 75, not -1"),
         ("--quality-negatives", "1e9", "must be a whole number from 0 to 32, not '1e9'"),
         ("--caption-beams", "0", "must be a whole number from 1 to 16, not 0"),
-        ("--caption-max-length", "nan", "must be a whole number from 1 to 75, not 'nan'"),
+        ("--caption-max-length", "nan", "must be a whole number from 1 to 512, not 'nan'"),
     ],
 )
 def test_the_command_line_refuses_the_same_values_naming_the_flag(flag, text, problem, capsys):
@@ -106,9 +106,12 @@ def test_the_tab_refuses_what_the_schema_refuses():
         "tau": 0.25,
         "negatives": 8.0,
         "quality_negatives": 0.0,
+        "general_threshold": 0.35,
+        "character_threshold": 0.85,
         "weights": False,
         "caption": False,
         "caption_model": "",
+        "prompt_style": "automatic",
     }
     assert controls.extract_options(values).max_tags == 12  # sliders send floats
     with pytest.raises(OptionError, match="quality_negatives: must be a whole number from 0 to 32, not 40"):

@@ -306,5 +306,8 @@ def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_r
     common = [str(folder), "--model", model, "--cache-dir", str(tmp_path / "cache"), "--no-captions"]
     assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 0
     assert main([*common, "--engine", "ray", "--output", str(tmp_path / "shards.jsonl")]) == 0
-    local, distributed = read_records(tmp_path / "local.jsonl"), read_records(tmp_path / "shards.jsonl")
-    assert by_path(distributed) == by_path(local) and len(by_path(local)) == 8
+    local, distributed = (
+        by_path(read_records(tmp_path / "local.jsonl")),
+        by_path(read_records(tmp_path / "shards.jsonl")),
+    )
+    assert distributed == local and len(local) == 8

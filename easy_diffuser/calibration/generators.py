@@ -111,13 +111,14 @@ def webui_generator(
     cfg_scale: float = 7.0,
     sampler_name: str = "Euler a",
     queue_lock: ContextManager | None = None,
+    save: bool = False,
 ) -> CallableGenerator:
     """In-process txt2img with the webui's loaded checkpoint, for the tab.
 
     `processing` is `modules.processing` and `shared` is `modules.shared`, passed in by webui/host.py so
     this module stays free of webui imports. Pass `queue_lock=modules.call_queue.queue_lock` when the caller
     does not already hold the queue (a handler wrapped with wrap_gradio_gpu_call does: then leave
-    it None, A1111's lock is not re-entrant). Images are not saved to the user's outputs.
+    it None, A1111's lock is not re-entrant). Images are not saved to the user's outputs unless `save`.
     Interrupt (shared.state.interrupted) raises GenerationStopped.
     """
 
@@ -137,7 +138,7 @@ def webui_generator(
                 cfg_scale=cfg_scale,
                 width=width,
                 height=height,
-                do_not_save_samples=True,
+                do_not_save_samples=not save,
                 do_not_save_grid=True,
             )
             with contextlib.closing(p):
@@ -153,9 +154,16 @@ def webui_generator(
 
 
 def make_generator(spec: str, width: int = 256, height: int = 256, steps: int = 12) -> Generator:
-    """The CLI's --generator: "shapes" or the URL of a running webui."""
+    """The CLI's --generator: "shapes", "shapes-cooccur", "webui" (the default URL) or the URL of a running webui."""
     if spec == "shapes":
         return ShapesGenerator()
-    if spec.startswith(("http://", "https://")):
-        return WebuiHttpGenerator(spec, width, height, steps)
-    raise ValueError(f"unknown generator {spec!r}: use 'shapes' or a webui URL such as {webui_client.DEFAULT_URL}")
+    if spec == "shapes-cooccur":
+        from ..shapes.cooccur import CooccurGenerator  # the co-occurrence world's generator (cooccur_proof.py)
+
+        return CooccurGenerator()
+    if spec == "webui" or spec.startswith(("http://", "https://")):
+        return WebuiHttpGenerator(webui_client.DEFAULT_URL if spec == "webui" else spec, width, height, steps)
+    raise ValueError(
+        f"unknown generator {spec!r}: use 'shapes', 'shapes-cooccur', 'webui' or a webui URL such as "
+        f"{webui_client.DEFAULT_URL}"
+    )

@@ -78,8 +78,9 @@ def calibrate(
     # The search measures the first images first: in the pseudo-random order of their pixels, not by file name.
     order = sorted(range(len(images)), key=lambda index: image_key(images[index]))
     images, paths = [images[i] for i in order], [paths[i] for i in order]
-    # No captioner: it would run again for every setting, and tau only moves the tags.
-    options = replace(options or calibration_options(engine), caption=None)
+    # No captioner: it would run again for every setting, and tau only moves the tags. The tags style, too:
+    # under a Flux checkpoint automatic would mean sentences, which runs the describer.
+    options = replace(options or calibration_options(engine), caption=None, prompt_style="tags")
     target = target_path(engine, out_dir)
     partial = PartialResults(partial_path(target))
     sweep = [Setting(t, n) for n in negatives for t in taus]

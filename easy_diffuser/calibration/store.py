@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..engine import Engine, ExtractOptions, calibration_path
-from ..files import write_text_atomically
+from ..files import locked, read_regular_file, write_text_atomically
+from ..settings_files import SETTINGS_FILE_LIMIT, SettingsFileError, check_calibration, read_json_object
 
 NOTHING = "{}\n"  # a previous calibration that was none: undo then leaves the model's defaults in force
 
@@ -96,41 +98,67 @@ def negatives_text(count: int) -> str:
 
 
 def apply(target: Path) -> None:
-    """Put the candidate in force, keeping what was in force as `.previous.json`."""
+    """Put the candidate in force, keeping what was in force as `.previous.json`.
+    The candidate must be a regular file (a symlink would become the file in force) holding what the options
+    schema accepts (tau -5 to 5, negatives 0 to 75): anything else is refused in one line and left as it is."""
     candidate = candidate_path(target)
-    if not candidate.is_file():
-        raise CalibrationFileError(f"{candidate}: no calibration to apply; run `easy-diffuser calibrate FOLDER` first")
-    data = _read(candidate)
-    bad = non_finite(data) or ("tau" if not _finite(data.get("tau")) else None)
-    if bad:
-        raise CalibrationFileError(f"{candidate}: {bad} is not a finite number; calibrate again")
-    write_text_atomically(previous_path(target), target.read_text(encoding="utf-8") if target.is_file() else NOTHING)
-    os.replace(candidate, target)
+    with locked(_lock_path(target)):
+        if not os.path.lexists(candidate):
+            raise CalibrationFileError(
+                f"{candidate}: no calibration to apply; run `easy-diffuser calibrate FOLDER` first"
+            )
+        _check_regular(candidate)
+        try:
+            check_calibration(read_json_object(candidate), candidate)
+        except SettingsFileError as error:
+            raise CalibrationFileError(f"{error}; nothing was applied, calibrate again") from None
+        write_text_atomically(previous_path(target), _text_in_force(target))
+        os.replace(candidate, target)
 
 
 def undo(target: Path) -> None:
-    """Put the previous calibration back in force; the undone one becomes the candidate again."""
-    previous = previous_path(target)
-    if not previous.is_file():
-        raise CalibrationFileError(f"{previous}: nothing to undo (no calibration was applied here)")
-    if target.is_file():
-        write_text_atomically(candidate_path(target), target.read_text(encoding="utf-8"))
-    if previous.read_text(encoding="utf-8") == NOTHING:
-        target.unlink(missing_ok=True)
-        previous.unlink()
-    else:
-        os.replace(previous, target)
+    """Put the previous calibration back in force; the undone one becomes the candidate again. Refused while a
+    candidate waits to be applied: undo would overwrite it."""
+    previous, candidate = previous_path(target), candidate_path(target)
+    with locked(_lock_path(target)):
+        if not os.path.lexists(previous):
+            raise CalibrationFileError(f"{previous}: nothing to undo (no calibration was applied here)")
+        if os.path.lexists(candidate):
+            raise CalibrationFileError(
+                f"{candidate}: a calibration waits there to be applied, and undo would overwrite it; "
+                "apply it first (calibrate --apply), or delete it"
+            )
+        _check_regular(previous)
+        restored = _read_text(previous)
+        if target.is_file():
+            write_text_atomically(candidate, _text_in_force(target))
+        if restored == NOTHING:
+            target.unlink(missing_ok=True)
+            previous.unlink()
+        else:
+            os.replace(previous, target)
 
 
-def _read(path: Path) -> dict:
+def _lock_path(target: Path) -> Path:
+    """One lock per model: an apply and an undo run at once (two shells, the tab and a shell) take turns."""
+    return target.with_suffix(".lock")
+
+
+def _check_regular(path: Path) -> None:
+    """A store file is renamed into force: a symlink or anything but a regular file is refused, not followed."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise CalibrationFileError(f"{path}: not a regular file (a symlink, folder or FIFO); delete it")
+
+
+def _text_in_force(target: Path) -> str:
+    if not os.path.lexists(target):
+        return NOTHING
+    _check_regular(target)
+    return _read_text(target)
+
+
+def _read_text(path: Path) -> str:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CalibrationFileError(f"{path}: can't be read ({error}); calibrate again") from None
-    if not isinstance(data, dict):
-        raise CalibrationFileError(f"{path}: not a calibration (a JSON object is expected); calibrate again")
-    return data
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return read_regular_file(path, SETTINGS_FILE_LIMIT).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CalibrationFileError(f"{path}: can't be read ({getattr(error, 'strerror', None) or error})") from None

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from ..captioner import join
 from ..engine import Engine, Extraction, framed
 from ..images import ImageInput, load_image
 from ..options import OPTION, CaptionOptions, ExtractOptions, OptionError
@@ -19,10 +20,25 @@ from ..selection import Role, TagScore, with_role
 
 NEXT_ROLE: dict[Role, Role] = {"positive": "negative", "negative": "off", "off": "positive"}
 # The tab's controls, in the order the tab lays them out; the values of a handler's `values` mapping.
-CONTROLS = ("max_tags", "auto_tau", "tau", "negatives", "quality_negatives", "weights", "caption", "caption_model")
-# The controls a re-selection answers at once; the captioner ones need the image again (Extract).
-RESELECTING = ("max_tags", "auto_tau", "tau", "negatives", "quality_negatives")
-STALE = "The CLIP model changed since this image was extracted: press Extract."
+CONTROLS = (
+    "max_tags",
+    "auto_tau",
+    "tau",
+    "negatives",
+    "quality_negatives",
+    "general_threshold",
+    "character_threshold",
+    "weights",
+    "caption",
+    "caption_model",
+    "prompt_style",
+)
+# The controls a re-selection answers at once; the captioner ones need the image again (Extract), Weights has
+# a handler of its own. The prompt style re-selects with the caption it has; only a description the image has
+# not had yet needs Extract.
+RESELECTING = tuple(name for name in CONTROLS if name not in ("weights", "caption", "caption_model"))
+STALE = "The model changed since this image was extracted: press Extract."
+NEEDS_DESCRIPTION = "The sentences style needs a description of this image: press Extract."
 
 
 def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, int] | None = None) -> ExtractOptions:
@@ -38,8 +54,11 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
         tau=None if automatic else values["tau"],
         negatives=OPTION["negatives"].default if automatic else values["negatives"],
         quality_negatives=values["quality_negatives"],
+        general_threshold=values["general_threshold"],
+        character_threshold=values["character_threshold"],
         weights=values["weights"],
         caption=caption,
+        prompt_style=values["prompt_style"],
     )
 
 
@@ -55,8 +74,8 @@ def _selected(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, 
 
 
 def _kept(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, result: Extraction) -> "Extracted":
-    negatives = engine.selection_options(options)[0].negatives
-    return Extracted(engine.model_id, embedding.detach().to("cpu", torch.float32), options.caption, negatives, result)
+    negatives, caption = engine.selection_options(options)[0].negatives, engine.style(options).caption
+    return Extracted(engine.model_id, embedding.detach().to("cpu", torch.float32), caption, negatives, result)
 
 
 @dataclass(frozen=True)
@@ -81,8 +100,11 @@ def reselect(engine: Engine, extracted: Extracted, options: ExtractOptions) -> E
     The caption stays the one made at extraction (the captioner controls need Extract)."""
     if engine.model_id != extracted.model:
         raise ValueError(STALE)
+    options = replace(options, caption=extracted.caption)
+    if engine.style(options).caption != extracted.caption:  # a captioner this image has not been through
+        raise ValueError(NEEDS_DESCRIPTION)
     captions = [extracted.result.caption] if extracted.caption else []
-    return _selected(engine, extracted.embedding, replace(options, caption=extracted.caption), captions)
+    return _selected(engine, extracted.embedding, options, captions)
 
 
 def cycle_tag(extracted: Extracted, tag: str) -> Extracted:
@@ -96,7 +118,8 @@ def tab_prompts(extracted: Extracted, weights: bool) -> tuple[str, str]:
     """(prompt, negative prompt) of the current tags, behind the caption when there is one."""
     result = extracted.result
     positive, negative = prompts(result.tags, weights)
-    return framed(result.preset, ", ".join(filter(None, [escape(result.caption), positive])), negative, result.tags)
+    written = join(escape(result.caption), [positive], result.prompt_style == "sentences")
+    return framed(result.preset, written, negative, result.tags)
 
 
 def numbers_text(values: Sequence[float]) -> str:

@@ -22,7 +22,12 @@ class Extension:
     def __init__(self, host: WebuiHost) -> None:
         self.host = host
         self.service = Service(
-            host.resolve_model, host.weights_folder, host.placement, host.queued, host.loaded_checkpoint
+            host.resolve_model,
+            host.weights_folder,
+            host.placement,
+            host.queued,
+            host.checkpoint,
+            host.loaded_checkpoint,
         )
         self.handlers = Handlers(host, self.service)
 
@@ -42,6 +47,7 @@ class Extension:
                 host.configured_model,
                 host.cmd_opts.api_auth,
                 lambda: host.opts.easy_diffuser_max_request_mb,
+                self.handlers.generating,
             )
 
     def on_script_unloaded(self) -> None:

@@ -6,20 +6,25 @@ mapping), so a new control changes no handler's signature. The webui itself is r
 
 from __future__ import annotations
 
+import queue
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import gradio as gr
 from PIL import Image
 
 from ..batch import BatchSummary, caption_folder
 from ..calibration import Calibration, calibrate, store
+from ..calibration.generators import Generator
 from ..engine import Engine
 from ..images import ImageError
 from ..models import ModelError
-from ..options import CAPTION_OPTION, ExtractOptions
+from ..options import CAPTION_OPTION, ExtractOptions, OptionError, RefineOptions
+from ..refine import Refinement, Round, refine
 from . import controls, markup
+from .http_api import NoGenerator
 from .service import Service
 
 if TYPE_CHECKING:  # the host imports the webui: only the script makes one
@@ -28,6 +33,10 @@ if TYPE_CHECKING:  # the host imports the webui: only the script makes one
 NO_CHECKPOINT = (
     "Calibrate generates images with a Stable Diffusion checkpoint, and the webui has none: put one in "
     "models/Stable-diffusion, choose it at the top of the page, then press Calibrate again."
+)
+NO_CHECKPOINT_ROUND_TRIP = (
+    "Check and Refine generate images with a Stable Diffusion checkpoint, and the webui has none: put one in "
+    "models/Stable-diffusion, choose it at the top of the page, then press the button again."
 )
 VOCABULARY_PROGRESS = "Encoding the tag vocabulary (first use of this model only)"
 
@@ -41,6 +50,8 @@ class Handlers:
         self._stop_batch = threading.Event()
         self._stop_calibration = threading.Event()
         self._calibrating = threading.Event()  # set while a calibration holds the queue
+        self._stop_round_trip = threading.Event()
+        self._round_trip_running = threading.Event()  # set while Check or Refine generates
 
     def _options(self, values: Mapping[str, Any]) -> ExtractOptions:
         """The tab's control values as options; the captioner decodes as Settings say."""
@@ -225,6 +236,106 @@ class Handlers:
     def _calibration_stopped(self) -> bool:
         return self._stop_calibration.is_set() or self.host.interrupted()  # the webui's own Interrupt stops it too
 
+    # -- Check and Refine by the round trip
+
+    def check(
+        self, image: Optional[Image.Image], prompt: str, negative: str, *settings: float, progress=gr.Progress()
+    ) -> Iterator[tuple]:
+        """Generate once from the prompt boxes as they stand -> pictures, report, prompt, negative prompt."""
+        yield from self._round_trip(image, prompt, negative, (0, 1, *settings[2:]), progress)  # one generation
+
+    def refine(
+        self, image: Optional[Image.Image], prompt: str, negative: str, *settings: float, progress=gr.Progress()
+    ) -> Iterator[tuple]:
+        """Check, then better pairs round by round; each round shows as it is scored, and the best fills the boxes."""
+        yield from self._round_trip(image, prompt, negative, settings, progress)
+
+    def stop_round_trip(self) -> None:
+        self._stop_round_trip.set()
+        if self._round_trip_running.is_set():  # only then: while it waits for the queue, another job generates
+            self.host.interrupt()
+
+    def _round_trip(
+        self, image: Optional[Image.Image], prompt: str, negative: str, settings: Sequence[float], progress: Any
+    ) -> Iterator[tuple]:
+        unchanged = (gr.update(), gr.update())
+        problem = (
+            "Drop an image first."
+            if image is None
+            else ("Extract or write a prompt first." if not prompt.strip() else "")
+        )
+        if not problem and self.host.no_checkpoint():
+            problem = NO_CHECKPOINT_ROUND_TRIP
+        try:
+            names = ("rounds", "seeds", "width", "height", "steps")
+            options = RefineOptions(**{name: int(value) for name, value in zip(names, settings)})
+        except (OptionError, TypeError, ValueError) as error:
+            problem = problem or str(error)
+        if problem:
+            yield gr.update(), markup.error_html(problem), *unchanged
+            return
+        self._stop_round_trip.clear()
+        finished: queue.Queue[Round] = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def work(engine: Engine) -> Refinement:
+            with self.generating(engine, options) as generator:
+                self._round_trip_running.set()
+                try:
+                    return refine(engine, image, generator, prompt, negative, options, finished.put, self._stopped)
+                finally:
+                    self._round_trip_running.clear()
+
+        def run() -> None:
+            try:
+                outcome["result"] = self.service.run(work)
+            except (ModelError, NoGenerator) as error:
+                outcome["error"] = error
+
+        progress(0, desc="Loading the CLIP model")
+        try:  # here, not in the worker: gradio's progress bar follows only this thread's calls
+            self.service.run(lambda engine: None, progress=_reporter(progress, VOCABULARY_PROGRESS, "tags"))
+        except ModelError as error:
+            yield gr.update(), markup.error_html(str(error)), *unchanged
+            return
+        worker = threading.Thread(target=run, name="easy-diffuser-round-trip", daemon=True)
+        progress(0, desc="Generating from the prompts")
+        worker.start()
+        rounds: list[Round] = []
+        while worker.is_alive() or not finished.empty():
+            try:
+                rounds.append(finished.get(timeout=0.1))
+            except queue.Empty:
+                continue
+            latest = rounds[-1]
+            progress(
+                (len(rounds), options.rounds + 1), desc=f"Round {latest.index}: loss {latest.loss:.4f}", unit="rounds"
+            )
+            so_far = Refinement(list(rounds), [options.seed + i for i in range(options.seeds)])
+            yield _round_trip_pictures(image, rounds), markup.round_trip_html(so_far), *unchanged
+        worker.join()
+        if "error" in outcome:
+            yield gr.update(), markup.error_html(str(outcome["error"])), *unchanged
+            return
+        result: Refinement = outcome["result"]
+        best = result.best
+        filled = best is not None and len(result.rounds) > 1
+        pair = (best.prompt, best.negative_prompt) if filled else unchanged
+        yield _round_trip_pictures(image, result.rounds), markup.round_trip_html(result, filled), *pair
+
+    def _stopped(self) -> bool:
+        return self._stop_round_trip.is_set() or self.host.interrupted()
+
+    @contextmanager
+    def generating(self, engine: Engine, options: RefineOptions) -> Iterator[Generator]:
+        """In-process txt2img with the loaded checkpoint, in a webui job (Interrupt stops it); NoGenerator without a
+        checkpoint. The queue must be held already (service.run holds it)."""
+        if self.host.no_checkpoint():
+            raise NoGenerator(NO_CHECKPOINT_ROUND_TRIP)
+        with self.host.job():
+            save = bool(self.host.opts.easy_diffuser_round_trip_save)
+            yield self.host.txt2img(engine.loaded, options.width, options.height, options.steps, save)
+
     def _as_job(self, work: Callable[[], Calibration]) -> Calibration:
         with self.host.job():
             self._calibrating.set()
@@ -232,6 +343,11 @@ class Handlers:
                 return work()
             finally:
                 self._calibrating.clear()
+
+
+def _round_trip_pictures(source: Image.Image, rounds: Sequence[Round]) -> list[tuple[Image.Image, str]]:
+    """The source, then each round's first generation, captioned with its score: side by side in a gallery."""
+    return [(source, "source"), *((r.images[0], f"round {r.index}: {r.loss:.2f}") for r in rounds if r.images)]
 
 
 def _reporter(progress: gr.Progress, desc: str, unit: str) -> Callable[[int, int], None]:

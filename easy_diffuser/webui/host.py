@@ -23,7 +23,9 @@ except ImportError:  # webui before 1.8
     from modules.generation_parameters_copypaste import paste_fields
 
 from ..calibration.generators import CallableGenerator, webui_generator
+from ..checkpoint_family import Detected, detect
 from ..models import LoadedModel, default_dtype, list_models
+from ..prompt_style import TokenCounter, t5_counter
 from .service import AUTO, Placement, auto_model
 from .settings import SECTION, Setting
 
@@ -85,6 +87,21 @@ class WebuiHost:
         # model_data.sd_model rather than shared.sd_model: in A1111 the latter loads a checkpoint when none is loaded.
         return bool(getattr(sd_models.model_data.sd_model, "is_sd2", False))
 
+    @staticmethod
+    def checkpoint() -> tuple[Detected, Optional[TokenCounter]]:
+        """The loaded checkpoint's family (from Forge's engine class, the is_sd* flags, its header metadata or its
+        name), and exact T5 counts where the host holds the T5 tokenizer (Forge's Flux and SD3 engines)."""
+        model = sd_models.model_data.sd_model  # not shared.sd_model, which in A1111 loads one when none is
+        if model is None:
+            return detect(), None
+        info = getattr(model, "sd_checkpoint_info", None)
+        metadata = getattr(info, "metadata", None)
+        flags = {flag: getattr(model, flag, None) for flag in ("is_sd1", "is_sd2", "is_sdxl", "is_sd3")}
+        name = Path(str(getattr(info, "filename", "") or getattr(info, "name", ""))).name
+        found = detect(name, metadata if isinstance(metadata, dict) else {}, type(model).__name__, flags)
+        tokenizer = getattr(getattr(model, "text_processing_engine_t5", None), "tokenizer", None)
+        return found, t5_counter(tokenizer) if callable(tokenizer) else None
+
     def weights_folder(self) -> Path:
         return Path(shared.cmd_opts.easy_diffuser_model_path or os.path.join(paths.models_path, "easy_diffuser"))
 
@@ -139,12 +156,14 @@ class WebuiHost:
     def interrupted() -> bool:
         return shared.state.interrupted  # the webui's own Interrupt button sets it
 
-    def txt2img(self, loaded: LoadedModel, width: int, height: int, steps: int) -> CallableGenerator:
+    def txt2img(
+        self, loaded: LoadedModel, width: int, height: int, steps: int, save: bool = False
+    ) -> CallableGenerator:
         """The webui's txt2img, with our CLIP model off the GPU while the checkpoint generates.
 
         The same rule as between two extractions (Keep in VRAM decides), and under Forge the way back
         too: its memory manager may evict our model to make room for the checkpoint."""
-        generator = webui_generator(processing, shared, width, height, steps, queue_lock=None)  # the queue is held
+        generator = webui_generator(processing, shared, width, height, steps, queue_lock=None, save=save)  # queue held
         rules = self.placement()
 
         def generate(prompt: str, negative_prompt: str, seed: int) -> Any:

@@ -3,6 +3,9 @@
     POST /easy-diffuser/v1/extract  {"image": base64 or data URL, "model": optional, options...}
                                     {"reselect": token of an earlier answer, options...}: the same image
                                     under other options, without sending it again or running CLIP
+    POST /easy-diffuser/v1/refine   {"image", "prompt", "negative_prompt", "model", refine options...}: generate
+                                    from the pair with the loaded checkpoint, score it, try better pairs
+                                    (rounds 0: a check); the answer is the CLI's --json object
     GET  /easy-diffuser/v1/models
     GET  /easy-diffuser/v1/options  what each option accepts (from the options schema)
 
@@ -20,7 +23,7 @@ import binascii
 import json
 import math
 from secrets import compare_digest
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional, TypeVar
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -29,17 +32,27 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from ..calibration.generators import Generator
 from ..captioner import CAPTIONERS
 from ..engine import Engine, Extraction
 from ..images import ImageError, load_image
 from ..models import REGISTRY, ModelError, ModelFileError
-from ..options import ExtractOptions, OptionError, schema_help
+from ..options import ExtractOptions, OptionError, RefineOptions, schema_help
+from ..refine import refine as refine_pair
 from .service import Service
 
+T = TypeVar("T")
 PREFIX = "/easy-diffuser/v1"
 DEFAULT_MAX_REQUEST_MB = 50  # a 30 MB photo in base64 is 40 MB
+NEEDS_IMAGE = "prompt_style: sentences runs a describing captioner, which needs the image; send image, not reselect"
 # A reselect token: a model name and fp16 features (ViT-bigG embedding 3.5 KB, WD v3 tagger 10,861 log-odds 29 KB).
 MAX_TOKEN_CHARS = 64 * 1024
+# (engine, options) -> the in-process generator, inside a webui job; ValueError when nothing can generate
+Generating = Callable[[Engine, RefineOptions], ContextManager[Generator]]
+
+
+class NoGenerator(ValueError):
+    """Nothing to generate with (no checkpoint): the refine route answers 503 with this message."""
 
 
 class TagOut(BaseModel):
@@ -58,6 +71,8 @@ class ExtractResponse(BaseModel):
     tau: float
     tau_source: str
     caption: str
+    prompt_style: str  # the style in force: tags or sentences (automatic follows the loaded checkpoint)
+    prompt_style_note: str  # which style and why; and when the checkpoint ignores the negative prompt
     reselect: str  # send back as {"reselect": ...} with other options to select again from this image
 
 
@@ -106,8 +121,10 @@ def add_routes(
     selected: Callable[[], str],
     api_auth: Optional[str],
     max_request_mb: Callable[[], float] = lambda: DEFAULT_MAX_REQUEST_MB,
+    generating: Optional[Generating] = None,
 ) -> None:
-    """Register the routes; `api_auth` is the webui's --api-auth, checked as the webui checks its own."""
+    """Register the routes; `api_auth` is the webui's --api-auth, checked as the webui checks its own.
+    With `generating`, also POST /refine."""
     dependencies = [Depends(_basic_auth(api_auth))] if api_auth else []
 
     async def extract(request: Request) -> Any:
@@ -120,6 +137,8 @@ def add_routes(
 
         def work(engine: Engine) -> dict:
             if image is None:
+                if engine.style(options).caption:  # sentences, also when automatic means it for this checkpoint
+                    raise HTTPException(status_code=422, detail=NEEDS_IMAGE)
                 embedding = _embedding_from(token, engine)
                 return _answer(engine.extract_embeddings(embedding, options)[0], embedding, engine)
             (result,), embedding = engine.extract_with_embeddings([image], options)
@@ -127,6 +146,8 @@ def add_routes(
 
         def answer() -> Any:  # in a worker thread: a re-selection runs no model, so it needs no queue once loaded
             try:
+                if image is None and model is None:  # the token names its model: the loaded one serves it, or none
+                    return work(_loaded_for_token(service))
                 loaded = service.loaded_engine(model) if image is None else None
                 return work(loaded) if loaded else service.run(work, model)
             except HTTPException as error:
@@ -135,8 +156,25 @@ def add_routes(
                 return _refusal(HTTPException(status_code=422, detail=str(error)))
             except ModelError as error:  # the weights can't be had on this server: not the client's fault
                 return _refusal(HTTPException(status_code=503, detail=str(error)))
+            except OptionError as error:  # booru on a CLIP model
+                return _refusal(HTTPException(status_code=422, detail=str(error)))
 
         return await run_in_threadpool(answer)
+
+    async def refine(request: Request) -> dict:
+        assert generating is not None
+        body = await _read_json(request, _limit_bytes(max_request_mb()))
+        image, prompt, negative, model, options = _parse_refine(body, choices())
+
+        def work(engine: Engine) -> dict:
+            with generating(engine, options) as generator:
+                result = refine_pair(engine, image, generator, prompt, negative, options)
+            return {**result.to_dict(), "stopped": result.stopped, "error": result.error}
+
+        try:
+            return await run_in_threadpool(service.run, work, model)
+        except (ModelError, NoGenerator) as error:  # no weights, no checkpoint: the server's, not the client's
+            raise HTTPException(status_code=503, detail=str(error)) from None
 
     def models() -> dict:
         names = choices()
@@ -154,6 +192,8 @@ def add_routes(
         dependencies=dependencies,
         openapi_extra=REQUEST_SCHEMA,
     )
+    if generating is not None:
+        app.add_api_route(f"{PREFIX}/refine", refine, methods=["POST"], dependencies=dependencies)
     app.add_api_route(
         f"{PREFIX}/models", models, methods=["GET"], response_model=ModelsResponse, dependencies=dependencies
     )
@@ -224,12 +264,8 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
             )
     elif not isinstance(image_text, str):
         raise HTTPException(status_code=422, detail="image: required, the image file's bytes in base64 or a data: URL")
-    if model is not None and model not in choices:
-        raise HTTPException(status_code=400, detail=f"model: {str(model)[:100]!r} is not one of {', '.join(choices)}")
-    try:
-        options = ExtractOptions.from_mapping(fields)
-    except OptionError as error:
-        raise HTTPException(status_code=422, detail=str(error)) from None
+    _check_model(model, choices)
+    options = _options(ExtractOptions.from_mapping, fields)
     if options.caption and options.caption.model not in CAPTIONERS:
         # Any other id would make the server download whatever a client names.
         listed = ", ".join(CAPTIONERS)
@@ -243,11 +279,48 @@ def _parse(body: dict, choices: List[str]) -> tuple[Any, Optional[str], Optional
     return (_decode_image(image_text) if token is None else None), token, model, options
 
 
+def _parse_refine(body: dict, choices: List[str]) -> tuple[Any, str, str, Optional[str], RefineOptions]:
+    """(image, prompt, negative prompt, model, options) of a refine request, each checked (400 or 422)."""
+    fields = dict(body)
+    image_text, model = fields.pop("image", None), fields.pop("model", None)
+    prompt, negative = fields.pop("prompt", None), fields.pop("negative_prompt", "")
+    if not isinstance(image_text, str):
+        raise HTTPException(status_code=422, detail="image: required, the image file's bytes in base64 or a data: URL")
+    if not isinstance(prompt, str) or not isinstance(negative, str):
+        raise HTTPException(
+            status_code=422, detail="prompt, negative_prompt: the pair to check, as text (prompt is required)"
+        )
+    _check_model(model, choices)
+    return _decode_image(image_text), prompt, negative, model, _options(RefineOptions.from_mapping, fields)
+
+
+def _check_model(model: Any, choices: List[str]) -> None:
+    if model is not None and model not in choices:
+        raise HTTPException(status_code=400, detail=f"model: {str(model)[:100]!r} is not one of {', '.join(choices)}")
+
+
+def _options(parse: Callable[[dict], T], fields: dict) -> T:
+    """The request's options by the schema; 422 with its one-line message."""
+    try:
+        return parse(fields)
+    except OptionError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+
+
 def _answer(result: Extraction, embedding: torch.Tensor, engine: Engine) -> dict:
     """The extraction, and the token that selects again from the same image's features (CLIP's image
     embedding, a tagger's tag probabilities as log-odds; fp16)."""
     payload = result.model.encode() + b"\0" + engine.scorer.for_token(embedding[0]).numpy().tobytes()
     return {**result.to_dict(), "reselect": base64.urlsafe_b64encode(payload).decode()}
+
+
+def _loaded_for_token(service: Service) -> Engine:
+    """A re-selection that names no model never loads one: a token is another model's (409 from
+    `_embedding_from`) or the loaded model's, and a model the settings name is not the token's concern."""
+    engine = service.engine
+    if engine is None:
+        raise HTTPException(status_code=409, detail="reselect: the token's model is not loaded; send the image again")
+    return engine
 
 
 def _embedding_from(token: str, engine: Engine) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The tab's HTML: tag bars, status and error lines, batch and calibration reports."""
+"""The tab's HTML: tag bars, status and error lines, batch, calibration, Check and Refine reports."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..calibration import Calibration, Row
 from ..calibration.report import summary_lines
 from ..calibration.store import InForce, change_text
 from ..engine import Extraction
+from ..refine import SCORE_HELP, Refinement, Round
 from ..selection import TagScore
 
 
@@ -44,6 +45,8 @@ def status_html(result: Extraction) -> str:
     negative = sum(tag.role == "negative" for tag in result.tags)
     tau = f"tau {result.tau:.2f} ({html.escape(result.tau_source)})"
     text = f"{html.escape(result.model)} &middot; {tau} &middot; {positive} positive, {negative} negative tags"
+    if result.style_note:
+        text += f" &middot; {html.escape(result.style_note)}"
     if result.preset:
         text += f" &middot; preset: {html.escape(result.preset.status)}"
     return f'<p class="easy-diffuser-status">{text}</p>'
@@ -120,3 +123,36 @@ def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def round_trip_html(result: Refinement, filled: bool = False) -> str:
+    """Check and Refine: the score explained, each finished round's score and tag diff, and how it ended.
+    `filled`: the best pair was put into the prompt boxes."""
+    best = result.best
+    lines = [f'<p class="easy-diffuser-hint">{html.escape(SCORE_HELP)}.</p>']
+    if best is not None and len(result.rounds) > 1:
+        start = result.rounds[0].loss
+        where = " It is in the prompt boxes." if filled else ""
+        lines.append(f"<p>Best: <b>round {best.index}</b>, loss {best.loss:.4f} (start {start:.4f}).{where}</p>")
+    if result.stopped:
+        lines.append("<p>Stopped: the finished rounds are kept.</p>")
+    if result.error:
+        lines.append(f"<p>Generation failed in {html.escape(result.error)}; the finished rounds are kept.</p>")
+    head = "<tr><th>round</th><th>loss</th><th>image cosine</th><th>lost</th><th>added</th><th>prompt</th></tr>"
+    body = "".join(_round_row(r, r is best) for r in result.rounds)
+    seeds = f"<p>Each score: {len(result.seeds)} generation(s), seeds {', '.join(map(str, result.seeds))}.</p>"
+    table = f'<table class="easy-diffuser-table">{head}{body}</table>' if result.rounds else ""
+    return f'<div class="easy-diffuser-round-trip">{"".join(lines)}{table}{seeds}</div>'
+
+
+def _round_row(scored: Round, best: bool) -> str:
+    marked = ' class="easy-diffuser-best"' if best else ""
+    cells = [
+        "start" if scored.index == 0 else str(scored.index),
+        f"{scored.loss:.4f}",
+        f"{scored.cosine:.4f}",
+        ", ".join(scored.lost) or "-",
+        ", ".join(scored.added) or "-",
+        f"{scored.prompt} | negative: {scored.negative_prompt or '-'}",
+    ]
+    return f"<tr{marked}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"

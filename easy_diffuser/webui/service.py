@@ -14,9 +14,11 @@ from typing import Callable, Optional, TypeVar
 import torch
 
 from ..captioner import unload_captioners
+from ..checkpoint_family import Detected
 from ..embedding import ProgressFn
 from ..engine import Engine
 from ..models import LoadedModel, load_model, unload_models
+from ..prompt_style import TokenCounter, t5_token_bound
 
 T = TypeVar("T")
 
@@ -49,13 +51,15 @@ class Service:
         cache_dir: Callable[[], Path],
         placement: Callable[[], Placement],
         exclusive: Callable[[Callable[[], T]], T],
-        checkpoint: Callable[[], Optional[str]] = lambda: None,
+        checkpoint: Callable[[], tuple[Optional[Detected], Optional[TokenCounter]]] = lambda: (None, None),
+        checkpoint_file: Callable[[], Optional[str]] = lambda: None,
     ) -> None:
         self._resolve_model = resolve_model  # requested name (None: the configured one) -> model spec
+        self._checkpoint = checkpoint  # the host's loaded checkpoint: its family, and its T5 tokenizer if it has one
+        self._checkpoint_file = checkpoint_file  # its file (or title): a tagger's family preset (families.py)
         self._cache_dir = cache_dir
         self._placement = placement
         self._exclusive = exclusive
-        self._checkpoint = checkpoint  # the host's loaded checkpoint (file or name): a tagger's family preset
         self._spec: str | None = None
         self._engine: Engine | None = None
 
@@ -70,12 +74,12 @@ class Service:
     @property
     def engine(self) -> Engine | None:
         """The loaded engine, outside the queue: only for work without a model forward pass (re-selection)."""
-        return self._engine
+        return self._aimed(self._engine)
 
     def loaded_engine(self, model: str | None) -> Engine | None:
         """The engine, outside the queue, if the model a request names (None: the configured one) is the loaded one."""
         engine, spec = self._engine, self._spec
-        return engine if engine is not None and spec == self.resolve(model) else None
+        return self._aimed(engine) if engine is not None and spec == self.resolve(model) else None
 
     def unload(self) -> None:
         """Free the CLIP model and every captioner (Reload UI, script unload)."""
@@ -96,10 +100,17 @@ class Service:
                 self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
                 self._spec = spec
             self._engine.keep_in_vram = placement.keep_in_vram
-            self._engine.checkpoint = self._checkpoint()
-            return work(self._engine)
+            return work(self._aimed(self._engine))
         finally:
             placement.release(loaded)
+
+    def _aimed(self, engine: Engine | None) -> Engine | None:
+        """The engine writing for the checkpoint loaded now (the user may switch checkpoints at any time)."""
+        if engine is not None:
+            engine.target, counter = self._checkpoint()
+            engine.checkpoint = self._checkpoint_file()
+            engine.t5_tokens = counter or t5_token_bound
+        return engine
 
     def _forget(self) -> None:
         """Let go of the current engine: its CLIP model and the captioners it loaded."""

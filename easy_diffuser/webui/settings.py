@@ -57,13 +57,16 @@ def definitions(forced_model: Optional[str]) -> list[Setting]:
         ),
         Setting("weights", OPTION["weights"].default, "Weights on by default"),
         Setting(
-            "caption", False, "Caption the image before the tags (BLIP or GIT; needs transformers, which the webui has)"
+            "caption",
+            False,
+            "Caption the image before the tags (BLIP, GIT or Qwen2-VL; needs transformers, which the webui has)",
         ),
         Setting("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)}),
         *(
             Setting(f"caption_{option.name}", option.default, option.label, gr.Slider, slider_args(option))
             for option in CAPTION_OPTIONS
         ),
+        Setting("round_trip_save", False, "Save the images Check and Refine generate to the txt2img outputs folder"),
         Setting(
             "max_request_mb",
             DEFAULT_MAX_REQUEST_MB,

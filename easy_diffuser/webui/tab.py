@@ -15,7 +15,7 @@ import gradio as gr
 from ..calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, store
 from ..captioner import CAPTIONERS
 from ..engine import DEFAULT_TAU, automatic_values
-from ..options import OPTION, Option
+from ..options import OPTION, REFINE_OPTIONS, Option
 from . import controls
 from .handlers import Handlers
 
@@ -39,6 +39,7 @@ def build_tab(host: WebuiHost, handlers: Handlers) -> gr.Blocks:
                 with gr.Row():
                     to_txt2img = gr.Button("Send to txt2img", elem_id="easy_diffuser_send_txt2img")
                     to_img2img = gr.Button("Send to img2img", elem_id="easy_diffuser_send_img2img")
+                _round_trip_section(handlers, image, prompt, negative)
                 status = gr.HTML(elem_id="easy_diffuser_status")
                 bars = gr.HTML(elem_id="easy_diffuser_tags")
                 # The tag bars are plain HTML: javascript/easy_diffuser.js puts a clicked tag here and presses
@@ -67,6 +68,28 @@ def build_tab(host: WebuiHost, handlers: Handlers) -> gr.Blocks:
     return tab
 
 
+def _round_trip_section(handlers: Handlers, image: gr.Image, prompt: gr.Textbox, negative: gr.Textbox) -> None:
+    """Check by generating and Refine, on the prompt boxes as they stand; the best pair comes back into them."""
+    with gr.Row():
+        check = gr.Button("Check by generating", elem_id="easy_diffuser_check")
+        refine = gr.Button("Refine", elem_id="easy_diffuser_refine")
+        stop = gr.Button("Stop", elem_id="easy_diffuser_refine_stop")
+    with gr.Accordion("Check and Refine settings", open=False, elem_id="easy_diffuser_round_trip_settings"):
+        settings = [
+            _slider(option, option.default, elem_id=f"easy_diffuser_refine_{option.name}")
+            for option in REFINE_OPTIONS
+            if option.name != "seed"
+        ]
+    report = gr.HTML(elem_id="easy_diffuser_round_trip_report")
+    pictures = gr.Gallery(
+        label="Source and generations", columns=4, height=240, elem_id="easy_diffuser_round_trip_images"
+    )
+    outputs = [pictures, report, prompt, negative]
+    for button, handler in ((check, handlers.check), (refine, handlers.refine)):
+        button.click(handler, inputs=[image, prompt, negative, *settings], outputs=outputs)
+    stop.click(handlers.stop_round_trip, queue=False)  # unqueued, so it runs while the round trip holds the queue
+
+
 def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     """The tab's controls, keyed by controls.CONTROLS; ranges from the options schema, starting values from Settings."""
     opts = host.opts
@@ -87,6 +110,9 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     made["quality_negatives"] = _slider(
         OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality"
     )
+    with gr.Row():  # a WD tagger's (booru tags); a CLIP model ignores them
+        for name in ("general_threshold", "character_threshold"):
+            made[name] = _slider(OPTION[name], OPTION[name].default, elem_id=f"easy_diffuser_{name}")
     with gr.Row():
         made["caption"] = gr.Checkbox(
             opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption"
@@ -97,6 +123,10 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
             label="Captioner",
             elem_id="easy_diffuser_caption_model",
         )
+    style = OPTION["prompt_style"]
+    made["prompt_style"] = gr.Radio(
+        list(style.choices), value=style.default, label=style.label, elem_id="easy_diffuser_prompt_style"
+    )
     return {name: made[name] for name in controls.CONTROLS}
 
 

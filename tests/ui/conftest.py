@@ -34,3 +34,21 @@ def models_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shapes_model() -> str:
     return SHAPES_MODEL
+
+
+@pytest.fixture(scope="session")
+def describer_placed(models_path, tmp_path_factory) -> Path:
+    """A tiny random Qwen2-VL where the extension looks for the default describing captioner (as an offline
+    user places it): the sentences style runs a real describer, without a download."""
+    import shutil
+
+    import torch
+    from tiny_captioners import build_qwen2_vl
+
+    from easy_diffuser.captioner import placed_folder
+    from easy_diffuser.options import DEFAULT_DESCRIBER
+
+    torch.manual_seed(0)
+    folder = placed_folder(DEFAULT_DESCRIBER, models_path / "easy_diffuser")
+    shutil.copytree(build_qwen2_vl(tmp_path_factory.mktemp("qwen") / "qwen2-vl"), folder)
+    return folder

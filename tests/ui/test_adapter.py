@@ -36,9 +36,12 @@ TAB = {
     "tau": 1.0,
     "negatives": 8,
     "quality_negatives": 6,
+    "general_threshold": 0.35,
+    "character_threshold": 0.85,
     "weights": False,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
+    "prompt_style": "automatic",
 }
 BATCH = {**TAB, "max_tags": 8, "quality_negatives": 0}
 
@@ -222,6 +225,20 @@ def test_forge_goes_through_its_memory_manager(webui, forge):
     assert forge.current_loaded_models == [other]  # only ours was evicted
     placement.acquire(loaded)
     assert forge.calls[-1] == ("load", patcher)  # the same patcher again, not a new one
+
+
+def test_forge_places_and_evicts_a_tagger_through_its_memory_manager_too(webui, forge, tmp_path):
+    from easy_diffuser.models import load_model
+
+    from taggers import write_tagger
+
+    module = webui()
+    loaded, placement = load_model(str(write_tagger(tmp_path / "wd", "vit"))), module.host.placement()
+    placement.acquire(loaded)
+    ((action, patcher),) = forge.calls
+    assert action == "load" and patcher.model is loaded.model  # the timm network, as CLIP's
+    placement.release(loaded)
+    assert forge.calls[1:] == [("unload", patcher), ("empty_cache",)]
 
 
 def test_forge_keep_in_vram_leaves_it_to_the_manager(webui, forge):

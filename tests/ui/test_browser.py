@@ -296,3 +296,87 @@ def _wait_for(condition, seconds: float = TIMEOUT_MS / 1000) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_the_style_control_puts_the_description_first_and_switches_back_without_extract(
+    page, red_circle, describer_placed, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the tiny random describer is placed as the default one
+    status = page.locator("#easy_diffuser_status .easy-diffuser-status")
+    style = page.locator("#easy_diffuser_prompt_style")
+    expect(style).to_contain_text("automatic")
+    upload(page, red_circle)
+    tags = extract(page)  # automatic, no checkpoint loaded: tags
+    expect(status).to_contain_text("prompt style tags (automatic: tags, as no checkpoint is known)")
+    style.get_by_text("sentences", exact=True).click()
+    expect(status).to_contain_text("needs a description of this image: press Extract")
+    page.click("#easy_diffuser_extract")
+    expect(status).to_contain_text("prompt style sentences (chosen)")
+    described = textarea(page, "easy_diffuser_prompt").input_value()
+    assert described.endswith(" " + tags) and len(described) > len(tags) + 1  # the description, then the tags
+    style.get_by_text("tags", exact=True).click()  # back: the same description, now cut into one CLIP chunk
+    expect(status).to_contain_text("prompt style tags (chosen)")
+    as_tags = textarea(page, "easy_diffuser_prompt").input_value()
+    assert as_tags != described and as_tags.endswith(", " + tags)
+
+
+def round_trip_report(page):
+    return page.locator("#easy_diffuser_round_trip_report .easy-diffuser-round-trip")  # gradio 3 repeats the id
+
+
+def test_check_and_refine_work_on_the_prompt_boxes_as_they_stand(page, red_circle, monkeypatch):
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})
+    before = len(processing.calls)
+    upload(page, red_circle)
+    textarea(page, "easy_diffuser_prompt").fill("blue, square")  # a hand edit, no extraction
+    page.click("#easy_diffuser_check")
+    report = round_trip_report(page)
+    expect(report).to_contain_text("round-trip loss: how far the tags", timeout=TIMEOUT_MS)  # may load the model
+    lost = report.locator("tr:nth-child(2) td:nth-child(4)")
+    expect(lost).to_contain_text("red")
+    expect(report.locator("tr:nth-child(2) td:nth-child(5)")).to_contain_text("blue")  # added
+    expect(page.locator("#easy_diffuser_round_trip_images img")).to_have_count(2)  # source | generation
+    assert textarea(page, "easy_diffuser_prompt").input_value() == "blue, square"  # Check changes no prompt
+    assert len(processing.calls) == before + 1 and processing.calls[-1].do_not_save_samples
+
+    textarea(page, "easy_diffuser_prompt").fill("red")
+    page.click("#easy_diffuser_refine")
+    expect(report).to_contain_text(re.compile(r"Best: round [1-9]"))
+    expect(report.locator(".easy-diffuser-best")).to_have_count(1)
+    expect(textarea(page, "easy_diffuser_prompt")).to_have_value(re.compile(r"\bcircle\b"))  # the best pair
+    assert page.locator("#easy_diffuser_round_trip_images img").count() >= 3
+    # The README's docs/refine-tab.png is this view under gradio 3 (tests/ui/screenshot_refine.py takes it).
+
+
+def test_refine_stop_keeps_the_finished_rounds(page, red_circle, monkeypatch):
+    generate, calls = processing.process_images, []
+
+    def slow(p):
+        calls.append(p)
+        time.sleep(0.3)
+        return generate(p)
+
+    monkeypatch.setattr(processing, "process_images", slow)
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})
+    upload(page, red_circle)
+    textarea(page, "easy_diffuser_prompt").fill("blue")
+    page.click("#easy_diffuser_refine")
+    _wait_for(lambda: len(calls) >= 3)  # round 0 (2 seeds) is scored, round 1 is generating
+    page.click("#easy_diffuser_refine_stop")
+    report = round_trip_report(page)
+    expect(report).to_contain_text("Stopped: the finished rounds are kept", timeout=TIMEOUT_MS)
+    expect(report.locator("tr")).not_to_have_count(1)  # the header and at least round 0
+    assert len(calls) < 10
+
+
+def test_check_without_a_checkpoint_shows_one_line_and_generates_nothing(page, red_circle, monkeypatch):
+    monkeypatch.setattr(sd_models, "checkpoints_list", {})
+    calls = []
+    monkeypatch.setattr(processing, "process_images", calls.append)
+    upload(page, red_circle)
+    textarea(page, "easy_diffuser_prompt").fill("red, circle")
+    page.click("#easy_diffuser_check")
+    error = page.locator("#easy_diffuser_round_trip_report .easy-diffuser-error")
+    expect(error).to_contain_text("the webui has none: put one in models/Stable-diffusion", timeout=TIMEOUT_MS)
+    expect(page.locator("#easy_diffuser_round_trip_report p")).to_have_count(1)
+    assert calls == []

@@ -322,6 +322,28 @@ def test_a_bad_reselect_token_is_refused_in_one_line(client, image_b64, payload,
     assert detail in response.json()["detail"]
 
 
+def test_a_token_without_model_reselects_on_the_loaded_model_and_never_loads_the_configured_one(
+    models_path, image_b64, monkeypatch
+):
+    """The settings name a model this server can't have; the image was extracted with `model`. Sending the token
+    back alone loaded the settings' model first (here 503; online a 1.7 GB download) before comparing it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # loading ViT-L-14 would fail at once, not reach a network
+    client = TestClient(start_webui(["--api"], models_path, "ViT-L-14/openai"))
+    first = client.post(EXTRACT, json={"image": image_b64, "model": "shapes-demo", "max_tags": 1})
+    assert first.status_code == 200, first.text
+    again = client.post(EXTRACT, json={"reselect": first.json()["reselect"], "max_tags": 3})
+    assert again.status_code == 200, again.text
+    assert len(again.json()["prompt"].split(", ")) == 3
+
+
+def test_a_token_without_model_when_nothing_is_loaded_is_409_without_loading(models_path, image_b64, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    token = TestClient(start_webui(["--api"], models_path, "shapes-demo")).post(EXTRACT, json={"image": image_b64})
+    fresh = TestClient(start_webui(["--api"], models_path, "ViT-L-14/openai"))  # a restarted server: none loaded
+    response = fresh.post(EXTRACT, json={"reselect": token.json()["reselect"]})
+    assert response.status_code == 409 and "send the image again" in response.json()["detail"], response.text
+
+
 @pytest.fixture(scope="module")
 def tagger_folder(tmp_path_factory):
     from taggers import logits_for, write_tagger
@@ -387,3 +409,49 @@ def test_memory_stays_bounded_under_repeated_large_bad_requests(server, image_b6
             sizes.append(resident_mb())
     print(f"resident MB after each round of 4 refused {field} requests: {sizes}")
     assert max(sizes[2:]) - max(sizes[:2]) < 150, sizes
+
+
+REFINE = "/easy-diffuser/v1/refine"
+
+
+def test_refine_generates_in_process_and_answers_the_rounds_and_the_best_pair(client, image_b64, monkeypatch):
+    from modules import processing, sd_models
+
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})
+    before = len(processing.calls)
+    body = {"image": image_b64, "prompt": "red", "negative_prompt": "", "rounds": 2, "seeds": 1, "width": 64}
+    response = client.post(REFINE, json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["rounds"][0]["prompt"] == "red" and {"circle", "large"} & set(result["rounds"][0]["lost"])
+    assert result["best"]["loss"] == min(r["loss"] for r in result["rounds"]) < result["rounds"][0]["loss"]
+    assert "circle" in result["best"]["prompt"] and not result["stopped"] and result["error"] == ""
+    calls = processing.calls[before:]
+    assert len(calls) == len(result["rounds"]) and all(c.do_not_save_samples and c.width == 64 for c in calls)
+    check = client.post(REFINE, json={"image": image_b64, "prompt": "red, circle", "rounds": 0}).json()
+    assert len(check["rounds"]) == 1 and check["best"]["round"] == 0
+
+
+@pytest.mark.parametrize(
+    "payload, status, detail",
+    [
+        ({"prompt": "red", "rounds": 17}, 422, "rounds: must be a whole number from 0 to 16, not 17"),
+        ({"prompt": "red", "width": 4096}, 422, "width: must be a whole number from 64 to 2048, not 4096"),
+        ({"prompt": "red", "steps": 0}, 422, "steps: must be a whole number from 1 to 150, not 0"),
+        ({"prompt": "red", "tau": 1}, 422, "tau: is not a refine option"),
+        ({}, 422, "prompt"),
+    ],
+)
+def test_refine_refuses_bad_fields_with_the_schema_message(client, image_b64, payload, status, detail):
+    response = client.post(REFINE, json={"image": image_b64, **payload})
+    assert response.status_code == status and detail in response.json()["detail"]
+
+
+def test_refine_without_a_checkpoint_is_a_503_that_says_so(client, image_b64, monkeypatch):
+    from modules import processing, sd_models
+
+    monkeypatch.setattr(sd_models, "checkpoints_list", {})
+    before = len(processing.calls)
+    response = client.post(REFINE, json={"image": image_b64, "prompt": "red"})
+    assert response.status_code == 503
+    assert "the webui has none" in response.json()["detail"] and len(processing.calls) == before

@@ -71,9 +71,12 @@ TAB = {
     "tau": 2.5,
     "negatives": 5.0,
     "quality_negatives": 3.0,
+    "general_threshold": 0.35,
+    "character_threshold": 0.85,
     "weights": True,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
+    "prompt_style": "automatic",
 }
 
 
@@ -170,3 +173,25 @@ def test_the_service_keeps_one_engine_and_releases_the_model_even_on_errors(shap
     with pytest.raises(ModelError):
         host.service.run(lambda engine: engine, model=str(tmp_path / "missing.safetensors"))
     assert host.service.run(lambda engine: engine) is first  # weights that can't be had leave the working model loaded
+
+
+def test_the_threshold_sliders_reselect_a_taggers_tags_without_the_model(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from easy_diffuser.engine import Engine
+
+    from taggers import logits_for, write_tagger
+
+    logits = logits_for({"general": 0.9, "1girl": 0.95, "smile": 0.5, "saber_(fate)": 0.8})
+    engine = Engine(str(write_tagger(tmp_path / "wd", "vit", logits=logits)), cache_dir=tmp_path / "cache")
+    plain = {**TAB, "weights": False}
+    kept = controls.extract(engine, Image.new("RGB", (40, 20), "red"), controls.extract_options(plain))
+    assert kept.result.prompt == "1girl, general, smile"  # saber 0.8 < the character threshold 0.85
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(engine.scorer, "features", no_forward_pass)
+    moved = {**plain, "general_threshold": 0.6, "character_threshold": 0.75}
+    again = controls.reselect(engine, kept, controls.extract_options(moved))
+    assert again.result.prompt == r"1girl, saber \(fate\), general"
