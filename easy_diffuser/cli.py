@@ -112,7 +112,8 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME|FILE.safetensors",
         help="the checkpoint the prompts are for: --prompt-style automatic follows its family (Flux, SD3, Qwen-Image: "
-        "sentences; others: tags); a .safetensors file's header metadata is read too",
+        "sentences; others: tags), and with a tagger --family automatic takes its preset (Pony, NoobAI, ...); "
+        "a .safetensors file's header metadata is read too",
     )
     group.add_argument(
         "--keep-in-vram",
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
+            checkpoint=args.checkpoint,
         )
         engine.target = target
         style = engine.style(options)  # booru on a CLIP model is refused here, once the model is known

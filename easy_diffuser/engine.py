@@ -29,6 +29,7 @@ from .booru import BooruRule, tag_list
 from .captioner import Captioner, compose, join, load_captioner
 from .checkpoint_family import T5_TOKENS, Detected
 from .embedding import ProgressFn
+from .families import Preset, choose
 from .files import safe_name
 from .images import ImageInput, load_image
 from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, declared_defaults, load_model
@@ -62,6 +63,7 @@ class Extraction:
     caption: str = ""  # the captioner's text at the head of the prompt; "" when captioning is off
     prompt_style: str = "tags"  # the style in force: "tags" or "sentences" (automatic resolved)
     style_note: str = ""  # which style and why, for a status line (prompt_style.status)
+    preset: Preset | None = None  # a tagger's checkpoint family preset, and why (None for CLIP)
 
     def to_dict(self) -> dict:
         data = {
@@ -71,6 +73,8 @@ class Extraction:
         }
         data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
         data.update(prompt_style=self.prompt_style, prompt_style_note=self.style_note)
+        if self.preset:
+            data["preset"] = self.preset.status
         if self.source:
             data["source"] = self.source
         return data
@@ -88,8 +92,12 @@ class Engine:
         vocabulary_dirs: Sequence[str | os.PathLike] = (),
         progress: ProgressFn | None = None,
         keep_in_vram: bool = False,
+        checkpoint: str | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+        # The checkpoint the prompts are for (its name, or its file, whose header may name its family):
+        # family=automatic picks a tagger's preset from it. The webui sets it when the checkpoint changes.
+        self.checkpoint = checkpoint
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
         self.loaded: LoadedModel | LoadedTagger = load_model(model, check_device(device), dtype, self.cache_dir)
         # Which tags an image shows, for the negative prompt's guard and calibration's metric (a tagger's
@@ -168,6 +176,7 @@ class Engine:
         else:
             tau_source = "set by the caller"
         style = self.style(options)
+        preset = self.preset(options) if self.scorer.booru else None
         results = []
         for index, scores in enumerate(self.scorer.scores(image_embeddings)):
             tags = select(scores, self.vocabulary, self.scorer.twins, self.token_costs, selection)
@@ -175,9 +184,11 @@ class Engine:
             caption = ""
             if style.caption:
                 prompt, tags, caption = self._with_caption(captions[index], tags, options, style)
+            prompt, negative = framed(preset, prompt, negative, tags)
             source = names[index] if index < len(names) else ""
             result = Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
-            results.append(replace(result, prompt_style=style.name, style_note=prompt_style.status(style)))
+            result = replace(result, prompt_style=style.name, style_note=prompt_style.status(style), preset=preset)
+            results.append(result)
         return results
 
     def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
@@ -195,7 +206,7 @@ class Engine:
             token_budget=self.token_budget(options),
             dedup_threshold=options.dedup_threshold,
             presence=self.tag_calibration,
-            booru=self._booru_rule(options) if self.scorer.booru else None,
+            booru=self._booru_rule(options, self.preset(options)) if self.scorer.booru else None,
             exclude=tag_list(options.exclude_tags),
             first=tag_list(options.first_tags),
         )
@@ -243,10 +254,20 @@ class Engine:
             return options.token_budget
         return BOORU_TOKEN_BUDGET if self.scorer.booru else TOKEN_BUDGET
 
+    def preset(self, options: ExtractOptions) -> Preset:
+        """The checkpoint family preset a tagger's prompts take (families.py), and why, for the status line."""
+        checkpoint = self.checkpoint
+        return choose(options.family, checkpoint, checkpoint if checkpoint and Path(checkpoint).is_file() else None)
+
     @staticmethod
-    def _booru_rule(options: ExtractOptions) -> BooruRule:
+    def _booru_rule(options: ExtractOptions, preset: Preset) -> BooruRule:
+        words = BooruRule.words(preset.family.ratings) if preset.family else ()
         return BooruRule(
-            options.general_threshold, options.character_threshold, options.general_mcut, options.character_mcut
+            options.general_threshold,
+            options.character_threshold,
+            options.general_mcut,
+            options.character_mcut,
+            rating_words=words,
         )
 
     def captioner(self, spec: str) -> Captioner:
@@ -306,6 +327,21 @@ class Engine:
 
     def _calibration(self) -> dict:
         return _learned(self.cache_dir, self.model_id)
+
+
+def framed(preset: Preset | None, positive: str, negative: str, tags: Sequence[TagScore]) -> tuple[str, str]:
+    """A tagger's prompts inside its checkpoint family's preset: quality tags around the positive one, the
+    family's template after the image's own negatives (CLIP's, with no preset, as they are)."""
+    if preset is None:
+        return positive, negative
+    return preset.positive([positive]), preset.negative([negative], _wd_rating(tags, preset))
+
+
+def _wd_rating(tags: Sequence[TagScore], preset: Preset) -> str | None:
+    """The image's rating in WD's word (general, ...), read back from the family's word in the prompt."""
+    words = {tag.tag for tag in tags if tag.category == "rating" and tag.role == "positive"}
+    ratings = preset.family.ratings if preset.family else {}
+    return next((wd for wd, word in ratings.items() if word in words), None)
 
 
 def automatic_values(spec: str, cache_dir: str | os.PathLike) -> tuple[float, int] | None:

@@ -87,6 +87,13 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("ViT-H-14/laion2b_s32b_b79k", "SD 2.x (its OpenCLIP-H text encoder)", {"tau": 1.5}),
         ModelInfo("ViT-bigG-14/laion2b_s39b_b160k", "SDXL (its OpenCLIP-bigG text encoder)", {"tau": 1.5}),
         ModelInfo("shapes-demo", "the tiny shapes-world model shipped for offline tries and tests"),
+        ModelInfo(
+            "shapes-booru",
+            "the tiny shapes-world WD-style tagger shipped for offline tries and tests (booru tags)",
+            TAGGER_DEFAULTS,
+            tagger=True,
+            shipped="shapes-booru",
+        ),
         *(
             ModelInfo(
                 f"SmilingWolf/wd-{name}-tagger-v3",

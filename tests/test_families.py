@@ -189,3 +189,38 @@ def test_cli_refuses_an_unknown_family_with_exit_2(capsys: pytest.CaptureFixture
         main(["image.png", "--family", "sdxl"])
     assert exit_info.value.code == 2
     assert "--family: must be one of automatic, none" in capsys.readouterr().err
+
+
+# --- a tagger's prompts inside the preset (the shipped shapes-booru tagger) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def red_circle():
+    from easy_diffuser.shapes import world
+
+    return world.draw(world.Scene("red", "circle", "gray", "large", 0.7, 0.5, 0.5, 0.0), 64)
+
+
+def test_a_tagger_prompt_takes_the_checkpoints_preset(tmp_path: Path, red_circle) -> None:
+    from easy_diffuser.engine import Engine
+
+    path = checkpoint(tmp_path, "model.safetensors", {"modelspec.title": "Pony Diffusion V6 XL"})
+    engine = Engine("shapes-booru", checkpoint=str(path))
+    result = engine.extract(red_circle)
+    assert result.prompt.startswith("score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, ")
+    assert "rating_safe" in result.prompt and "red" in result.prompt and "gray background" in result.prompt
+    assert result.to_dict()["preset"] == "Pony (from the checkpoint's metadata modelspec.title: Pony Diffusion V6 XL)"
+    own = [tag.tag for tag in result.tags if tag.role == "negative"]
+    noobai = engine.extract(red_circle, ExtractOptions(family="noobai"))
+    assert noobai.prompt.startswith("masterpiece, best quality, newest, absurdres, highres, safe, ")
+    assert noobai.negative_prompt.endswith(families.FAMILIES["illustrious"].negative)
+    assert noobai.negative_prompt.startswith(", ".join(own + ["nsfw"]))  # the image's own negatives come first
+    plain = engine.extract(red_circle, ExtractOptions(family="none"))
+    assert plain.prompt.startswith("general, ") and plain.preset.family is None  # WD's own rating word
+
+
+def test_clip_prompts_take_no_preset(red_circle) -> None:
+    from easy_diffuser.engine import Engine
+
+    result = Engine("shapes-demo", checkpoint="ponyDiffusionV6XL").extract(red_circle, ExtractOptions(family="pony"))
+    assert "score_9" not in result.prompt and result.preset is None and "preset" not in result.to_dict()

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from ..captioner import join
-from ..engine import Engine, Extraction
+from ..engine import Engine, Extraction, framed
 from ..images import ImageInput, load_image
 from ..options import OPTION, CaptionOptions, ExtractOptions, OptionError
 from ..prompt import escape, prompts
@@ -118,7 +118,8 @@ def tab_prompts(extracted: Extracted, weights: bool) -> tuple[str, str]:
     """(prompt, negative prompt) of the current tags, behind the caption when there is one."""
     result = extracted.result
     positive, negative = prompts(result.tags, weights)
-    return join(escape(result.caption), [positive], result.prompt_style == "sentences"), negative
+    written = join(escape(result.caption), [positive], result.prompt_style == "sentences")
+    return framed(result.preset, written, negative, result.tags)
 
 
 def numbers_text(values: Sequence[float]) -> str:

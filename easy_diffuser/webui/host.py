@@ -77,6 +77,12 @@ class WebuiHost:
         return auto_model(self._checkpoint_is_sd2()) if name == AUTO else name
 
     @staticmethod
+    def loaded_checkpoint() -> Optional[str]:
+        """The loaded checkpoint's file (its header may name its family), else its title; None before one loads."""
+        info = getattr(sd_models.model_data.sd_model, "sd_checkpoint_info", None)
+        return getattr(info, "filename", None) or getattr(info, "title", None)
+
+    @staticmethod
     def _checkpoint_is_sd2() -> bool:
         # model_data.sd_model rather than shared.sd_model: in A1111 the latter loads a checkpoint when none is loaded.
         return bool(getattr(sd_models.model_data.sd_model, "is_sd2", False))

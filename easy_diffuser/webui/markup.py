@@ -47,6 +47,8 @@ def status_html(result: Extraction) -> str:
     text = f"{html.escape(result.model)} &middot; {tau} &middot; {positive} positive, {negative} negative tags"
     if result.style_note:
         text += f" &middot; {html.escape(result.style_note)}"
+    if result.preset:
+        text += f" &middot; preset: {html.escape(result.preset.status)}"
     return f'<p class="easy-diffuser-status">{text}</p>'
 
 
