@@ -28,6 +28,9 @@ CONTROLS = (
     "quality_negatives",
     "general_threshold",
     "character_threshold",
+    "general_mcut",
+    "character_mcut",
+    "family",
     "weights",
     "caption",
     "caption_model",
@@ -39,6 +42,15 @@ CONTROLS = (
 RESELECTING = tuple(name for name in CONTROLS if name not in ("weights", "caption", "caption_model"))
 STALE = "The model changed since this image was extracted: press Extract."
 NEEDS_DESCRIPTION = "The sentences style needs a description of this image: press Extract."
+# Controls that mean something for one kind of model only; the tab shows those of the model that made the tags.
+TAGGER_ONLY = ("general_threshold", "character_threshold", "general_mcut", "character_mcut", "family")
+CLIP_ONLY = ("max_tags",)  # a tagger's thresholds decide how many tags go in
+KIND_CONTROLS = (*CLIP_ONLY, *TAGGER_ONLY)
+
+
+def shown_for(tagger: bool) -> dict[str, bool]:
+    """{control in KIND_CONTROLS: whether it shows} for a tagger (True) or a CLIP model."""
+    return {name: (name in TAGGER_ONLY) == tagger for name in KIND_CONTROLS}
 
 
 def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, int] | None = None) -> ExtractOptions:
@@ -56,6 +68,9 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
         quality_negatives=values["quality_negatives"],
         general_threshold=values["general_threshold"],
         character_threshold=values["character_threshold"],
+        general_mcut=values["general_mcut"],
+        character_mcut=values["character_mcut"],
+        family=values["family"],
         weights=values["weights"],
         caption=caption,
         prompt_style=values["prompt_style"],
@@ -75,7 +90,8 @@ def _selected(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, 
 
 def _kept(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, result: Extraction) -> "Extracted":
     negatives, caption = engine.selection_options(options)[0].negatives, engine.style(options).caption
-    return Extracted(engine.model_id, embedding.detach().to("cpu", torch.float32), caption, negatives, result)
+    features = embedding.detach().to("cpu", torch.float32)
+    return Extracted(engine.model_id, features, caption, negatives, result, engine.scorer.booru)
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,7 @@ class Extracted:
     caption: Optional[CaptionOptions]  # how the caption was made; None: captioning was off
     negatives: int  # the number of negative tags in force (automatic: the calibration's or the model's)
     result: Extraction  # the tags, with the roles the user's clicks gave them
+    tagger: bool = False  # made by a tagger (booru tags), not by a CLIP model
 
     def with_tags(self, tags: list[TagScore]) -> "Extracted":
         return replace(self, result=replace(self.result, tags=tags))

@@ -104,6 +104,13 @@ class Handlers:
             return _unchanged(extracted, markup.error_html(str(error)))
 
     @staticmethod
+    def kind_controls(extracted: Optional[controls.Extracted]) -> tuple:
+        """Show the controls that mean something for the model that made the tags (controls.KIND_CONTROLS)."""
+        if extracted is None:
+            return tuple(gr.update() for _ in controls.KIND_CONTROLS)
+        return tuple(gr.update(visible=shown) for shown in controls.shown_for(extracted.tagger).values())
+
+    @staticmethod
     def click_tag(tag: str, extracted: Optional[controls.Extracted], weights: bool) -> tuple:
         """-> prompt, negative prompt, tag bars, status, state."""
         if extracted is None:

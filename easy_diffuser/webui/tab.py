@@ -1,7 +1,8 @@
 """The tab's layout and its wiring to the handlers.
 
 A new control goes in three places, each once: its name in controls.CONTROLS (and RESELECTING if a move
-should re-select at once), its component in `_controls()` below, and what it means in
+should re-select at once; and TAGGER_ONLY or CLIP_ONLY if one kind of model alone uses it), its component in
+`_controls()` below, and what it means in
 controls.extract_options(). Every handler wired with `_wire` then receives it in its `values` mapping.
 """
 
@@ -16,6 +17,7 @@ from ..calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, store
 from ..captioner import CAPTIONERS
 from ..engine import DEFAULT_TAU, automatic_values
 from ..options import OPTION, REFINE_OPTIONS, Option
+from ..tagger import is_tagger
 from . import controls
 from .handlers import Handlers
 
@@ -50,8 +52,11 @@ def build_tab(host: WebuiHost, handlers: Handlers) -> gr.Blocks:
                 click = gr.Button("tag", elem_id="easy_diffuser_tag_click", elem_classes=["easy-diffuser-hidden"])
         extracted = gr.State(None)  # controls.Extracted: the image's embedding and its current tags
         results = [prompt, negative, bars, status, inputs["tau"], inputs["negatives"], extracted]
-        _wire(extract_button.click, handlers.extract, [image, extracted], inputs, results)
-        _wire(image.upload, handlers.extract_on_drop, [image, extracted], inputs, results)
+        kind_controls = [inputs[name] for name in controls.KIND_CONTROLS]
+        for event, handler in ((extract_button.click, handlers.extract), (image.upload, handlers.extract_on_drop)):
+            extracted_event = _wire(event, handler, [image, extracted], inputs, results)
+            # The model setting may have changed since the page was built: show the new model's controls.
+            extracted_event.then(handlers.kind_controls, inputs=[extracted], outputs=kind_controls, queue=False)
         for name in controls.RESELECTING:  # unqueued: they answer while a generation holds the queue
             _wire(inputs[name].input, handlers.reselect, [extracted], inputs, results, queue=False)
         weights = inputs["weights"]
@@ -93,7 +98,13 @@ def _round_trip_section(handlers: Handlers, image: gr.Image, prompt: gr.Textbox,
 def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     """The tab's controls, keyed by controls.CONTROLS; ranges from the options schema, starting values from Settings."""
     opts = host.opts
-    made = {"max_tags": _slider(OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags")}
+    # The configured model's controls; after each extraction, those of the model that made the tags.
+    shown = controls.shown_for(is_tagger(host.resolve_model(None)))
+    made = {
+        "max_tags": _slider(
+            OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags", visible=shown["max_tags"]
+        )
+    }
     with gr.Row():
         made["auto_tau"] = gr.Checkbox(True, label="Automatic tau and negatives", elem_id="easy_diffuser_auto_tau")
         made["weights"] = gr.Checkbox(
@@ -110,9 +121,23 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     made["quality_negatives"] = _slider(
         OPTION["quality_negatives"], opts.easy_diffuser_quality_negatives, elem_id="easy_diffuser_quality"
     )
-    with gr.Row():  # a WD tagger's (booru tags); a CLIP model ignores them
-        for name in ("general_threshold", "character_threshold"):
-            made[name] = _slider(OPTION[name], OPTION[name].default, elem_id=f"easy_diffuser_{name}")
+    for category in ("general", "character"):  # a tagger's threshold per category, or MCut's
+        with gr.Row():
+            threshold, mcut = OPTION[f"{category}_threshold"], OPTION[f"{category}_mcut"]
+            made[threshold.name] = _slider(
+                threshold, threshold.default, elem_id=f"easy_diffuser_{threshold.name}", visible=shown[threshold.name]
+            )
+            made[mcut.name] = gr.Checkbox(
+                mcut.default, label=mcut.label, elem_id=f"easy_diffuser_{mcut.name}", visible=shown[mcut.name]
+            )
+    family = OPTION["family"]
+    made["family"] = gr.Dropdown(
+        list(family.choices),
+        value=family.default,
+        label=family.label,
+        elem_id="easy_diffuser_family",
+        visible=shown["family"],
+    )
     with gr.Row():
         made["caption"] = gr.Checkbox(
             opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption"
@@ -130,7 +155,7 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     return {name: made[name] for name in controls.CONTROLS}
 
 
-def _wire(event: Callable, handler: Callable, fixed: list, inputs: dict, outputs: list, queue: bool = True) -> None:
+def _wire(event: Callable, handler: Callable, fixed: list, inputs: dict, outputs: list, queue: bool = True) -> Any:
     """handler(*values of `fixed`, {control name: value}[, progress]). The inputs go as a set, which gradio
     hands over as one dict: the controls are listed once, in _controls(), not in every handler's signature."""
 
@@ -144,7 +169,7 @@ def _wire(event: Callable, handler: Callable, fixed: list, inputs: dict, outputs
     def unqueued(data: dict) -> Any:  # gradio tracks progress only in the queue
         return handler(*values(data))
 
-    event(queued if queue else unqueued, inputs={*fixed, *inputs.values()}, outputs=outputs, queue=queue)
+    return event(queued if queue else unqueued, inputs={*fixed, *inputs.values()}, outputs=outputs, queue=queue)
 
 
 def _slider(option: Option, value: float, **kwargs: Any) -> gr.Slider:

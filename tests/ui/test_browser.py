@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,6 +26,7 @@ from easy_diffuser.engine import calibration_path  # noqa: E402
 import webui_host  # noqa: E402  (after the skips: it imports gradio)
 
 CHROMIUM = Path("/usr/bin/chromium")
+SAMPLE = Path(__file__).resolve().parents[2] / "docs" / "sample.png"  # a red circle, the README's sample
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -380,3 +382,60 @@ def test_check_without_a_checkpoint_shows_one_line_and_generates_nothing(page, r
     expect(error).to_contain_text("the webui has none: put one in models/Stable-diffusion", timeout=TIMEOUT_MS)
     expect(page.locator("#easy_diffuser_round_trip_report p")).to_have_count(1)
     assert calls == []
+
+
+def loaded_checkpoint(name: str) -> SimpleNamespace:
+    """The webui's loaded checkpoint as the host reads it (sd_models.model_data.sd_model)."""
+    return SimpleNamespace(sd_checkpoint_info=SimpleNamespace(filename=name, title=name))
+
+
+def choose(page, elem_id: str, choice: str) -> None:
+    """Pick a dropdown's choice as a user can: type it, Enter."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(choice)
+    box.press("Enter")
+
+
+@pytest.fixture
+def tagger_chosen(shapes_model):
+    """The model setting set to shapes-booru, the shipped tiny tagger, after the page was built for shapes-demo."""
+    shared.opts.easy_diffuser_model = "shapes-booru"
+    yield
+    shared.opts.easy_diffuser_model = shapes_model
+
+
+def test_a_tagger_shows_its_controls_and_its_thresholds_preset_and_mcut_reselect_without_the_model(
+    page, tagger_chosen, monkeypatch
+):
+    from easy_diffuser.scorers import TaggerScorer
+
+    prompt, status = textarea(page, "easy_diffuser_prompt"), page.locator("#easy_diffuser_status .easy-diffuser-status")
+    booru_controls = [page.locator(f"#easy_diffuser_{name}") for name in ("general_threshold", "general_mcut")]
+    booru_controls.append(page.locator("#easy_diffuser_family"))
+    max_tags = page.locator("#easy_diffuser_max_tags")
+    for control in booru_controls:
+        expect(control).to_be_hidden()  # the page was built for shapes-demo, a CLIP model
+    expect(max_tags).to_be_visible()
+    monkeypatch.setattr(sd_models.model_data, "sd_model", loaded_checkpoint("ponyDiffusionV6XL.safetensors"))
+    upload(page, SAMPLE)
+    tags = extract(page).split(", ")
+    assert {"red", "circle"} <= set(tags) and tags[0] == "score_9"  # Pony's quality prefix, then the image's tags
+    expect(status).to_contain_text("preset: Pony (from the checkpoint name ponyDiffusionV6XL)")
+    for control in booru_controls:
+        expect(control).to_be_visible()
+    expect(max_tags).to_be_hidden()  # a tagger's thresholds decide how many tags go in
+
+    forward_passes = []
+    monkeypatch.setattr(TaggerScorer, "features", lambda *args: forward_passes.append(args))
+    with call_queue.queue_lock:  # a generation holds the queue; the controls still answer
+        set_slider(page, "easy_diffuser_general_threshold", 1)  # above every general tag's probability
+        expect(prompt).not_to_have_value(re.compile(r"\bred\b"))
+        assert "circle" not in prompt.input_value().split(", ")
+        assert "rating_safe" in prompt.input_value().split(", ")  # the rating is not a general tag
+        page.locator("#easy_diffuser_general_mcut input").check()  # MCut decides instead of the slider
+        expect(prompt).to_have_value(re.compile(r"\bred, circle\b"))
+        choose(page, "easy_diffuser_family", "illustrious")  # the setting overrides the checkpoint's name
+        expect(status).to_contain_text("preset: Illustrious/NoobAI (chosen in the settings)")
+        expect(prompt).to_have_value(re.compile(r"^masterpiece, best quality, .*\bred, circle\b"))
+    assert forward_passes == []

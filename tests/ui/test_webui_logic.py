@@ -18,7 +18,7 @@ from easy_diffuser.calibration.sweep import (
 )
 from easy_diffuser.engine import Extraction
 from easy_diffuser.models import ModelError
-from easy_diffuser.options import CaptionOptions, ExtractOptions
+from easy_diffuser.options import CaptionOptions, ExtractOptions, OptionError
 from easy_diffuser.selection import TagScore
 from easy_diffuser.webui import controls, markup, service
 
@@ -73,6 +73,9 @@ TAB = {
     "quality_negatives": 3.0,
     "general_threshold": 0.35,
     "character_threshold": 0.85,
+    "general_mcut": False,
+    "character_mcut": False,
+    "family": "automatic",
     "weights": True,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
@@ -89,6 +92,17 @@ def test_control_values_become_extract_options():
     assert (manual.tau, manual.negatives, manual.caption) == (2.5, 5, None)
     captioned = controls.extract_options({**TAB, "caption": True}, {"beams": 2})
     assert captioned.caption == CaptionOptions(TAB["caption_model"], beams=2)
+    booru = controls.extract_options({**TAB, "general_mcut": True, "family": "pony", "general_threshold": 0.5})
+    assert (booru.general_mcut, booru.character_mcut, booru.family) == (True, False, "pony")
+    assert booru.general_threshold == 0.5
+    with pytest.raises(OptionError, match="family"):  # a choice the schema does not know
+        controls.extract_options({**TAB, "family": "sd15"})
+
+
+def test_the_tab_shows_a_taggers_controls_for_a_tagger_and_clips_for_clip():
+    tagger, clip = controls.shown_for(True), controls.shown_for(False)
+    assert tagger["general_threshold"] and tagger["family"] and not tagger["max_tags"]
+    assert clip["max_tags"] and not clip["character_mcut"] and not clip["family"]
     with pytest.raises(ValueError, match="max_tags: must be a whole number from 1 to 75, not 12.5"):
         controls.extract_options({**TAB, "max_tags": 12.5})
 
