@@ -8,11 +8,14 @@ extension's javascript/ and style.css are put into the page as modules/ui_gradio
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable, Mapping
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -25,6 +28,7 @@ for path in (STUB, ROOT):  # the extension folder comes first on sys.path while 
 import gradio as gr  # noqa: E402
 from modules import infotext_utils, paths, script_callbacks, shared  # noqa: E402
 
+CHROMIUM = "/usr/bin/chromium"
 # The user moved the Easy Diffuser tab first and img2img before txt2img (Settings > User interface > Tabs order).
 TAB_ORDER = ("easy_diffuser", "img2img", "txt2img")
 
@@ -97,3 +101,36 @@ def serve(demo: gr.Blocks) -> str:
     app, local_url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
     script_callbacks.app_started_callback(demo, app)
     return local_url
+
+
+def screenshot_tab(out: Path, settings: Mapping[str, Any], work: Callable[[Any], None]) -> int:
+    """The README's pictures: start the stand-in webui with these settings (an image is extracted on Extract only),
+    let `work` use the page (a Playwright page in headless Chromium), then take the tab's picture into `out`."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as folder:
+        load_extension([], Path(folder) / "models")
+        for name, value in {"easy_diffuser_extract_on_drop": False, **settings}.items():
+            setattr(shared.opts, name, value)
+        demo = build_page()
+        url = serve(demo)
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1280, "height": 1100})
+                page.set_default_timeout(120_000)
+                page.goto(url)
+                work(page)
+                page.locator("#tab_easy_diffuser").screenshot(path=str(out))
+                browser.close()
+        finally:
+            demo.close()
+    print(f"wrote {out}")
+    return 0
+
+
+def picture_path(description: str, default: Path, argv: list[str] | None) -> Path:
+    """A picture script's command line: --out (the README's file by default)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default)
+    return parser.parse_args(argv).out
