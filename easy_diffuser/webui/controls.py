@@ -61,20 +61,11 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
     engine then resolves both (the calibration, else the model's defaults)."""
     caption = CaptionOptions(values["caption_model"], **(caption_decoding or {})) if values["caption"] else None
     automatic = values["auto_tau"]
-    return ExtractOptions(
-        max_tags=values["max_tags"],
-        tau=None if automatic else values["tau"],
-        negatives=OPTION["negatives"].default if automatic else values["negatives"],
-        quality_negatives=values["quality_negatives"],
-        general_threshold=values["general_threshold"],
-        character_threshold=values["character_threshold"],
-        general_mcut=values["general_mcut"],
-        character_mcut=values["character_mcut"],
-        family=values["family"],
-        weights=values["weights"],
-        caption=caption,
-        prompt_style=values["prompt_style"],
-    )
+    # Every control named after a schema option passes as it is; a new one needs no line here.
+    passed = {name: values[name] for name in CONTROLS if name in OPTION}
+    if automatic:
+        passed.update(tau=None, negatives=OPTION["negatives"].default)
+    return ExtractOptions(**passed, caption=caption)
 
 
 def extract(engine: Engine, image: ImageInput, options: ExtractOptions) -> "Extracted":
