@@ -1,5 +1,5 @@
 """Which family a diffusion checkpoint belongs to, from what a host can tell about it. `detect` is pure (data
-in, data out); `detect_checkpoint` also reads a .safetensors file's JSON header (never its weights).
+in, data out); `detect_checkpoint` also reads a .safetensors file's JSON header (never its weights), once.
 
     detect(name="flux1-dev-bnb-nf4-v2.safetensors")                  -> FLUX, "its name says Flux"
     detect(name="model.safetensors", metadata={"modelspec.architecture": "stable-diffusion-v3-medium"})
@@ -13,8 +13,9 @@ The evidence is weighed in order of how much it can be trusted:
   1. the host's own class (Forge's `backend.diffusion_engine` classes) or flags (`is_sd3`, `is_sdxl`, ...);
   2. the safetensors header's metadata (`modelspec.architecture`, kohya's `ss_base_model_version`);
   3. the checkpoint's name (fine-tunes without metadata are common: names are the fallback).
-This is the one detection entry point of the project: presets for tag-prompted SDXL fine-tunes
-(Illustrious, Pony, Animagine) extend `FAMILIES` rather than detect a second time.
+This is the one detection entry point of the project: the `Detected` it gives carries the checkpoint's name
+and header metadata too, and families.py derives the presets of tag-prompted SDXL fine-tunes (Illustrious,
+Pony, Animagine) from that same evidence rather than reading the checkpoint a second time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -108,6 +109,8 @@ ARCHITECTURE_KEYS = ("modelspec.architecture", "ss_base_model_version", "modelsp
 class Detected:
     family: Family
     reason: str  # the evidence, for the status line: "Forge's engine class Flux", "its name flux1-dev..."
+    name: str = ""  # the checkpoint's display name ("ponyDiffusionV6XL"); "" when none is known
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)  # its header metadata's text values
 
 
 def detect(
@@ -118,21 +121,34 @@ def detect(
 ) -> Detected:
     """The family of a checkpoint: `name` (file name or title), the safetensors header's `metadata`,
     the host's `model_class` (type(sd_model).__name__) and `flags` ({"is_sd3": True, ...})."""
+    texts = {key: value for key, value in (metadata or {}).items() if isinstance(key, str) and isinstance(value, str)}
+    family, reason = _weigh(name, texts, model_class, flags or {})
+    return Detected(family, reason, _display_name(name), texts)
+
+
+def _weigh(name: str, metadata: Mapping[str, str], model_class: str, flags: Mapping[str, bool]) -> tuple[Family, str]:
     for family in FAMILIES:
         if model_class and model_class in family.classes:
-            return Detected(family, f"the loaded model is a {model_class}")
+            return family, f"the loaded model is a {model_class}"
     for family in FAMILIES:
-        if family.flag and (flags or {}).get(family.flag) is True:
-            return Detected(family, f"the loaded model has {family.flag}")
+        if family.flag and flags.get(family.flag) is True:
+            return family, f"the loaded model has {family.flag}"
     for key in ARCHITECTURE_KEYS:
-        text = str((metadata or {}).get(key, ""))
+        text = metadata.get(key, "")
         family = _by_name(text)
         if family:
-            return Detected(family, f"its metadata {key} is {text[:60]!r}")
+            return family, f"its metadata {key} is {text[:60]!r}"
     family = _by_name(name)
     if family:
-        return Detected(family, f"its name {name[:80]!r} says {family.label}")
-    return Detected(UNKNOWN, f"nothing tells its family ({name[:80]!r})" if name else "no checkpoint is known")
+        return family, f"its name {name[:80]!r} says {family.label}"
+    return UNKNOWN, f"nothing tells its family ({name[:80]!r})" if name else "no checkpoint is known"
+
+
+def _display_name(checkpoint: str) -> str:
+    """'ponyDiffusionV6XL_v6.safetensors [67ab2fd8ec]' (a webui title) or a path -> 'ponyDiffusionV6XL_v6'."""
+    name = re.sub(r"\s*\[[0-9a-fA-F]+\]\s*$", "", checkpoint.strip())
+    name = re.split(r"[\\/]", name)[-1]
+    return re.sub(r"\.(safetensors|ckpt|pt|pth|bin)$", "", name, flags=re.IGNORECASE)
 
 
 def _by_name(text: str) -> Family | None:
@@ -141,7 +157,8 @@ def _by_name(text: str) -> Family | None:
 
 
 def detect_checkpoint(checkpoint: str | os.PathLike) -> Detected:
-    """detect() for a checkpoint given by name or by file; a .safetensors file's header metadata is read too."""
+    """detect() for a checkpoint given by name or by file; a .safetensors file's header metadata is read too (once:
+    the Detected carries it). ValueError naming the file when its header is damaged."""
     path = Path(checkpoint)
     metadata = read_metadata(path) if path.suffix.lower() == ".safetensors" and path.is_file() else {}
     return detect(path.name, metadata)
@@ -149,7 +166,7 @@ def detect_checkpoint(checkpoint: str | os.PathLike) -> Detected:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """A safetensors file's `__metadata__` (its text values), read from the 8-byte length and the JSON header only,
-    never the weights; ValueError naming the file when it is not a safetensors file. families.py reads it too."""
+    never the weights; ValueError naming the file when it is not a safetensors file."""
     with open(path, "rb") as file:
         head = file.read(8)
         size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0

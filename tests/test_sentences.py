@@ -207,8 +207,11 @@ def test_a_checkpoint_file_is_known_by_its_header_metadata(tmp_path):
     path = tmp_path / "my-finetune.safetensors"
     save_file({"x": torch.zeros(1)}, path, metadata={"modelspec.architecture": "Flux.1-dev"})
     assert read_metadata(path) == {"modelspec.architecture": "Flux.1-dev"}
-    assert detect_checkpoint(path).family.name == "flux"
-    assert detect_checkpoint("not-there/flux1-dev.safetensors").family.name == "flux"  # a name alone
+    found = detect_checkpoint(path)
+    assert found.family.name == "flux" and "modelspec.architecture" in found.reason
+    assert (found.name, found.metadata) == ("my-finetune", {"modelspec.architecture": "Flux.1-dev"})  # for presets
+    alone = detect_checkpoint("not-there/flux1-dev.safetensors")  # a name alone
+    assert (alone.family.name, alone.name, alone.metadata) == ("flux", "flux1-dev", {})
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match=r"damaged\.safetensors: not a safetensors file"):
