@@ -171,7 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
-            checkpoint=args.checkpoint,
         )
         engine.target = target
         style = engine.style(options)  # booru on a CLIP model is refused here, once the model is known

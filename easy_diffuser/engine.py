@@ -92,12 +92,8 @@ class Engine:
         vocabulary_dirs: Sequence[str | os.PathLike] = (),
         progress: ProgressFn | None = None,
         keep_in_vram: bool = False,
-        checkpoint: str | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
-        # The checkpoint the prompts are for (its name, or its file, whose header may name its family):
-        # family=automatic picks a tagger's preset from it. The webui sets it when the checkpoint changes.
-        self.checkpoint = checkpoint
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
         self.loaded: LoadedModel | LoadedTagger = load_model(model, check_device(device), dtype, self.cache_dir)
         # Which tags an image shows, for the negative prompt's guard and calibration's metric (a tagger's
@@ -107,7 +103,10 @@ class Engine:
         )
         self.scorer: TagScorer = scorer(self.loaded, self.cache_dir, vocabulary_dirs, progress)
         self._lock = threading.Lock()  # one model, many callers (HTTP routes, the tab)
-        self.target: Detected | None = None  # the checkpoint the prompts are for: automatic prompt style follows it
+        # The checkpoint the prompts are for (checkpoint_family.detect*): automatic prompt style follows its family,
+        # and family=automatic picks a tagger's preset from its name and metadata. The webui sets it when the
+        # checkpoint changes; the CLI and Ray from --checkpoint.
+        self.target: Detected | None = None
         self.t5_tokens: prompt_style.TokenCounter = prompt_style.t5_token_bound  # the host's T5 tokenizer if it has one
 
     @property
@@ -256,8 +255,7 @@ class Engine:
 
     def preset(self, options: ExtractOptions) -> Preset:
         """The checkpoint family preset a tagger's prompts take (families.py), and why, for the status line."""
-        checkpoint = self.checkpoint
-        return choose(options.family, checkpoint, checkpoint if checkpoint and Path(checkpoint).is_file() else None)
+        return choose(options.family, self.target)
 
     @staticmethod
     def _booru_rule(options: ExtractOptions, preset: Preset) -> BooruRule:

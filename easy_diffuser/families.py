@@ -2,24 +2,24 @@
 
 The checkpoints most webui users run for 2D work were trained on Danbooru tags with their own special tags:
 
-    preset = choose("automatic", "ponyDiffusionV6XL_v6.safetensors", path)
+    preset = choose("automatic", detect_checkpoint("ponyDiffusionV6XL_v6.safetensors"))
     preset.status                    # "Pony (from the checkpoint name ponyDiffusionV6XL_v6)"
     preset.positive(["1girl", "rating_safe", "solo"])  # "score_9, score_8_up, ..., 1girl, rating_safe, solo"
     preset.negative(["blurry"])      # the image's own negatives, then the family's template (none for Pony)
     preset.family.ratings["general"] # "rating_safe": the word for WD's rating, which the tag order places
 
-*Automatic* reads the checkpoint's name, then the metadata in its safetensors header (only the header: the
-JSON before the weights, size-capped); a setting other than automatic overrides it. Pure: no webui, no torch.
+*Automatic* reads the checkpoint's name, then the metadata of its safetensors header, both from the `Detected`
+that checkpoint_family.py gathered them into (the project's one detection, which reads the header once); a
+setting other than automatic overrides it. Pure: no files, no webui, no torch.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import checkpoint_family
+from .checkpoint_family import Detected
 
 AUTOMATIC, NONE = "automatic", "none"
 WD_RATINGS = ("general", "sensitive", "questionable", "explicit")  # the rating rows of a WD tagger's CSV
@@ -141,39 +141,30 @@ class Preset:
         return self.family.negative_prompt(negatives, rating) if self.family else ", ".join(negatives)
 
 
-def choose(setting: str, checkpoint: str | None = None, path: str | Path | None = None) -> Preset:
+def choose(setting: str, target: Detected | None = None) -> Preset:
     """The preset in force: the setting's family (one of CHOICES, as ExtractOptions.family checks it), or for
-    automatic the one the checkpoint's name or metadata names."""
+    automatic the one that the name or header metadata of the checkpoint `target` names (None: none loaded)."""
     if setting not in CHOICES:
         raise ValueError(f"family: must be one of {', '.join(CHOICES)}, not {setting!r}")
     if setting == NONE:
         return Preset(None, "family set to none")
     if setting != AUTOMATIC:
         return Preset(FAMILIES[ALIASES.get(setting, setting)], "chosen in the settings")
-    return detect(checkpoint, path)
+    return detect(target)
 
 
-def detect(checkpoint: str | None, path: str | Path | None = None) -> Preset:
+def detect(target: Detected | None) -> Preset:
     """The family named by the checkpoint's name, else by its safetensors metadata; no preset when neither does."""
-    if not checkpoint and not path:
+    if target is None or not target.name:
         return Preset(None, "no checkpoint loaded")
-    name = _display_name(checkpoint or str(path))
-    family = _named_family(name)
+    family = _named_family(target.name)
     if family:
-        return Preset(family, f"from the checkpoint name {name}")
-    metadata = read_metadata(path) if path else {}
+        return Preset(family, f"from the checkpoint name {target.name}")
     for key in METADATA_KEYS:
-        family = _named_family(metadata.get(key, ""))
+        family = _named_family(target.metadata.get(key, ""))
         if family:
-            return Preset(family, f"from the checkpoint's metadata {key}: {_shortened(metadata[key])}")
-    return Preset(None, f"no family recognised in the checkpoint name {name} or its metadata")
-
-
-def _display_name(checkpoint: str) -> str:
-    """'ponyDiffusionV6XL_v6.safetensors [67ab2fd8ec]' or a path -> 'ponyDiffusionV6XL_v6'."""
-    name = re.sub(r"\s*\[[0-9a-fA-F]+\]\s*$", "", checkpoint.strip())
-    name = re.split(r"[\\/]", name)[-1]
-    return re.sub(r"\.(safetensors|ckpt|pt|pth|bin)$", "", name, flags=re.IGNORECASE)
+            return Preset(family, f"from the checkpoint's metadata {key}: {_shortened(target.metadata[key])}")
+    return Preset(None, f"no family recognised in the checkpoint name {target.name} or its metadata")
 
 
 def _named_family(text: str) -> Family | None:
@@ -187,12 +178,3 @@ def _named_family(text: str) -> Family | None:
 def _shortened(text: str, limit: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else f"{text[:limit]}..."
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file's header (checkpoint_family.read_metadata, the project's one
-    header reader); any other file or a damaged header gives no metadata (detection then rests on the name)."""
-    try:
-        return checkpoint_family.read_metadata(Path(path))
-    except (OSError, ValueError):
-        return {}

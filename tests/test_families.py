@@ -1,5 +1,5 @@
-"""Checkpoint family presets: detection from the checkpoint's name and safetensors metadata, the setting's
-override, the status line, and the prompts each family's model card asks for."""
+"""Checkpoint family presets: detection from the checkpoint's name and safetensors metadata (gathered once by
+checkpoint_family), the setting's override, the status line, and the prompts each family's model card asks for."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from easy_diffuser import families
+from easy_diffuser.checkpoint_family import UNKNOWN, detect, detect_checkpoint, read_metadata
 from easy_diffuser.options import OPTION, ExtractOptions, OptionError, schema_help
 
 
@@ -35,35 +36,37 @@ def checkpoint(folder: Path, name: str, metadata: dict[str, str] | None = None) 
     ],
 )
 def test_automatic_reads_the_checkpoint_name(name: str, title: str | None) -> None:
-    preset = families.choose("automatic", name)
+    preset = families.choose("automatic", detect(name))
     assert (preset.family.title if preset.family else None) == title
 
 
 def test_status_line_says_which_preset_and_why() -> None:
     assert (
-        families.choose("automatic", "ponyDiffusionV6XL.safetensors [67ab2fd8ec]").status
+        families.choose("automatic", detect("ponyDiffusionV6XL.safetensors [67ab2fd8ec]")).status
         == "Pony (from the checkpoint name ponyDiffusionV6XL)"
     )
     assert families.choose("automatic", None).status == "No preset (no checkpoint loaded)"
-    assert families.choose("animagine4", "ponyDiffusionV6XL").status == "Animagine XL 4.0 (chosen in the settings)"
-    assert families.choose("none", "ponyDiffusionV6XL").status == "No preset (family set to none)"
+    assert families.choose("automatic", detect()).status == "No preset (no checkpoint loaded)"
+    pony = detect("ponyDiffusionV6XL")
+    assert families.choose("animagine4", pony).status == "Animagine XL 4.0 (chosen in the settings)"
+    assert families.choose("none", pony).status == "No preset (family set to none)"
 
 
 def test_metadata_names_the_family_when_the_file_name_does_not(tmp_path: Path) -> None:
     path = checkpoint(tmp_path, "myFavouriteMix_v3.safetensors", {"modelspec.title": "Pony Diffusion V6 XL"})
-    preset = families.choose("automatic", path.name, path)
+    preset = families.choose("automatic", detect_checkpoint(path))
     assert preset.family is families.FAMILIES["pony"]
     assert preset.status == "Pony (from the checkpoint's metadata modelspec.title: Pony Diffusion V6 XL)"
 
 
 def test_a_trained_model_is_known_by_the_model_it_was_trained_from(tmp_path: Path) -> None:
     path = checkpoint(tmp_path, "my_lora_merge.safetensors", {"ss_sd_model_name": "noobaiXLNAIXL_epsilonPred11Version"})
-    assert families.detect(path.name, path).family is families.FAMILIES["illustrious"]
+    assert families.detect(detect_checkpoint(path)).family is families.FAMILIES["illustrious"]
 
 
 def test_no_family_anywhere_gives_no_preset_and_says_where_it_looked(tmp_path: Path) -> None:
     path = checkpoint(tmp_path, "juggernautXL.safetensors", {"modelspec.title": "Juggernaut XL"})
-    preset = families.choose("automatic", path.name, path)
+    preset = families.choose("automatic", detect_checkpoint(path))
     assert preset.family is None
     assert preset.status == "No preset (no family recognised in the checkpoint name juggernautXL or its metadata)"
     assert preset.positive(["red", "circle"]) == "red, circle"
@@ -72,8 +75,8 @@ def test_no_family_anywhere_gives_no_preset_and_says_where_it_looked(tmp_path: P
 
 def test_the_setting_overrides_what_the_checkpoint_says(tmp_path: Path) -> None:
     path = checkpoint(tmp_path, "ponyDiffusionV6XL.safetensors", {"modelspec.title": "Pony Diffusion V6 XL"})
-    assert families.choose("noobai", path.name, path).family is families.FAMILIES["illustrious"]
-    assert families.choose("none", path.name, path).family is None
+    assert families.choose("noobai", detect_checkpoint(path)).family is families.FAMILIES["illustrious"]
+    assert families.choose("none", detect_checkpoint(path)).family is None
 
 
 @pytest.mark.parametrize(
@@ -84,29 +87,45 @@ def test_the_setting_overrides_what_the_checkpoint_says(tmp_path: Path) -> None:
         struct.pack("<Q", 1 << 40) + b"{}",  # a length no header has: not read
         struct.pack("<Q", 50) + b'{"__metadata__": {"a": ',  # cut short
         struct.pack("<Q", 4) + b"\xff\xfe\xfd\xfc",  # not UTF-8
+    ],
+)
+def test_a_damaged_header_is_one_error_naming_the_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "ponyDiffusionV6XL.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"^.*ponyDiffusionV6XL\.safetensors: not a safetensors file"):
+        detect_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
         struct.pack("<Q", 2) + b"[]",  # JSON, not an object
         struct.pack("<Q", 28) + json.dumps({"__metadata__": [1, 2]}).encode().ljust(28),  # metadata not an object
     ],
 )
-def test_a_damaged_or_foreign_file_gives_no_metadata_and_detection_falls_back_to_the_name(
-    tmp_path: Path, content: bytes
-) -> None:
+def test_a_header_without_metadata_leaves_the_name_to_tell_the_family(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "ponyDiffusionV6XL.safetensors"
     path.write_bytes(content)
-    assert families.read_metadata(path) == {}
-    assert families.detect(path.name, path).family is families.FAMILIES["pony"]
+    detected = detect_checkpoint(path)
+    assert detected.metadata == {} and detected.name == "ponyDiffusionV6XL"
+    assert families.detect(detected).family is families.FAMILIES["pony"]
 
 
 def test_metadata_values_that_are_not_strings_are_dropped(tmp_path: Path) -> None:
     header = json.dumps({"__metadata__": {"modelspec.title": 5, "ss_output_name": "ponyXL"}}).encode()
     path = tmp_path / "model.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    assert families.read_metadata(path) == {"ss_output_name": "ponyXL"}
+    assert read_metadata(path) == {"ss_output_name": "ponyXL"}
+    # A host's own copy of the header (A1111 parses values that look like JSON) is kept to its texts too.
+    assert detect("model", {"modelspec.title": {"x": 1}, "ss_output_name": "ponyXL"}).metadata == {
+        "ss_output_name": "ponyXL"
+    }
 
 
-def test_only_the_header_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The weights after the header are never read: SDXL checkpoints are 7 GB."""
-    path = checkpoint(tmp_path, "a.safetensors", {"modelspec.title": "Animagine XL 4.0"})
+def test_the_header_is_read_once_and_only_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One read of the header gives both decisions, the architecture family (the prompt style) and the preset;
+    the weights after it are never read: SDXL checkpoints are 7 GB."""
+    path = checkpoint(tmp_path, "model.safetensors", {"ss_output_name": "ponyXL"})
     (length,) = struct.unpack("<Q", path.read_bytes()[:8])
     with path.open("ab") as handle:
         handle.write(b"\0" * 100_000)  # stands in for the weights
@@ -128,8 +147,11 @@ def test_only_the_header_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             return self.handle.read(size)
 
     monkeypatch.setattr("builtins.open", lambda *a, **k: Counting(real_open(*a, **k)))
-    assert families.read_metadata(path)["modelspec.title"] == "Animagine XL 4.0"
-    assert requested == [8, length]
+    detected = detect_checkpoint(path)
+    preset = families.choose("automatic", detected)
+    assert requested == [8, length]  # one header read, no second one for the preset
+    assert detected.family is UNKNOWN and detected.reason == "nothing tells its family ('model.safetensors')"
+    assert preset.status == "Pony (from the checkpoint's metadata ss_output_name: ponyXL)"
 
 
 def test_pony_prompt_follows_its_card() -> None:
@@ -205,7 +227,8 @@ def test_a_tagger_prompt_takes_the_checkpoints_preset(tmp_path: Path, red_circle
     from easy_diffuser.engine import Engine
 
     path = checkpoint(tmp_path, "model.safetensors", {"modelspec.title": "Pony Diffusion V6 XL"})
-    engine = Engine("shapes-booru", checkpoint=str(path))
+    engine = Engine("shapes-booru")
+    engine.target = detect_checkpoint(path)
     result = engine.extract(red_circle)
     assert result.prompt.startswith("score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, ")
     assert "rating_safe" in result.prompt and "red" in result.prompt and "gray background" in result.prompt
@@ -222,5 +245,7 @@ def test_a_tagger_prompt_takes_the_checkpoints_preset(tmp_path: Path, red_circle
 def test_clip_prompts_take_no_preset(red_circle) -> None:
     from easy_diffuser.engine import Engine
 
-    result = Engine("shapes-demo", checkpoint="ponyDiffusionV6XL").extract(red_circle, ExtractOptions(family="pony"))
+    engine = Engine("shapes-demo")
+    engine.target = detect("ponyDiffusionV6XL")
+    result = engine.extract(red_circle, ExtractOptions(family="pony"))
     assert "score_9" not in result.prompt and result.preset is None and "preset" not in result.to_dict()

@@ -21,14 +21,7 @@ if TYPE_CHECKING:  # the host imports the webui: only the script makes one
 class Extension:
     def __init__(self, host: WebuiHost) -> None:
         self.host = host
-        self.service = Service(
-            host.resolve_model,
-            host.weights_folder,
-            host.placement,
-            host.queued,
-            host.checkpoint,
-            host.loaded_checkpoint,
-        )
+        self.service = Service(host.resolve_model, host.weights_folder, host.placement, host.queued, host.checkpoint)
         self.handlers = Handlers(host, self.service)
 
     def on_ui_settings(self) -> None:

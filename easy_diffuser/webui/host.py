@@ -23,7 +23,7 @@ except ImportError:  # webui before 1.8
     from modules.generation_parameters_copypaste import paste_fields
 
 from ..calibration.generators import CallableGenerator, webui_generator
-from ..checkpoint_family import Detected, detect
+from ..checkpoint_family import Detected, detect, read_metadata
 from ..models import LoadedModel, default_dtype, list_models
 from ..prompt_style import TokenCounter, t5_counter
 from .service import AUTO, Placement, auto_model
@@ -77,12 +77,6 @@ class WebuiHost:
         return auto_model(self._checkpoint_is_sd2()) if name == AUTO else name
 
     @staticmethod
-    def loaded_checkpoint() -> Optional[str]:
-        """The loaded checkpoint's file (its header may name its family), else its title; None before one loads."""
-        info = getattr(sd_models.model_data.sd_model, "sd_checkpoint_info", None)
-        return getattr(info, "filename", None) or getattr(info, "title", None)
-
-    @staticmethod
     def _checkpoint_is_sd2() -> bool:
         # model_data.sd_model rather than shared.sd_model: in A1111 the latter loads a checkpoint when none is loaded.
         return bool(getattr(sd_models.model_data.sd_model, "is_sd2", False))
@@ -90,15 +84,19 @@ class WebuiHost:
     @staticmethod
     def checkpoint() -> tuple[Detected, Optional[TokenCounter]]:
         """The loaded checkpoint's family (from Forge's engine class, the is_sd* flags, its header metadata or its
-        name), and exact T5 counts where the host holds the T5 tokenizer (Forge's Flux and SD3 engines)."""
+        name; the name and metadata also pick a tagger's preset), and exact T5 counts where the host holds the T5
+        tokenizer (Forge's Flux and SD3 engines)."""
         model = sd_models.model_data.sd_model  # not shared.sd_model, which in A1111 loads one when none is
         if model is None:
             return detect(), None
         info = getattr(model, "sd_checkpoint_info", None)
-        metadata = getattr(info, "metadata", None)
+        file = str(getattr(info, "filename", None) or "")
+        name = file or str(getattr(info, "name", None) or getattr(info, "title", None) or "")
+        metadata = getattr(info, "metadata", None)  # the webui's copy of the header's, where it keeps one
+        if not isinstance(metadata, dict):
+            metadata = _header_metadata(file)
         flags = {flag: getattr(model, flag, None) for flag in ("is_sd1", "is_sd2", "is_sdxl", "is_sd3")}
-        name = Path(str(getattr(info, "filename", "") or getattr(info, "name", ""))).name
-        found = detect(name, metadata if isinstance(metadata, dict) else {}, type(model).__name__, flags)
+        found = detect(Path(name).name, metadata, type(model).__name__, flags)
         tokenizer = getattr(getattr(model, "text_processing_engine_t5", None), "tokenizer", None)
         return found, t5_counter(tokenizer) if callable(tokenizer) else None
 
@@ -186,6 +184,17 @@ class WebuiHost:
     @staticmethod
     def img2img_image() -> Any:
         return paste_fields["img2img"]["init_img"]
+
+
+def _header_metadata(file: str) -> dict[str, str]:
+    """The checkpoint file's header metadata, read here for hosts that keep no copy of it; a file that is not
+    there or whose header is damaged has none (detection then rests on the name and the host's flags)."""
+    if not file.lower().endswith(".safetensors"):
+        return {}
+    try:
+        return read_metadata(Path(file))
+    except (OSError, ValueError):
+        return {}
 
 
 def _acquire(device: torch.device, dtype: torch.dtype, loaded: LoadedModel) -> None:

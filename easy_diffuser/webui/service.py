@@ -52,11 +52,11 @@ class Service:
         placement: Callable[[], Placement],
         exclusive: Callable[[Callable[[], T]], T],
         checkpoint: Callable[[], tuple[Optional[Detected], Optional[TokenCounter]]] = lambda: (None, None),
-        checkpoint_file: Callable[[], Optional[str]] = lambda: None,
     ) -> None:
         self._resolve_model = resolve_model  # requested name (None: the configured one) -> model spec
-        self._checkpoint = checkpoint  # the host's loaded checkpoint: its family, and its T5 tokenizer if it has one
-        self._checkpoint_file = checkpoint_file  # its file (or title): a tagger's family preset (families.py)
+        # The host's loaded checkpoint: what detection found (its family, name and metadata, which also pick a
+        # tagger's preset), and its T5 tokenizer if it has one.
+        self._checkpoint = checkpoint
         self._cache_dir = cache_dir
         self._placement = placement
         self._exclusive = exclusive
@@ -108,7 +108,6 @@ class Service:
         """The engine writing for the checkpoint loaded now (the user may switch checkpoints at any time)."""
         if engine is not None:
             engine.target, counter = self._checkpoint()
-            engine.checkpoint = self._checkpoint_file()
             engine.t5_tokens = counter or t5_token_bound
         return engine
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 pytest.importorskip("gradio")
@@ -55,6 +56,29 @@ def test_the_host_tells_the_checkpoint_family_from_forges_class_flags_metadata_o
     info = SimpleNamespace(filename="/m/sd_xl_base_1.0.safetensors", metadata={})
     monkeypatch.setattr(sd_models.model_data, "sd_model", SimpleNamespace(sd_checkpoint_info=info))
     assert host.checkpoint()[0].family.name == "sdxl"
+
+
+def test_the_hosts_detection_also_picks_a_taggers_preset_reading_the_header_where_the_webui_kept_none(
+    host, monkeypatch, tmp_path
+):
+    from safetensors.numpy import save_file
+
+    from easy_diffuser import families
+
+    def preset(info) -> str:
+        monkeypatch.setattr(sd_models.model_data, "sd_model", SimpleNamespace(sd_checkpoint_info=info))
+        return families.choose("automatic", host.checkpoint()[0]).status
+
+    path = tmp_path / "myFavouriteMix.safetensors"
+    save_file({"x": np.zeros(1, np.float32)}, str(path), metadata={"ss_output_name": "ponyXL"})
+    expected = "Pony (from the checkpoint's metadata ss_output_name: ponyXL)"
+    assert preset(SimpleNamespace(filename=str(path), metadata={"ss_output_name": "ponyXL"})) == expected
+    assert preset(SimpleNamespace(filename=str(path))) == expected  # a host without the webui's copy: read here
+    title = SimpleNamespace(title="ponyDiffusionV6XL_v6.safetensors [67ab2fd8ec]")  # no file: its title
+    assert preset(title) == "Pony (from the checkpoint name ponyDiffusionV6XL_v6)"
+    damaged = tmp_path / "animagineXL40.safetensors"
+    damaged.write_bytes(b"\xff" * 64)  # a damaged header is no error here: the name still tells
+    assert preset(SimpleNamespace(filename=str(damaged))) == "Animagine XL 4.0 (from the checkpoint name animagineXL40)"
 
 
 def test_under_forges_flux_the_t5_budget_is_counted_with_its_tokenizer(host, monkeypatch):
