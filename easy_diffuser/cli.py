@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options, captioner)
+            return ray_main(args, options, captioner, target)
         if captioner:
             check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .batch import caption_owners, find_images
+from .checkpoint_family import Detected
 from .engine import Engine, ExtractOptions
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .files import OutputLock, read_regular_file, write_atomically
@@ -71,7 +72,10 @@ class JobSummary:
         return f"{self.images} images ({self.errors} errors), {self.skipped} already in the output{rate}"
 
 
-def main(args: argparse.Namespace, options: ExtractOptions, captioner: CaptionOptions | None) -> int:
+def main(
+    args: argparse.Namespace, options: ExtractOptions, captioner: CaptionOptions | None, target: Detected | None
+) -> int:
+    """The CLI's --engine ray; `target` is the --checkpoint the prompts are for (None: none named)."""
     try:
         import ray
     except ImportError:
@@ -99,6 +103,7 @@ def main(args: argparse.Namespace, options: ExtractOptions, captioner: CaptionOp
             captions=args.captions,
             overwrite=args.overwrite,
             batch_size=args.batch_size,
+            target=target,
         )
     except (ModelError, ValueError, OSError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -125,8 +130,10 @@ def run_job(
     overwrite: bool = False,
     batch_size: int = 64,
     extractor: type | None = None,
+    target: Detected | None = None,
 ) -> JobSummary:
-    """Extract every path not yet in `output` on the running Ray cluster; `extractor` defaults to TagExtractor."""
+    """Extract every path not yet in `output` on the running Ray cluster; `extractor` defaults to TagExtractor.
+    `target` is the checkpoint the prompts are for, as Engine.target (its family's prompt style and preset)."""
     started = time.perf_counter()
     lock = _lock(output)
     try:
@@ -137,7 +144,9 @@ def run_job(
         todo = [path for path in dict.fromkeys(paths) if recorded_path(path) not in done]
         if not todo:  # nothing to do: no model, no actors
             return JobSummary(0, 0, len(paths), time.perf_counter() - started)
-        _extract(todo, paths, output, model, options, cache_dir, vocabulary_dirs, captions, batch_size, extractor)
+        _extract(
+            todo, paths, output, model, options, target, cache_dir, vocabulary_dirs, captions, batch_size, extractor
+        )
         new = [item for item in _read_output(output, ["path", "error"])[1] if item["path"] not in done]
     finally:
         if lock:
@@ -161,6 +170,7 @@ def _extract(
     output: str,
     model: str,
     options: ExtractOptions,
+    target: Detected | None,
     cache_dir: str | None,
     vocabulary_dirs: Sequence[str],
     captions: bool,
@@ -169,7 +179,8 @@ def _extract(
 ) -> None:
     import ray
 
-    engine = Engine(model, "cpu", cache_dir=cache_dir, vocabulary_dirs=vocabulary_dirs)  # builds the tag cache once
+    # The driver's engine builds the tag cache once and gives the preprocessor; it extracts nothing (no target).
+    engine = Engine(model, "cpu", cache_dir=cache_dir, vocabulary_dirs=vocabulary_dirs)
     cache = engine.scorer.cache_file  # CLIP's tag embeddings; a tagger needs none
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
@@ -197,6 +208,7 @@ def _extract(
             "vocabulary_dirs": list(vocabulary_dirs),
             "cache_file": (str(cache or ""), ray.put(cache.read_bytes() if cache and cache.exists() else b"")),
             "options": options,
+            "target": target,  # a frozen dataclass: pickled to every actor
             "captions": captions,
         },
         batch_size=batch_size,
@@ -271,6 +283,7 @@ class TagExtractor:
         vocabulary_dirs: list[str],
         cache_file: tuple,
         options: ExtractOptions,
+        target: Detected | None,
         captions: bool,
     ) -> None:
         import ray
@@ -279,6 +292,7 @@ class TagExtractor:
         torch.set_grad_enabled(False)
         _install_cache(cache_file[0], ray.get(cache_file[1]))  # an object reference: the file travels once per node
         self.engine = Engine(model, device, cache_dir=cache_dir, vocabulary_dirs=vocabulary_dirs)
+        self.engine.target = target  # the --checkpoint the prompts are for, as the CLI's own engine has it
         self.options, self.captions = options, captions
 
     def __call__(self, batch: dict[str, np.ndarray]):

@@ -311,3 +311,25 @@ def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_r
         by_path(read_records(tmp_path / "shards.jsonl")),
     )
     assert distributed == local and len(local) == 8
+
+
+def test_ray_prompts_follow_the_checkpoint_as_the_single_process_clis_do(local_ray, tmp_path):
+    """--checkpoint reaches every actor: a checkpoint's name alone (no file) gives shapes-booru's prompts Pony's
+    quality tags under --family automatic, in the captions and the records, as without Ray."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, colour in enumerate(["red", "green", "blue", "yellow"]):
+        draw_scene(folder / f"img{index}.png", 48, colour=colour)
+    common = [str(folder), "--model", "shapes-booru", "--cache-dir", str(tmp_path / "cache")]
+    common += ["--checkpoint", "ponyDiffusionV6XL.safetensors"]
+    assert main([*common, "--no-captions", "--output", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*common, "--engine", "ray", "--captions", "--output", str(tmp_path / "shards.jsonl")]) == 0
+    captions = [path.read_text() for path in sorted(folder.glob("*.txt"))]
+    assert len(captions) == 4
+    assert all(
+        caption.startswith("score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, ")
+        for caption in captions
+    )
+    distributed = by_path(read_records(tmp_path / "shards.jsonl"))
+    assert distributed == by_path(read_records(tmp_path / "local.jsonl"))
+    assert sorted(item["prompt"] + "\n" for item in distributed.values()) == sorted(captions)
