@@ -25,6 +25,7 @@ from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
 from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, add_argument
 from .records import RecordsError, RecordWriter, absolute, error_record, record
+from .tagger import is_tagger
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,12 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = options_from(args)
         target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
-        # The captioner the style runs, known before any download (booru is a tagger's: it runs none).
-        captioner = None if options.prompt_style == "booru" else prompt_style.resolve(options, target).caption
+        # The style and the captioner it runs, known before any download (booru is a tagger's: it runs none).
+        style = (
+            None if options.prompt_style == "booru" else prompt_style.resolve(options, target, is_tagger(args.model))
+        )
+        captioner = style.caption if style else None
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options, captioner, target)
+            return ray_main(args, options, style, target)
         if captioner:
             check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(

@@ -38,8 +38,8 @@ from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
 from .models import ModelError
-from .options import CaptionOptions
 from .pipeline import Preprocessor, caption_path
+from .prompt_style import Style
 from .records import (
     LEFT_AS_IT_IS,
     RecordsError,
@@ -72,20 +72,18 @@ class JobSummary:
         return f"{self.images} images ({self.errors} errors), {self.skipped} already in the output{rate}"
 
 
-def main(
-    args: argparse.Namespace, options: ExtractOptions, captioner: CaptionOptions | None, target: Detected | None
-) -> int:
+def main(args: argparse.Namespace, options: ExtractOptions, style: Style | None, target: Detected | None) -> int:
     """The CLI's --engine ray; `target` is the --checkpoint the prompts are for (None: none named)."""
     try:
         import ray
     except ImportError:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    if args.output is None or captioner:
+    if args.output is None or (style and style.caption):
         reason = (
             "needs --output DIR for its records"
             if args.output is None
-            else "does not run a captioner (--caption, --prompt-style sentences) yet"
+            else "does not run a captioner (--caption, --prompt-style sentences) yet" + _why_a_captioner(style)
         )
         print(f"error: --engine ray {reason}", file=sys.stderr)
         return EXIT_SETUP_FAILED
@@ -110,6 +108,13 @@ def main(
         return EXIT_SETUP_FAILED
     print(f"{args.output}: {summary}", file=sys.stderr)
     return EXIT_IMAGE_FAILED if summary.errors else 0
+
+
+def _why_a_captioner(style: Style) -> str:
+    """Why the style runs one, where the user may not have asked (automatic follows the checkpoint)."""
+    if style.sentences and style.reason != "chosen":
+        return f"; prompt style {style.reason} (--prompt-style tags runs without one)"
+    return ""
 
 
 def _worker_warnings() -> str:

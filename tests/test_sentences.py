@@ -417,6 +417,25 @@ def test_cli_bad_checkpoint_file_and_ray_are_setup_errors(tmp_path, capsys):
     assert code == 2 and "does not run a captioner (--caption, --prompt-style sentences) yet" in err
 
 
+def test_ray_says_when_the_checkpoint_made_automatic_run_a_captioner_and_a_tagger_needs_none(
+    tmp_path, capsys, monkeypatch
+):
+    ray = pytest.importorskip("ray")
+    import easy_diffuser.ray_job as ray_job
+
+    flux = ["x.png", "--engine", "ray", "--output", str(tmp_path / "out"), "--checkpoint", "flux1-dev.safetensors"]
+    code, out, err = run_cli(flux, capsys)
+    assert code == 2 and "prompt style automatic: sentences for Flux" in err and "--prompt-style tags" in err
+    # A tagger's automatic style is booru whatever the checkpoint: no captioner, so the job starts.
+    started = []
+    summary = ray_job.JobSummary(images=0, errors=0, skipped=0, seconds=0.0)
+    monkeypatch.setattr(ray_job, "run_job", lambda *args, **kwargs: started.append(kwargs["target"]) or summary)
+    monkeypatch.setattr(ray_job, "list_inputs", lambda inputs, recursive=False: [])
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no cluster: only whether the job starts
+    code, out, err = run_cli([*flux, "--model", "shapes-booru"], capsys)
+    assert code == 0 and "captioner" not in err and started[0].family.name == "flux"
+
+
 def test_python_api_prompt_style(tiny_model_dir, qwen, image, tmp_path, monkeypatch):
     import easy_diffuser
 
