@@ -362,10 +362,10 @@ character 0.85) contain the true attribute:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--scenes", type=int, default=6000, help="training scenes rendered once")
+    parser.add_argument("--scenes", type=int, default=30000, help="training scenes rendered once")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--eval-count", type=int, default=2000)
     parser.add_argument("--eval-seed", type=int, default=20261202)
