@@ -6,7 +6,9 @@ img_size 448, no class token, average pool, gelu_tanh, 10,861 classes): they tim
 and nothing is downloaded. The bench writes the hub folder, loads it through easy_diffuser.tagger (the torch
 path is the engine's own), exports the same module to ONNX and runs it with onnxruntime's CPU provider.
 Both take the same preprocessed batch and give probabilities (the sigmoid is inside both); the real WD
-ONNX file takes NHWC 0-255 pixels instead, which costs nothing measurable.
+ONNX file takes NHWC 0-255 pixels instead, which costs nothing measurable. The torch column is
+`LoadedTagger.probabilities` as the engine calls it: on a CPU, pairs of images and oneDNN's matrix products
+(models.cpu_matmuls); onnxruntime takes each batch whole, as the wd14-tagger extensions give it.
 
     pip install 'easy-diffuser[bench]'      # onnx, onnxruntime: for this bench only
     python bench/bench_tagger.py                      # WD-vit size (86 M parameters, 448 px)
@@ -31,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from easy_diffuser import tagger  # noqa: E402
+from easy_diffuser.models import cpu_matmuls  # noqa: E402
 
 SIZES = {
     # WD v3 ViT's config.json; "small" and "tiny" are the same at ViT-S and ViT-Ti width
@@ -105,6 +108,12 @@ def onnx_session(model: torch.nn.Module, pixels: int, path: Path):
     return lambda batch: session.run(None, {"input": batch.numpy()})[0]
 
 
+def compiled_probabilities(compiled: Callable, batch: torch.Tensor) -> torch.Tensor:
+    with cpu_matmuls(batch.device):
+        chunks = [compiled(chunk) for chunk in batch.split(tagger.CPU_CHUNK)]
+    return torch.sigmoid(torch.cat(chunks))
+
+
 def seconds(run: Callable[[], object], repeat: int) -> list[float]:
     times = []
     for _ in range(repeat):
@@ -132,9 +141,9 @@ def main() -> None:
         pixels = loaded.image_size
         run_onnx = onnx_session(loaded.model, pixels, Path(work) / "model.onnx")
         runners = {"torch": loaded.probabilities, "onnxruntime": run_onnx}
-        if args.compile:
-            compiled = torch.compile(loaded.model)
-            runners["torch.compile"] = torch.inference_mode()(lambda batch: torch.sigmoid(compiled(batch)))
+        if args.compile:  # as the engine runs it (CPU chunks, oneDNN matmuls), the network compiled by inductor
+            compiled = torch.compile(loaded.model, dynamic=False)
+            runners["torch.compile"] = torch.inference_mode()(lambda batch: compiled_probabilities(compiled, batch))
         rows = []
         for batch_size in args.batches:
             batch = torch.rand(batch_size, 3, pixels, pixels) * 2 - 1

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .models import LoadedModel
+from .models import LoadedModel, cpu_matmuls
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
 
@@ -22,7 +22,8 @@ ProgressFn = Callable[[int, int], None]  # (done, total)
 def encode_preprocessed(loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
     """Unit-length image embeddings, float32 on the CPU, one row per image already through `loaded.preprocess`
     (stacked: decoding can run elsewhere)."""
-    features = loaded.model.encode_image(batch.to(loaded.device, loaded.dtype))
+    with cpu_matmuls(loaded.device):
+        features = loaded.model.encode_image(batch.to(loaded.device, loaded.dtype))
     return F.normalize(features.float(), dim=-1).cpu()
 
 
@@ -59,10 +60,11 @@ def encode_texts(
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
         batch = tokens[rows]
-        if encode is not None:
-            features = encode(batch[:, : int(lengths[rows].max())])
-        else:
-            features = loaded.model.encode_text(batch.to(loaded.device))
+        with cpu_matmuls(loaded.device):
+            if encode is not None:
+                features = encode(batch[:, : int(lengths[rows].max())])
+            else:
+                features = loaded.model.encode_text(batch.to(loaded.device))
         out.append(F.normalize(features.float(), dim=-1).cpu())
         if progress:
             progress(min(start + batch_size, len(texts)), len(texts))

@@ -86,7 +86,9 @@ REGISTRY: dict[str, ModelInfo] = {
         ),
         ModelInfo("ViT-H-14/laion2b_s32b_b79k", "SD 2.x (its OpenCLIP-H text encoder)", {"tau": 1.5}),
         ModelInfo("ViT-bigG-14/laion2b_s39b_b160k", "SDXL (its OpenCLIP-bigG text encoder)", {"tau": 1.5}),
-        ModelInfo("shapes-demo", "the tiny shapes-world model shipped for offline tries and tests"),
+        ModelInfo(
+            "shapes-demo", "the tiny shapes-world model shipped for offline tries and tests", shipped="shapes-demo"
+        ),
         ModelInfo(
             "shapes-booru",
             "the tiny shapes-world WD-style tagger shipped for offline tries and tests (booru tags)",
@@ -181,6 +183,27 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+@contextlib.contextmanager
+def cpu_matmuls(device: torch.device) -> Iterator[None]:
+    """fp32 matrix products on the CPU through oneDNN's AVX-512 kernels instead of MKL's, which runs AVX2 code on
+    AMD CPUs: a ViT-B's linear layers took 2.4x longer on this project's EPYC (bench/bench_tagger.py).
+
+    torch's lever for oneDNN is fpmath "bf16", an allowance oneDNN takes up only with AMX tiles; without them the
+    products stay fp32 (ONEDNN_VERBOSE names brg_matmul:avx512_core, f32), so it is used only there. Intel CPUs
+    with AMX keep MKL, which is fast on them. torch before 2.9 has no such setting: nothing changes there."""
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    if device.type != "cpu" or not hasattr(matmul, "fp32_precision") or amx():
+        yield
+        return
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
+
+
 class LoadOnce(Generic[T]):
     """Loads each (spec, cache folder) once per process and hands out the same object afterwards."""
 
@@ -240,7 +263,7 @@ def _load(spec: str, cache_dir: Path) -> Any:
         if claims(spec):
             return load(spec, cache_dir)
     if spec == "shapes-demo":
-        return _load_folder(DATA_DIR / "shapes-demo", model_id="shapes-demo")
+        return _load_folder(DATA_DIR / "shapes-demo", model_id=spec)
     arch, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
     local = Path(path).expanduser()
     if local.is_dir():
@@ -467,7 +490,7 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
             f"{config_path}: open_clip cannot build this model ({type(error).__name__}: {one_line(error)})"
         ) from None
     _load_weights(model, weights)
-    defaults = _folder_defaults(folder / "easy_diffuser.json")
+    defaults = folder_defaults(folder / "easy_diffuser.json")
     vocabulary = folder / "vocabulary"
     return _finish(
         model,
@@ -481,17 +504,23 @@ def _load_folder(folder: Path, model_id: str | None = None) -> LoadedModel:
 
 
 def declared_defaults(spec: str) -> tuple[str, dict[str, Any]] | None:
-    """(model id, defaults) of a named model without loading it: the registry's, and shapes-demo's own file.
-    None for model folders and checkpoint files, whose id needs their weights hashed."""
-    if spec == "shapes-demo":
-        return spec, _folder_defaults(DATA_DIR / "shapes-demo" / "easy_diffuser.json")
+    """(model id, defaults) of a named model without loading it: the registry's, with a shipped model's own file
+    over them. None for model folders and checkpoint files, whose id needs their weights hashed."""
+    info = REGISTRY.get(spec)
+    if info is not None and info.shipped:
+        return spec, shipped_defaults(info)
     if "/" in spec and "=" not in spec and not Path(spec).expanduser().exists():
         info = REGISTRY.get(spec)
         return spec, dict(info.defaults) if info else {}
     return None
 
 
-def _folder_defaults(path: Path) -> dict[str, Any]:
+def shipped_defaults(info: ModelInfo) -> dict[str, Any]:
+    """A shipped model's defaults: the registry's, then what its folder's easy_diffuser.json learnt (calibration)."""
+    return {**info.defaults, **folder_defaults(DATA_DIR / info.shipped / "easy_diffuser.json")}
+
+
+def folder_defaults(path: Path) -> dict[str, Any]:
     """A model folder's own defaults (tau, negatives, ...); none when the file is absent."""
     if not path.exists():
         return {}
