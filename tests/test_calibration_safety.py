@@ -116,6 +116,16 @@ def test_a_real_model_needs_a_generator_and_help_names_defaults(tmp_path, folder
     assert "easy-diffuser calibrate FOLDER" in capsys.readouterr().out
 
 
+def test_the_shipped_tagger_calibrates_offline_on_the_shapes_renderer_by_default(tmp_path, folder, capsys):
+    """The round trip works for a tagger as for CLIP; on the shapes world shapes-booru's prompt names every
+    attribute, so the renderer has nothing left to choose and every setting ties (docs/booru.md)."""
+    args = ["calibrate", str(folder), "--model", "shapes-booru", "--cache-dir", str(tmp_path), "--taus", "0", "2"]
+    assert cli.main([*args, "--negatives", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "--generator shapes (the shapes-world renderer, shapes-booru's default)" in out
+    assert (tmp_path / "calibration" / "shapes-booru.candidate.json").exists()
+
+
 def row(setting: Setting, losses: list[float]) -> Row:
     return Row(setting, sum(losses) / len(losses), 0.9, losses, [("a", "b")] * len(losses))
 

@@ -15,7 +15,7 @@ from easy_diffuser import tagger
 from easy_diffuser.cli import main
 from easy_diffuser.engine import Engine
 from easy_diffuser.images import load_image
-from easy_diffuser.models import ModelError, ModelFileError, load_model, unload_models
+from easy_diffuser.models import TAGGER_DEFAULTS, ModelError, ModelFileError, load_model, unload_models
 from easy_diffuser.options import ExtractOptions
 from easy_diffuser.pipeline import Preprocessor
 
@@ -122,6 +122,21 @@ def test_a_tagger_is_a_model_like_any_other(folders, cache_dir):
     assert load_model(str(folders["vit"]), cache_dir=cache_dir) is loaded  # loaded once, as CLIP models are
     unload_models(str(folders["vit"]), cache_dir)
     assert load_model(str(folders["vit"]), cache_dir=cache_dir) is not loaded
+
+
+def test_a_tagger_folders_easy_diffuser_json_sets_its_defaults_as_a_clip_folders_does(
+    tmp_path, cache_dir, transparent_strip
+):
+    import shutil
+
+    from easy_diffuser.engine import automatic_values
+
+    folder = shutil.copytree(write_tagger(tmp_path / "made", "vit"), tmp_path / "calibrated")
+    (folder / "easy_diffuser.json").write_text('{"tau": 0.75, "negatives": 3}')
+    result = Engine(str(folder), "cpu", cache_dir=cache_dir).extract(transparent_strip)
+    assert (result.tau, result.tau_source) == (0.75, "model default")
+    # A shipped tagger's values are known before it loads, as shapes-demo's are (the tab shows them).
+    assert automatic_values("shapes-booru", cache_dir) == (TAGGER_DEFAULTS["tau"], ExtractOptions().negatives)
 
 
 # -- the hub names: local files first, only three files, one line without network -----------------------------

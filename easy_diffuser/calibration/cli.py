@@ -23,7 +23,8 @@ from .report import NO_PLOT, summary_lines, table_text
 from .run import FIRST_IMAGES, calibrate
 from .sweep import DEFAULT_NEGATIVES, DEFAULT_TAUS, Calibration, calibration_options
 
-SHAPES_MODEL = "shapes-demo"  # the one model the offline shapes renderer can stand in for a real generator
+# The shipped shapes-world models, for which the offline shapes renderer stands in for a real generator.
+SHAPES_MODELS = ("shapes-demo", "shapes-booru")
 SWEEP_TAU = replace(OPTION["tau"], automatic="")  # the schema's range; a sweep's tau is a number, never "automatic"
 EXAMPLES = """examples:
   easy-diffuser calibrate FOLDER --model ViT-L-14/openai --generator http://127.0.0.1:7860
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--generator",
         default=None,
         help=f"the URL of a webui started with --api (e.g. http://127.0.0.1:7860), or 'shapes' "
-        f"(default: shapes for {SHAPES_MODEL}, required otherwise)",
+        f"(default: shapes for {' and '.join(SHAPES_MODELS)}, required otherwise)",
     )
     parser.add_argument(
         "--apply",
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     generator_spec = args.generator or "shapes"
     if args.folder and not args.generator:
-        print(f"note: --generator shapes (the shapes-world renderer, {SHAPES_MODEL}'s default)")
+        print(f"note: --generator shapes (the shapes-world renderer, {args.model}'s default)")
     try:
         engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
         generator = make_generator(generator_spec, args.width, args.height, args.steps) if args.folder else None
@@ -177,7 +178,7 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return "give the FOLDER of images to calibrate on (or --apply / --undo)"
     if args.out_dir and (args.apply or args.undo):
         return "--apply and --undo work on the cache folder's calibration, not on --out-dir"
-    if args.folder and not args.generator and args.model != SHAPES_MODEL:
+    if args.folder and not args.generator and args.model not in SHAPES_MODELS:
         return (
             f"--generator is required for {args.model}: pass the URL of a webui started with --api, "
             "e.g. --generator http://127.0.0.1:7860"

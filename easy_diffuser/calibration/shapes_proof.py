@@ -1,8 +1,9 @@
 """Proof on the shapes world that calibration works, and the fit of shapes-demo's tag probabilities.
 
-    python -m easy_diffuser.calibration.shapes_proof [--out DIR]
+    python -m easy_diffuser.calibration.shapes_proof [--model shapes-demo|shapes-booru] [--out DIR]
 
-Calibrates shapes-demo on one set of random scenes, then compares on held-out scenes the loss
+Calibrates a shipped shapes model (shapes-demo, or the tagger shapes-booru: one path for both) on one set
+of random scenes, then compares on held-out scenes the loss
 of the calibrated setting against three alternatives at the same number of negatives: the lowest
 tags of the whole vocabulary, no negative prompt, and a tau too high. Because the scenes are known,
 it also counts how often a true attribute of the image lands in the negative prompt, the failure
@@ -29,6 +30,8 @@ from .sweep import NO_NEGATIVES, WHOLE_VOCABULARY, WHOLE_VOCABULARY_LABEL, Row, 
 
 TOO_HIGH_LABEL = "tau too high"
 TOO_HIGH_TAU = 1.0  # shapes-demo's shipped tau before calibration
+# A tagger's relevance is standardised log-odds (scorers.py): at tau 3 only the tags it is sure of pass.
+TOO_HIGH_TAUS = {"shapes-demo": TOO_HIGH_TAU, "shapes-booru": 3.0}
 
 
 @dataclass
@@ -97,7 +100,8 @@ def comparison_table(compared: Sequence[Compared], extra: Mapping[str, Callable[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Calibrate shapes-demo and compare on held-out scenes.")
+    parser = argparse.ArgumentParser(description="Calibrate a shapes model and compare on held-out scenes.")
+    parser.add_argument("--model", choices=TOO_HIGH_TAUS, default="shapes-demo")
     parser.add_argument(
         "--out",
         type=Path,
@@ -106,10 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--train", type=int, default=60, help="calibration images")
     parser.add_argument("--held-out", type=int, default=400, help="held-out images")
-    parser.add_argument("--too-high", type=float, default=TOO_HIGH_TAU, help="the 'tau too high' of the comparison")
-    parser.add_argument("--fit", action="store_true", help="also fit and print the tag-probability calibration")
+    parser.add_argument("--too-high", type=float, help="the 'tau too high' of the comparison (default: per model)")
+    parser.add_argument("--fit", action="store_true", help="also fit and print shapes-demo's tag probabilities")
     args = parser.parse_args(argv)
-    engine = Engine("shapes-demo", cache_dir=args.out / "cache")
+    if args.fit and args.model != "shapes-demo":
+        parser.error("--fit: a tagger gives its own tag probabilities, there is nothing to fit")
+    too_high = TOO_HIGH_TAUS[args.model] if args.too_high is None else args.too_high
+    engine = Engine(args.model, cache_dir=args.out / "cache")
     if args.fit:
         fitted = fit_probabilities(engine)
         print(f"fitted tag probabilities: prob_center {fitted.center:.3f}, prob_temperature {fitted.temperature:.3f}")
@@ -118,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = calibrate(engine, folder, ShapesGenerator(), out_dir=args.out)
     assert result.best is not None
     print(f"calibrated: {result.best.setting.describe()} (loss {result.best.loss:.4f}); wrote {result.path}")
-    print(comparison_table(compare_held_out(engine, result.best.setting, args.too_high, scenes(args.held_out, seed=2))))
+    print(comparison_table(compare_held_out(engine, result.best.setting, too_high, scenes(args.held_out, seed=2))))
     return 0
 
 
