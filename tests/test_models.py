@@ -168,3 +168,19 @@ def test_broken_defaults_file_in_a_model_folder_names_the_file(tiny_model_dir, t
     (folder / "easy_diffuser.json").write_text(text)
     with pytest.raises(ModelError, match="my-model/easy_diffuser.json: "):
         load_model(str(folder), cache_dir=cache_dir)
+
+
+def test_cpu_matmuls_keep_fp32_results_and_put_the_setting_back():
+    """oneDNN's products on a CPU without AMX are fp32 ones: the same numbers to fp32 rounding, never bf16's."""
+    from easy_diffuser.models import cpu_matmuls
+
+    torch.manual_seed(0)
+    inputs, weight = torch.randn(64, 256), torch.randn(512, 256)
+    exact = inputs.double() @ weight.double().T
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    before = getattr(matmul, "fp32_precision", None)
+    with pytest.raises(RuntimeError), cpu_matmuls(torch.device("cpu")):
+        product = torch.nn.functional.linear(inputs, weight)
+        raise RuntimeError("a failing forward pass")
+    assert getattr(matmul, "fp32_precision", None) == before
+    assert (product.double() - exact).abs().max() / exact.abs().max() < 1e-5  # bf16 would be about 4e-3
