@@ -102,9 +102,12 @@ def positives(
             return 0
         return {"character": 1, "copyright": 2}.get(categories[index], 4)
 
-    ordered = sorted(passed, key=group)  # stable: by probability within each group
-    count_to_series = [i for i in ordered if group(i) < 4]
-    general = [i for i in ordered if group(i) == 4]
+    groups = {i: group(i) for i in passed}
+    ordered = sorted(passed, key=groups.__getitem__)  # stable: by probability within each group
+    count_to_series = [i for i in ordered if groups[i] < 4]
+    general = [i for i in ordered if groups[i] == 4]
     chosen = count_to_series + rating + general
-    leading = [i for i in first if i in set(chosen)]
-    return leading + [i for i in chosen if i not in set(leading)]
+    in_chosen = set(chosen)
+    leading = [i for i in first if i in in_chosen]
+    led = set(leading)
+    return leading + [i for i in chosen if i not in led]
