@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..engine import Engine
 from ..models import DEFAULT_MODEL, ModelError, default_device
-from ..options import OPTION
+from ..options import OPTION, REFINE_OPTION
 from . import store
 from .generators import make_generator
 from .report import NO_PLOT, summary_lines, table_text
@@ -89,11 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--seed", type=int, default=0, help="generation seed offset (default: %(default)s)")
     webui = parser.add_argument_group("webui generation")
-    webui.add_argument("--width", type=_whole(64, 2048), default=256, help="64 to 2048 (default: %(default)s)")
-    webui.add_argument("--height", type=_whole(64, 2048), default=256, help="64 to 2048 (default: %(default)s)")
-    webui.add_argument(
-        "--steps", type=_whole(1, 150), default=12, help="sampling steps, 1 to 150 (default: %(default)s)"
-    )
+    # The ranges are refine's (one definition); calibration's images are smaller by default: it generates many.
+    for name, default, what in (("width", 256, ""), ("height", 256, ""), ("steps", 12, "sampling steps, ")):
+        option = REFINE_OPTION[name]
+        webui.add_argument(
+            option.flag,
+            type=option.argument_type(),
+            default=default,
+            help=f"{what}{option.minimum:g} to {option.maximum:g} (default: %(default)s)",
+        )
     parser.add_argument(
         "--table", action="store_true", help="print the whole table (default: a summary; the table is in the report)"
     )
@@ -105,18 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, default=None, help="write the result here instead of the cache folder (never in force)"
     )
     return parser
-
-
-def _whole(low: int, high: int):
-    """An argparse type: a whole number from low to high (a webui would be sent whatever we pass on)."""
-
-    def parse(text: str) -> int:
-        if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}")
-        return int(text)
-
-    parse.__name__ = "int"
-    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
