@@ -111,6 +111,8 @@ def test_the_tab_refuses_what_the_schema_refuses():
         "general_mcut": False,
         "character_mcut": False,
         "family": "automatic",
+        "exclude_tags": "",
+        "first_tags": "",
         "weights": False,
         "caption": False,
         "caption_model": "",
@@ -119,6 +121,8 @@ def test_the_tab_refuses_what_the_schema_refuses():
     assert controls.extract_options(values).max_tags == 12  # sliders send floats
     with pytest.raises(OptionError, match="quality_negatives: must be a whole number from 0 to 32, not 40"):
         controls.extract_options({**values, "quality_negatives": 40})
+    with pytest.raises(OptionError, match="first_tags: must be comma-separated tags, at most 4000 printable"):
+        controls.extract_options({**values, "first_tags": "red,\nblue"})
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,8 @@ CONTROLS = (
     "general_mcut",
     "character_mcut",
     "family",
+    "exclude_tags",
+    "first_tags",
     "weights",
     "caption",
     "caption_model",

@@ -58,7 +58,8 @@ def build_tab(host: WebuiHost, handlers: Handlers) -> gr.Blocks:
             # The model setting may have changed since the page was built: show the new model's controls.
             extracted_event.then(handlers.kind_controls, inputs=[extracted], outputs=kind_controls, queue=False)
         for name in controls.RESELECTING:  # unqueued: they answer while a generation holds the queue
-            _wire(inputs[name].input, handlers.reselect, [extracted], inputs, results, queue=False)
+            for event in _finished_moves(inputs[name]):
+                _wire(event, handlers.reselect, [extracted], inputs, results, queue=False)
         weights = inputs["weights"]
         clicked_outputs = [prompt, negative, bars, status, extracted]
         click.click(handlers.click_tag, inputs=[clicked, extracted, weights], outputs=clicked_outputs, queue=False)
@@ -138,6 +139,11 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
         elem_id="easy_diffuser_family",
         visible=shown["family"],
     )
+    with gr.Row():  # CLIP models and taggers both take them
+        for option in (OPTION["exclude_tags"], OPTION["first_tags"]):
+            made[option.name] = gr.Textbox(
+                option.default, label=option.label, info=option.help, elem_id=f"easy_diffuser_{option.name}"
+            )
     with gr.Row():
         made["caption"] = gr.Checkbox(
             opts.easy_diffuser_caption, label="Caption first", elem_id="easy_diffuser_caption"
@@ -170,6 +176,14 @@ def _wire(event: Callable, handler: Callable, fixed: list, inputs: dict, outputs
         return handler(*values(data))
 
     return event(queued if queue else unqueued, inputs={*fixed, *inputs.values()}, outputs=outputs, queue=queue)
+
+
+def _finished_moves(control: gr.components.Component) -> tuple[Callable, ...]:
+    """The events of a control's new value. A list of tags counts once typed (Enter, or leaving the box), not at
+    every key: a half-typed tag would re-select, and answers to a burst of keys may arrive out of order."""
+    if isinstance(control, gr.Textbox):
+        return control.submit, control.blur
+    return (control.input,)
 
 
 def _slider(option: Option, value: float, **kwargs: Any) -> gr.Slider:

@@ -76,6 +76,8 @@ TAB = {
     "general_mcut": False,
     "character_mcut": False,
     "family": "automatic",
+    "exclude_tags": "",
+    "first_tags": "",
     "weights": True,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
