@@ -41,6 +41,8 @@ TAB = {
     "general_mcut": False,
     "character_mcut": False,
     "family": "automatic",
+    "exclude_tags": "",
+    "first_tags": "",
     "weights": False,
     "caption": False,
     "caption_model": "Salesforce/blip-image-captioning-base",
@@ -365,6 +367,30 @@ def test_reselection_after_a_model_switch_asks_for_extract(webui, red_circle, tm
     assert blank[4] == gr.update(interactive=True) and blank[:4] == (gr.update(),) * 4
 
 
+def test_the_exclude_and_first_lists_reselect_without_the_model_and_a_bad_list_keeps_the_prompts(
+    webui, red_circle, monkeypatch
+):
+    from PIL import Image
+
+    from easy_diffuser.engine import Engine
+    from easy_diffuser.options import MAX_TAG_LIST
+
+    module = webui()
+    prompt, negative, *_, state = module.extract(Image.open(red_circle), None, TAB, Progress())
+    tags = prompt.split(", ")
+    assert "red" in tags and tags[:2] != ["gray background", "large"] and {"gray background", "large"} <= set(tags)
+    monkeypatch.setattr(Engine, "encode", lambda *args: pytest.fail("re-selection ran the model"))
+    without_red, negative_without_red, *_ = module.reselect(state, {**TAB, "exclude_tags": "Red"})
+    assert "red" not in without_red.split(", ") + negative_without_red.split(", ")  # in neither prompt
+    reordered, *_ = module.reselect(state, {**TAB, "first_tags": "gray background, large"})
+    assert reordered.split(", ")[:2] == ["gray background", "large"] and sorted(reordered.split(", ")) == sorted(tags)
+    for bad in ("red, " * MAX_TAG_LIST, "red,\tcircle"):  # over the limit; a tab is not printable
+        kept_prompt, kept_negative, _, status, *_, kept = module.reselect(state, {**TAB, "exclude_tags": bad})
+        assert (kept_prompt, kept_negative) == (gr.update(), gr.update()) and kept is state
+        assert "exclude_tags: must be comma-separated tags, at most 4000 printable characters" in status
+        assert "easy-diffuser-error" in status
+
+
 def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypatch):
     module = webui()
     folder = tmp_path / "images"
@@ -508,6 +534,8 @@ def test_the_tab_has_its_elem_ids_and_hides_the_folder_batch_when_told(webui):
         "easy_diffuser_neg_prompt",
         "easy_diffuser_image",
         "easy_diffuser_batch_folder",
+        "easy_diffuser_exclude_tags",
+        "easy_diffuser_first_tags",
     } <= shown
     assert {"easy_diffuser_calibrate_folder", "easy_diffuser_calibrate_run", "easy_diffuser_calibrate_stop"} <= shown
     webui("--hide-ui-dir-config")

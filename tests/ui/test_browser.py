@@ -439,3 +439,29 @@ def test_a_tagger_shows_its_controls_and_its_thresholds_preset_and_mcut_reselect
         expect(status).to_contain_text("preset: Illustrious/NoobAI (chosen in the settings)")
         expect(prompt).to_have_value(re.compile(r"^masterpiece, best quality, .*\bred, circle\b"))
     assert forward_passes == []
+
+
+def test_the_tag_lists_put_tags_first_and_leave_tags_out_without_the_model(page, red_circle, monkeypatch):
+    from easy_diffuser.engine import Engine
+
+    prompt, status = textarea(page, "easy_diffuser_prompt"), page.locator("#easy_diffuser_status .easy-diffuser-status")
+    upload(page, red_circle)
+    tags = extract(page).split(", ")
+    assert "large" in tags and tags[0] != "large"
+    forward_passes = []
+    monkeypatch.setattr(Engine, "encode", lambda *args: forward_passes.append(args))
+    first = textarea(page, "easy_diffuser_first_tags")
+    first.fill("large")
+    first.press("Enter")
+    expect(prompt).to_have_value(re.compile(r"^large, "))
+    exclude = textarea(page, "easy_diffuser_exclude_tags")
+    exclude.fill("red")
+    exclude.blur()  # leaving the box counts as much as Enter
+    expect(prompt).not_to_have_value(re.compile(r"\bred\b"))
+    chosen = prompt.input_value()
+    assert chosen.startswith("large, ")
+    exclude.fill("red,\tcircle")  # a tab is no printable character
+    exclude.blur()
+    expect(status).to_contain_text("exclude_tags: must be comma-separated tags, at most 4000 printable characters")
+    assert prompt.input_value() == chosen
+    assert forward_passes == []
