@@ -106,7 +106,9 @@ def serve(demo: gr.Blocks) -> str:
 def screenshot_tab(out: Path, settings: Mapping[str, Any], work: Callable[[Any], None]) -> int:
     """The README's pictures: start the stand-in webui with these settings (an image is extracted on Extract only),
     let `work` use the page (a Playwright page in headless Chromium), then take the tab's picture into `out`."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=120_000)  # as the page's: a first extraction on a busy machine takes its time
 
     with tempfile.TemporaryDirectory() as folder:
         load_extension([], Path(folder) / "models")
