@@ -74,6 +74,7 @@ class ExtractResponse(BaseModel):
     prompt_style: str  # the style in force: tags or sentences (automatic follows the loaded checkpoint)
     prompt_style_note: str  # which style and why; and when the checkpoint ignores the negative prompt
     reselect: str  # send back as {"reselect": ...} with other options to select again from this image
+    preset: Optional[str] = None  # a tagger's checkpoint family preset and why (families.py); none for CLIP
 
 
 class ModelOut(BaseModel):

@@ -57,7 +57,7 @@ def test_extract_answers_prompts_and_scored_tags(client, image_b64):
     assert {"tag", "score", "category", "role"} <= set(body["tags"][0])
     negatives = [tag["tag"] for tag in body["tags"] if tag["role"] == "negative"]
     assert body["negative_prompt"] == ", ".join(negatives)
-    assert body["tau_source"]
+    assert body["tau_source"] and body["preset"] is None  # a CLIP model takes no family preset
 
 
 def test_a_data_url_works_too(client, image_b64):
@@ -358,6 +358,7 @@ def test_a_tagger_answers_booru_tags_and_reselects_by_threshold_from_its_token(m
     assert first.status_code == 200, first.text
     body = first.json()
     assert body["prompt"] == r"1girl, saber \(fate\), general, smile"
+    assert body["preset"] == "No preset (no checkpoint loaded)"  # the tab's status line says it too
     categories = {tag["tag"]: tag["category"] for tag in body["tags"]}
     assert (categories["1girl"], categories["saber (fate)"], categories["general"]) == (
         "general",
@@ -368,6 +369,8 @@ def test_a_tagger_answers_booru_tags_and_reselects_by_threshold_from_its_token(m
         again = client.post(EXTRACT, json={"reselect": body["reselect"], "general_threshold": 0.6})
     assert again.status_code == 200, again.text
     assert again.json()["prompt"] == r"1girl, saber \(fate\), general"
+    pony = client.post(EXTRACT, json={"reselect": body["reselect"], "family": "pony"})
+    assert pony.json()["preset"] == "Pony (chosen in the settings)" and pony.json()["prompt"].startswith("score_9")
 
 
 def test_a_broken_tagger_folder_is_a_4xx_naming_the_file(models_path, tagger_folder, tmp_path, image_b64):
