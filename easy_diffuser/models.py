@@ -190,7 +190,7 @@ def cpu_matmuls(device: torch.device) -> Iterator[None]:
 
     torch's lever for oneDNN is fpmath "bf16", an allowance oneDNN takes up only with AMX tiles; without them the
     products stay fp32 (ONEDNN_VERBOSE names brg_matmul:avx512_core, f32), so it is used only there. Intel CPUs
-    with AMX keep MKL, which is fast on them. torch before 2.9 has no such setting: nothing changes there."""
+    with AMX keep MKL, which is fast on them. An older torch without the setting changes nothing."""
     matmul = getattr(torch.backends.mkldnn, "matmul", None)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     if device.type != "cpu" or not hasattr(matmul, "fp32_precision") or amx():
