@@ -262,8 +262,9 @@ def _load(spec: str, cache_dir: Path) -> Any:
     for claims, load in MODEL_KINDS:
         if claims(spec):
             return load(spec, cache_dir)
-    if spec == "shapes-demo":
-        return _load_folder(DATA_DIR / "shapes-demo", model_id=spec)
+    info = REGISTRY.get(spec)
+    if info is not None and info.shipped:  # a CLIP shipped in the package (a shipped tagger is tagger.py's)
+        return _load_folder(DATA_DIR / info.shipped, model_id=spec)
     arch, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
     local = Path(path).expanduser()
     if local.is_dir():
