@@ -30,18 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from easy_diffuser import label_cache, models  # noqa: E402
+from easy_diffuser import label_cache  # noqa: E402
+from easy_diffuser.kinds.clip_loading import LoadedClip, open_clip_module  # noqa: E402
 from easy_diffuser.vocabulary import BUILTIN_DIR, load_vocabulary  # noqa: E402
 
 MODEL_NAME = "ViT-B-32/random"  # clip-interrogator names its cache file after the model
 DESC = "bench"
 
 
-def random_model(arch: str) -> models.LoadedModel:
-    open_clip = models._open_clip()
+def random_model(arch: str) -> LoadedClip:
+    open_clip = open_clip_module()
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(arch)
-    return models.LoadedModel(MODEL_NAME, model.eval(), preprocess, open_clip.get_tokenizer(arch), {}, None, "random")
+    return LoadedClip(MODEL_NAME, model.eval(), preprocess, open_clip.get_tokenizer(arch), {}, None, "random")
 
 
 def write_clip_interrogator_cache(folder: Path, labels: list[str], embeddings: torch.Tensor) -> None:

@@ -21,8 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from easy_diffuser import models  # noqa: E402
+from easy_diffuser.devices import default_dtype  # noqa: E402
 from easy_diffuser.embedding import encode_texts  # noqa: E402
 from easy_diffuser.engine import Engine  # noqa: E402
+from easy_diffuser.kinds.clip_loading import open_clip_module  # noqa: E402
 from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
 from easy_diffuser.vocabulary import BUILTIN_DIR, load_vocabulary  # noqa: E402
 
@@ -44,7 +46,7 @@ def random_checkpoint(arch: str, folder: Path) -> str:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = models._open_clip().create_model(arch)
+    model = open_clip_module().create_model(arch)
     path = folder / f"{arch}-random.safetensors"
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))
     return f"{arch}={path}"
@@ -57,7 +59,7 @@ def main() -> None:
     parser.add_argument("--tags", type=int, default=0, help="use only the first N tags (0: all)")
     parser.add_argument("--images", type=int, default=20)
     args = parser.parse_args()
-    dtype = models.default_dtype(args.device)
+    dtype = default_dtype(args.device)
     vocabulary = load_vocabulary([BUILTIN_DIR])
     tags = vocabulary.tags[: args.tags or None]
     rows = []

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_core import random_checkpoint  # noqa: E402
 from bench_tagger import SIZES, random_tagger  # noqa: E402
 
-from easy_diffuser import models, pipeline  # noqa: E402
+from easy_diffuser import pipeline  # noqa: E402
 from easy_diffuser.batch import caption_folder, find_images  # noqa: E402
+from easy_diffuser.devices import default_dtype  # noqa: E402
 from easy_diffuser.engine import Engine  # noqa: E402
 from easy_diffuser.images import load_image  # noqa: E402
 from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
@@ -108,7 +109,7 @@ def main() -> None:
             spec = str(random_tagger(Path(work) / "wd-random", args.tagger))
         else:
             spec = random_checkpoint(args.arch, Path(work))
-        engine = Engine(spec, args.device, models.default_dtype(args.device), cache_dir=Path(work) / "cache")
+        engine = Engine(spec, args.device, default_dtype(args.device), cache_dir=Path(work) / "cache")
 
         best: dict[str, float] = {}
         for _ in range(args.rounds):  # interleaved rounds, best of each: a shared CPU's load comes and goes

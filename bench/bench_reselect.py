@@ -21,8 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from easy_diffuser import embedding, models  # noqa: E402
+from easy_diffuser import embedding  # noqa: E402
 from easy_diffuser.engine import Engine  # noqa: E402
+from easy_diffuser.kinds.clip_loading import open_clip_module  # noqa: E402
 from easy_diffuser.options import ExtractOptions  # noqa: E402
 from easy_diffuser.presence import TagCalibration  # noqa: E402
 from easy_diffuser.vocabulary import BUILTIN_DIR, load_vocabulary  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     torch.manual_seed(0)
-    clip = models._open_clip().create_model(args.arch).eval()
+    clip = open_clip_module().create_model(args.arch).eval()
     width = clip.text_projection.shape[1]
 
     engine = Engine("shapes-demo")  # a real Engine, given the shipped vocabulary at the model's width

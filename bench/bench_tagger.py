@@ -8,7 +8,7 @@ path is the engine's own), exports the same module to ONNX and runs it with onnx
 Both take the same preprocessed batch and give probabilities (the sigmoid is inside both); the real WD
 ONNX file takes NHWC 0-255 pixels instead, which costs nothing measurable. The torch column is
 `LoadedTagger.probabilities` as the engine calls it: on a CPU, pairs of images and oneDNN's matrix products
-(models.cpu_matmuls); onnxruntime takes each batch whole, as the wd14-tagger extensions give it.
+(devices.cpu_matmuls); onnxruntime takes each batch whole, as the wd14-tagger extensions give it.
 
     pip install 'easy-diffuser[bench]'      # onnx, onnxruntime: for this bench only
     python bench/bench_tagger.py                      # WD-vit size (86 M parameters, 448 px)
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from easy_diffuser import tagger  # noqa: E402
+from easy_diffuser.kinds import wd_tagger as tagger  # noqa: E402
 
 SIZES = {
     # WD v3 ViT's config.json; "small" and "tiny" are the same at ViT-S and ViT-Ti width

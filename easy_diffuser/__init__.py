@@ -8,11 +8,11 @@ Try it offline with the tiny model shipped in the package:
     ed.print_caption()
 """
 
-from . import tagger  # noqa: F401  registers the WD taggers with models.load_model
 from .engine import Engine, Extraction, ExtractOptions
+from .errors import ModelError
 from .images import ImageError
-from .models import ModelError, list_models
 from .options import CaptionOptions, OptionError
+from .registry import list_models
 from .session import EasyDiffuser, start
 from .webui_client import WebuiError
 

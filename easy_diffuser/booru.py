@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
+
+from .budget import TokenBudget, within_budget
+
+if TYPE_CHECKING:
+    from .scoring import Scores
+    from .selection import SelectionOptions
+    from .vocabulary import Vocabulary
 
 # SmilingWolf's demo keeps these as they are: their underscore is part of the face.
 KAOMOJI = frozenset("0_0 (o)_(o) +_+ +_- ._. <o>_<o> <|>_<|> =_= >_< 3_3 6_9 >_o @_@ ^_^ o_o u_u x_x |_| ||_||".split())
@@ -41,7 +48,7 @@ def tag_list(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class BooruRule:
-    """How a tagger's probabilities become the positive prompt."""
+    """How a tagger's probabilities become the positive prompt (a selection.TagRule: a tagger kind's rule)."""
 
     general_threshold: float = 0.35
     character_threshold: float = 0.85
@@ -53,6 +60,26 @@ class BooruRule:
 
     def rating_word(self, rating: str) -> str:
         return dict(self.rating_words).get(rating, rating)
+
+    def positives(
+        self,
+        scores: "Scores",
+        vocabulary: "Vocabulary",
+        twins: torch.Tensor | None,
+        token_costs: Sequence[int],
+        options: "SelectionOptions",
+        excluded: set[int],
+        first: list[int],
+    ) -> list[int]:
+        ordered = positives(scores.score, vocabulary.tags, vocabulary.categories, self, excluded, first)
+        return within_budget(ordered, token_costs, TokenBudget(options.token_budget))
+
+    def never_negative(self, vocabulary: "Vocabulary") -> set[int]:
+        """Only general tags are the negative prompt's: a character, series or rating never is."""
+        return {index for index, category in enumerate(vocabulary.categories) if category != "general"}
+
+    def written(self, tag: str, category: str) -> str:
+        return self.rating_word(tag) if category == "rating" else tag
 
     @staticmethod
     def words(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -31,19 +31,14 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
+from .devices import OnDevice, default_dtype
+from .errors import ModelError, first_line
 from .files import safe_name
-from .models import (
-    DEFAULT_CACHE_DIR,
-    LoadOnce,
-    ModelError,
-    OnDevice,
-    _weights_only_torch_load,
-    default_dtype,
-    hub_offline,
-    require_reachable,
-)
+from .hub import hub_offline, require_reachable
+from .models import DEFAULT_CACHE_DIR, LoadOnce
 from .options import CAPTION_OPTION, DEFAULT_CAPTIONER, TOKEN_BUDGET, CaptionOptions
 from .selection import TagScore
+from .weights import weights_only_torch_load
 
 
 @dataclass(frozen=True)
@@ -242,7 +237,7 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
         raise
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
         raise ModelError(
-            f"cannot get captioner {spec} ({type(error).__name__}: {_first_line(error)}). "
+            f"cannot get captioner {spec} ({type(error).__name__}: {first_line(error)}). "
             f"Without network: download the files of https://huggingface.co/{spec} (config.json, the .safetensors "
             f"weights and their index, the tokenizer, preprocessor and chat template files) into {placed}, "
             "or pass a local model folder as the captioner"
@@ -276,7 +271,7 @@ def _load_folder(folder: Path, model_id: str) -> Captioner:
         raise
     except Exception as error:
         raise ModelError(
-            f"{folder}: not a usable captioner folder of {_KINDS} ({type(error).__name__}: {_first_line(error)})"
+            f"{folder}: not a usable captioner folder of {_KINDS} ({type(error).__name__}: {first_line(error)})"
         ) from error
 
 
@@ -325,7 +320,7 @@ def require_architecture(model_type: str, model_id: str) -> Architecture:
 def _load_weights(model_class: Any, source: str, safetensors_only: bool, **hub: Any) -> Any:
     # Repositories from before safetensors hold only pytorch_model.bin; transformers 4.30 reads
     # it with a plain torch.load, which on the webui's torch 2.1 unpickles: force weights_only.
-    with _weights_only_torch_load():
+    with weights_only_torch_load():
         try:
             return model_class.from_pretrained(source, use_safetensors=True, **hub)
         except OSError:
@@ -352,10 +347,6 @@ def _require_transformers() -> None:
         raise ModelError(
             "captions need the transformers package: pip install 'easy-diffuser[caption]' (or transformers>=4.30.2)"
         ) from None
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().split("\n")[0]
 
 
 def compose(

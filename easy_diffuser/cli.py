@@ -19,13 +19,15 @@ from . import prompt_style
 from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS, check_supported
 from .checkpoint_family import detect_checkpoint
+from .devices import default_device
 from .engine import Engine, Extraction
+from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError
-from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
+from .models import DEFAULT_MODEL
 from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, add_argument
 from .records import RecordsError, RecordWriter, absolute, error_record, record
-from .tagger import is_tagger
+from .registry import kind_for, list_models
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"registry name ({', '.join(REGISTRY)}), ARCH/TAG, model or tagger folder, or checkpoint file",
+        help=f"registry name ({', '.join(list_models())}), ARCH/TAG, model or tagger folder, or checkpoint file",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
@@ -158,11 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = options_from(args)
         target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
-        # The style and the captioner it runs, known before any download (booru is a tagger's: it runs none).
-        style = (
-            None if options.prompt_style == "booru" else prompt_style.resolve(options, target, is_tagger(args.model))
-        )
-        captioner = style.caption if style else None
+        # The style and the captioner it runs, known before any download: the model's kind says what it writes.
+        style = prompt_style.resolve(options, target, kind_for(args.model).writes)
+        captioner = style.caption
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
@@ -177,7 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_in_vram=args.keep_in_vram,
         )
         engine.target = target
-        style = engine.style(options)  # booru on a CLIP model is refused here, once the model is known
         if style.caption:
             engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.

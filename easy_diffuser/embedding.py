@@ -13,13 +13,14 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .models import LoadedModel, cpu_matmuls
+from .devices import cpu_matmuls
+from .kinds.clip_loading import LoadedClip
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 @torch.inference_mode()
-def encode_preprocessed(loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
+def encode_preprocessed(loaded: LoadedClip, batch: torch.Tensor) -> torch.Tensor:
     """Unit-length image embeddings, float32 on the CPU, one row per image already through `loaded.preprocess`
     (stacked: decoding can run elsewhere)."""
     with cpu_matmuls(loaded.device):
@@ -27,7 +28,7 @@ def encode_preprocessed(loaded: LoadedModel, batch: torch.Tensor) -> torch.Tenso
     return F.normalize(features.float(), dim=-1).cpu()
 
 
-def tokenize(loaded: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
+def tokenize(loaded: LoadedClip, texts: Sequence[str]) -> torch.Tensor:
     return loaded.tokenizer(list(texts))
 
 
@@ -36,14 +37,14 @@ def token_lengths(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.argmax(dim=-1) + 1
 
 
-def token_count(loaded: LoadedModel, text: str) -> int:
+def token_count(loaded: LoadedClip, text: str) -> int:
     """Tokens a text costs in a prompt: its length without the start and end tokens."""
     return int(token_lengths(tokenize(loaded, [text]))[0]) - 2
 
 
 @torch.inference_mode()
 def encode_texts(
-    loaded: LoadedModel,
+    loaded: LoadedClip,
     texts: Sequence[str],
     batch_size: int = 512,
     trim: bool = True,
@@ -55,7 +56,7 @@ def encode_texts(
     tokens = tokenize(loaded, texts)
     lengths = token_lengths(tokens)
     order = torch.argsort(lengths, stable=True)
-    encode = _trimmed_encoder(loaded) if trim else None
+    encode = trimmed_encoder(loaded) if trim else None
     out: list[torch.Tensor] = []
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
@@ -73,7 +74,7 @@ def encode_texts(
     return embeddings
 
 
-def _trimmed_encoder(loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def trimmed_encoder(loaded: LoadedClip) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """CLIP.encode_text with the sequence cut short, for open_clip 2.x and 3.x.
 
     None for text towers that are not open_clip's own causal transformer (e.g. Hugging Face

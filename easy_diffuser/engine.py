@@ -1,7 +1,7 @@
 """The pipeline every entry point calls: image -> features -> scores -> tags -> prompts.
 
-The model behind the features is a CLIP or a WD tagger (scorers.py, the one seam); everything else is
-the same path for both.
+The model behind the features is of any kind (kinds/: CLIP, a WD tagger, a plugin's), behind the scorer seam
+(scorers.py); the kind also says how its tags are chosen and framed. Everything else is one path for all.
 
     engine = Engine("shapes-demo")
     result = engine.extract("image.png")
@@ -20,31 +20,29 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from . import prompt_style
-from .booru import BooruRule, tag_list
+from .booru import tag_list
 from .captioner import Captioner, compose, join, load_captioner
 from .checkpoint_family import T5_TOKENS, Detected
+from .devices import check_device
 from .embedding import ProgressFn
-from .families import Preset, choose
+from .families import Preset
 from .files import safe_name
 from .images import ImageInput, load_image
-from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, LoadedModel, check_device, declared_defaults, load_model
-from .options import BOORU_TOKEN_BUDGET, REFINE_OPTION, TOKEN_BUDGET, CaptionOptions, ExtractOptions, RefineOptions
+from .kinds.base import Kind, Loaded
+from .models import DEFAULT_CACHE_DIR, DEFAULT_MODEL, declared_defaults, load_model
+from .options import CaptionOptions, ExtractOptions
 from .presence import TagCalibration, model_tag_calibration
 from .prompt import escape, format_prompt, prompts
-from .scorers import TagScorer, scorer
+from .registry import kind_for
+from .scorers import TagScorer
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
-from .tagger import LoadedTagger
 from .vocabulary import Vocabulary
-
-if TYPE_CHECKING:  # refine.py imports this module
-    from .calibration.generators import Generator
-    from .refine import OnRound, Refinement
 
 DEFAULT_TAU = 1.0
 __all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
@@ -81,7 +79,7 @@ class Extraction:
 
 
 class Engine:
-    """A loaded model (CLIP or tagger) with its vocabulary and scorer, ready to extract."""
+    """A loaded model of any kind with its vocabulary and scorer, ready to extract."""
 
     def __init__(
         self,
@@ -95,13 +93,14 @@ class Engine:
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
-        self.loaded: LoadedModel | LoadedTagger = load_model(model, check_device(device), dtype, self.cache_dir)
+        self.loaded: Loaded = load_model(model, check_device(device), dtype, self.cache_dir)
+        self.kind: Kind = kind_for(model)  # its policy: how tags are chosen, budgeted and framed
         # Which tags an image shows, for the negative prompt's guard and calibration's metric (a tagger's
         # probabilities say it directly).
         self.tag_calibration: TagCalibration = model_tag_calibration(
             self.loaded.defaults, f"{model}: easy_diffuser.json"
         )
-        self.scorer: TagScorer = scorer(self.loaded, self.cache_dir, vocabulary_dirs, progress)
+        self.scorer: TagScorer = self.kind.scorer(self.loaded, self.cache_dir, vocabulary_dirs, progress)
         self._lock = threading.Lock()  # one model, many callers (HTTP routes, the tab)
         # The checkpoint the prompts are for (checkpoint_family.detect*): automatic prompt style follows its family,
         # and family=automatic picks a tagger's preset from its name and metadata. The webui sets it when the
@@ -120,11 +119,6 @@ class Engine:
     @property
     def token_costs(self) -> list[int]:
         return self.scorer.token_costs
-
-    @property
-    def text_embeddings(self) -> torch.Tensor | None:
-        """CLIP's tag embeddings (None for a tagger, which scores by its head)."""
-        return getattr(self.scorer, "text_embeddings", None)
 
     def extract(
         self, image: ImageInput, options: ExtractOptions = ExtractOptions(), name: str | None = None
@@ -175,7 +169,7 @@ class Engine:
         else:
             tau_source = "set by the caller"
         style = self.style(options)
-        preset = self.preset(options) if self.scorer.booru else None
+        preset = self.kind.preset(options, self.target)
         results = []
         for index, scores in enumerate(self.scorer.scores(image_embeddings)):
             tags = select(scores, self.vocabulary, self.scorer.twins, self.token_costs, selection)
@@ -205,68 +199,15 @@ class Engine:
             token_budget=self.token_budget(options),
             dedup_threshold=options.dedup_threshold,
             presence=self.tag_calibration,
-            booru=self._booru_rule(options, self.preset(options)) if self.scorer.booru else None,
+            rule=self.kind.rule(options, self.kind.preset(options, self.target)),
             exclude=tag_list(options.exclude_tags),
             first=tag_list(options.first_tags),
         )
         return selection, tau_source
 
-    def refine(
-        self,
-        image: ImageInput,
-        generator: "Generator",
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
-        rounds: int = REFINE_OPTION["rounds"].default,
-        seeds: int = REFINE_OPTION["seeds"].default,
-        seed: int = REFINE_OPTION["seed"].default,
-        options: ExtractOptions = ExtractOptions(),
-        on_round: "OnRound | None" = None,
-        should_stop: Callable[[], bool] = lambda: False,
-    ) -> "Refinement":
-        """Generate from the pair (None: extracted from the image with `options`), score it against the image,
-        and try up to `rounds` better pairs; see refine.py. The best round is `result.best`, round 0 included."""
-        from .refine import refine
-
-        settings = RefineOptions(rounds=rounds, seeds=seeds, seed=seed)  # checked before any work
-        loaded = load_image(image)
-        if prompt is None:
-            start = self.extract_many([loaded], options)[0]
-            prompt, negative_prompt = start.prompt, start.negative_prompt
-        return refine(self, loaded, generator, prompt, negative_prompt or "", settings, on_round, should_stop)
-
-    def check(
-        self,
-        image: ImageInput,
-        generator: "Generator",
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
-        seed: int = REFINE_OPTION["seed"].default,
-        options: ExtractOptions = ExtractOptions(),
-    ) -> "Refinement":
-        """The pair as it stands, generated once (round 0 alone): its score and tag diff."""
-        return self.refine(image, generator, prompt, negative_prompt, rounds=0, seeds=1, seed=seed, options=options)
-
     def token_budget(self, options: ExtractOptions) -> int:
-        """The positive prompt's tokens: the option, else one chunk for CLIP and three for a tagger."""
-        if options.token_budget is not None:
-            return options.token_budget
-        return BOORU_TOKEN_BUDGET if self.scorer.booru else TOKEN_BUDGET
-
-    def preset(self, options: ExtractOptions) -> Preset:
-        """The checkpoint family preset a tagger's prompts take (families.py), and why, for the status line."""
-        return choose(options.family, self.target)
-
-    @staticmethod
-    def _booru_rule(options: ExtractOptions, preset: Preset) -> BooruRule:
-        words = BooruRule.words(preset.family.ratings) if preset.family else ()
-        return BooruRule(
-            options.general_threshold,
-            options.character_threshold,
-            options.general_mcut,
-            options.character_mcut,
-            rating_words=words,
-        )
+        """The positive prompt's tokens: the option, else the kind's (one CLIP chunk; three for a tagger)."""
+        return options.token_budget if options.token_budget is not None else self.kind.token_budget
 
     def captioner(self, spec: str) -> Captioner:
         """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
@@ -274,7 +215,7 @@ class Engine:
 
     def style(self, options: ExtractOptions) -> prompt_style.Style:
         """The prompt style the options mean for `self.target`, with the captioner it runs."""
-        return prompt_style.resolve(options, self.target, tagger=self.scorer.booru)
+        return prompt_style.resolve(options, self.target, self.kind.writes)
 
     def caption(self, images: Sequence, options: CaptionOptions) -> list[str]:
         """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM."""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .embedding import ProgressFn, encode_texts
 from .files import safe_name, write_atomically
-from .models import LoadedModel
+from .kinds.clip_loading import LoadedClip
 from .vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def cache_path(cache_dir: Path, cache_key: str, vocabulary: Vocabulary) -> Path:
 
 
 def text_embeddings(
-    loaded: LoadedModel, vocabulary: Vocabulary, cache_dir: Path, progress: ProgressFn | None = None
+    loaded: LoadedClip, vocabulary: Vocabulary, cache_dir: Path, progress: ProgressFn | None = None
 ) -> torch.Tensor:
     """Unit-length embeddings of every tag (float32, CPU), from the cache or built and cached."""
     path = cache_path(cache_dir, loaded.cache_key, vocabulary)
@@ -87,7 +87,7 @@ def _check(embeddings: torch.Tensor) -> None:
         raise ValueError(f"rows that are not unit length (lengths {lengths.min():.3g} to {lengths.max():.3g})")
 
 
-def _build(loaded: LoadedModel, vocabulary: Vocabulary, progress: ProgressFn | None) -> torch.Tensor:
+def _build(loaded: LoadedClip, vocabulary: Vocabulary, progress: ProgressFn | None) -> torch.Tensor:
     if progress is not None:
         return encode_texts(loaded, vocabulary.tags, progress=progress)
     with tqdm(total=len(vocabulary), desc=f"Embedding {len(vocabulary)} tags", unit="tag") as bar:
@@ -107,7 +107,7 @@ def _write(path: Path, embeddings: torch.Tensor, vocabulary: Vocabulary) -> None
         log.warning("cannot write text-embedding cache %s: %s", path, error)
 
 
-def embedding_width(loaded: LoadedModel) -> int:
+def embedding_width(loaded: LoadedClip) -> int:
     """The width of the model's joint embedding space: what each cached row must have."""
     projection = getattr(loaded.model, "text_projection", None)
     if isinstance(projection, torch.nn.Linear):

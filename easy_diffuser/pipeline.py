@@ -27,9 +27,8 @@ from PIL import Image
 from .engine import Engine, Extraction, ExtractOptions
 from .files import remove_leftover_temp_files, write_text_atomically
 from .images import ImageError, ImageInput, load_image
-from .models import LoadedModel
+from .kinds.base import Loaded
 from .records import RecordWriter, absolute, error_record, record
-from .tagger import LoadedTagger
 
 Progress = Callable[[int, int], None]  # (images done, images to do)
 
@@ -42,7 +41,7 @@ class Preprocessor:
     preprocessing (pad to a white square, resize, BGR: tagger.py) has the same shape and runs here too.
     Picklable (Ray sends it to decoding tasks); it never loads the model."""
 
-    def __init__(self, loaded: LoadedModel | LoadedTagger) -> None:
+    def __init__(self, loaded: Loaded) -> None:
         self.transform = loaded.preprocess
         self.min_side = loaded.image_size
         self.pil_steps, self.mean, self.std = _split_transform(loaded.preprocess)

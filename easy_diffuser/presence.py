@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .models import ModelError
+from .errors import ModelError
 
 DEFAULT_CENTER = 2.0
 DEFAULT_TEMPERATURE = 0.2

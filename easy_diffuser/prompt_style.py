@@ -32,7 +32,7 @@ from .checkpoint_family import UNKNOWN, Detected, Family
 from .options import DEFAULT_DESCRIBER, CaptionOptions, ExtractOptions, OptionError
 
 TokenCounter = Callable[[str], int]
-WRITTEN = ("tags", "sentences")  # the styles any model's extraction writes; booru needs a tagger
+WRITTEN = ("tags", "sentences")  # the styles any model's extraction writes; booru needs a booru tagger
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,22 @@ class Style:
         return self.sentences and (self.family.text_encoder == "t5" or self.family is UNKNOWN)
 
 
-def resolve(options: ExtractOptions, target: Detected | None = None, tagger: bool = False) -> Style:
-    """The style `options.prompt_style` means for the checkpoint `target` (None: none known) and a model that
-    is (`tagger`) or is not a booru tagger."""
+def resolve(options: ExtractOptions, target: Detected | None = None, writes: str | None = None) -> Style:
+    """The style `options.prompt_style` means for the checkpoint `target` (None: none known) and a model whose
+    kind `writes` a style of its own ("booru": a booru tagger's) or none (CLIP: the checkpoint's style)."""
     target = target or Detected(UNKNOWN, "no checkpoint is known")
     family, requested = target.family, options.prompt_style
-    if requested == "automatic" and tagger:
-        name, reason = "booru", "automatic: booru, as the model is a booru tagger"
+    if requested == "automatic" and writes:
+        name, reason = writes, f"automatic: {writes}, as the model is a {writes} tagger"
     elif requested == "automatic":
         name = family.prompt_style if family.prompt_style in WRITTEN else "tags"
         known = f" for {family.label}" if family is not UNKNOWN else ""
         reason = f"automatic: {name}{known}, as {target.reason}"
-    elif requested == "booru" and not tagger:
-        raise OptionError("prompt_style", "booru is the prompt of a booru tagger model; this model is a CLIP model")
+    elif requested not in WRITTEN and requested != writes:
+        raise OptionError(
+            "prompt_style",
+            f"{requested} is the prompt of a {requested} tagger model; this model writes tags or sentences",
+        )
     else:
         name, reason = requested, "chosen"
     caption = options.caption

@@ -34,10 +34,10 @@ import numpy as np
 from .batch import caption_owners, find_images
 from .checkpoint_family import Detected
 from .engine import Engine, ExtractOptions
+from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError
-from .models import ModelError
 from .pipeline import Preprocessor, caption_path
 from .prompt_style import Style
 from .records import (
@@ -72,14 +72,14 @@ class JobSummary:
         return f"{self.images} images ({self.errors} errors), {self.skipped} already in the output{rate}"
 
 
-def main(args: argparse.Namespace, options: ExtractOptions, style: Style | None, target: Detected | None) -> int:
+def main(args: argparse.Namespace, options: ExtractOptions, style: Style, target: Detected | None) -> int:
     """The CLI's --engine ray; `target` is the --checkpoint the prompts are for (None: none named)."""
     try:
         import ray
     except ImportError:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    if args.output is None or (style and style.caption):
+    if args.output is None or style.caption:
         reason = (
             "needs --output DIR for its records"
             if args.output is None
@@ -119,7 +119,7 @@ def _why_a_captioner(style: Style) -> str:
 
 def _worker_warnings() -> str:
     """PYTHONWARNINGS for the workers: without timm's FutureWarning, which an actor would print when it unpickles
-    open_clip's transforms (the driver imports open_clip through models._open_clip, which hides it)."""
+    open_clip's transforms (the driver imports open_clip through clip_loading.open_clip_module, which hides it)."""
     timm = "ignore:Importing from timm.models.layers is deprecated:FutureWarning"
     return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), timm]))
 

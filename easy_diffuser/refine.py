@@ -1,6 +1,6 @@
 """Check and refine a prompt pair by the round trip: generate from it, compare with the source, improve it.
 
-    result = engine.refine(image, generator, prompt, negative_prompt, rounds=4)
+    result = refine_image(engine, image, generator, prompt, negative_prompt, rounds=4)
     result.best.prompt, result.best.negative_prompt, result.best.loss
 
 The score is calibration's (calibration/metric.py): the **round-trip loss**, the binary cross-entropy
@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
 from .calibration.generators import GenerationStopped, Generator
 from .calibration.metric import Embedded, Metric
-from .options import ExtractOptions, RefineOptions
+from .engine import Engine
+from .images import ImageInput, load_image
+from .options import REFINE_OPTION, ExtractOptions, RefineOptions
 from .presence import MAY_BE_PRESENT
 from .prompt import escape
 from .vocabulary import NEGATIVE_QUALITY
-
-if TYPE_CHECKING:  # the engine calls this module (Engine.refine): a type, not an import at run time
-    from .engine import Engine
 
 SCORE_NAME = "round-trip loss"
 SCORE_HELP = (
@@ -99,6 +98,44 @@ class Refinement:
             "best": best
             and {**{k: best.to_dict()[k] for k in ("prompt", "negative_prompt", "loss")}, "round": best.index},
         }
+
+
+def refine_image(
+    engine: Engine,
+    image: ImageInput,
+    generator: Generator,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    rounds: int = REFINE_OPTION["rounds"].default,
+    seeds: int = REFINE_OPTION["seeds"].default,
+    seed: int = REFINE_OPTION["seed"].default,
+    options: ExtractOptions = ExtractOptions(),
+    on_round: OnRound | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Refinement:
+    """Generate from the pair (None: extracted from the image with `options`), score it against the image,
+    and try up to `rounds` better pairs. The best round is `result.best`, round 0 included."""
+    settings = RefineOptions(rounds=rounds, seeds=seeds, seed=seed)  # checked before any work
+    loaded = load_image(image)
+    if prompt is None:
+        start = engine.extract_many([loaded], options)[0]
+        prompt, negative_prompt = start.prompt, start.negative_prompt
+    return refine(engine, loaded, generator, prompt, negative_prompt or "", settings, on_round, should_stop)
+
+
+def check_image(
+    engine: Engine,
+    image: ImageInput,
+    generator: Generator,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    seed: int = REFINE_OPTION["seed"].default,
+    options: ExtractOptions = ExtractOptions(),
+) -> Refinement:
+    """The pair as it stands, generated once (round 0 alone): its score and tag diff."""
+    return refine_image(
+        engine, image, generator, prompt, negative_prompt, rounds=0, seeds=1, seed=seed, options=options
+    )
 
 
 def refine(

@@ -15,10 +15,12 @@ from dataclasses import replace
 from typing import Sequence
 
 from .calibration.generators import make_generator
+from .devices import default_device
 from .engine import Engine
+from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError, load_image
-from .models import DEFAULT_MODEL, ModelError, default_device
+from .models import DEFAULT_MODEL
 from .options import OPTIONS, REFINE_OPTIONS, ExtractOptions, RefineOptions, add_argument
 from .refine import SCORE_HELP, Refinement, Round, refine
 

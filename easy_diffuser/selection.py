@@ -2,9 +2,9 @@
 
 Positive: the most relevant tags, at most `max_per_category` from each category, near-duplicates
 merged (of two tags whose text embeddings are almost the same, the better one stays), until
-`max_tags` or the token budget is reached. A tagger's (`booru` set) are the tags over their category's
-threshold, in booru order (booru.py), within the token budget. Excluded tags are never in either
-prompt; always-first tags lead the positive prompt when chosen.
+`max_tags` or the token budget is reached (TopRelevance, CLIP's rule). A kind may choose otherwise (its
+`rule`: a tagger's are the tags over their category's threshold, in booru order, booru.py). Excluded tags
+are never in either prompt; always-first tags lead the positive prompt when chosen.
 
 Negative, the product's own rule: the tags with relevance >= tau are the image's relevant
 subset; the negatives are the lowest-scoring tags inside that subset, i.e. things the image is
@@ -12,20 +12,20 @@ related to but does not show. The least related tags of the whole vocabulary wou
 meaningless ("a tractor" as a negative for a portrait). A tag the image may show (presence.py:
 p >= MAY_BE_PRESENT), or a near-twin of one, is never a negative, whether the positive prompt names
 it or not: with few positive tags the image's own background or colour would otherwise be the
-lowest of a small subset. A tagger's probabilities are that guard directly, and only its general tags
-are negatives (not a character, series or rating). Optionally the standard negative-quality tags the
-image is most associated with follow. No tag is in both prompts.
+lowest of a small subset. A tagger's probabilities are that guard directly, and a kind's rule may keep
+tags out of the negatives (a tagger's: all but general tags; never a character, series or rating).
+Optionally the standard negative-quality tags the image is most associated with follow. No tag is in both prompts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from . import booru
+from .budget import TokenBudget
 from .options import TOKEN_BUDGET, ExtractOptions
 from .presence import BUILT_IN, MAY_BE_PRESENT, TagCalibration
 from .scoring import Scores
@@ -49,7 +49,7 @@ class SelectionOptions:
     token_budget: int = TOKEN_BUDGET
     dedup_threshold: float = _DEFAULTS.dedup_threshold  # text-embedding cosine above which two tags count as one
     presence: TagCalibration | None = BUILT_IN  # tags the image may show are never negatives; None: no guard
-    booru: booru.BooruRule | None = None  # a tagger's rule for the positive prompt; None: CLIP's
+    rule: "TagRule" = field(default_factory=lambda: TopRelevance())  # how the model's kind picks positive tags
     exclude: tuple[str, ...] = ()  # tags (booru.normal) never in either prompt
     first: tuple[str, ...] = ()  # tags (booru.normal) that lead the positive prompt when chosen
 
@@ -72,6 +72,46 @@ class TagScore:
         }
 
 
+class TagRule(Protocol):
+    """How a kind chooses the positive prompt's tags and writes them (kinds.base.Kind.rule)."""
+
+    def positives(
+        self,
+        scores: Scores,
+        vocabulary: Vocabulary,
+        twins: torch.Tensor | None,
+        token_costs: Sequence[int],
+        options: SelectionOptions,
+        excluded: set[int],
+        first: list[int],
+    ) -> list[int]:
+        """The positive tags' indices in prompt order, within options.token_budget."""
+        ...
+
+    def never_negative(self, vocabulary: Vocabulary) -> set[int]:
+        """Tags that are never negatives, whatever their relevance."""
+        ...
+
+    def written(self, tag: str, category: str) -> str:
+        """A tag as the prompt writes it."""
+        ...
+
+
+@dataclass(frozen=True)
+class TopRelevance:
+    """CLIP's rule: the most relevant tags, at most max_per_category each, near-duplicates merged, to max_tags."""
+
+    def positives(self, scores, vocabulary, twins, token_costs, options, excluded, first) -> list[int]:
+        quality = set(vocabulary.in_category(NEGATIVE_QUALITY))
+        return _first(first, _pick_positives(scores, vocabulary, twins, token_costs, options, quality | excluded))
+
+    def never_negative(self, vocabulary: Vocabulary) -> set[int]:
+        return set()
+
+    def written(self, tag: str, category: str) -> str:
+        return tag
+
+
 def select(
     scores: Scores,
     vocabulary: Vocabulary,
@@ -79,30 +119,25 @@ def select(
     token_costs: Sequence[int],
     options: SelectionOptions,
 ) -> list[TagScore]:
-    """Positive tags by falling relevance (a tagger's: in booru order), then negative tags by rising relevance.
+    """Positive tags as the kind's rule picks them, then negative tags by rising relevance.
 
     `text_embeddings`: unit rows by which near-duplicate tags are found (CLIP's); None for a vocabulary
     without near-duplicates (a tagger's)."""
     quality = set(vocabulary.in_category(NEGATIVE_QUALITY))
     excluded = set(vocabulary.indices(options.exclude))
     first = vocabulary.indices(options.first)
-    if options.booru:
-        ordered = booru.positives(scores.score, vocabulary.tags, vocabulary.categories, options.booru, excluded, first)
-        positives = _within_budget(ordered, token_costs, _Budget(options.token_budget))
-        # Only general tags are the negative prompt's: a character, series or rating never is.
-        blocked = {index for index, category in enumerate(vocabulary.categories) if category != "general"}
-    else:
-        chosen = _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, quality | excluded)
-        positives, blocked = _first(first, chosen), set()
-    negative_budget = _Budget(options.token_budget)
-    blocked |= quality | excluded
+    rule = options.rule
+    positives = rule.positives(scores, vocabulary, text_embeddings, token_costs, options, excluded, first)
+    blocked = rule.never_negative(vocabulary) | quality | excluded
+    negative_budget = TokenBudget(options.token_budget)
     negatives = _pick_negatives(scores, text_embeddings, token_costs, options, blocked, positives, negative_budget)
     extras = _pick_quality_negatives(scores, token_costs, options, quality - excluded, negative_budget)
 
     def tag(index: int, role: Role) -> TagScore:
-        name, category = vocabulary.tags[index], vocabulary.categories[index]
-        if options.booru and category == "rating":
-            name = options.booru.rating_word(name)
+        name, category = (
+            rule.written(vocabulary.tags[index], vocabulary.categories[index]),
+            vocabulary.categories[index],
+        )
         return TagScore(name, category, float(scores.score[index]), float(scores.relevance[index]), role)
 
     return [tag(i, "positive") for i in positives] + [tag(i, "negative") for i in negatives + extras]
@@ -111,7 +146,7 @@ def select(
 def _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, quality) -> list[int]:
     chosen: list[int] = []
     per_category: dict[str, int] = {}
-    budget = _Budget(options.token_budget)
+    budget = TokenBudget(options.token_budget)
     twins = _Twins(text_embeddings, [], options.dedup_threshold)
     for index in torch.argsort(scores.relevance, descending=True).tolist():
         if len(chosen) >= options.max_tags:
@@ -125,11 +160,6 @@ def _pick_positives(scores, vocabulary, text_embeddings, token_costs, options, q
         twins.add(index)
         per_category[category] = per_category.get(category, 0) + 1
     return chosen
-
-
-def _within_budget(ordered: list[int], token_costs: Sequence[int], budget: "_Budget") -> list[int]:
-    """The tags in order that fit; one that doesn't is skipped, so a shorter one after it may still fit."""
-    return [index for index in ordered if budget.take(token_costs[index])]
 
 
 def _first(first: list[int], chosen: list[int]) -> list[int]:
@@ -195,22 +225,6 @@ class _Twins:
     def add(self, index: int) -> None:
         if self.rows is not None:
             self.rows = np.vstack([self.rows, self.embeddings[index][None]])
-
-
-class _Budget:
-    """Tokens left in a prompt chunk; every tag after the first also costs its comma."""
-
-    def __init__(self, tokens: int) -> None:
-        self.left = tokens
-        self.first = True
-
-    def take(self, cost: int) -> bool:
-        cost += 0 if self.first else 1
-        if cost > self.left:
-            return False
-        self.left -= cost
-        self.first = False
-        return True
 
 
 def with_role(tags: Sequence[TagScore], tag: str, role: Role) -> list[TagScore]:

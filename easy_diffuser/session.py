@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .devices import default_device
 from .engine import Engine, Extraction, ExtractOptions
 from .images import ImageInput, load_image
-from .models import DEFAULT_MODEL, default_device
+from .models import DEFAULT_MODEL
 from .webui_client import DEFAULT_URL, save_images, txt2img
 
 

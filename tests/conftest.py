@@ -26,15 +26,15 @@ def write_model_folder(folder: Path, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from easy_diffuser.models import _open_clip, _register_config
+    from easy_diffuser.kinds.clip_loading import open_clip_module, register_config
 
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     (folder / "vocabulary").mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {}}))
     for category, tags in TINY_VOCABULARY.items():
         (folder / "vocabulary" / f"{category}.txt").write_text("\n".join(tags) + "\n")
     torch.manual_seed(seed)
-    model = open_clip.create_model(_register_config("test-tiny", TINY_CONFIG))
+    model = open_clip.create_model(register_config("test-tiny", TINY_CONFIG))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
 
@@ -47,9 +47,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_arch(tiny_model_dir) -> str:
     """The tiny config registered with open_clip, usable as ARCH in "ARCH=PATH" specs."""
-    from easy_diffuser.models import _register_config
+    from easy_diffuser.kinds.clip_loading import register_config
 
-    return _register_config("test-tiny", TINY_CONFIG)
+    return register_config("test-tiny", TINY_CONFIG)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from easy_diffuser import booru
+from easy_diffuser.kinds.wd_tagger import TaggerScorer
 from easy_diffuser.prompt import prompts
-from easy_diffuser.scorers import TaggerScorer
 from easy_diffuser.scoring import Scores, standardised
 from easy_diffuser.selection import SelectionOptions, select
 from easy_diffuser.vocabulary import Vocabulary
@@ -31,7 +31,7 @@ def scores_of(probabilities: dict[str, float], rest: float = 0.001) -> Scores:
 
 
 def rule(**changes) -> SelectionOptions:
-    base = SelectionOptions(tau=0.0, negatives=3, quality_negatives=0, token_budget=225, booru=booru.BooruRule())
+    base = SelectionOptions(tau=0.0, negatives=3, quality_negatives=0, token_budget=225, rule=booru.BooruRule())
     return replace(base, **changes)
 
 
@@ -60,25 +60,25 @@ def test_order_is_count_character_series_rating_then_general_by_probability():
 
 
 def test_each_category_has_its_own_threshold():
-    tags = run({**IMAGE, "saber_(fate)": 0.8}, rule(booru=booru.BooruRule(general_threshold=0.5)))
+    tags = run({**IMAGE, "saber_(fate)": 0.8}, rule(rule=booru.BooruRule(general_threshold=0.5)))
     assert "saber (fate)" not in positive(tags)  # 0.8 < the character threshold 0.85
     assert "smile" not in positive(tags) and "long hair" in positive(tags)
-    tags = run({**IMAGE, "saber_(fate)": 0.8}, rule(booru=booru.BooruRule(character_threshold=0.7)))
+    tags = run({**IMAGE, "saber_(fate)": 0.8}, rule(rule=booru.BooruRule(character_threshold=0.7)))
     assert positive(tags)[1] == "saber (fate)"
 
 
 def test_mcut_puts_the_threshold_in_the_largest_gap():
     assert booru.mcut(torch.tensor([0.9, 0.85, 0.3, 0.25])) == pytest.approx(0.575)
-    tags = run(IMAGE, rule(booru=booru.BooruRule(general_mcut=True)))
+    tags = run(IMAGE, rule(rule=booru.BooruRule(general_mcut=True)))
     assert [t for t in positive(tags) if t in ("solo", "long hair", "smile", "sword")] == ["solo"]
 
 
 def test_character_mcut_is_floored_at_015():
     weak = {**IMAGE, "saber_(fate)": 0.12, "rin_(fate)": 0.001, "fate_(series)": 0.001}
-    tags = run(weak, rule(booru=booru.BooruRule(character_mcut=True)))
+    tags = run(weak, rule(rule=booru.BooruRule(character_mcut=True)))
     assert "saber (fate)" not in positive(tags)  # MCut alone would put it in at (0.12 + 0.001) / 2
     assert "saber (fate)" in positive(
-        run({**weak, "saber_(fate)": 0.3}, rule(booru=booru.BooruRule(character_mcut=True)))
+        run({**weak, "saber_(fate)": 0.3}, rule(rule=booru.BooruRule(character_mcut=True)))
     )
 
 
@@ -103,9 +103,9 @@ def test_exclude_and_always_first_lists():
 
 def test_the_rating_is_written_in_the_family_words():
     pony = booru.BooruRule(rating_words=booru.BooruRule.words({"general": "rating_safe"}))
-    assert "rating_safe" in positive(run(IMAGE, rule(booru=pony)))
+    assert "rating_safe" in positive(run(IMAGE, rule(rule=pony)))
     silent = booru.BooruRule(rating_words=booru.BooruRule.words({"general": ""}))
-    assert not {"general", "sensitive"} & set(positive(run(IMAGE, rule(booru=silent))))
+    assert not {"general", "sensitive"} & set(positive(run(IMAGE, rule(rule=silent))))
 
 
 def test_the_token_budget_decides_the_tail_not_one_chunk():

@@ -32,7 +32,7 @@ from easy_diffuser.captioner import (  # noqa: E402
     placed_folder,
 )
 from easy_diffuser.engine import Engine, ExtractOptions  # noqa: E402
-from easy_diffuser.models import ModelError  # noqa: E402
+from easy_diffuser.errors import ModelError  # noqa: E402
 from easy_diffuser.options import TOKEN_BUDGET  # noqa: E402
 from easy_diffuser.selection import TagScore  # noqa: E402
 

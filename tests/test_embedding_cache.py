@@ -33,12 +33,12 @@ def test_trimmed_encoding_equals_77_token_encoding(tiny):
 
 def test_trimmed_encoding_equals_open_clip_on_vit_b_32():
     """The real architecture family (ViT text tower, 12 layers), random weights."""
-    from easy_diffuser.models import LoadedModel, _open_clip
+    from easy_diffuser.kinds.clip_loading import LoadedClip, open_clip_module
 
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
-    loaded = LoadedModel(
+    loaded = LoadedClip(
         "ViT-B-32-random", model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"), {}, None, "random"
     )
     reference = torch.nn.functional.normalize(model.encode_text(open_clip.tokenize(TEXTS)), dim=-1)

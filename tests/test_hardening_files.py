@@ -16,7 +16,10 @@ import pytest
 import torch
 
 from easy_diffuser import cli
-from easy_diffuser.models import ModelError, load_model, pretrained_config, read_state_dict, weight_sources
+from easy_diffuser.errors import ModelError
+from easy_diffuser.kinds.clip_loading import pretrained_config, weight_sources
+from easy_diffuser.models import load_model
+from easy_diffuser.weights import read_state_dict
 
 PRECIOUS = b"precious data"
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:FutureWarning")
@@ -143,10 +146,10 @@ def test_benign_torchscript_weights_are_read_exactly_as_torch_jit_would(tmp_path
 
 def test_scripted_tiny_clip_loads_through_the_restricted_reader(tiny_model_dir, tiny_arch, tmp_path, cache_dir):
     """An OpenAI-style TorchScript CLIP (here: open_clip's tiny config, scripted) loads its weights, and works."""
-    from easy_diffuser.models import _architecture
+    from easy_diffuser.kinds.clip_loading import architecture
 
     original = load_model(str(tiny_model_dir), cache_dir=cache_dir)
-    scripted, _ = _architecture(tiny_arch)
+    scripted, _ = architecture(tiny_arch)
     scripted.load_state_dict(original.model.state_dict())
     path = tmp_path / "tiny-scripted.pt"  # no "openai" in the name: same GELU as the original
     torch.jit.save(torch.jit.script(scripted), str(path))
@@ -245,14 +248,14 @@ def test_default_model_downloads_safetensors_first_and_never_lets_open_clip_load
 
 def test_open_clip_3_tables_are_read_the_same_way(monkeypatch):
     """open_clip 3.x names both OpenAI's URL and the hub repository, with quick_gelu."""
-    from easy_diffuser import models
+    from easy_diffuser.kinds import clip_loading
 
     cfg_3x = {
         "url": "https://openaipublic.azureedge.net/clip/models/b8cc/ViT-L-14.pt",
         "hf_hub": "timm/vit_large_patch14_clip_224.openai/",
         "quick_gelu": True,
     }
-    monkeypatch.setattr(models._open_clip(), "get_pretrained_cfg", lambda arch, tag: cfg_3x)
+    monkeypatch.setattr(clip_loading.open_clip_module(), "get_pretrained_cfg", lambda arch, tag: cfg_3x)
     sources = weight_sources(pretrained_config("ViT-B-16", "openai"))
     assert [s.filename or s.url for s in sources] == [
         "open_clip_model.safetensors",
@@ -268,11 +271,11 @@ def test_open_clip_3_tables_are_read_the_same_way(monkeypatch):
 
 def test_pretrained_weights_are_read_by_us_not_by_open_clip(tiny_model_dir, tiny_arch, cache_dir, monkeypatch):
     """ARCH/TAG downloads: open_clip only fetches the file; our reader loads it (open_clip would torch.load it)."""
-    from easy_diffuser import models
+    from easy_diffuser.kinds import clip_loading
 
     weights = tiny_model_dir / "open_clip_model.safetensors"
     monkeypatch.setattr(
-        models, "pretrained_config", lambda arch, tag: {"hf_hub": "org/tiny/", "mean": None, "std": None}
+        clip_loading, "pretrained_config", lambda arch, tag: {"hf_hub": "org/tiny/", "mean": None, "std": None}
     )
     fetched = []
 
@@ -295,7 +298,7 @@ def test_pretrained_weights_are_read_by_us_not_by_open_clip(tiny_model_dir, tiny
 
 def test_scoped_weights_only_is_thread_safe_and_leaves_other_threads_alone(monkeypatch):
     """Overlapping loads on many threads: forced weights_only inside, untouched outside, and restored after."""
-    from easy_diffuser.models import _weights_only_torch_load
+    from easy_diffuser.weights import weights_only_torch_load
 
     seen: dict[str, list] = {"inside": [], "outside": []}
     lock = threading.Lock()
@@ -309,7 +312,7 @@ def test_scoped_weights_only_is_thread_safe_and_leaves_other_threads_alone(monke
     leave = [threading.Event() for _ in range(8)]
 
     def inside(index: int) -> None:
-        with _weights_only_torch_load():
+        with weights_only_torch_load():
             entered.wait()
             leave[index].wait()
             torch.load("x", weights_only=False)
@@ -562,4 +565,4 @@ def test_a_cache_of_the_wrong_shape_or_values_is_rebuilt(
     assert torch.equal(load_file(str(path))["embeddings"].float(), good)  # rewritten whole
     save_file({"embeddings": damaged_embeddings(good, damage)}, str(path), metadata)
     engine = Engine(str(tiny_model_dir), cache_dir=cache_dir)  # and the whole pipeline works, no matmul error
-    assert torch.equal(engine.text_embeddings, good)
+    assert torch.equal(engine.scorer.text_embeddings, good)

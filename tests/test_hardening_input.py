@@ -20,8 +20,9 @@ from PIL import Image
 from easy_diffuser import cli
 from easy_diffuser.calibration import store
 from easy_diffuser.engine import calibration_path
+from easy_diffuser.errors import ModelError
 from easy_diffuser.images import MAX_ASPECT, bounded, load_image
-from easy_diffuser.models import ModelError, load_model
+from easy_diffuser.models import load_model
 from easy_diffuser.options import ExtractOptions, OptionError
 from easy_diffuser.pipeline import Preprocessor
 from easy_diffuser.vocabulary import load_vocabulary
@@ -412,7 +413,8 @@ def test_a_bad_model_folder_is_one_line_on_the_command_line(model_folder, cache_
 BOMB_PEAK = """
 import resource, sys
 from pathlib import Path
-from easy_diffuser.models import ModelError, read_state_dict
+from easy_diffuser.errors import ModelError
+from easy_diffuser.weights import read_state_dict
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     read_state_dict(Path(sys.argv[1]))

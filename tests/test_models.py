@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from easy_diffuser.models import ModelError, _arch_from_file_name, load_model, read_state_dict
+from easy_diffuser.errors import ModelError
+from easy_diffuser.kinds.clip_loading import arch_from_file_name
+from easy_diffuser.models import load_model
+from easy_diffuser.weights import read_state_dict
 
 
 def test_model_folder_loads_in_eval_mode_and_is_reused(tiny_model_dir, cache_dir):
@@ -52,10 +55,10 @@ def test_wrong_weights_for_architecture_name_the_file(tiny_arch, tmp_path, cache
 
 
 def test_architecture_comes_from_the_file_name():
-    assert _arch_from_file_name(Path("ViT-L-14-336-openai.safetensors")) == "ViT-L-14-336"
-    assert _arch_from_file_name(Path("ViT-H-14-laion2b_s32b_b79k.bin")) == "ViT-H-14"
+    assert arch_from_file_name(Path("ViT-L-14-336-openai.safetensors")) == "ViT-L-14-336"
+    assert arch_from_file_name(Path("ViT-H-14-laion2b_s32b_b79k.bin")) == "ViT-H-14"
     with pytest.raises(ModelError, match="ARCH=PATH"):
-        _arch_from_file_name(Path("weights.safetensors"))
+        arch_from_file_name(Path("weights.safetensors"))
 
 
 def test_unknown_names_list_the_choices(cache_dir):
@@ -99,7 +102,7 @@ def hanging_up_server(monkeypatch):
     Without network the hub's downloader retried each file for about a minute ("Retrying in 8s [Retry 5/5]")."""
     import huggingface_hub.constants
 
-    from easy_diffuser import models
+    from easy_diffuser.kinds import clip_loading
 
     listener = socket.create_server(("127.0.0.1", 0))
     connections = []
@@ -118,9 +121,11 @@ def hanging_up_server(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", address)
-    pretrained_config = models.pretrained_config
+    pretrained_config = clip_loading.pretrained_config
     monkeypatch.setattr(  # open_clip 2.20 also names OpenAI's .pt on its own server
-        models, "pretrained_config", lambda arch, tag: {**pretrained_config(arch, tag), "url": f"{address}/ViT-L-14.pt"}
+        clip_loading,
+        "pretrained_config",
+        lambda arch, tag: {**pretrained_config(arch, tag), "url": f"{address}/ViT-L-14.pt"},
     )
     yield address, connections
     listener.close()
@@ -172,7 +177,7 @@ def test_broken_defaults_file_in_a_model_folder_names_the_file(tiny_model_dir, t
 
 def test_cpu_matmuls_keep_fp32_results_and_put_the_setting_back():
     """oneDNN's products on a CPU without AMX are fp32 ones: the same numbers to fp32 rounding, never bf16's."""
-    from easy_diffuser.models import cpu_matmuls
+    from easy_diffuser.devices import cpu_matmuls
 
     torch.manual_seed(0)
     inputs, weight = torch.randn(64, 256), torch.randn(512, 256)

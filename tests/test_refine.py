@@ -17,6 +17,7 @@ from easy_diffuser.calibration.metric import Metric
 from easy_diffuser.engine import ExtractOptions
 from easy_diffuser.options import OptionError
 from easy_diffuser.presence import MAY_BE_PRESENT
+from easy_diffuser.refine import check_image, refine_image
 from easy_diffuser.shapes import world
 from easy_diffuser.webui_client import WebuiError
 
@@ -39,19 +40,21 @@ def source_may_show(engine, image) -> set[str]:
 
 
 def test_check_scores_one_generation_and_diffs_the_tags(shapes_engine):
-    result = shapes_engine.check(scene_image(**RED_CIRCLE), ShapesGenerator(), "blue, square", "")
+    result = check_image(shapes_engine, scene_image(**RED_CIRCLE), ShapesGenerator(), "blue, square", "")
     (only,) = result.rounds
     assert result.generations == 1 and result.best is only
     assert {"red", "circle"} <= set(only.lost)  # the source shows them, the generation lost them
     assert {"blue", "square"} <= set(only.added)  # the generation shows them, the source does not
-    faithful = shapes_engine.check(scene_image(**RED_CIRCLE), ShapesGenerator(), "red, circle, gray background, large")
+    faithful = check_image(
+        shapes_engine, scene_image(**RED_CIRCLE), ShapesGenerator(), "red, circle, gray background, large"
+    )
     assert faithful.rounds[0].lost == [] and faithful.rounds[0].added == []
     assert faithful.rounds[0].loss < only.loss / 5
 
 
 def test_refine_lowers_the_loss_from_a_weak_start(shapes_engine):
     image = scene_image(**RED_CIRCLE)
-    result = shapes_engine.refine(image, ShapesGenerator(), options=ExtractOptions(max_tags=1, tau=2.5))
+    result = refine_image(shapes_engine, image, ShapesGenerator(), options=ExtractOptions(max_tags=1, tau=2.5))
     start, best = result.rounds[0], result.best
     assert best.index > 0 and best.loss < start.loss / 5
     assert {"red", "circle", "gray background", "large"} <= set(world.parse_tags(best.prompt))
@@ -67,7 +70,7 @@ def test_the_result_is_never_worse_than_the_start(shapes_engine):
         return scene_image(**close) if (prompt, negative) == start else scene_image(colour="blue", shape="star")
 
     generator = CallableGenerator(worse_when_changed, "worse when changed")
-    result = shapes_engine.refine(scene_image(**RED_CIRCLE), generator, *start)
+    result = refine_image(shapes_engine, scene_image(**RED_CIRCLE), generator, *start)
     assert len(result.rounds) > 1 and all(r.loss > result.rounds[0].loss for r in result.rounds[1:])
     assert result.best.index == 0 and (result.best.prompt, result.best.negative_prompt) == start
 
@@ -79,7 +82,7 @@ def test_a_tag_the_source_shows_never_goes_into_the_negative_prompt(shapes_engin
     shown = source_may_show(shapes_engine, image)
     assert {"red", "circle"} <= shown
     generator = fixed_scene(colour="red", shape="circle", background="white", size="small")
-    result = shapes_engine.refine(image, generator, "red", "circle, red, white background", rounds=4)
+    result = refine_image(shapes_engine, image, generator, "red", "circle, red, white background", rounds=4)
     assert len(result.rounds) > 1
     for refined in result.rounds[1:]:
         assert not shown & set(world.parse_tags(refined.negative_prompt)), refined.negative_prompt
@@ -88,7 +91,7 @@ def test_a_tag_the_source_shows_never_goes_into_the_negative_prompt(shapes_engin
 
 def test_a_lost_tag_is_added_then_weighted_up_and_rounds_end_when_nothing_is_new(shapes_engine):
     image = scene_image(**RED_CIRCLE)
-    result = shapes_engine.refine(image, fixed_scene(colour="blue", shape="square"), "red", "", rounds=16)
+    result = refine_image(shapes_engine, image, fixed_scene(colour="blue", shape="square"), "red", "", rounds=16)
     prompts = [r.prompt for r in result.rounds]
     assert prompts[0] == "red"
     assert prompts[1].startswith("(red:1.2), ") and "circle" in prompts[1]
@@ -106,12 +109,18 @@ def test_stop_keeps_the_best_finished_round(shapes_engine):
         return ShapesGenerator().generate(prompt, negative, seed)
 
     stop_after = 3  # generations: round 0 (2 seeds) and half of round 1
-    result = shapes_engine.refine(
-        image, CallableGenerator(counted, "counted"), "red", "", should_stop=lambda: len(calls) >= stop_after
+    result = refine_image(
+        shapes_engine,
+        image,
+        CallableGenerator(counted, "counted"),
+        "red",
+        "",
+        should_stop=lambda: len(calls) >= stop_after,
     )
     assert result.stopped and [r.index for r in result.rounds] == [0] and result.best is result.rounds[0]
     rounds_seen = []
-    result = shapes_engine.refine(
+    result = refine_image(
+        shapes_engine,
         image,
         ShapesGenerator(),
         "blue",
@@ -133,21 +142,23 @@ def test_a_generator_failing_mid_way_keeps_the_finished_rounds(shapes_engine):
             raise WebuiError("http://127.0.0.1:7860: connection refused")
         return ShapesGenerator().generate(prompt, negative, seed)
 
-    result = shapes_engine.refine(scene_image(**RED_CIRCLE), CallableGenerator(fails_in_round_1, "flaky"), "red", "")
+    result = refine_image(
+        shapes_engine, scene_image(**RED_CIRCLE), CallableGenerator(fails_in_round_1, "flaky"), "red", ""
+    )
     assert [r.index for r in result.rounds] == [0] and result.best.prompt == "red"
     assert result.error.startswith("round 1: ") and "connection refused" in result.error
 
 
 def test_out_of_range_values_get_the_schema_message(shapes_engine):
     with pytest.raises(OptionError, match=r"^rounds: must be a whole number from 0 to 16, not 17$"):
-        shapes_engine.refine(scene_image(**RED_CIRCLE), ShapesGenerator(), "red", "", rounds=17)
+        refine_image(shapes_engine, scene_image(**RED_CIRCLE), ShapesGenerator(), "red", "", rounds=17)
     with pytest.raises(OptionError, match=r"^seeds: must be a whole number from 1 to 8, not 0$"):
-        shapes_engine.refine(scene_image(**RED_CIRCLE), ShapesGenerator(), "red", "", seeds=0)
+        refine_image(shapes_engine, scene_image(**RED_CIRCLE), ShapesGenerator(), "red", "", seeds=0)
 
 
 def test_a_prompt_at_the_token_budget_gets_no_more_tags(shapes_engine):
     long = ", ".join(["a very long hand written description"] * 12)  # free text, kept as written
-    result = shapes_engine.refine(scene_image(**RED_CIRCLE), fixed_scene(colour="blue"), long, "", rounds=1)
+    result = refine_image(shapes_engine, scene_image(**RED_CIRCLE), fixed_scene(colour="blue"), long, "", rounds=1)
     assert result.rounds[1:] == [] or result.rounds[1].prompt.startswith(long)
     assert all("circle" not in r.prompt for r in result.rounds)  # 12 x 6 tokens + commas: no room left
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from easy_diffuser.models import ModelError
+from easy_diffuser.errors import ModelError
 from easy_diffuser.presence import TagCalibration, model_tag_calibration
 from easy_diffuser.prompt import escape, format_prompt, prompts
 from easy_diffuser.scoring import Scores, score

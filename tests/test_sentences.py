@@ -33,7 +33,7 @@ from easy_diffuser.captioner import (  # noqa: E402
 )
 from easy_diffuser.checkpoint_family import UNKNOWN, detect, detect_checkpoint, read_metadata  # noqa: E402
 from easy_diffuser.engine import Engine  # noqa: E402
-from easy_diffuser.models import ModelError  # noqa: E402
+from easy_diffuser.errors import ModelError  # noqa: E402
 from easy_diffuser.options import DEFAULT_DESCRIBER, CaptionOptions, ExtractOptions, OptionError  # noqa: E402
 from easy_diffuser.prompt import escape  # noqa: E402
 from easy_diffuser.selection import TagScore  # noqa: E402

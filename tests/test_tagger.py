@@ -11,11 +11,13 @@ import timm
 import torch
 from PIL import Image
 
-from easy_diffuser import tagger
 from easy_diffuser.cli import main
 from easy_diffuser.engine import Engine
+from easy_diffuser.errors import ModelError, ModelFileError
 from easy_diffuser.images import load_image
-from easy_diffuser.models import TAGGER_DEFAULTS, ModelError, ModelFileError, load_model, unload_models
+from easy_diffuser.kinds import wd_tagger as tagger
+from easy_diffuser.kinds.wd_tagger import TAGGER_DEFAULTS
+from easy_diffuser.models import load_model, unload_models
 from easy_diffuser.options import ExtractOptions
 from easy_diffuser.pipeline import Preprocessor
 
@@ -143,10 +145,10 @@ def test_a_tagger_folders_easy_diffuser_json_sets_its_defaults_as_a_clip_folders
 
 
 def test_hub_names_are_registered_models():
-    from easy_diffuser.models import REGISTRY, list_models
+    from easy_diffuser.registry import kind_for, list_models
 
     names = [f"SmilingWolf/wd-{n}-tagger-v3" for n in ("vit", "swinv2", "convnext", "vit-large", "eva02-large")]
-    assert set(names) <= set(list_models()) and all(REGISTRY[name].tagger for name in names)
+    assert set(names) <= set(list_models()) and all(kind_for(name).name == "wd-tagger" for name in names)
 
 
 def test_files_placed_by_hand_load_offline_without_asking_the_hub(folders, cache_dir, monkeypatch, transparent_strip):
@@ -174,7 +176,7 @@ def test_only_the_three_files_are_downloaded(folders, cache_dir, monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
     monkeypatch.setattr(tagger, "require_reachable", lambda url: None)
-    loaded = tagger.load("SmilingWolf/wd-convnext-tagger-v3", cache_dir)
+    loaded = tagger.WdTaggerKind().load("SmilingWolf/wd-convnext-tagger-v3", cache_dir)
     assert loaded.model_id == "SmilingWolf/wd-convnext-tagger-v3"
     downloaded = [name for repo, name, local in asked if not local]
     assert sorted(downloaded) == sorted(tagger.TAGGER_FILES)  # never model.onnx
@@ -183,7 +185,7 @@ def test_only_the_three_files_are_downloaded(folders, cache_dir, monkeypatch):
 def test_without_network_a_hub_name_is_one_line_naming_the_files_and_the_folder(cache_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError) as error:
-        tagger.load("SmilingWolf/wd-eva02-large-tagger-v3", cache_dir)
+        tagger.WdTaggerKind().load("SmilingWolf/wd-eva02-large-tagger-v3", cache_dir)
     message = str(error.value)
     assert "\n" not in message and "selected_tags.csv" in message and "model.safetensors" in message
     assert str(tagger.placed_folder("SmilingWolf/wd-eva02-large-tagger-v3", cache_dir)) in message

@@ -14,8 +14,10 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from ..devices import default_device
 from ..engine import Engine
-from ..models import DEFAULT_MODEL, ModelError, default_device
+from ..errors import ModelError
+from ..models import DEFAULT_MODEL
 from ..options import OPTION, REFINE_OPTION
 from . import store
 from .generators import make_generator

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from easy_diffuser.shapes import world
-from easy_diffuser.shapes.train import _lr_factor, _replace, tensor_hash
+from easy_diffuser.shapes.train import lr_factor, replace_folder, tensor_hash
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "shapes-booru"
 ARCHITECTURE = "convnext_base"  # as wd-convnext-tagger-v3, shrunk through model_args
@@ -223,7 +223,7 @@ def _train(
     model = new_model(len(tags))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps))
     order = torch.Generator().manual_seed(seed)
     weights = torch.tensor([SHAPE_WEIGHT if tag.name in world.SHAPES else 1.0 for tag in tags])
     progress = tqdm(range(steps), desc="training", file=sys.stdout)
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters = sum(p.numel() for p in shipped.parameters())
         readme = _readme(command, seconds, table, digest, args.eval_count, args.eval_seed, parameters)
         (tmp / "README.md").write_text(readme)
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             import shutil

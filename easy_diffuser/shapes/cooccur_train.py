@@ -36,8 +36,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from easy_diffuser import scoring
-from easy_diffuser.embedding import _trimmed_encoder, token_lengths
-from easy_diffuser.metric import fit_tag_calibration
+from easy_diffuser.calibration.metric import fit_tag_calibration
+from easy_diffuser.embedding import token_lengths, trimmed_encoder
 from easy_diffuser.shapes import cooccur, train, world
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "shapes-cooccur"
@@ -89,9 +89,9 @@ def train_model(
     model, preprocess, tokenizer = train.new_model()
     model.train()
     # The text tower is causal: cut the padding after the longest caption, same result, less work.
-    encode_text = _trimmed_encoder(SimpleNamespace(model=model, device="cpu"))
+    encode_text = trimmed_encoder(SimpleNamespace(model=model, device="cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: train._lr_factor(step, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: train.lr_factor(step, steps))
     progress = tqdm(range(steps), desc="training", file=sys.stdout)
     for step in progress:
         scenes, kinds = _batch(rng, batch_size, train._batch_kind(step))
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {value:.3f}")
         command = f"python -m easy_diffuser.shapes.cooccur_train --steps {args.steps} --seed {args.seed}"
         (tmp / "README.md").write_text(_readme(command, seconds, results, digest))
-        train._replace(tmp, out)
+        train.replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

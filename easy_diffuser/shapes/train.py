@@ -140,7 +140,7 @@ def _loss(logits: torch.Tensor, match: torch.Tensor, weights: torch.Tensor) -> t
     return (image_to_text + text_to_image) / 2
 
 
-def _lr_factor(step: int, steps: int) -> float:
+def lr_factor(step: int, steps: int) -> float:
     """5% linear warm-up, then cosine decay to zero."""
     warmup = max(1, steps // 20)
     if step < warmup:
@@ -154,7 +154,7 @@ def train(steps: int, seed: int, batch_size: int = 64) -> tuple[torch.nn.Module,
     model, preprocess, tokenizer = new_model()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps))
     progress = tqdm(range(steps), desc="training", file=sys.stdout)
     for step in progress:
         scenes, kinds = _batch(rng, batch_size, _batch_kind(step))
@@ -324,7 +324,7 @@ best-scoring background tag is the right one, about 200 scenes each):
 """
 
 
-def _replace(tmp: Path, out: Path) -> None:
+def replace_folder(tmp: Path, out: Path) -> None:
     """Swap the finished temp folder into place so readers never see a half-written one."""
     old = out.with_name(f".{out.name}.old")
     if old.exists():
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         command = f"python -m easy_diffuser.shapes.train --steps {args.steps} --seed {args.seed}"
         (tmp / "README.md").write_text(_readme(command, seconds, table, digest))
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -13,9 +13,11 @@ import torch
 
 from ..captioner import join
 from ..engine import Engine, Extraction, framed
+from ..errors import ModelError
 from ..images import ImageInput, load_image
 from ..options import OPTION, CaptionOptions, ExtractOptions, OptionError
 from ..prompt import escape, prompts
+from ..registry import kind_for, kinds
 from ..selection import Role, TagScore, with_role
 
 NEXT_ROLE: dict[Role, Role] = {"positive": "negative", "negative": "off", "off": "positive"}
@@ -44,15 +46,23 @@ CONTROLS = (
 RESELECTING = tuple(name for name in CONTROLS if name not in ("weights", "caption", "caption_model"))
 STALE = "The model changed since this image was extracted: press Extract."
 NEEDS_DESCRIPTION = "The sentences style needs a description of this image: press Extract."
-# Controls that mean something for one kind of model only; the tab shows those of the model that made the tags.
-TAGGER_ONLY = ("general_threshold", "character_threshold", "general_mcut", "character_mcut", "family")
-CLIP_ONLY = ("max_tags",)  # a tagger's thresholds decide how many tags go in
-KIND_CONTROLS = (*CLIP_ONLY, *TAGGER_ONLY)
+# Controls that mean something for some kinds of model only (each kind's `controls`: a tagger's thresholds decide
+# how many tags go in, CLIP's max_tags); the tab shows those of the model that made the tags.
+KIND_CONTROLS = tuple(name for name in CONTROLS if any(name in kind.controls for kind in kinds()))
 
 
-def shown_for(tagger: bool) -> dict[str, bool]:
-    """{control in KIND_CONTROLS: whether it shows} for a tagger (True) or a CLIP model."""
-    return {name: (name in TAGGER_ONLY) == tagger for name in KIND_CONTROLS}
+def shown_for(kind_name: str) -> dict[str, bool]:
+    """{control in KIND_CONTROLS: whether it shows} for the models of a kind (by its name)."""
+    kind = next((kind for kind in kinds() if kind.name == kind_name), None)
+    return {name: kind is not None and name in kind.controls for name in KIND_CONTROLS}
+
+
+def kind_name(model: str) -> str:
+    """The kind of the model a setting names; "" while it names none (Extract then says why)."""
+    try:
+        return kind_for(model).name
+    except ModelError:
+        return ""
 
 
 def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, int] | None = None) -> ExtractOptions:
@@ -84,7 +94,7 @@ def _selected(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, 
 def _kept(engine: Engine, embedding: torch.Tensor, options: ExtractOptions, result: Extraction) -> "Extracted":
     negatives, caption = engine.selection_options(options)[0].negatives, engine.style(options).caption
     features = embedding.detach().to("cpu", torch.float32)
-    return Extracted(engine.model_id, features, caption, negatives, result, engine.scorer.booru)
+    return Extracted(engine.model_id, features, caption, negatives, result, engine.kind.name)
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,7 @@ class Extracted:
     caption: Optional[CaptionOptions]  # how the caption was made; None: captioning was off
     negatives: int  # the number of negative tags in force (automatic: the calibration's or the model's)
     result: Extraction  # the tags, with the roles the user's clicks gave them
-    tagger: bool = False  # made by a tagger (booru tags), not by a CLIP model
+    kind: str = "clip"  # the kind of the model that made the tags: the tab shows that kind's controls
 
     def with_tags(self, tags: list[TagScore]) -> "Extracted":
         return replace(self, result=replace(self.result, tags=tags))

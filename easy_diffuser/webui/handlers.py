@@ -19,8 +19,8 @@ from ..batch import BatchSummary, caption_folder
 from ..calibration import Calibration, calibrate, store
 from ..calibration.generators import Generator
 from ..engine import Engine
+from ..errors import ModelError
 from ..images import ImageError
-from ..models import ModelError
 from ..options import CAPTION_OPTION, ExtractOptions, OptionError, RefineOptions
 from ..refine import Refinement, Round, refine
 from . import controls, markup
@@ -108,7 +108,7 @@ class Handlers:
         """Show the controls that mean something for the model that made the tags (controls.KIND_CONTROLS)."""
         if extracted is None:
             return tuple(gr.update() for _ in controls.KIND_CONTROLS)
-        return tuple(gr.update(visible=shown) for shown in controls.shown_for(extracted.tagger).values())
+        return tuple(gr.update(visible=shown) for shown in controls.shown_for(extracted.kind).values())
 
     @staticmethod
     def click_tag(tag: str, extracted: Optional[controls.Extracted], weights: bool) -> tuple:

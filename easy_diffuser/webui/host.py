@@ -24,8 +24,10 @@ except ImportError:  # webui before 1.8
 
 from ..calibration.generators import CallableGenerator, webui_generator
 from ..checkpoint_family import Detected, detect, read_metadata
-from ..models import LoadedModel, default_dtype, list_models
+from ..devices import default_dtype
+from ..kinds.base import Loaded
 from ..prompt_style import TokenCounter, t5_counter
+from ..registry import list_models
 from .service import AUTO, Placement, auto_model
 from .settings import SECTION, Setting
 
@@ -154,9 +156,7 @@ class WebuiHost:
     def interrupted() -> bool:
         return shared.state.interrupted  # the webui's own Interrupt button sets it
 
-    def txt2img(
-        self, loaded: LoadedModel, width: int, height: int, steps: int, save: bool = False
-    ) -> CallableGenerator:
+    def txt2img(self, loaded: Loaded, width: int, height: int, steps: int, save: bool = False) -> CallableGenerator:
         """The webui's txt2img, with our CLIP model off the GPU while the checkpoint generates.
 
         The same rule as between two extractions (Keep in VRAM decides), and under Forge the way back
@@ -197,14 +197,14 @@ def _header_metadata(file: str) -> dict[str, str]:
         return {}
 
 
-def _acquire(device: torch.device, dtype: torch.dtype, loaded: LoadedModel) -> None:
+def _acquire(device: torch.device, dtype: torch.dtype, loaded: Loaded) -> None:
     if shared.cmd_opts.lowvram or shared.cmd_opts.medvram:  # as modules/interrogate.py: the SD model leaves first
         lowvram.send_everything_to_cpu()
         devices.torch_gc()
     loaded.to(device, dtype)
 
 
-def _release(loaded: LoadedModel) -> None:
+def _release(loaded: Loaded) -> None:
     if not shared.opts.easy_diffuser_keep_in_vram:
         loaded.to(devices.cpu)
     devices.torch_gc()
@@ -221,13 +221,13 @@ class _ForgeMemory:
     def text_encoder_device(self) -> torch.device:
         return self.manager.text_encoder_device()
 
-    def acquire(self, device: torch.device, loaded: LoadedModel) -> None:
+    def acquire(self, device: torch.device, loaded: Loaded) -> None:
         if self.patcher is None or self.patcher.model is not loaded.model:
             offload = self.manager.text_encoder_offload_device()
             self.patcher = self.model_patcher(loaded.model, load_device=device, offload_device=offload)
         self.manager.load_models_gpu([self.patcher])
 
-    def release(self, loaded: LoadedModel) -> None:
+    def release(self, loaded: Loaded) -> None:
         if not shared.opts.easy_diffuser_keep_in_vram:
             # What free_memory() does to the models it evicts, for ours alone.
             for entry in [e for e in self.manager.current_loaded_models if e.model is self.patcher]:

@@ -35,10 +35,11 @@ from starlette.concurrency import run_in_threadpool
 from ..calibration.generators import Generator
 from ..captioner import CAPTIONERS
 from ..engine import Engine, Extraction
+from ..errors import ModelError, ModelFileError
 from ..images import ImageError, load_image
-from ..models import REGISTRY, ModelError, ModelFileError
 from ..options import ExtractOptions, OptionError, RefineOptions, schema_help
 from ..refine import refine as refine_pair
+from ..registry import model_info
 from .service import Service
 
 T = TypeVar("T")
@@ -179,7 +180,7 @@ def add_routes(
 
     def models() -> dict:
         names = choices()
-        listed = [{"name": name, "use": REGISTRY[name].use if name in REGISTRY else ""} for name in names]
+        listed = [{"name": name, "use": info.use if (info := model_info(name)) else ""} for name in names]
         return {"models": listed, "selected": selected(), "resolved": service.resolve(None)}
 
     def options() -> dict:

@@ -17,7 +17,8 @@ from ..captioner import unload_captioners
 from ..checkpoint_family import Detected
 from ..embedding import ProgressFn
 from ..engine import Engine
-from ..models import LoadedModel, load_model, unload_models
+from ..kinds.base import Loaded
+from ..models import load_model, unload_models
 from ..prompt_style import TokenCounter, t5_token_bound
 
 T = TypeVar("T")
@@ -37,8 +38,8 @@ class Placement:
 
     device: torch.device
     dtype: torch.dtype
-    acquire: Callable[[LoadedModel], None]  # before a use: make room, put the model on `device`
-    release: Callable[[LoadedModel], None]  # after a use: move it off unless the user keeps it
+    acquire: Callable[[Loaded], None]  # before a use: make room, put the model on `device`
+    release: Callable[[Loaded], None]  # after a use: move it off unless the user keeps it
     keep_in_vram: bool = False  # the captioner, too, stays on the device between uses
 
 

@@ -12,8 +12,8 @@ from typing import Any, Optional
 import gradio as gr
 
 from ..captioner import CAPTIONERS
-from ..models import list_models
 from ..options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, Option
+from ..registry import list_models
 from .http_api import DEFAULT_MAX_REQUEST_MB
 from .service import AUTO
 

@@ -1,7 +1,7 @@
 """The tab's layout and its wiring to the handlers.
 
 A new control goes in three places, each once: its name in controls.CONTROLS (and RESELECTING if a move
-should re-select at once; and TAGGER_ONLY or CLIP_ONLY if one kind of model alone uses it), its component in
+should re-select at once; and in a kind's `controls` if some kinds of model alone use it), its component in
 `_controls()` below, and what it means in
 controls.extract_options(). Every handler wired with `_wire` then receives it in its `values` mapping.
 """
@@ -17,7 +17,6 @@ from ..calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, store
 from ..captioner import CAPTIONERS
 from ..engine import DEFAULT_TAU, automatic_values
 from ..options import OPTION, REFINE_OPTIONS, Option
-from ..tagger import is_tagger
 from . import controls
 from .handlers import Handlers
 
@@ -100,7 +99,7 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     """The tab's controls, keyed by controls.CONTROLS; ranges from the options schema, starting values from Settings."""
     opts = host.opts
     # The configured model's controls; after each extraction, those of the model that made the tags.
-    shown = controls.shown_for(is_tagger(host.resolve_model(None)))
+    shown = controls.shown_for(controls.kind_name(host.resolve_model(None)))
     made = {
         "max_tags": _slider(
             OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags", visible=shown["max_tags"]

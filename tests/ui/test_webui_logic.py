@@ -17,7 +17,7 @@ from easy_diffuser.calibration.sweep import (
     Setting,
 )
 from easy_diffuser.engine import Extraction
-from easy_diffuser.models import ModelError
+from easy_diffuser.errors import ModelError
 from easy_diffuser.options import CaptionOptions, ExtractOptions, OptionError
 from easy_diffuser.selection import TagScore
 from easy_diffuser.webui import controls, markup, service
@@ -102,7 +102,7 @@ def test_control_values_become_extract_options():
 
 
 def test_the_tab_shows_a_taggers_controls_for_a_tagger_and_clips_for_clip():
-    tagger, clip = controls.shown_for(True), controls.shown_for(False)
+    tagger, clip = controls.shown_for("wd-tagger"), controls.shown_for("clip")
     assert tagger["general_threshold"] and tagger["family"] and not tagger["max_tags"]
     assert clip["max_tags"] and not clip["character_mcut"] and not clip["family"]
     with pytest.raises(ValueError, match="max_tags: must be a whole number from 1 to 75, not 12.5"):

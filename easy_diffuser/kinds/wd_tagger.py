@@ -1,21 +1,24 @@
-"""WD taggers (SmilingWolf's WD v3) in the webui's own process, through timm: no onnxruntime, no TensorFlow.
+"""The WD tagger kind: SmilingWolf's WD v3 taggers (and the shipped shapes-booru) in the webui's own process,
+through timm: no onnxruntime, no TensorFlow. Everything a WD tagger is here is in this file:
 
-A tagger spec is one of:
-  * a registry name (models.REGISTRY, `tagger=True`): "SmilingWolf/wd-vit-tagger-v3", ... fetched on first use
-    into the model folder, only its three files;
-  * a local folder in the hub's layout: `model.safetensors` (timm's state dict, head included), `config.json`
-    (timm's `architecture`, `num_classes`, `model_args`, `pretrained_cfg`) and `selected_tags.csv`
-    (`tag_id,name,category,count`; category 9 rating, 0 general, 4 character, 3 copyright).
-
-The network is built as timm's own hub loader builds it, from config.json's architecture and model_args, on
-every timm from 0.9.5 (sd-webui-controlnet's pin) to the newest: we pass model_args ourselves (timm reads
-them from a hub config only from 0.9.11), resolve a named act_layer to its class (ViT takes a name only from
-0.9.10) and give SwinV2 the activation it asked for (before 1.0.3 it ignores act_layer and keeps exact GELU).
-The weights are read from safetensors and loaded strictly: timm's pretrained loader would drop a classifier
-whose size differs from its default config. ONNX, pickle and TensorFlow files are refused, never run.
-
-Preprocessing is the reference one (SmilingWolf's demo, kohya, wdv3-timm): alpha onto white (images.py),
-pad to a centred white square, bicubic to the input size, [-1, 1], BGR; the logits go through a sigmoid.
+  claims    the WD_MODELS names, fetched on first use into the model folder (only their three files), and local
+            folders in the hub's layout: `model.safetensors` (timm's state dict, head included), `config.json`
+            (timm's `architecture`, `num_classes`, `model_args`, `pretrained_cfg`) and `selected_tags.csv`
+            (`tag_id,name,category,count`; category 9 rating, 0 general, 4 character, 3 copyright); also the
+            files such a repository holds that are refused (ONNX, pickles, TensorFlow), so the refusal is its
+  loads     the network as timm's own hub loader builds it, from config.json's architecture and model_args, on
+            every timm from 0.9.5 (sd-webui-controlnet's pin) to the newest: we pass model_args ourselves (timm
+            reads them from a hub config only from 0.9.11), resolve a named act_layer to its class (ViT takes a
+            name only from 0.9.10) and give SwinV2 the activation it asked for (before 1.0.3 it ignores act_layer
+            and keeps exact GELU). The weights are read from safetensors and loaded strictly: timm's pretrained
+            loader would drop a classifier whose size differs from its default config.
+  scores    the reference preprocessing (SmilingWolf's demo, kohya, wdv3-timm): alpha onto white (images.py), pad
+            to a centred white square, bicubic to the input size, [-1, 1], BGR; the logits through a sigmoid.
+            The score is the probability (the presence guard's directly), relevance the log-odds standardised
+            over the vocabulary; features: the probabilities
+  policy    booru tags (booru.py): over each category's threshold or MCut, in booru order, rating words and
+            quality tags of the checkpoint's family preset (families.py), three CLIP chunks of tokens; the
+            thresholds, MCut and family are its controls
 """
 
 from __future__ import annotations
@@ -25,26 +28,27 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 from PIL import Image
 
-from .files import FileTooLarge, NotARegularFile, read_regular_file, safe_name
-from .models import (
-    DATA_DIR,
-    REGISTRY,
-    ModelError,
-    ModelFileError,
-    OnDevice,
-    content_hash,
-    cpu_matmuls,
-    folder_defaults,
-    hub_offline,
-    one_line,
-    register_kind,
-    require_reachable,
-)
+from .. import scoring
+from ..booru import BooruRule, written
+from ..devices import OnDevice, cpu_matmuls
+from ..errors import ModelError, ModelFileError, one_line
+from ..families import Preset, choose
+from ..files import FileTooLarge, NotARegularFile, read_regular_file, safe_name
+from ..hub import hub_offline, require_reachable
+from ..options import BOORU_TOKEN_BUDGET, ExtractOptions
+from ..scorers import TagScorer, prompt_token_costs
+from ..scoring import Scores
+from ..vocabulary import Vocabulary
+from ..weights import content_hash
+from .base import DATA_DIR, Kind, ModelInfo, folder_defaults
+
+if TYPE_CHECKING:
+    from ..checkpoint_family import Detected
 
 TAGGER_FILES = ("model.safetensors", "config.json", "selected_tags.csv")
 WEIGHTS, CONFIG, TAGS = TAGGER_FILES
@@ -71,6 +75,37 @@ PAD_LIMIT = 4096
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
+# A tagger's relevance is the standardised log-odds (TaggerScorer); tau 2 starts the negative prompt's subset near
+# p = 0.01 on a typical image, until a calibration learns better.
+TAGGER_DEFAULTS: dict[str, Any] = {"tau": 2.0}
+WD_MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in (
+        ModelInfo(
+            "shapes-booru",
+            "the tiny shapes-world WD-style tagger shipped for offline tries and tests (booru tags)",
+            TAGGER_DEFAULTS,
+            shipped="shapes-booru",
+        ),
+        *(
+            ModelInfo(
+                f"SmilingWolf/wd-{name}-tagger-v3", f"anime checkpoints, booru tags: WD v3 {use}", TAGGER_DEFAULTS
+            )
+            for name, use in (
+                ("vit", "ViT-B tagger (about 380 MB)"),
+                ("swinv2", "SwinV2-B tagger (about 390 MB)"),
+                ("convnext", "ConvNeXt-B tagger (about 390 MB)"),
+                ("vit-large", "ViT-L tagger (about 1.3 GB)"),
+                ("eva02-large", "EVA02-L tagger, the most accurate (about 1.3 GB)"),
+            )
+        ),
+    )
+}
+# Probabilities are kept off 0 and 1: a tag the model rules out is one the vocabulary's log-odds can standardise.
+PROBABILITY_FLOOR = 1e-4
+LOGIT_LIMIT = 9.25  # the floor's log-odds (9.21) and fp16's rounding of them
+
+
 @dataclass(frozen=True)
 class TagTable:
     """selected_tags.csv: one row per output of the model's head, in order."""
@@ -92,10 +127,6 @@ class LoadedTagger(OnDevice):
     cache_key: str  # model_id plus a hash of the weights: new weights, new calibration results
     vocabulary_dir: None = None  # a tagger's vocabulary is its CSV
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "LoadedTagger":
-        self.model.to(device=device, dtype=dtype)
-        return self
-
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed images [N, 3, H, W] -> the probability of every tag [N, tags], float32 on the CPU."""
@@ -108,16 +139,92 @@ class LoadedTagger(OnDevice):
         return torch.sigmoid(logits.float()).cpu()
 
 
-def is_tagger(spec: str) -> bool:
-    """Whether a model spec names a tagger: a registry tagger, a tagger folder, or a file a tagger ships."""
-    info = REGISTRY.get(spec)
-    if info is not None:
-        return info.tagger
-    path = Path(spec).expanduser()
-    if path.suffix.lower() in (".onnx", ".h5", ".pb", ".keras"):
-        return True
-    folder = path if path.is_dir() else path.parent if path.is_file() else None
-    return folder is not None and _is_tagger_folder(folder)
+class TaggerScorer(TagScorer):
+    """A tagger's probabilities as scores: the vocabulary is its tag file, written as prompts write tags."""
+
+    def __init__(self, loaded: LoadedTagger, vocabulary_dirs: Sequence[str | Path] = ()) -> None:
+        if vocabulary_dirs:
+            raise ValueError(
+                f"vocabulary folder {vocabulary_dirs[0]}: a tagger's tags are its selected_tags.csv; "
+                "extra tag lists are for CLIP models"
+            )
+        self.loaded = loaded
+        names = [written(name) for name in loaded.tags.names]
+        self.vocabulary = Vocabulary(tuple(names), loaded.tags.categories)
+        self.token_costs = prompt_token_costs(names)
+
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.loaded.probabilities(batch).clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+
+    def scores(self, features: torch.Tensor) -> list[Scores]:
+        probabilities = features.float()
+        relevance = scoring.standardised(torch.logit(probabilities))
+        return [Scores(p, r, p) for p, r in zip(probabilities, relevance)]
+
+    def for_token(self, features: torch.Tensor) -> torch.Tensor:
+        """The log-odds: fp16 keeps them to 0.01 where it would round a probability of 0.9995 to 0.9990."""
+        return torch.logit(features).half()
+
+    def checked(self, token: torch.Tensor) -> torch.Tensor | None:
+        logits = token.float().flatten()
+        if logits.numel() != len(self.vocabulary) or not torch.isfinite(logits).all():
+            return None
+        if logits.abs().max() > LOGIT_LIMIT:
+            return None
+        return torch.sigmoid(logits).clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)[None]
+
+    def fingerprint(self) -> bytes:
+        return f"{self.loaded.cache_key} {self.vocabulary.fingerprint}".encode()
+
+
+class WdTaggerKind(Kind):
+    name = "wd-tagger"
+    models: ClassVar[Sequence[ModelInfo]] = tuple(WD_MODELS.values())
+    writes = "booru"
+    token_budget = BOORU_TOKEN_BUDGET
+    controls = frozenset({"general_threshold", "character_threshold", "general_mcut", "character_mcut", "family"})
+
+    def claims(self, spec: str) -> bool:
+        """A tagger folder, or a file a tagger repository ships (refused by name when it is no safetensors)."""
+        path = Path(spec).expanduser()
+        if path.suffix.lower() in (".onnx", ".h5", ".pb", ".keras"):
+            return True
+        folder = path if path.is_dir() else path.parent if path.is_file() else None
+        return folder is not None and _is_tagger_folder(folder)
+
+    def load(self, spec: str, cache_dir: Path) -> LoadedTagger:
+        """The tagger a spec names, on the CPU (models.load_model moves it); ModelError in one line otherwise."""
+        info = WD_MODELS.get(spec)
+        if info is not None:
+            folder = DATA_DIR / info.shipped if info.shipped else _fetch(spec, cache_dir)
+            return load_folder(folder, model_id=spec, defaults=info.defaults)
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return load_folder(path)
+        refused = _refusal(path)
+        if refused:
+            raise ModelFileError(refused)
+        raise ModelFileError(
+            f"{path}: a tagger is loaded from its folder ({', '.join(TAGGER_FILES)}); pass {path.parent}"
+        )
+
+    def scorer(
+        self, loaded: LoadedTagger, cache_dir: Path, vocabulary_dirs: Sequence[str | Path] = (), progress: Any = None
+    ) -> "TaggerScorer":
+        return TaggerScorer(loaded, vocabulary_dirs)
+
+    def rule(self, options: ExtractOptions, preset: Preset | None) -> BooruRule:
+        family = preset.family if preset else None
+        return BooruRule(
+            options.general_threshold,
+            options.character_threshold,
+            options.general_mcut,
+            options.character_mcut,
+            rating_words=BooruRule.words(family.ratings) if family else (),
+        )
+
+    def preset(self, options: ExtractOptions, target: "Detected | None") -> Preset:
+        return choose(options.family, target)
 
 
 def _is_tagger_folder(folder: Path) -> bool:
@@ -125,21 +232,6 @@ def _is_tagger_folder(folder: Path) -> bool:
     if (folder / "open_clip_config.json").exists():
         return False
     return any((folder / name).exists() for name in (TAGS, CONFIG, "model.onnx", "saved_model.pb"))
-
-
-def load(spec: str, cache_dir: Path) -> LoadedTagger:
-    """The tagger a spec names, on the CPU (models.load_model moves it); ModelError in one line otherwise."""
-    info = REGISTRY.get(spec)
-    if info is not None:
-        folder = DATA_DIR / info.shipped if info.shipped else _fetch(spec, cache_dir)
-        return load_folder(folder, model_id=spec, defaults=info.defaults)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return load_folder(path)
-    refused = _refusal(path)
-    if refused:
-        raise ModelFileError(refused)
-    raise ModelFileError(f"{path}: a tagger is loaded from its folder ({', '.join(TAGGER_FILES)}); pass {path.parent}")
 
 
 def placed_folder(repo: str, cache_dir: Path) -> Path:
@@ -405,6 +497,3 @@ class SquareOnWhite:
 def to_bgr(image: Image.Image) -> Image.Image:
     """The channels in BGR order, as the WD models were trained (a module-level function: Ray pickles it)."""
     return Image.merge("RGB", image.split()[::-1])
-
-
-register_kind(is_tagger, load)  # models.load_model loads taggers from now on
