@@ -1,8 +1,6 @@
 """Booru tags the way the anime checkpoints (Illustrious, NoobAI, Pony, Animagine) want them, from a tagger's
-probabilities: which tags go in (a threshold, or MCut, per category), how they are written and in what order.
+probabilities: which tags go in (a threshold, or MCut, per category) and in what order (tag_text.py writes them).
 
-    written:   long_hair -> long hair, saber_(fate) -> saber (fate) (prompt.py escapes it: saber \\(fate\\)),
-               kaomoji such as ^_^ stay as they are
     order:     always-first tags, count (1girl, 2boys, multiple girls, no humans), character, series
                (copyright), the rating, then general tags by probability
     rating:    the most likely of selected_tags.csv's four, in the words of the checkpoint family (RatingWords)
@@ -23,27 +21,9 @@ if TYPE_CHECKING:
     from .selection import SelectionOptions
     from .vocabulary import Vocabulary
 
-# SmilingWolf's demo keeps these as they are: their underscore is part of the face.
-KAOMOJI = frozenset("0_0 (o)_(o) +_+ +_- ._. <o>_<o> <|>_<|> =_= >_< 3_3 6_9 >_o @_@ ^_^ o_o u_u x_x |_| ||_||".split())
 COUNT_TAG = re.compile(r"^(\d+\+?(girl|boy|other)s?|multiple (girls|boys|others)|no humans)$")
 RATINGS = ("general", "sensitive", "questionable", "explicit")  # selected_tags.csv's, in its order
 CHARACTER_MCUT_FLOOR = 0.15  # the demo's: MCut alone may pass a weak character when one stands out a little
-
-
-def written(name: str) -> str:
-    """A tag as prompts write it: underscores become spaces, except in kaomoji."""
-    return name if name in KAOMOJI else name.replace("_", " ")
-
-
-def normal(tag: str) -> str:
-    """A tag as a user may type it in a list (exclude, always first): case, underscores, escapes don't matter."""
-    text = tag.strip().replace("\\(", "(").replace("\\)", ")")
-    return text if text in KAOMOJI else " ".join(text.replace("_", " ").lower().split())
-
-
-def tag_list(text: str) -> tuple[str, ...]:
-    """A comma-separated list of tags, each made `normal`."""
-    return tuple(dict.fromkeys(tag for tag in map(normal, text.split(",")) if tag))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-CLIP_TOKENS = 75  # one CLIP chunk: 77 positions minus the start and end tokens
+TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
 T5_TOKENS = 512  # Flux and SD3 train T5-XXL at a 512-token sequence (its end token included)
 MAX_HEADER_BYTES = 16 << 20  # an SDXL checkpoint's header is about 200 KB; a larger length is not a header
 
@@ -46,7 +46,7 @@ class Family:
 
     @property
     def token_budget(self) -> int:
-        return T5_TOKENS if self.text_encoder == "t5" else CLIP_TOKENS
+        return T5_TOKENS if self.text_encoder == "t5" else TOKEN_BUDGET
 
 
 UNKNOWN = Family("", "an unknown checkpoint", "tags", "clip")

@@ -25,7 +25,6 @@ from typing import Sequence
 import torch
 
 from . import prompt_style
-from .booru import tag_list
 from .captioner import Captioner, compose, join, load_captioner
 from .checkpoint_family import T5_TOKENS, Detected
 from .devices import check_device
@@ -42,6 +41,7 @@ from .registry import kind_for
 from .scorers import TagScorer
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
+from .tag_text import tag_list
 from .vocabulary import Vocabulary
 
 DEFAULT_TAU = 1.0

@@ -22,14 +22,14 @@ from typing import Mapping, Sequence
 from .checkpoint_family import Detected
 
 AUTOMATIC, NONE = "automatic", "none"
-WD_RATINGS = ("general", "sensitive", "questionable", "explicit")  # the rating rows of a WD tagger's CSV
 # Metadata keys that name the model or what it was trained from, in order of trust.
 METADATA_KEYS = ("modelspec.title", "ss_sd_model_name", "ss_output_name")
 
 
 @dataclass(frozen=True)
-class Family:
-    """One family's conventions, as its model card documents them."""
+class Conventions:
+    """A fine-tuned checkpoint family's prompt conventions (checkpoint_family.py says which base family it is), as its
+    model card documents them."""
 
     key: str  # the setting's value
     title: str  # what the status line says
@@ -54,13 +54,13 @@ class Family:
 
 _ANIMAGINE_RATINGS = {"general": "safe", "sensitive": "sensitive", "questionable": "nsfw", "explicit": "explicit"}
 
-FAMILIES: dict[str, Family] = {
+CONVENTIONS: dict[str, Conventions] = {
     family.key: family
     for family in (
         # https://huggingface.co/Laxhar/noobai-XL-1.1 (Recommended Settings > Prompts). Illustrious's own card
         # (https://huggingface.co/OnomaAIResearch/Illustrious-xl-early-release-v0) documents no template;
         # NoobAI, trained from it, does, and the same Danbooru quality and year tags serve both.
-        Family(
+        Conventions(
             "illustrious",
             "Illustrious/NoobAI",
             "https://huggingface.co/Laxhar/noobai-XL-1.1",
@@ -74,7 +74,7 @@ FAMILIES: dict[str, Family] = {
         # https://civitai.com/models/257749 (Pony Diffusion V6 XL): "score_9, score_8_up, score_7_up, score_6_up,
         # score_5_up, score_4_up, just describe what you want"; "designed to not need negative prompts";
         # ratings rating_safe, rating_questionable, rating_explicit.
-        Family(
+        Conventions(
             "pony",
             "Pony",
             "https://civitai.com/models/257749",
@@ -90,7 +90,7 @@ FAMILIES: dict[str, Family] = {
         # https://huggingface.co/cagliostrolab/animagine-xl-3.1 (Usage Guidelines): quality tags last,
         # "masterpiece, best quality, very aesthetic, absurdres"; its recommended negative prompt; ratings
         # safe, sensitive, nsfw, explicit.
-        Family(
+        Conventions(
             "animagine",
             "Animagine XL 3.1",
             "https://huggingface.co/cagliostrolab/animagine-xl-3.1",
@@ -104,7 +104,7 @@ FAMILIES: dict[str, Family] = {
         ),
         # https://huggingface.co/cagliostrolab/animagine-xl-4.0 (Usage Guidelines): the prompt ends with
         # "masterpiece, high score, great score, absurdres"; its recommended negative prompt.
-        Family(
+        Conventions(
             "animagine4",
             "Animagine XL 4.0",
             "https://huggingface.co/cagliostrolab/animagine-xl-4.0",
@@ -118,7 +118,7 @@ FAMILIES: dict[str, Family] = {
     )
 }
 ALIASES = {"noobai": "illustrious"}  # one preset, two names users look for
-CHOICES = (AUTOMATIC, NONE, *FAMILIES, *ALIASES)
+CHOICES = (AUTOMATIC, NONE, *CONVENTIONS, *ALIASES)
 # Most specific first: "animagine-xl-4.0" is Animagine 4, not 3.1; "ponyIllustrious" merges say pony last.
 _DETECTION_ORDER = ("animagine4", "animagine", "illustrious", "pony")
 
@@ -127,7 +127,7 @@ _DETECTION_ORDER = ("animagine4", "animagine", "illustrious", "pony")
 class Preset:
     """The family in force (None: no preset) and why, as the status line says it."""
 
-    family: Family | None
+    family: Conventions | None
     reason: str
 
     @property
@@ -149,7 +149,7 @@ def choose(setting: str, target: Detected | None = None) -> Preset:
     if setting == NONE:
         return Preset(None, "family set to none")
     if setting != AUTOMATIC:
-        return Preset(FAMILIES[ALIASES.get(setting, setting)], "chosen in the settings")
+        return Preset(CONVENTIONS[ALIASES.get(setting, setting)], "chosen in the settings")
     return detect(target)
 
 
@@ -167,11 +167,11 @@ def detect(target: Detected | None) -> Preset:
     return Preset(None, f"no family recognised in the checkpoint name {target.name} or its metadata")
 
 
-def _named_family(text: str) -> Family | None:
+def _named_family(text: str) -> Conventions | None:
     lowered = text.lower()
     for key in _DETECTION_ORDER:
-        if any(re.search(pattern, lowered) for pattern in FAMILIES[key].names):
-            return FAMILIES[key]
+        if any(re.search(pattern, lowered) for pattern in CONVENTIONS[key].names):
+            return CONVENTIONS[key]
     return None
 
 

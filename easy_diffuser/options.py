@@ -15,12 +15,12 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Optional
 
+from .checkpoint_family import TOKEN_BUDGET
 from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
-TOKEN_BUDGET = 75  # one CLIP chunk: 77 positions minus the start and end tokens
 # A tagger's thresholds decide which tags go in; booru prompts often pass one chunk, and the webui splits
 # longer ones into chunks of 75: three chunks hold what a tagger finds at its default thresholds.
 BOORU_TOKEN_BUDGET = 3 * TOKEN_BUDGET

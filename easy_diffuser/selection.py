@@ -50,8 +50,8 @@ class SelectionOptions:
     dedup_threshold: float = _DEFAULTS.dedup_threshold  # text-embedding cosine above which two tags count as one
     presence: TagCalibration | None = BUILT_IN  # tags the image may show are never negatives; None: no guard
     rule: "TagRule" = field(default_factory=lambda: TopRelevance())  # how the model's kind picks positive tags
-    exclude: tuple[str, ...] = ()  # tags (booru.normal) never in either prompt
-    first: tuple[str, ...] = ()  # tags (booru.normal) that lead the positive prompt when chosen
+    exclude: tuple[str, ...] = ()  # tags (tag_text.normal) never in either prompt
+    first: tuple[str, ...] = ()  # tags (tag_text.normal) that lead the positive prompt when chosen
 
 
 @dataclass(frozen=True)

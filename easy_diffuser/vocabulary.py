@@ -13,8 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .booru import normal
 from .files import read_regular_file
+from .tag_text import normal
 
 BUILTIN_DIR = Path(__file__).parent / "data" / "vocabulary"
 # Tags of this category only ever go into negative prompts (lowres, watermark, ...).
@@ -42,7 +42,7 @@ class Vocabulary:
 
     @cached_property
     def index(self) -> dict[str, int]:
-        """Each tag's position by its `booru.normal` form, as users type tags in lists."""
+        """Each tag's position by its `tag_text.normal` form, as users type tags in lists."""
         return {normal(tag): index for index, tag in reversed(list(enumerate(self.tags)))}
 
     def indices(self, tags: Iterable[str]) -> list[int]:

@@ -12,6 +12,7 @@ from easy_diffuser.kinds.wd_tagger import TaggerScorer
 from easy_diffuser.prompt import prompts
 from easy_diffuser.scoring import Scores, standardised
 from easy_diffuser.selection import SelectionOptions, select
+from easy_diffuser.tag_text import tag_list, written
 from easy_diffuser.vocabulary import Vocabulary
 
 NAMES = {
@@ -21,7 +22,7 @@ NAMES = {
     "outdoors": "general", "indoors": "general", "sword": "general",
     "saber_(fate)": "character", "rin_(fate)": "character", "fate_(series)": "copyright",
 }  # fmt: skip
-VOCAB = Vocabulary(tuple(booru.written(name) for name in NAMES), tuple(NAMES.values()))
+VOCAB = Vocabulary(tuple(written(name) for name in NAMES), tuple(NAMES.values()))
 COSTS = [2] * len(NAMES)
 
 
@@ -95,7 +96,7 @@ def test_count_tags_lead_whatever_their_probability():
 
 
 def test_exclude_and_always_first_lists():
-    options = rule(exclude=booru.tag_list("Saber_(fate), smile"), first=booru.tag_list("long hair, sword, absent tag"))
+    options = rule(exclude=tag_list("Saber_(fate), smile"), first=tag_list("long hair, sword, absent tag"))
     tags = run(IMAGE, options)
     assert positive(tags)[:2] == ["long hair", "sword"]
     assert "saber (fate)" not in positive(tags) + negative(tags) and "smile" not in positive(tags) + negative(tags)

@@ -55,13 +55,13 @@ def test_status_line_says_which_preset_and_why() -> None:
 def test_metadata_names_the_family_when_the_file_name_does_not(tmp_path: Path) -> None:
     path = checkpoint(tmp_path, "myFavouriteMix_v3.safetensors", {"modelspec.title": "Pony Diffusion V6 XL"})
     preset = families.choose("automatic", detect_checkpoint(path))
-    assert preset.family is families.FAMILIES["pony"]
+    assert preset.family is families.CONVENTIONS["pony"]
     assert preset.status == "Pony (from the checkpoint's metadata modelspec.title: Pony Diffusion V6 XL)"
 
 
 def test_a_trained_model_is_known_by_the_model_it_was_trained_from(tmp_path: Path) -> None:
     path = checkpoint(tmp_path, "my_lora_merge.safetensors", {"ss_sd_model_name": "noobaiXLNAIXL_epsilonPred11Version"})
-    assert families.detect(detect_checkpoint(path)).family is families.FAMILIES["illustrious"]
+    assert families.detect(detect_checkpoint(path)).family is families.CONVENTIONS["illustrious"]
 
 
 def test_no_family_anywhere_gives_no_preset_and_says_where_it_looked(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_no_family_anywhere_gives_no_preset_and_says_where_it_looked(tmp_path: P
 
 def test_the_setting_overrides_what_the_checkpoint_says(tmp_path: Path) -> None:
     path = checkpoint(tmp_path, "ponyDiffusionV6XL.safetensors", {"modelspec.title": "Pony Diffusion V6 XL"})
-    assert families.choose("noobai", detect_checkpoint(path)).family is families.FAMILIES["illustrious"]
+    assert families.choose("noobai", detect_checkpoint(path)).family is families.CONVENTIONS["illustrious"]
     assert families.choose("none", detect_checkpoint(path)).family is None
 
 
@@ -108,7 +108,7 @@ def test_a_header_without_metadata_leaves_the_name_to_tell_the_family(tmp_path: 
     path.write_bytes(content)
     detected = detect_checkpoint(path)
     assert detected.metadata == {} and detected.name == "ponyDiffusionV6XL"
-    assert families.detect(detected).family is families.FAMILIES["pony"]
+    assert families.detect(detected).family is families.CONVENTIONS["pony"]
 
 
 def test_metadata_values_that_are_not_strings_are_dropped(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_the_header_is_read_once_and_only_the_header(tmp_path: Path, monkeypatch
 
 
 def test_pony_prompt_follows_its_card() -> None:
-    pony = families.FAMILIES["pony"]
+    pony = families.CONVENTIONS["pony"]
     assert pony.positive(["rating_safe", "1girl", "solo"]) == (
         "score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, rating_safe, 1girl, solo"
     )
@@ -169,7 +169,7 @@ def test_pony_prompt_follows_its_card() -> None:
 
 
 def test_noobai_prefix_and_negative_template_come_after_the_images_own_negatives() -> None:
-    noobai = families.FAMILIES["illustrious"]
+    noobai = families.CONVENTIONS["illustrious"]
     assert noobai.positive([noobai.ratings["general"], "red", "circle"]) == (
         "masterpiece, best quality, newest, absurdres, highres, safe, red, circle"
     )
@@ -181,15 +181,16 @@ def test_noobai_prefix_and_negative_template_come_after_the_images_own_negatives
 
 
 def test_animagine_puts_quality_tags_last() -> None:
-    animagine = families.FAMILIES["animagine"]
+    animagine = families.CONVENTIONS["animagine"]
     assert animagine.positive(["red", "circle", animagine.ratings["questionable"]]) == (
         "red, circle, nsfw, masterpiece, best quality, very aesthetic, absurdres"
     )
-    assert families.FAMILIES["animagine4"].positive(["red"]) == "red, masterpiece, high score, great score, absurdres"
+    animagine4 = families.CONVENTIONS["animagine4"]
+    assert animagine4.positive(["red"]) == "red, masterpiece, high score, great score, absurdres"
 
 
 def test_every_family_maps_every_wd_rating() -> None:
-    for family in families.FAMILIES.values():
+    for family in families.CONVENTIONS.values():
         assert set(family.ratings) == set(families.WD_RATINGS), family.key
 
 
@@ -236,7 +237,7 @@ def test_a_tagger_prompt_takes_the_checkpoints_preset(tmp_path: Path, red_circle
     own = [tag.tag for tag in result.tags if tag.role == "negative"]
     noobai = engine.extract(red_circle, ExtractOptions(family="noobai"))
     assert noobai.prompt.startswith("masterpiece, best quality, newest, absurdres, highres, safe, ")
-    assert noobai.negative_prompt.endswith(families.FAMILIES["illustrious"].negative)
+    assert noobai.negative_prompt.endswith(families.CONVENTIONS["illustrious"].negative)
     assert noobai.negative_prompt.startswith(", ".join(own + ["nsfw"]))  # the image's own negatives come first
     plain = engine.extract(red_circle, ExtractOptions(family="none"))
     assert plain.prompt.startswith("general, ") and plain.preset.family is None  # WD's own rating word

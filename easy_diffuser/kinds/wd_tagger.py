@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from .. import scoring
-from ..booru import BooruRule, written
+from ..booru import BooruRule
 from ..devices import OnDevice, cpu_matmuls
 from ..errors import ModelError, ModelFileError, one_line
 from ..families import Preset, choose
@@ -43,6 +43,7 @@ from ..hub import hub_offline, require_reachable
 from ..options import BOORU_TOKEN_BUDGET, ExtractOptions
 from ..scorers import TagScorer, prompt_token_costs
 from ..scoring import Scores
+from ..tag_text import written
 from ..vocabulary import Vocabulary
 from ..weights import content_hash
 from .base import DATA_DIR, Kind, ModelInfo, folder_defaults

@@ -36,6 +36,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from easy_diffuser.booru import RATINGS
 from easy_diffuser.shapes import world
 from easy_diffuser.shapes.train import lr_factor, replace_folder, tensor_hash
 
@@ -51,7 +52,6 @@ GENERAL_THRESHOLD = 0.35  # WD's demo defaults, which the semantic figures are m
 CHARACTER_THRESHOLD = 0.85
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
-RATINGS = ("general", "sensitive", "questionable", "explicit")
 # The world's one character, a large yellow star: a tag that holds only for one combination of
 # attributes, so the character threshold (0.85) has a meaning tests can check; its "_(series)"
 # suffix is the Danbooru convention that prompt escaping must handle.
