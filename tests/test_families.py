@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from easy_diffuser import families
+from easy_diffuser.booru import RATINGS
 from easy_diffuser.checkpoint_family import UNKNOWN, detect, detect_checkpoint, read_metadata
 from easy_diffuser.options import OPTION, ExtractOptions, OptionError, schema_help
 
@@ -159,7 +160,7 @@ def test_pony_prompt_follows_its_card() -> None:
     assert pony.positive(["rating_safe", "1girl", "solo"]) == (
         "score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, rating_safe, 1girl, solo"
     )
-    assert [pony.ratings[r] for r in families.WD_RATINGS] == [
+    assert [pony.ratings[r] for r in RATINGS] == [
         "rating_safe",
         "rating_questionable",
         "rating_questionable",
@@ -191,7 +192,7 @@ def test_animagine_puts_quality_tags_last() -> None:
 
 def test_every_family_maps_every_wd_rating() -> None:
     for family in families.CONVENTIONS.values():
-        assert set(family.ratings) == set(families.WD_RATINGS), family.key
+        assert set(family.ratings) == set(RATINGS), family.key
 
 
 def test_family_is_one_option_of_the_schema() -> None:
