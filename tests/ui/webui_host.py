@@ -31,6 +31,8 @@ import gradio as gr  # noqa: E402
 import modules  # noqa: E402
 from modules import devices, infotext_utils, paths, script_callbacks, shared  # noqa: E402
 
+import easy_diffuser.webui  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 # The user moved the Easy Diffuser tab first and img2img before txt2img (Settings > User interface > Tabs order).
 TAB_ORDER = ("easy_diffuser", "img2img", "txt2img")
@@ -74,6 +76,7 @@ def become(name: str, monkeypatch: Any) -> Optional[ModuleType]:
         monkeypatch.delattr(devices, attribute)
     monkeypatch.setattr(shared, "lacking_flags", set(host.lacks_flags))
     monkeypatch.delitem(sys.modules, "easy_diffuser.webui.host", raising=False)
+    monkeypatch.delattr(easy_diffuser.webui, "host", raising=False)
     forget_backend()
     if host.backend is None:
         return None
