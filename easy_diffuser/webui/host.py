@@ -229,9 +229,10 @@ def _memory_manager() -> Optional[_ManagedMemory]:
     return None
 
 
-class _Held(torch.nn.Module):
-    """Our model as the manager's patcher holds it. reForge's patcher writes its bookkeeping onto the module it
-    is given (`device` among it, which a transformers model cannot take); this one takes it in our model's place."""
+class EasyDiffuserModel(torch.nn.Module):
+    """Our model as the manager's patcher holds it (and as the host's log names it). reForge's patcher writes its
+    bookkeeping onto the module it is given (`device` among it, which a transformers model cannot take): this one
+    takes it in our model's place."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -259,7 +260,9 @@ class _ManagedMemory:
     def acquire(self, device: torch.device, loaded: Loaded) -> None:
         if self.patcher is None or self.patcher.model.model is not loaded.model:
             offload = self.manager.text_encoder_offload_device()
-            self.patcher = self.model_patcher(_Held(loaded.model), load_device=device, offload_device=offload)
+            self.patcher = self.model_patcher(
+                EasyDiffuserModel(loaded.model), load_device=device, offload_device=offload
+            )
         self.manager.load_models_gpu([self.patcher], **self.load_options)
 
     def release(self, loaded: Loaded) -> None:
