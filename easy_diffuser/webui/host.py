@@ -1,13 +1,17 @@
-"""The webui adapter: the one module of the package that imports the webui (`modules`, and Forge's `backend`).
+"""The webui adapter: the one module of the package that imports the webui (`modules`, and the memory manager
+of Forge's `backend` or of the old Forge backend `ldm_patched`).
 
 Only scripts/easy_diffuser_tab.py imports it; everything else in easy_diffuser.webui is handed a
 `WebuiHost` and asks it for the host's rules: settings and flags, which model, the device and memory
-handling (A1111's lowvram, Forge's memory manager), the queue lock, the job state that Interrupt sets,
-in-process txt2img, and the txt2img/img2img components to send prompts to.
+handling (A1111's lowvram, or the memory manager of Forge, Forge Classic and reForge), the queue lock, the job
+state that Interrupt sets, in-process txt2img, and the txt2img/img2img components to send prompts to.
+Hosts are told apart by what they have, never by name or version (docs/hosts.md).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from contextlib import contextmanager
 from functools import partial
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
-from modules import call_queue, devices, lowvram, paths, processing, sd_models, shared, ui_components
+from modules import call_queue, devices, paths, processing, sd_models, shared, ui_components
 
 try:
     from modules.infotext_utils import paste_fields
@@ -33,20 +37,21 @@ from .settings import SECTION, Setting
 
 T = TypeVar("T")
 CATEGORY = "postprocessing"  # Settings' group of webui 1.7+, where the webui's own CLIP interrogator is
+# Where a host keeps its GPU memory manager and model patcher: Forge's backend, then the old Forge backend
+# (ComfyUI's, in ldm_patched) that Forge Classic and reForge run on. A1111 has neither.
+MEMORY_MANAGERS = (
+    ("backend.memory_management", "backend.patcher.base"),
+    ("ldm_patched.modules.model_management", "ldm_patched.modules.model_patcher"),
+)
 
 
 class WebuiHost:
     """The webui as the tab, the routes and the model service see it. Made when the script loads (and again
-    on Reload UI), which is when it finds out whether it runs under Forge."""
+    on Reload UI), which is when it finds out whether the host has a memory manager."""
 
     def __init__(self) -> None:
-        try:  # Forge: GPU memory belongs to its memory manager, which its own interrogator also goes through
-            from backend import memory_management
-            from backend.patcher.base import ModelPatcher
-        except ImportError:
-            self._forge = None
-        else:
-            self._forge = _ForgeMemory(memory_management, ModelPatcher)
+        # Under a memory manager, GPU memory is its to give: its own interrogators go through it too.
+        self._manager = _memory_manager()
 
     # -- settings and flags
 
@@ -111,15 +116,17 @@ class WebuiHost:
         device = self._device()
         dtype = torch.float32 if shared.cmd_opts.no_half else default_dtype(device)
         keep = shared.opts.easy_diffuser_keep_in_vram
-        if self._forge is not None:
-            return Placement(device, dtype, partial(self._forge.acquire, device), self._forge.release, keep)
+        if self._manager is not None:
+            return Placement(device, dtype, partial(self._manager.acquire, device), self._manager.release, keep)
         return Placement(device, dtype, partial(_acquire, device, dtype), _release, keep)
 
     def _device(self) -> torch.device:
-        # A1111's device_interrogate already honours --use-cpu; Forge ignores the flag, so check it for both.
+        # A1111's device_interrogate already honours --use-cpu; the managers ignore the flag, so check it for all.
         if {"interrogate", "all"} & set(shared.cmd_opts.use_cpu):
             return devices.cpu
-        return self._forge.text_encoder_device() if self._forge is not None else devices.device_interrogate
+        if self._manager is not None:  # Forge Classic has no device_interrogate
+            return self._manager.text_encoder_device()
+        return devices.device_interrogate
 
     @staticmethod
     def queued(work: Callable[[], T]) -> T:
@@ -159,8 +166,8 @@ class WebuiHost:
     def txt2img(self, loaded: Loaded, width: int, height: int, steps: int, save: bool = False) -> CallableGenerator:
         """The webui's txt2img, with our CLIP model off the GPU while the checkpoint generates.
 
-        The same rule as between two extractions (Keep in VRAM decides), and under Forge the way back
-        too: its memory manager may evict our model to make room for the checkpoint."""
+        The same rule as between two extractions (Keep in VRAM decides), and under a memory manager the way
+        back too: it may evict our model to make room for the checkpoint."""
         generator = webui_generator(processing, shared, width, height, steps, queue_lock=None, save=save)  # queue held
         rules = self.placement()
 
@@ -199,6 +206,8 @@ def _header_metadata(file: str) -> dict[str, str]:
 
 def _acquire(device: torch.device, dtype: torch.dtype, loaded: Loaded) -> None:
     if shared.cmd_opts.lowvram or shared.cmd_opts.medvram:  # as modules/interrogate.py: the SD model leaves first
+        from modules import lowvram  # A1111's low-VRAM mode, only where these flags exist
+
         lowvram.send_everything_to_cpu()
         devices.torch_gc()
     loaded.to(device, dtype)
@@ -210,22 +219,51 @@ def _release(loaded: Loaded) -> None:
     devices.torch_gc()
 
 
-class _ForgeMemory:
-    """Forge moves models only through backend.memory_management, which frees room for them."""
+def _memory_manager() -> Optional[_ManagedMemory]:
+    """The host's memory manager, the first of MEMORY_MANAGERS it has; None in A1111."""
+    for manager, patcher in MEMORY_MANAGERS:
+        try:
+            return _ManagedMemory(importlib.import_module(manager), importlib.import_module(patcher).ModelPatcher)
+        except ImportError:
+            continue
+    return None
+
+
+class EasyDiffuserModel(torch.nn.Module):
+    """Our model as the manager's patcher holds it (and as the host's log names it). reForge's patcher writes its
+    bookkeeping onto the module it is given (`device` among it, which a transformers model cannot take): this one
+    takes it in our model's place."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+
+class _ManagedMemory:
+    """A memory manager moves models only through itself, freeing room for them: Forge's
+    backend.memory_management, and ldm_patched.modules.model_management of the old Forge backend (Forge Classic,
+    reForge), which share these names: load_models_gpu, current_loaded_models, soft_empty_cache, and a
+    ModelPatcher(model, load_device, offload_device)."""
 
     def __init__(self, memory_management: Any, model_patcher: type) -> None:
         self.manager = memory_management
         self.model_patcher = model_patcher
         self.patcher: Any = None
+        # reForge (ComfyUI's newer manager) loads only the part of a model that fits and leaves the rest on the CPU,
+        # which works for the layers of its own models alone: ours is asked for whole.
+        whole = "force_full_load" in inspect.signature(memory_management.load_models_gpu).parameters
+        self.load_options = {"force_full_load": True} if whole else {}
 
     def text_encoder_device(self) -> torch.device:
         return self.manager.text_encoder_device()
 
     def acquire(self, device: torch.device, loaded: Loaded) -> None:
-        if self.patcher is None or self.patcher.model is not loaded.model:
+        if self.patcher is None or self.patcher.model.model is not loaded.model:
             offload = self.manager.text_encoder_offload_device()
-            self.patcher = self.model_patcher(loaded.model, load_device=device, offload_device=offload)
-        self.manager.load_models_gpu([self.patcher])
+            self.patcher = self.model_patcher(
+                EasyDiffuserModel(loaded.model), load_device=device, offload_device=offload
+            )
+        self.manager.load_models_gpu([self.patcher], **self.load_options)
 
     def release(self, loaded: Loaded) -> None:
         if not shared.opts.easy_diffuser_keep_in_vram:

@@ -224,7 +224,7 @@ def test_forge_goes_through_its_memory_manager(webui, forge):
     assert placement.device.type == "cuda" and placement.dtype == torch.float16
     placement.acquire(loaded)
     ((action, patcher),) = forge.calls
-    assert action == "load" and patcher.model is loaded.model and patcher.load_device.type == "cuda"
+    assert action == "load" and patcher.model.model is loaded.model and patcher.load_device.type == "cuda"
     placement.release(loaded)
     assert forge.calls[1:] == [("unload", patcher), ("empty_cache",)]
     assert forge.current_loaded_models == [other]  # only ours was evicted
@@ -241,7 +241,7 @@ def test_forge_places_and_evicts_a_tagger_through_its_memory_manager_too(webui, 
     loaded, placement = load_model(str(write_tagger(tmp_path / "wd", "vit"))), module.host.placement()
     placement.acquire(loaded)
     ((action, patcher),) = forge.calls
-    assert action == "load" and patcher.model is loaded.model  # the timm network, as CLIP's
+    assert action == "load" and patcher.model.model is loaded.model  # the timm network, as CLIP's
     placement.release(loaded)
     assert forge.calls[1:] == [("unload", patcher), ("empty_cache",)]
 

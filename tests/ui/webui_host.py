@@ -4,6 +4,7 @@ The stub `modules` package replaces the webui's; the extension's script is impor
 modules/scripts.py imports it; txt2img and img2img are stand-ins with the real elem_ids and paste
 fields; the tabs are rendered as modules/ui.py renders them (in a user-chosen order), and the
 extension's javascript/ and style.css are put into the page as modules/ui_gradio_extensions.py does.
+The stand-in is AUTOMATIC1111 1.10 unless `become` makes it another host of HOSTS.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import importlib.util
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -26,11 +28,66 @@ for path in (STUB, ROOT):  # the extension folder comes first on sys.path while 
         sys.path.insert(0, str(path))
 
 import gradio as gr  # noqa: E402
-from modules import infotext_utils, paths, script_callbacks, shared  # noqa: E402
+import modules  # noqa: E402
+from modules import devices, infotext_utils, paths, script_callbacks, shared  # noqa: E402
+
+import easy_diffuser.webui  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 # The user moved the Easy Diffuser tab first and img2img before txt2img (Settings > User interface > Tabs order).
 TAB_ORDER = ("easy_diffuser", "img2img", "txt2img")
+
+
+@dataclass(frozen=True)
+class Host:
+    """A webui the stand-in can be: what it lacks of the `modules` names the extension uses (read from its code),
+    and the folder of webui_stub/ with the stand-in of its memory manager's package, if it has one."""
+
+    title: str
+    backend: Optional[str] = None  # webui_stub/<backend>/ldm_patched: the old Forge backend
+    lacks_modules: tuple[str, ...] = ()  # modules.<name>
+    lacks_devices: tuple[str, ...] = ()  # modules.devices.<name>
+    lacks_flags: tuple[str, ...] = ()  # command-line flags of A1111's modules/cmd_args.py
+
+
+HOSTS = {
+    "a1111": Host("AUTOMATIC1111 1.10"),
+    # Haoming02/sd-webui-forge-classic, branch classic (2025-02-21): A1111's low-VRAM mode, its flags and
+    # devices.device_interrogate are gone; GPU memory belongs to ldm_patched's manager.
+    "forge-classic": Host(
+        "Forge Classic", "forge_classic", ("lowvram",), ("device_interrogate",), ("--lowvram", "--medvram")
+    ),
+    # Panchovix/stable-diffusion-webui-reForge, branch main (2026-03-11): every A1111 name kept (lowvram.py does
+    # nothing), over ldm_patched's newer manager.
+    "reforge": Host("reForge", "reforge"),
+}
+BACKEND_PACKAGE = "ldm_patched"
+
+
+def become(name: str, monkeypatch: Any) -> Optional[ModuleType]:
+    """Make the stand-in webui the host HOSTS[name], freshly started: without the names it lacks, with its memory
+    manager's package importable, and the extension's host adapter to be imported again, as a host's first start
+    imports it. Returns the host's memory manager (None for A1111). Call forget_backend() after the test."""
+    host = HOSTS[name]
+    for module in host.lacks_modules:
+        monkeypatch.delattr(modules, module, raising=False)
+        monkeypatch.setitem(sys.modules, f"modules.{module}", None)  # `from modules import x` raises ImportError
+    for attribute in host.lacks_devices:
+        monkeypatch.delattr(devices, attribute)
+    monkeypatch.setattr(shared, "lacking_flags", set(host.lacks_flags))
+    monkeypatch.delitem(sys.modules, "easy_diffuser.webui.host", raising=False)
+    monkeypatch.delattr(easy_diffuser.webui, "host", raising=False)
+    forget_backend()
+    if host.backend is None:
+        return None
+    monkeypatch.syspath_prepend(str(STUB / host.backend))
+    return importlib.import_module(f"{BACKEND_PACKAGE}.modules.model_management")
+
+
+def forget_backend() -> None:
+    """Unload the memory manager stand-in a test imported: the next host may have another, or none."""
+    for module in [module for module in sys.modules if module.split(".")[0] == BACKEND_PACKAGE]:
+        del sys.modules[module]
 
 
 def load_extension(args: list[str], models_path: Path) -> ModuleType:

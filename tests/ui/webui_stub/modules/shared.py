@@ -81,17 +81,25 @@ class State:
         self.job_count = 0
 
 
+WEBUI_FLAGS = {  # the webui flags the extension reads (modules/cmd_args.py)
+    "--no-half": dict(action="store_true"),
+    "--medvram": dict(action="store_true"),
+    "--lowvram": dict(action="store_true"),
+    "--use-cpu": dict(nargs="+", default=[], type=str.lower),
+    "--hide-ui-dir-config": dict(action="store_true", default=False),
+    "--api": dict(action="store_true"),
+    "--api-auth": dict(type=str, default=None),
+    "--nowebui": dict(action="store_true"),
+}
+lacking_flags: set[str] = set()  # those the host stood for has not (tests/ui/webui_host.py HOSTS)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """The webui flags the extension reads (modules/cmd_args.py), then the extension's preload.py."""
+    """The webui flags the extension reads, less those the host lacks, then the extension's preload.py."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--no-half", action="store_true")
-    parser.add_argument("--medvram", action="store_true")
-    parser.add_argument("--lowvram", action="store_true")
-    parser.add_argument("--use-cpu", nargs="+", default=[], type=str.lower)
-    parser.add_argument("--hide-ui-dir-config", action="store_true", default=False)
-    parser.add_argument("--api", action="store_true")
-    parser.add_argument("--api-auth", type=str, default=None)
-    parser.add_argument("--nowebui", action="store_true")
+    for flag, settings in WEBUI_FLAGS.items():
+        if flag not in lacking_flags:
+            parser.add_argument(flag, **settings)
     spec = importlib.util.spec_from_file_location("preload", ROOT / "preload.py")
     preload = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(preload)

@@ -1,0 +1,145 @@
+"""The extension in each host the stand-in stands for (webui_host.HOSTS): AUTOMATIC1111, and Forge Classic and
+reForge on the old Forge backend, whose memory manager (ldm_patched.modules.model_management) places our models."""
+
+from __future__ import annotations
+
+import base64
+from types import SimpleNamespace
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+import torch  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from modules import script_callbacks, shared  # noqa: E402
+from PIL import Image  # noqa: E402
+from test_adapter import TAB, Progress  # noqa: E402
+
+from easy_diffuser.webui import tab  # noqa: E402
+
+import webui_host  # noqa: E402
+
+GPU = torch.device("cuda")  # the stand-in GPU: counted by the stand-in manager, never allocated
+GIB = 1024**3
+OLD_FORGE_BACKEND = ["forge-classic", "reforge"]
+
+
+@pytest.fixture
+def webui(monkeypatch, models_path, shapes_model):
+    """Start the stand-in webui as a host of webui_host.HOSTS with a command line; gives the script module and the
+    host's memory manager (None for A1111)."""
+
+    def start(host: str, *args: str):
+        manager = webui_host.become(host, monkeypatch)
+        module = webui_host.load_extension(list(args), models_path)
+        shared.opts.easy_diffuser_model = shapes_model
+        return module.extension.handlers, manager
+
+    yield start
+    webui_host.forget_backend()
+
+
+class Network(torch.nn.Module):
+    """A model of `size` bytes that takes no memory (its weight is on the meta device). With `device_property`, its
+    `device` is read-only, as a transformers model's."""
+
+    def __init__(self, size: int, device_property: bool = False) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(size // 4, device="meta"))
+        if device_property:
+            self.__class__ = type("PreTrainedLike", (Network,), {"device": property(lambda self: self.weight.device)})
+
+
+def on_the_gpu(manager) -> list:
+    """The models the manager holds on the stand-in GPU, ours unwrapped from its holder."""
+    models = [entry.model.model for entry in manager.current_loaded_models if entry.device == GPU]
+    return [getattr(model, "model", model) for model in models]
+
+
+@pytest.mark.parametrize("host", webui_host.HOSTS)
+def test_the_extension_loads_extracts_and_sends_in_every_host(webui, host, red_circle):
+    """Forge Classic failed here: `ImportError: cannot import name 'lowvram' from 'modules'` when the script loaded."""
+    module, manager = webui(host, "--no-half")
+    assert "easy_diffuser_keep_in_vram" in shared.opts.data_labels
+    prompt, negative, *_ = module.extract(Image.open(red_circle), None, TAB, Progress())
+    assert "red" in prompt.split(", ") and negative
+    page = webui_host.build_page()
+    assert "easy_diffuser_prompt" in {getattr(block, "elem_id", None) for block in page.blocks.values()}
+    txt2img = [field.elem_id for field in module.host.prompt_fields("txt2img")]
+    assert txt2img == ["txt2img_prompt", "txt2img_neg_prompt"]  # where Send puts the prompts
+    assert tab._keep_empty(prompt, negative, None)[:2] == (prompt, negative)
+    if manager is not None:  # the model went in through the host's memory manager and back out
+        (patcher,) = {call[1] for call in manager.calls if call[0] in ("load", "unload")}
+        assert [call[0] for call in manager.calls if call[0] != "soft_empty_cache"] == ["load", "unload"]
+        assert patcher.model.model is module.service.engine.loaded.model and manager.current_loaded_models == []
+
+
+@pytest.mark.parametrize("host", webui_host.HOSTS)
+def test_the_http_route_answers_behind_api_auth_in_every_host(webui, host, red_circle):
+    webui(host, "--api", "--api-auth", "alice:secret")
+    app = FastAPI()
+    script_callbacks.app_started_callback(object(), app)
+    client = TestClient(app)
+    image = base64.b64encode(red_circle.read_bytes()).decode()
+    url = "/easy-diffuser/v1/extract"
+    assert client.post(url, json={"image": image}).status_code == 401
+    assert client.post(url, json={"image": "not base64!"}, auth=("alice", "secret")).status_code == 400
+    answer = client.post(url, json={"image": image}, auth=("alice", "secret"))
+    assert answer.status_code == 200 and "red" in answer.json()["prompt"]
+
+
+@pytest.mark.parametrize("host", OLD_FORGE_BACKEND)
+def test_the_old_forge_backend_makes_room_for_our_model_and_takes_it_back(webui, host, monkeypatch):
+    """On a GPU of 8 GiB with a 6 GiB checkpoint loaded, our 1 GiB model does not fit beside it with the manager's
+    1 GiB of room for inference: load_models_gpu evicts the checkpoint first. Never both on the GPU together."""
+    module, manager = webui(host)
+    from ldm_patched.modules.model_patcher import ModelPatcher
+
+    monkeypatch.setattr(manager, "torch_device", GPU)
+    monkeypatch.setattr(manager, "total_vram", 8 * GIB)
+    checkpoint = ModelPatcher(torch.nn.Linear(1, 1), load_device=GPU, offload_device=torch.device("cpu"), size=6 * GIB)
+    manager.load_models_gpu([checkpoint])  # the host generating
+    ours, placement = SimpleNamespace(model=Network(GIB)), module.host.placement()
+    assert (placement.device, placement.dtype) == (GPU, torch.float16)
+
+    placement.acquire(ours)
+    assert on_the_gpu(manager) == [ours.model] and manager.get_free_memory(GPU) == 7 * GIB
+    patcher = manager.current_loaded_models[0].model
+    assert (patcher.load_device, patcher.offload_device) == (GPU, torch.device("cpu"))
+    placement.release(ours)
+    assert on_the_gpu(manager) == [] and manager.calls[-2:] == [("unload", patcher), ("soft_empty_cache",)]
+
+    shared.opts.easy_diffuser_keep_in_vram = True
+    placement.acquire(ours)
+    assert manager.current_loaded_models[0].model is patcher  # the same patcher again, not a new one
+    placement.release(ours)
+    assert on_the_gpu(manager) == [ours.model]  # kept, until the manager needs the room
+    manager.load_models_gpu([checkpoint])
+    assert on_the_gpu(manager) == [checkpoint.model]
+
+
+def test_reforge_loads_our_model_whole_and_writes_nothing_onto_it(webui, monkeypatch):
+    """reForge's manager loads the part of a model that fits and leaves the rest on the CPU (its own models' layers
+    cast their weights; ours would fail), and its patcher sets `device` on the module it holds, which a transformers
+    model refuses: our model goes in whole, inside a holder."""
+    module, manager = webui("reforge")
+    monkeypatch.setattr(manager, "torch_device", GPU)
+    monkeypatch.setattr(manager, "total_vram", 8 * GIB)
+    ours, placement = SimpleNamespace(model=Network(7 * GIB + GIB // 2, device_property=True)), module.host.placement()
+    placement.acquire(ours)
+    (load,) = [call for call in manager.calls if call[0] == "load"]
+    assert load[2] is True  # whole: a partial load would have kept 1 GiB of it on the CPU
+    assert not hasattr(ours.model, "model_loaded_weight_memory") and ours.model.device.type == "meta"
+
+
+def test_forge_classic_has_no_low_vram_flags_and_needs_none(webui):
+    module, manager = webui("forge-classic")
+    assert not hasattr(shared.cmd_opts, "lowvram")  # the host's command line has no such flag
+    with pytest.raises(SystemExit):
+        shared.make_parser().parse_args(["--lowvram"])
+    placement = module.host.placement()
+    assert placement.device == manager.text_encoder_device()  # no devices.device_interrogate to ask
