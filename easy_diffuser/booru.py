@@ -10,7 +10,9 @@ probabilities: which tags go in (a threshold, or MCut, per category), how they a
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -21,11 +23,33 @@ KAOMOJI = frozenset("0_0 (o)_(o) +_+ +_- ._. <o>_<o> <|>_<|> =_= >_< 3_3 6_9 >_o
 COUNT_TAG = re.compile(r"^(\d+\+?(girl|boy|other)s?|multiple (girls|boys|others)|no humans)$")
 RATINGS = ("general", "sensitive", "questionable", "explicit")  # selected_tags.csv's, in its order
 CHARACTER_MCUT_FLOOR = 0.15  # the demo's: MCut alone may pass a weak character when one stands out a little
+# What the webui reads in a prompt as syntax rather than text (prompt.escape makes brackets and backslashes text):
+# <lora:name:1> loads an extra network, BREAK starts a new chunk, AND splits the prompt (composable diffusion).
+_EXTRA_NETWORK = re.compile(r"<\w+:[^>]*>")
+_KEYWORD = re.compile(r"\b(AND|BREAK)\b")
 
 
 def written(name: str) -> str:
     """A tag as prompts write it: underscores become spaces, except in kaomoji."""
     return name if name in KAOMOJI else name.replace("_", " ")
+
+
+def prompt_syntax(name: str) -> str:
+    """What in a tag's name would be more than text in a prompt or a caption file ("" when nothing is): a comma
+    (it separates tags), a line break, tab or other control character (a caption is one line), extra-network
+    syntax, or the keywords BREAK and AND, also as booru writes them (rock_AND_roll)."""
+    if "," in name:
+        problem = "a comma, which separates tags"
+    elif any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in name):
+        problem = "a line break, tab or other control character"
+    elif _EXTRA_NETWORK.search(name):
+        problem = "extra-network syntax (<name:...>)"
+    elif _KEYWORD.search(name.replace("_", " ")):
+        problem = "BREAK or AND, which the webui reads as keywords"
+    else:
+        return ""
+    quoted = json.dumps(name)
+    return f"the tag {quoted if len(quoted) <= 60 else quoted[:60] + '...'} holds {problem}"
 
 
 def normal(tag: str) -> str:

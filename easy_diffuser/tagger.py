@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,9 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from .booru import prompt_syntax
 from .files import FileTooLarge, NotARegularFile, read_regular_file, safe_name
+from .model_args import MAX_CLASSES, check_model_args, number, quoted, whole
 from .models import (
     DATA_DIR,
     REGISTRY,
@@ -68,6 +71,7 @@ CPU_CHUNK = 2  # images per forward pass on a CPU (LoadedTagger.probabilities)
 # The longest side an image is padded at: a 1 x 1,000,000 strip would otherwise become a 3 TB square.
 # Larger images are first shrunk to it (bicubic), then padded and resized as the reference does.
 PAD_LIMIT = 4096
+_CATEGORY = re.compile(r"[0-9]{1,3}")  # not str.isdigit: "²" is a digit int() can't read
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -255,29 +259,31 @@ def _read_config(path: Path) -> dict[str, Any]:
             "a tagger's config names a timm model (vit_base_patch16_224, swinv2_base_window8_256, convnext_base, ...)"
         )
     num_classes = config.get("num_classes")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ModelFileError(f"{path}: num_classes must be a whole number of 1 or more, not {num_classes!r}")
+    if type(num_classes) is not int or not 1 <= num_classes <= MAX_CLASSES:
+        raise ModelFileError(
+            f"{path}: num_classes must be a whole number from 1 to {MAX_CLASSES}, not {quoted(num_classes)}"
+        )
     model_args = config.setdefault("model_args", {})
     pretrained = config.get("pretrained_cfg")
     if not isinstance(model_args, dict) or not isinstance(pretrained, dict):
         raise ModelFileError(f"{path}: model_args and pretrained_cfg must be JSON objects")
     size = pretrained.get("input_size")
-    if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int and 1 <= v <= 4096 for v in size)):
-        raise ModelFileError(f"{path}: pretrained_cfg.input_size must be [3, height, width], not {size!r}")
-    for name in ("mean", "std"):
+    if not (isinstance(size, list) and len(size) == 3 and size[0] == 3 and all(whole(1, 4096).check(v) for v in size)):
+        raise ModelFileError(f"{path}: pretrained_cfg.input_size must be [3, height, width], not {quoted(size)}")
+    check_model_args(architecture, model_args, num_classes, max(size[1:]), path)
+    # A std below 1e-3 divides pixels into the thousands (1e-320 into infinity); pixels' means lie in [0, 1].
+    for name, low, high in (("mean", 0.0, 1.0), ("std", 1e-3, 1e3)):
         values = pretrained.setdefault(name, [0.5, 0.5, 0.5])
-        if not (isinstance(values, list) and len(values) == 3 and all(_is_positive_or_zero(v) for v in values)):
-            raise ModelFileError(f"{path}: pretrained_cfg.{name} must be three numbers, not {values!r}")
-    if not all(pretrained["std"]):
-        raise ModelFileError(f"{path}: pretrained_cfg.std must not hold 0")
+        if not (isinstance(values, list) and len(values) == 3 and all(number(low, high).check(v) for v in values)):
+            raise ModelFileError(
+                f"{path}: pretrained_cfg.{name} must be three numbers from {low:g} to {high:g}, not {quoted(values)}"
+            )
     interpolation = pretrained.setdefault("interpolation", "bicubic")
-    if interpolation not in _RESAMPLING:
-        raise ModelFileError(f"{path}: pretrained_cfg.interpolation must be one of {', '.join(_RESAMPLING)}")
+    if not isinstance(interpolation, str) or interpolation not in _RESAMPLING:
+        raise ModelFileError(
+            f"{path}: pretrained_cfg.interpolation must be one of {', '.join(_RESAMPLING)}, not {quoted(interpolation)}"
+        )
     return config
-
-
-def _is_positive_or_zero(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -288,16 +294,20 @@ def read_tags(path: Path) -> TagTable:
     """selected_tags.csv: the header `tag_id,name,category,count`, then one row per tag."""
     data = _read_capped(path, MAX_TAGS_BYTES)
     try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+        rows = [(reader.line_num, row) for row in reader]  # the line each row ends on (a quoted name may span two)
     except (UnicodeDecodeError, csv.Error) as error:
         raise ModelFileError(f"{path}: not a readable CSV file ({one_line(error, 120)})") from None
-    if not rows or [cell.strip() for cell in rows[0]] != CSV_HEADER:
-        header = ",".join(rows[0])[:80] if rows else "nothing"
+    if not rows or [cell.strip() for cell in rows[0][1]] != CSV_HEADER:
+        header = ",".join(rows[0][1])[:80] if rows else "nothing"
         raise ModelFileError(f"{path}: the header must be {','.join(CSV_HEADER)}, not {header!r}")
     names, categories = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(CSV_HEADER) or not row[1].strip() or not row[2].strip().isdigit():
-            raise ModelFileError(f"{path}: line {line} is not tag_id,name,category,count with a whole-number category")
+    for line, row in rows[1:]:
+        if len(row) != len(CSV_HEADER) or not row[1].strip() or not _CATEGORY.fullmatch(row[2].strip()):
+            raise ModelFileError(f"{path}: line {line} is not tag_id,name,category,count with a category from 0 to 999")
+        refused = prompt_syntax(row[1].strip())
+        if refused:
+            raise ModelFileError(f"{path}: line {line}: {refused}; a tag's name must be plain text in a prompt")
         names.append(row[1].strip())
         categories.append(CATEGORIES.get(int(row[2]), "general"))
     if not names:
@@ -320,9 +330,24 @@ def build_network(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
             f"{config_path}: timm {timm.__version__} cannot build {architecture} from its model_args "
             f"({type(error).__name__}: {one_line(error, 160)})"
         ) from None
+    _check_input_size(model, config["pretrained_cfg"]["input_size"], config_path)
     if activation is not None and architecture.startswith("swinv2") and _timm_version() < (1, 0, 3):
         _replace_gelu(model, model_args["act_layer"])
     return model.eval().requires_grad_(False)
+
+
+def _check_input_size(model: torch.nn.Module, input_size: list[int], config_path: Path) -> None:
+    """Every image is resized to pretrained_cfg.input_size: a ViT, EVA or SwinV2 takes exactly the size it was
+    built for (model_args.img_size), and no network takes less than its total stride (ConvNeXt's 32)."""
+    _, height, width = input_size
+    built_for = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    stride = max((info["reduction"] for info in getattr(model, "feature_info", None) or []), default=1)
+    if (built_for is not None and tuple(built_for) != (height, width)) or min(height, width) < stride:
+        takes = f"{built_for[0]} x {built_for[1]}" if built_for is not None else f"at least {stride} x {stride}"
+        raise ModelFileError(
+            f"{config_path}: pretrained_cfg.input_size {quoted(input_size)} does not fit the network, which takes "
+            f"{takes} pixels (model_args.img_size sets a transformer's)"
+        )
 
 
 def _activation(name: str, config_path: Path) -> type:

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .booru import normal
+from .booru import normal, prompt_syntax
 from .files import read_regular_file
 
 BUILTIN_DIR = Path(__file__).parent / "data" / "vocabulary"
@@ -73,6 +73,14 @@ def _read_tags(path: Path) -> Iterable[str]:
         # A broken user list must not stop extraction with the other lists.
         log.warning("skipping tag list %s: %s", path, getattr(error, "strerror", None) or error)
         return []
-    # Commas separate prompt tags, so a comma inside a tag would split it in two.
-    tags = (" ".join(line.replace(",", " ").split()) for line in lines)
-    return [tag for tag in tags if tag and not tag.startswith("#")]
+    tags = []
+    for number, line in enumerate(lines, start=1):
+        # Commas separate prompt tags, so a comma inside a tag would split it in two.
+        tag = " ".join(line.replace(",", " ").split())
+        if not tag or tag.startswith("#"):
+            continue
+        refused = prompt_syntax(tag)
+        if refused:  # a tag is text in the prompt, never <lora:...>, BREAK or AND
+            raise ValueError(f"{path}: line {number}: {refused}; a tag must be plain text in a prompt")
+        tags.append(tag)
+    return tags
