@@ -21,7 +21,7 @@ from easy_diffuser.vocabulary import load_vocabulary
 
 from taggers import ARCHITECTURES, TAGS, write_tagger
 
-# WD v3's config.json model_args, as the hub's repositories hold them (10,861 tags, 448 px).
+# WD v3's config.json model_args (10,861 tags, 448 px), the keys tests/taggers.py mirrors at toy sizes.
 WD_V3 = {
     "wd-vit-tagger-v3": ("vit_base_patch16_224", {"img_size": 448, "class_token": False, "global_pool": "avg",
                                                    "fc_norm": False, "act_layer": "gelu_tanh"}),
@@ -175,6 +175,15 @@ def test_an_architecture_of_another_family_is_refused(vit, tmp_path, never_built
 def test_the_wd_v3_configs_pass_the_checks_unchanged(name):
     architecture, model_args = WD_V3[name]
     assert check_model_args(architecture, dict(model_args), 10861, 448, Path("config.json")) == model_args
+
+
+def test_an_architecture_of_unknown_default_size_must_state_its_sizes():
+    """eva02_enormous (4.4e9 parameters) is an EVA whose size word the estimate does not know: it is refused
+    unless model_args give the sizes, and then those are what is estimated."""
+    architecture, path = "eva02_enormous_patch14_clip_224", Path("config.json")
+    with pytest.raises(ModelFileError, match=r"config.json: the default sizes of eva02_enormous_patch14_clip_224 are "):
+        check_model_args(architecture, {}, 10861, 224, path)
+    check_model_args(architecture, {"embed_dim": 64, "depth": 2, "num_heads": 2}, 10861, 224, path)
 
 
 @pytest.mark.parametrize("kind", list(ARCHITECTURES))
