@@ -20,6 +20,8 @@ from .models import ModelFileError
 # WD EVA02-Large, the largest WD v3 tagger, has 0.32 B parameters; a network of more is not a tagger's.
 MAX_TAGGER_PARAMETERS = 7 * 10**8
 MAX_CLASSES = 1_000_000  # WD v3 has 10,861 tags
+# A ViT's or EVA's attention costs tokens^2 an image: WD EVA02-Large sees 32 x 32 patches (448 px in 14s).
+MAX_TOKENS = 128 * 128
 QUOTE_LIMIT = 60  # the most of a value a message quotes (10**400 has 401 digits)
 
 
@@ -212,14 +214,20 @@ def _side(value: Any) -> int:
 
 
 def _transformer(sizes: Sizes, mlp_matrices: int) -> float:
-    """Per block 4 d^2 (attention) and mlp_matrices * ratio * d^2 (MLP); the position table; patches; the head."""
+    """Per block 4 d^2 (attention) and mlp_matrices * ratio * d^2 (MLP); the position table; patches; the head.
+    Every patch attends to every other, so their number is bounded too."""
     width = sizes.get("embed_dim", {word: size[0] for word, size in TRANSFORMER_SIZES.items()})
     depth = sizes.get("depth", {word: size[1] for word, size in TRANSFORMER_SIZES.items()})
     ratio = sizes.args.get("mlp_ratio", 4 if mlp_matrices == 2 else 8 / 3)
     patch = sizes.args.get("patch_size", 16)
-    tokens = (_side(sizes.args.get("img_size", sizes.input_side)) // patch + 1) ** 2
+    patches = (_side(sizes.args.get("img_size", sizes.input_side)) // patch) ** 2
+    if patches > MAX_TOKENS:  # built in a moment, then hours of attention on every image
+        raise ModelFileError(
+            f"{sizes.path}: model_args make {patches} patches of an image; a tagger's attention takes at most "
+            f"{MAX_TOKENS} (a smaller img_size or a larger patch_size)"
+        )
     blocks = depth * (4 + mlp_matrices * ratio) * width**2
-    return blocks + (tokens + 3 * patch**2 + sizes.num_classes) * width
+    return blocks + (patches + 3 * patch**2 + sizes.num_classes) * width
 
 
 def _vit(sizes: Sizes) -> float:

@@ -224,6 +224,14 @@ def test_a_network_too_large_for_a_tagger_is_refused_before_it_is_built(
     assert f"at most {MAX_TAGGER_PARAMETERS:.0e}" in message or "must be" in message
 
 
+def test_a_transformer_attending_over_too_many_patches_is_refused(vit, tmp_path, never_built, cache_dir):
+    """4096 px in patches of 1: a narrow network, built at once, then 16.8 M patches attending to each other on
+    every image. 448 px in patches of 16 (WD v3 ViT) pass, as the WD v3 configs above do."""
+    folder = copy_of(vit, tmp_path)
+    edit_config(folder, {"img_size": 4096, "patch_size": 1, "embed_dim": 8, "num_heads": 1}, input_size=[3, 4096, 4096])
+    assert "model_args make 16777216 patches of an image" in one_line_error(folder, cache_dir)
+
+
 def test_a_swinv2_window_table_counts_toward_the_bound(vit, tmp_path, never_built, cache_dir):
     """SwinV2's relative position index grows as window^4 and its shift mask as resolution^2 window^2: a huge
     image in one huge window is buffers, not parameters, and as refused."""
