@@ -70,7 +70,8 @@ def number(low: float, high: float, none: bool = False) -> Rule:
 
 
 def one_of(*choices: Any) -> Rule:
-    return Rule(lambda value: any(value == c and type(value) is type(c) for c in choices), f"one of {choices}")
+    listed = ", ".join(json.dumps(choice) for choice in choices)
+    return Rule(lambda value: any(value == c and type(value) is type(c) for c in choices), f"one of {listed}")
 
 
 FLAG = Rule(lambda value: isinstance(value, bool), "true or false")
@@ -131,7 +132,9 @@ SWINV2_KEYS = {
 CONVNEXT_KEYS = {
     "depths": wholes(0, 96),
     "dims": wholes(1, 8192),
-    "kernel_sizes": Rule(lambda v: whole(1, 31).check(v) or wholes(1, 31).check(v), "a whole number from 1 to 31"),
+    "kernel_sizes": Rule(
+        lambda v: whole(1, 31).check(v) or wholes(1, 31).check(v), "a whole number from 1 to 31, or one a stage"
+    ),
     "ls_init_value": number(-1e3, 1e3, none=True),
     "stem_type": one_of("patch", "overlap", "overlap_tiered"),
     "patch_size": whole(1, 64),
