@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from easy_diffuser.kinds import wd_tagger as tagger  # noqa: E402
+from easy_diffuser.kinds.timm_network import build_network  # noqa: E402
 
 SIZES = {
     # WD v3 ViT's config.json; "small" and "tiny" are the same at ViT-S and ViT-Ti width
@@ -76,7 +77,7 @@ def random_tagger(folder: Path, size: str = "base", classes: int = CLASSES, pixe
         writer.writerows([index, name, 9, 0] for index, name in enumerate(ratings))
         writer.writerows([index, f"tag_{index}", 0, 0] for index in range(len(ratings), classes))
     torch.manual_seed(0)
-    model = tagger.build_network(config, folder / "config.json")
+    model = build_network(config, folder / "config.json")
     save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     return folder
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 COUNT_TAG = re.compile(r"^(\d+\+?(girl|boy|other)s?|multiple (girls|boys|others)|no humans)$")
 RATINGS = ("general", "sensitive", "questionable", "explicit")  # selected_tags.csv's, in its order
 CHARACTER_MCUT_FLOOR = 0.15  # the demo's: MCut alone may pass a weak character when one stands out a little
+# What the webui reads in a prompt as syntax rather than text (prompt.escape makes brackets and backslashes text):
+# <lora:name:1> loads an extra network, BREAK starts a new chunk, AND splits the prompt (composable diffusion).
 
 
 @dataclass(frozen=True)

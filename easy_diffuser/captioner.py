@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from .devices import OnDevice, default_dtype
-from .errors import ModelError, first_line
+from .errors import ModelError, ModelFileError, first_line
 from .files import safe_name
 from .hub import hub_offline, require_reachable
 from .models import DEFAULT_CACHE_DIR, LoadOnce
@@ -63,6 +63,10 @@ DESCRIBE = (
     "the style or medium, the lighting and colours, and the composition. Write plain sentences, no lists."
 )
 DESCRIBER_DEFAULTS = {"beams": 1, "max_length": 256}  # in place of BLIP's defaults (3 beams, 30 tokens)
+# Qwen2-VL-2B, the largest captioner listed, has 2.2e9 parameters (its 7B sibling 8.3e9): a config.json that
+# describes more is refused before transformers allocates the model (100,000 layers would fill any memory).
+MAX_CAPTIONER_PARAMETERS = 10**10
+MAX_CAPTIONER_LAYERS = 256  # Qwen2-VL-72B has 80
 DESCRIBER_MAX_PIXELS = 512 * 28 * 28  # Qwen2-VL: at most 512 visual tokens an image (about 0.4 megapixels)
 # Words a tag may share with any caption without repeating it ("a", "in the ...").
 STOP_WORDS = frozenset("a an the of in on at with and or to for by from its his her their is are".split())
@@ -294,11 +298,55 @@ def _from_pretrained(source: str, model_id: str, **hub: Any) -> Captioner:
 
 
 def _model_type(source: str, **hub: Any) -> str:
-    """config.json's model_type, read as JSON: an old transformers need not know the type to say what it is."""
+    """config.json's model_type, read as JSON: an old transformers need not know the type to say what it is.
+    The model's size is checked here too, before transformers allocates it."""
     import transformers
 
     config, _ = transformers.PretrainedConfig.get_config_dict(source, **hub)
+    check_size(config, Path(source) / "config.json")
     return str(config.get("model_type", ""))
+
+
+def check_size(config: dict[str, Any], path: Path) -> None:
+    """ModelFileError (one line naming config.json) for a model larger than a captioner: more than
+    MAX_CAPTIONER_LAYERS layers in a part (each is built module by module, however narrow) or an estimate of
+    more than MAX_CAPTIONER_PARAMETERS parameters."""
+    parameters, layers = config_size(config)
+    if layers > MAX_CAPTIONER_LAYERS:
+        raise ModelFileError(
+            f"{path}: describes {layers} layers in one part; a captioner has at most {MAX_CAPTIONER_LAYERS}"
+        )
+    if parameters > MAX_CAPTIONER_PARAMETERS:
+        raise ModelFileError(
+            f"{path}: describes a model of about {parameters:.2g} parameters; a captioner has at most "
+            f"{MAX_CAPTIONER_PARAMETERS:.0e} (Qwen2-VL-2B has 2.2e+09)"
+        )
+
+
+def config_size(config: dict[str, Any], nesting: int = 2) -> tuple[float, int]:
+    """(about how many parameters, the most layers of one part) of a config.json's model. Per layer 4 w^2
+    (attention) and 3 w i (a gated MLP; a plain one's 2 w i is overestimated alike); the token, position and
+    patch tables of width w; a projection to the widest size named (Qwen2-VL's vision merger); and the same for
+    each config nested in it (text_config, vision_config). Only whole numbers count: transformers fails fast on
+    the rest."""
+
+    def size(*keys: str) -> int:
+        values = [config[key] for key in keys if type(config.get(key)) is int and config[key] > 0]
+        return min(max(values, default=0), 10**9)  # 10**400 would overflow a float
+
+    widths = [size(key) for key in ("embed_dim", "hidden_size", "d_model", "n_embd")]  # a block's width first
+    width, widest = next((w for w in widths if w), 0), max(widths)
+    layers = size("num_hidden_layers", "depth", "n_layer")
+    ratio = config.get("mlp_ratio")
+    ratio = min(ratio, 1e3) if type(ratio) in (int, float) and ratio > 0 else 4  # NaN is not > 0
+    inner = size("intermediate_size") or ratio * width
+    patches = (size("image_size") // size("patch_size")) ** 2 if size("patch_size") else 0
+    tables = size("vocab_size") + size("max_position_embeddings") + patches
+    parameters = layers * (4 * width**2 + 3 * width * inner) + tables * width + 4 * width * widest
+    for part in [value for value in config.values() if isinstance(value, dict)] if nesting else []:
+        part_parameters, part_layers = config_size(part, nesting - 1)
+        parameters, layers = parameters + part_parameters, max(layers, part_layers)
+    return parameters, layers
 
 
 def require_architecture(model_type: str, model_id: str) -> Architecture:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .files import read_regular_file
-from .tag_text import normal
+from .tag_text import normal, prompt_syntax
 
 BUILTIN_DIR = Path(__file__).parent / "data" / "vocabulary"
 # Tags of this category only ever go into negative prompts (lowres, watermark, ...).
@@ -73,6 +73,14 @@ def _read_tags(path: Path) -> Iterable[str]:
         # A broken user list must not stop extraction with the other lists.
         log.warning("skipping tag list %s: %s", path, getattr(error, "strerror", None) or error)
         return []
-    # Commas separate prompt tags, so a comma inside a tag would split it in two.
-    tags = (" ".join(line.replace(",", " ").split()) for line in lines)
-    return [tag for tag in tags if tag and not tag.startswith("#")]
+    tags = []
+    for number, line in enumerate(lines, start=1):
+        # Commas separate prompt tags, so a comma inside a tag would split it in two.
+        tag = " ".join(line.replace(",", " ").split())
+        if not tag or tag.startswith("#"):
+            continue
+        refused = prompt_syntax(tag)
+        if refused:  # a tag is text in the prompt, never <lora:...>, BREAK or AND
+            raise ValueError(f"{path}: line {number}: {refused}; a tag must be plain text in a prompt")
+        tags.append(tag)
+    return tags

@@ -10,6 +10,7 @@ vocabulary together, so whether BLIP or GIT describes an image well is not teste
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from easy_diffuser.captioner import (  # noqa: E402
     placed_folder,
 )
 from easy_diffuser.engine import Engine, ExtractOptions  # noqa: E402
-from easy_diffuser.errors import ModelError  # noqa: E402
+from easy_diffuser.errors import ModelError, ModelFileError  # noqa: E402
 from easy_diffuser.options import TOKEN_BUDGET  # noqa: E402
 from easy_diffuser.selection import TagScore  # noqa: E402
 
@@ -350,3 +351,57 @@ def test_python_api_caption_keyword(tiny_model_dir, tiny, image, tmp_path, monke
         == "Salesforce/blip-image-captioning-base"
     )
     assert easy_diffuser.start(model=str(tiny_model_dir), device="cpu").options.caption is None
+
+
+# -- a config.json's size is known before the model is built (issue 24 §5) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "part, change, expected",
+    [
+        ("text_config", {"num_hidden_layers": 100000}, "describes 100000 layers in one part; a captioner has at most"),
+        ("vision_config", {"hidden_size": 10**6}, "describes a model of about 8e+12 parameters"),
+        ("text_config", {"vocab_size": 10**400}, "describes a model of about 3.2e+10 parameters"),
+    ],
+)
+def test_a_config_larger_than_a_captioner_is_refused_before_the_model_is_built(
+    tiny, tmp_path, monkeypatch, part, change, expected
+):
+    folder = tmp_path / "huge"
+    shutil.copytree(tiny["blip"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[part].update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def built(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(transformers.BlipForConditionalGeneration, "from_pretrained", built)
+    with pytest.raises(ModelFileError) as error:
+        load_captioner(str(folder))
+    message = str(error.value)
+    assert message.startswith(str(folder / "config.json")) and expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "name, config, parameters",
+    [
+        ("Qwen/Qwen2-VL-2B-Instruct", dict(model_type="qwen2_vl", hidden_size=1536, intermediate_size=8960,
+         num_hidden_layers=28, vocab_size=151936, max_position_embeddings=32768,
+         vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4)), 2.2e9),
+        ("Qwen/Qwen2-VL-7B-Instruct", dict(model_type="qwen2_vl", hidden_size=3584, intermediate_size=18944,
+         num_hidden_layers=28, vocab_size=152064, max_position_embeddings=32768,
+         vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4)), 8.3e9),
+        ("Salesforce/blip-image-captioning-large", dict(model_type="blip",
+         text_config=dict(hidden_size=768, num_hidden_layers=12, intermediate_size=3072, vocab_size=30524),
+         vision_config=dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, image_size=384,
+                            patch_size=16)), 4.7e8),
+    ],
+)  # fmt: skip
+def test_real_captioners_are_within_the_bound_and_estimated_within_a_fifth(name, config, parameters):
+    """Their config.json sizes (as on the hub) against their published parameter counts."""
+    from easy_diffuser.captioner import check_size, config_size
+
+    check_size(config, Path("config.json"))
+    estimate, layers = config_size(config)
+    assert 0.8 * parameters <= estimate <= 1.25 * parameters and layers <= 32

@@ -16,6 +16,7 @@ from easy_diffuser.engine import Engine
 from easy_diffuser.errors import ModelError, ModelFileError
 from easy_diffuser.images import load_image
 from easy_diffuser.kinds import wd_tagger as tagger
+from easy_diffuser.kinds.timm_network import replace_gelu
 from easy_diffuser.kinds.wd_tagger import TAGGER_DEFAULTS
 from easy_diffuser.models import load_model, unload_models
 from easy_diffuser.options import ExtractOptions
@@ -68,7 +69,7 @@ def reference_probabilities(path, folder, bgr: bool = True) -> torch.Tensor:
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()
     if config["architecture"].startswith("swinv2"):
-        tagger._replace_gelu(model, args["act_layer"])  # what timm >= 1.0.3 builds from act_layer itself
+        replace_gelu(model, args["act_layer"])  # what timm >= 1.0.3 builds from act_layer itself
     with torch.no_grad():
         return torch.sigmoid(model(torch.from_numpy(array.transpose(2, 0, 1).copy())[None]))[0]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
@@ -38,21 +38,23 @@ from ..booru import BooruRule
 from ..devices import OnDevice, cpu_matmuls
 from ..errors import ModelError, ModelFileError, one_line
 from ..families import Preset, choose
-from ..files import FileTooLarge, NotARegularFile, read_regular_file, safe_name
+from ..files import safe_name
 from ..hub import hub_offline, require_reachable
 from ..options import BOORU_TOKEN_BUDGET, ExtractOptions
 from ..scorers import TagScorer, prompt_token_costs
 from ..scoring import Scores
-from ..tag_text import written
+from ..tag_text import prompt_syntax, written
 from ..vocabulary import Vocabulary
 from ..weights import content_hash
 from .base import DATA_DIR, Kind, ModelInfo, folder_defaults
+from .timm_network import RESAMPLING, build_network, load_weights, read_capped, read_config
 
 if TYPE_CHECKING:
     from ..checkpoint_family import Detected
 
 TAGGER_FILES = ("model.safetensors", "config.json", "selected_tags.csv")
 WEIGHTS, CONFIG, TAGS = TAGGER_FILES
+NEEDS = f"a tagger needs {', '.join(TAGGER_FILES)} in its folder"
 CSV_HEADER = ["tag_id", "name", "category", "count"]
 # selected_tags.csv's categories (Danbooru's numbers) as the vocabulary names them.
 CATEGORIES = {9: "rating", 0: "general", 4: "character", 3: "copyright", 1: "artist", 5: "meta"}
@@ -67,13 +69,12 @@ REFUSED = {
     ".pb": "TensorFlow models are not run",
     ".keras": "TensorFlow models are not run",
 }
-MAX_CONFIG_BYTES = 1 << 20
 MAX_TAGS_BYTES = 64 << 20  # WD's list of 10,861 tags is 300 KB
 CPU_CHUNK = 2  # images per forward pass on a CPU (LoadedTagger.probabilities)
 # The longest side an image is padded at: a 1 x 1,000,000 strip would otherwise become a 3 TB square.
 # Larger images are first shrunk to it (bicubic), then padded and resized as the reference does.
 PAD_LIMIT = 4096
-_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_CATEGORY = re.compile(r"[0-9]{1,3}")  # not str.isdigit: "²" is a digit int() can't read
 
 
 # A tagger's relevance is the standardised log-odds (TaggerScorer); tau 2 starts the negative prompt's subset near
@@ -279,7 +280,7 @@ def load_folder(folder: Path, model_id: str | None = None, defaults: dict[str, A
     An easy_diffuser.json beside the files (what a calibration learnt, as in a CLIP model's folder) overrides
     `defaults`."""
     weights = _weights_file(folder)
-    config = _read_config(folder / CONFIG)
+    config = read_config(folder / CONFIG, NEEDS)
     tags = read_tags(folder / TAGS)
     num_classes = config["num_classes"]
     if len(tags.names) != num_classes:
@@ -320,140 +321,29 @@ def _refusal(path: Path, reason_only: bool = False) -> str:
     return f"{path}: not read ({reason}); a tagger needs {WEIGHTS} beside {CONFIG} and {TAGS}, as the hub has them"
 
 
-def _read_capped(path: Path, limit: int) -> bytes:
-    try:
-        return read_regular_file(path, limit)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: missing; a tagger needs {', '.join(TAGGER_FILES)} in its folder") from None
-    except (FileTooLarge, NotARegularFile) as error:
-        raise ModelFileError(f"{path}: {error.strerror}; not a tagger's {path.name}") from None
-    except OSError as error:
-        raise ModelFileError(f"{path}: cannot read ({error.strerror or error})") from None
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    """config.json, checked: architecture (a name timm knows), num_classes, model_args, pretrained_cfg."""
-    import timm
-
-    try:
-        config = json.loads(_read_capped(path, MAX_CONFIG_BYTES), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({one_line(error, 120)})") from None
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{path}: must be a JSON object with architecture, num_classes and pretrained_cfg")
-    architecture = config.get("architecture")
-    if not isinstance(architecture, str) or not timm.is_model(architecture):
-        raise ModelFileError(
-            f"{path}: unknown architecture {str(architecture)[:80]!r} for timm {timm.__version__}; "
-            "a tagger's config names a timm model (vit_base_patch16_224, swinv2_base_window8_256, convnext_base, ...)"
-        )
-    num_classes = config.get("num_classes")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ModelFileError(f"{path}: num_classes must be a whole number of 1 or more, not {num_classes!r}")
-    model_args = config.setdefault("model_args", {})
-    pretrained = config.get("pretrained_cfg")
-    if not isinstance(model_args, dict) or not isinstance(pretrained, dict):
-        raise ModelFileError(f"{path}: model_args and pretrained_cfg must be JSON objects")
-    size = pretrained.get("input_size")
-    if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int and 1 <= v <= 4096 for v in size)):
-        raise ModelFileError(f"{path}: pretrained_cfg.input_size must be [3, height, width], not {size!r}")
-    for name in ("mean", "std"):
-        values = pretrained.setdefault(name, [0.5, 0.5, 0.5])
-        if not (isinstance(values, list) and len(values) == 3 and all(_is_positive_or_zero(v) for v in values)):
-            raise ModelFileError(f"{path}: pretrained_cfg.{name} must be three numbers, not {values!r}")
-    if not all(pretrained["std"]):
-        raise ModelFileError(f"{path}: pretrained_cfg.std must not hold 0")
-    interpolation = pretrained.setdefault("interpolation", "bicubic")
-    if interpolation not in _RESAMPLING:
-        raise ModelFileError(f"{path}: pretrained_cfg.interpolation must be one of {', '.join(_RESAMPLING)}")
-    return config
-
-
-def _is_positive_or_zero(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def read_tags(path: Path) -> TagTable:
     """selected_tags.csv: the header `tag_id,name,category,count`, then one row per tag."""
-    data = _read_capped(path, MAX_TAGS_BYTES)
+    data = read_capped(path, MAX_TAGS_BYTES, NEEDS)
     try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+        rows = [(reader.line_num, row) for row in reader]  # the line each row ends on (a quoted name may span two)
     except (UnicodeDecodeError, csv.Error) as error:
         raise ModelFileError(f"{path}: not a readable CSV file ({one_line(error, 120)})") from None
-    if not rows or [cell.strip() for cell in rows[0]] != CSV_HEADER:
-        header = ",".join(rows[0])[:80] if rows else "nothing"
+    if not rows or [cell.strip() for cell in rows[0][1]] != CSV_HEADER:
+        header = ",".join(rows[0][1])[:80] if rows else "nothing"
         raise ModelFileError(f"{path}: the header must be {','.join(CSV_HEADER)}, not {header!r}")
     names, categories = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(CSV_HEADER) or not row[1].strip() or not row[2].strip().isdigit():
-            raise ModelFileError(f"{path}: line {line} is not tag_id,name,category,count with a whole-number category")
+    for line, row in rows[1:]:
+        if len(row) != len(CSV_HEADER) or not row[1].strip() or not _CATEGORY.fullmatch(row[2].strip()):
+            raise ModelFileError(f"{path}: line {line} is not tag_id,name,category,count with a category from 0 to 999")
+        refused = prompt_syntax(row[1].strip())
+        if refused:
+            raise ModelFileError(f"{path}: line {line}: {refused}; a tag's name must be plain text in a prompt")
         names.append(row[1].strip())
         categories.append(CATEGORIES.get(int(row[2]), "general"))
     if not names:
         raise ModelFileError(f"{path}: holds no tags")
     return TagTable(tuple(names), tuple(categories))
-
-
-def build_network(config: dict[str, Any], config_path: Path) -> torch.nn.Module:
-    """The network config.json describes, without weights (timm's pretrained loader never runs)."""
-    import timm
-
-    architecture, model_args = config["architecture"], dict(config["model_args"])
-    activation = model_args.get("act_layer")
-    if isinstance(activation, str):
-        model_args["act_layer"] = _activation(activation, config_path)
-    try:
-        model = timm.create_model(architecture, pretrained=False, num_classes=config["num_classes"], **model_args)
-    except Exception as error:  # a model_args key the architecture doesn't take, a size it can't have, ...
-        raise ModelFileError(
-            f"{config_path}: timm {timm.__version__} cannot build {architecture} from its model_args "
-            f"({type(error).__name__}: {one_line(error, 160)})"
-        ) from None
-    if activation is not None and architecture.startswith("swinv2") and _timm_version() < (1, 0, 3):
-        _replace_gelu(model, model_args["act_layer"])
-    return model.eval().requires_grad_(False)
-
-
-def _activation(name: str, config_path: Path) -> type:
-    from timm.layers import get_act_layer
-
-    try:
-        return get_act_layer(name)
-    except (KeyError, ValueError, TypeError):
-        raise ModelFileError(
-            f"{config_path}: model_args.act_layer {name[:40]!r} is not an activation timm knows"
-        ) from None
-
-
-def _replace_gelu(model: torch.nn.Module, activation: type) -> None:
-    """timm before 1.0.3 builds SwinV2 with exact GELU whatever act_layer says; put the asked-for one in."""
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if type(child) is torch.nn.GELU and activation is not torch.nn.GELU:
-                setattr(parent, name, activation())
-
-
-def _timm_version() -> tuple[int, ...]:
-    import timm
-
-    return tuple(int(part) for part in timm.__version__.split(".")[:3] if part.isdigit())
-
-
-def load_weights(model: torch.nn.Module, weights: Path, architecture: str) -> None:
-    """model.safetensors into the network, strictly: every key, every shape."""
-    from safetensors.torch import load_file
-
-    try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except Exception as error:
-        raise ModelFileError(
-            f"{weights}: the weights don't fit {architecture} as {CONFIG} describes it "
-            f"({type(error).__name__}: {one_line(error, 200)})"
-        ) from None
 
 
 def reference_transform(pretrained_cfg: dict[str, Any]) -> Callable:
@@ -481,7 +371,7 @@ class SquareOnWhite:
         self.interpolation = interpolation
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        resample = _RESAMPLING[self.interpolation]
+        resample = RESAMPLING[self.interpolation]
         longest = max(image.size)
         if longest > PAD_LIMIT:
             scale = PAD_LIMIT / longest

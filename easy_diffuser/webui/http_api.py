@@ -175,6 +175,8 @@ def add_routes(
 
         try:
             return await run_in_threadpool(service.run, work, model)
+        except ModelFileError as error:  # a broken model folder: 422, as /extract answers it
+            raise HTTPException(status_code=422, detail=str(error)) from None
         except (ModelError, NoGenerator) as error:  # no weights, no checkpoint: the server's, not the client's
             raise HTTPException(status_code=503, detail=str(error)) from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -383,6 +384,49 @@ def test_a_broken_tagger_folder_is_a_4xx_naming_the_file(models_path, tagger_fol
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert detail.startswith(str(broken / "selected_tags.csv")) and "\n" not in detail
+
+
+def _set(section: str, **values):
+    def change(config: dict) -> None:
+        (config[section] if section else config).update(values)
+
+    return change
+
+
+# Each crashed as a plain-text 500 (issue 24 §6); a broken folder was 422 on /extract but 503 on /refine.
+BAD_TAGGER_VALUES = {
+    "interpolation a list": ("config.json", _set("pretrained_cfg", interpolation=["bicubic"])),
+    "input_size smaller than a patch": ("config.json", _set("pretrained_cfg", input_size=[3, 64, 1])),
+    "a denormal std": ("config.json", _set("pretrained_cfg", std=[1e-320, 0.5, 0.5])),
+    "checkpoint_path": ("config.json", _set("model_args", checkpoint_path="/tmp/evil.pth")),
+    "a category int() can't read": ("selected_tags.csv", "²"),
+    "a tag that is extra-network syntax": ("selected_tags.csv", "<lora:x:1>"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TAGGER_VALUES))
+def test_a_bad_tagger_value_is_the_same_json_422_on_extract_and_refine(
+    models_path, tagger_folder, tmp_path, image_b64, case
+):
+    import json
+
+    name, change = BAD_TAGGER_VALUES[case]
+    broken = tmp_path / "wd-broken"
+    shutil.copytree(tagger_folder, broken)
+    if name == "config.json":
+        config = json.loads((broken / name).read_text())
+        change(config)
+        (broken / name).write_text(json.dumps(config))
+    else:
+        lines = (broken / name).read_text().splitlines()
+        lines[2] = f"1,{change},0,5" if change.startswith("<") else f"1,sensitive,{change},5"
+        (broken / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    client = TestClient(start_webui(["--api"], models_path, str(broken)))
+    for route, body in ((EXTRACT, {"image": image_b64}), (REFINE, {"image": image_b64, "prompt": "red"})):
+        response = client.post(route, json=body)
+        assert response.status_code == 422 and response.headers["content-type"] == "application/json", response.text
+        detail = response.json()["detail"]
+        assert detail.startswith(str(broken / name)) and "\n" not in detail, detail
 
 
 def resident_mb() -> int:
