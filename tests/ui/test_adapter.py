@@ -597,3 +597,30 @@ def test_the_locked_sliders_show_the_models_values_before_the_first_extraction(w
     assert automatic_values("shapes-demo", models_path / "easy_diffuser") == (-1.0, 8)
     assert automatic_values("ViT-L-14/openai", models_path / "easy_diffuser") == (1.5, 8)
     assert automatic_values(str(models_path), models_path / "easy_diffuser") is None  # a folder: known once loaded
+
+
+def test_a_broken_kind_plugin_leaves_the_webui_working(webui, red_circle, monkeypatch, caplog):
+    """A plugin that fails to import, or declares something that is no kind, is one warning line naming it:
+    the extension loads, the tab builds and Extract works with the built-in kinds."""
+    from importlib.metadata import EntryPoint
+
+    from PIL import Image
+
+    from easy_diffuser import registry
+
+    broken = [
+        EntryPoint("gone", "no_such_plugin_module:Kind", registry.ENTRY_POINT_GROUP),
+        EntryPoint("impostor", "json:JSONDecoder", registry.ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(registry, "entry_points", lambda group: broken if group == registry.ENTRY_POINT_GROUP else [])
+    registry.kinds.cache_clear()
+    try:
+        module = webui()
+        assert "easy_diffuser_extract" in elem_ids(webui_host.build_page())  # the tab is on the page
+        prompt, *_ = module.extract(Image.open(red_circle), None, TAB, Progress())
+        assert "red" in prompt and "circle" in prompt
+        warnings = [record.getMessage() for record in caplog.records if "kind plugin" in record.getMessage()]
+        assert len(warnings) == 2 and "'gone'" in warnings[0] and "ModuleNotFoundError" in warnings[0]
+        assert "'impostor'" in warnings[1] and "not a subclass" in warnings[1]
+    finally:
+        registry.kinds.cache_clear()
