@@ -153,7 +153,7 @@ class Engine:
         NonFiniteScores when the model gives NaN or inf for any of them (a batch run fails those alone)."""
         with self._lock:
             features = self.scorer.features(batch)
-        return require_finite(features, self.model_id)
+        return require_finite(features, self.model_id, self.loaded.dtype)
 
     def extract_embeddings(
         self,

@@ -40,6 +40,7 @@ def standardised(values: torch.Tensor) -> torch.Tensor:
 
 
 NON_FINITE = "gave non-finite scores for this image: its weights may be damaged (NaN/inf); re-download them"
+HALF_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class NonFiniteScores(ValueError):
@@ -48,8 +49,9 @@ class NonFiniteScores(ValueError):
     Raised where a model's output enters the pipeline (Engine.encode_tensors). It carries the batch's features
     and which rows are finite, so that a folder run fails the bad images alone and keeps the others."""
 
-    def __init__(self, model: str, features: torch.Tensor, finite: torch.Tensor) -> None:
-        super().__init__(f"the model {model} {NON_FINITE}")
+    def __init__(self, model: str, features: torch.Tensor, finite: torch.Tensor, dtype: torch.dtype) -> None:
+        overflow = " (or it overflowed in half precision: run it in float32)" if dtype in HALF_PRECISION else ""
+        super().__init__(f"the model {model} {NON_FINITE}{overflow}")
         self.model, self.features, self.finite = model, features, finite
 
 
@@ -58,9 +60,9 @@ def finite_rows(features: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(features.reshape(len(features), -1)).all(dim=1)
 
 
-def require_finite(features: torch.Tensor, model: str) -> torch.Tensor:
-    """The features as they are, or NonFiniteScores when any image's are not finite."""
+def require_finite(features: torch.Tensor, model: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The features as they are, or NonFiniteScores when any image's are not finite (`dtype`: the model's)."""
     finite = finite_rows(features)
     if not finite.all():
-        raise NonFiniteScores(model, features, finite)
+        raise NonFiniteScores(model, features, finite, dtype)
     return features
