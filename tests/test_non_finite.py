@@ -228,3 +228,13 @@ def test_a_generation_the_model_cannot_score_ends_refine_and_keeps_the_finished_
     assert [r.index for r in result.rounds] == [0] and len(calls) == 2
     assert result.error == f"round 1: a generated image: the model shapes-demo {DAMAGED}"
     assert strict_json(json.dumps(result.to_dict()))["best"]["round"] == 0
+
+
+def test_calibrate_with_a_nan_model_is_one_line_and_writes_no_calibration(nan_tagger, tmp_path, cache_dir, capsys):
+    folder = tmp_path / "photos"
+    good_and_blank(folder)
+    common = ["--model", str(nan_tagger), "--cache-dir", str(cache_dir), "--device", "cpu"]
+    assert main(["calibrate", str(folder), *common, "--generator", "shapes"]) == EXIT_IMAGE_FAILED
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: the model {nan_tagger.name}-") and line.endswith(DAMAGED)
+    assert not list(cache_dir.glob("calibration/*"))  # no candidate, no partial results with a NaN loss
