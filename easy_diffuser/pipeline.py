@@ -135,12 +135,12 @@ def run(
                 outcome.stopped = True
                 break
             decoded = [item for item in batch if not item.error]
-            done_items, results = _extract(engine, preprocessor, decoded, options) if decoded else ([], [])
+            extracted, results = _extract(engine, preprocessor, decoded, options) if decoded else ([], [])
             failed = [item for item in batch if item.error]  # unreadable, or the model's scores were not finite
             outcome.failed.extend((item.task.path, item.error) for item in failed)
             writer.put_errors(failed)
-            if done_items:
-                writer.put(done_items, results)
+            if extracted:
+                writer.put(extracted, results)
             done += len(batch)
             if progress:
                 progress(done, len(tasks))
@@ -161,11 +161,12 @@ def _extract(
     try:
         embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
     except NonFiniteScores as error:
-        finite = error.finite.tolist()
-        for item in itertools.compress(batch, [not ok for ok in finite]):
-            item.error = f"{item.task.path}: {error}"
-        embeddings, batch = error.features[error.finite], list(itertools.compress(batch, finite))
-        captions = list(itertools.compress(captions, finite))
+        kept = error.finite.tolist()
+        for item, finite in zip(batch, kept):
+            if not finite:
+                item.error = f"{item.task.path}: {error}"
+        embeddings = error.features[error.finite]
+        batch, captions = list(itertools.compress(batch, kept)), list(itertools.compress(captions, kept))
     names = [str(item.task.path) for item in batch]
     return batch, engine.extract_embeddings(embeddings, options, names, captions) if batch else []
 

@@ -96,6 +96,8 @@ def main(command: str, argv: Sequence[str]) -> int:
 def _refine(
     engine: Engine, image: Image.Image, generator: Generator, settings: RefineOptions, args: argparse.Namespace
 ) -> Refinement:
+    """The rounds from the given pair, or from the one extracted from the image (NonFiniteScores when the model
+    can't score the image)."""
     prompt, negative = args.prompt, args.negative_prompt or ""
     if prompt is None:
         extracted = engine.extract_many([image], ExtractOptions(**{o.name: getattr(args, o.name) for o in OPTIONS}))

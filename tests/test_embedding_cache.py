@@ -7,7 +7,8 @@ import torch
 
 from easy_diffuser import label_cache
 from easy_diffuser.embedding import encode_texts
-from easy_diffuser.models import ModelFileError, load_model
+from easy_diffuser.errors import ModelFileError
+from easy_diffuser.models import load_model
 from easy_diffuser.vocabulary import load_vocabulary
 
 TEXTS = [

@@ -16,9 +16,10 @@ from easy_diffuser.calibration.generators import CallableGenerator, ShapesGenera
 from easy_diffuser.cli import main
 from easy_diffuser.engine import ExtractOptions
 from easy_diffuser.exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
+from easy_diffuser.kinds.clip import ClipScorer
 from easy_diffuser.ray_job import TagExtractor
 from easy_diffuser.records import read_records
-from easy_diffuser.scorers import ClipScorer
+from easy_diffuser.refine import refine_image
 from easy_diffuser.scoring import NON_FINITE, NonFiniteScores, finite_rows
 from easy_diffuser.shapes import world
 
@@ -224,7 +225,7 @@ def test_a_generation_the_model_cannot_score_ends_refine_and_keeps_the_finished_
         return ShapesGenerator().generate(prompt, negative, seed) if len(calls) == 1 else Image.new("RGB", (64, 64))
 
     generator = CallableGenerator(blank_from_round_1, "stub")
-    result = shapes_engine.refine(red_circle(), generator, "blue", rounds=3, seeds=1)
+    result = refine_image(shapes_engine, red_circle(), generator, "blue", rounds=3, seeds=1)
     assert [r.index for r in result.rounds] == [0] and len(calls) == 2
     assert result.error == f"round 1: a generated image: the model shapes-demo {DAMAGED}"
     assert strict_json(json.dumps(result.to_dict()))["best"]["round"] == 0
