@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from modules import devices, processing, script_callbacks, sd_models, shared  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from easy_diffuser.scorers import ClipScorer  # noqa: E402
+from easy_diffuser.kinds.clip import ClipScorer  # noqa: E402
 
 import webui_host  # noqa: E402
 from taggers import set_nan, write_tagger  # noqa: E402
