@@ -28,6 +28,7 @@ from .models import DEFAULT_MODEL
 from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, add_argument
 from .records import RecordsError, RecordWriter, absolute, error_record, record
 from .registry import kind_for, list_models
+from .scoring import NonFiniteScores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,10 +222,11 @@ def _run_image(
 ) -> bool:
     try:
         result = engine.extract(path, options, name=str(path))
-    except ImageError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ImageError, NonFiniteScores) as error:
+        reason = f"{path}: {error}" if isinstance(error, NonFiniteScores) else str(error)  # ImageError names it
+        print(f"error: {reason}", file=sys.stderr)
         if records:
-            records.write([error_record(absolute(path), str(error), engine.model_id)])
+            records.write([error_record(absolute(path), reason, engine.model_id)])
         return False
     _print(result, args.json)
     if records:
@@ -263,7 +265,10 @@ def _run_folder(
 
 def _print(result: Extraction, as_json: bool) -> None:
     if as_json:
-        _write_out(json.dumps(result.to_dict(), ensure_ascii=False) + "\n", json.dumps(result.to_dict()) + "\n")
+        data = result.to_dict()  # allow_nan=False: never a NaN that isn't JSON, should one get past the engine
+        _write_out(
+            json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n", json.dumps(data, allow_nan=False) + "\n"
+        )
         return
     name = f"{result.source}\n" if result.source else ""
     text = f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n"

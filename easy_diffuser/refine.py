@@ -39,6 +39,7 @@ from .images import ImageInput, load_image
 from .options import REFINE_OPTION, ExtractOptions, RefineOptions
 from .presence import MAY_BE_PRESENT
 from .prompt import escape
+from .scoring import NonFiniteScores
 from .vocabulary import NEGATIVE_QUALITY
 
 SCORE_NAME = "round-trip loss"
@@ -149,7 +150,8 @@ def refine(
     should_stop: Callable[[], bool] = lambda: False,
     metric: Metric | None = None,
 ) -> Refinement:
-    """Round 0 and up to `options.rounds` refined pairs, each scored on `options.seeds` seeds."""
+    """Round 0 and up to `options.rounds` refined pairs, each scored on `options.seeds` seeds; NonFiniteScores
+    when the model can't score the source image."""
     metric = metric or Metric(engine)
     source = metric.embed([image])
     result = Refinement([], [options.seed + i for i in range(options.seeds)])
@@ -166,7 +168,11 @@ def refine(
         except (RuntimeError, OSError, ValueError) as error:  # WebuiError, an unreadable answer: keep what is done
             result.error = f"round {index}: {error}"
             break
-        scored = score(engine, metric, source, images, index, pair)
+        try:
+            scored = score(engine, metric, source, images, index, pair)
+        except NonFiniteScores as error:  # a generation the model can't score (fp16 overflow): keep what is done
+            result.error = f"round {index}: a generated image: {error}"
+            break
         result.rounds.append(scored)
         if on_round:
             on_round(scored)

@@ -14,7 +14,9 @@ import sys
 from dataclasses import replace
 from typing import Sequence
 
-from .calibration.generators import make_generator
+from PIL import Image
+
+from .calibration.generators import Generator, make_generator
 from .devices import default_device
 from .engine import Engine
 from .errors import ModelError
@@ -23,6 +25,7 @@ from .images import ImageError, load_image
 from .models import DEFAULT_MODEL
 from .options import OPTIONS, REFINE_OPTIONS, ExtractOptions, RefineOptions, add_argument
 from .refine import SCORE_HELP, Refinement, Round, refine
+from .scoring import NonFiniteScores
 
 CHECK_ONLY = {"rounds", "seeds"}  # Check is round 0 on one seed: these flags are refine's
 
@@ -75,21 +78,33 @@ def main(command: str, argv: Sequence[str]) -> int:
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    prompt, negative = args.prompt, args.negative_prompt or ""
-    if prompt is None:
-        extracted = engine.extract_many([image], ExtractOptions(**{o.name: getattr(args, o.name) for o in OPTIONS}))
-        prompt, negative = extracted[0].prompt, args.negative_prompt or extracted[0].negative_prompt
-    if not args.json:
-        print(SCORE_HELP)
-    result = refine(engine, image, generator, prompt, negative, settings, None if args.json else _print_round)
-    if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    try:
+        result = _refine(engine, image, generator, settings, args)
+    except NonFiniteScores as error:  # the source image: there is nothing to compare with
+        print(f"error: {args.image}: {error}", file=sys.stderr)
+        return EXIT_IMAGE_FAILED
+    if args.json:  # allow_nan=False: never a NaN that isn't JSON, should one get past the metric
+        print(json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False))
     else:
         _print_best(result)
     if result.error or result.stopped:
         print(f"error: {result.error or 'stopped'}; the finished rounds are above", file=sys.stderr)
         return EXIT_IMAGE_FAILED
     return 0
+
+
+def _refine(
+    engine: Engine, image: Image.Image, generator: Generator, settings: RefineOptions, args: argparse.Namespace
+) -> Refinement:
+    """The rounds from the given pair, or from the one extracted from the image (NonFiniteScores when the model
+    can't score the image)."""
+    prompt, negative = args.prompt, args.negative_prompt or ""
+    if prompt is None:
+        extracted = engine.extract_many([image], ExtractOptions(**{o.name: getattr(args, o.name) for o in OPTIONS}))
+        prompt, negative = extracted[0].prompt, args.negative_prompt or extracted[0].negative_prompt
+    if not args.json:
+        print(SCORE_HELP)
+    return refine(engine, image, generator, prompt, negative, settings, None if args.json else _print_round)
 
 
 def _print_round(scored: Round) -> None:

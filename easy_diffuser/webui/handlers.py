@@ -23,6 +23,7 @@ from ..errors import ModelError
 from ..images import ImageError
 from ..options import CAPTION_OPTION, ExtractOptions, OptionError, RefineOptions
 from ..refine import Refinement, Round, refine
+from ..scoring import NonFiniteScores
 from . import controls, markup
 from .http_api import NoGenerator
 from .service import Service
@@ -78,7 +79,7 @@ class Handlers:
         try:
             encoding = _reporter(progress, VOCABULARY_PROGRESS, "tags")
             fresh = self.service.run(lambda engine: controls.extract(engine, image, options), progress=encoding)
-        except (ImageError, ModelError) as error:  # their messages are written for the user
+        except (ImageError, ModelError, NonFiniteScores) as error:  # their messages are written for the user
             return _unchanged(extracted, markup.error_html(str(error)))
         return _shown(fresh, values)
 
@@ -296,7 +297,7 @@ class Handlers:
         def run() -> None:
             try:
                 outcome["result"] = self.service.run(work)
-            except (ModelError, NoGenerator) as error:
+            except (ModelError, NoGenerator, NonFiniteScores) as error:
                 outcome["error"] = error
 
         progress(0, desc="Loading the CLIP model")
