@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _argument(parse: Callable[[str], tuple]) -> Callable[[str], tuple]:
     def checked(text: str) -> tuple:
         try:
-            return parse(text)
+            parsed = parse(text)
         except DatasetError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+        if not parsed:  # `--where ""` from an empty variable would otherwise edit every caption
+            raise argparse.ArgumentTypeError(f"no tag in {text!r}")
+        return parsed
 
     return checked
 

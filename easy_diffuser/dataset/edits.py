@@ -9,7 +9,6 @@ Every changed caption is written atomically after its old bytes are in the journ
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -121,7 +120,7 @@ def parse_renames(text: str) -> tuple[tuple[str, str], ...]:
     """ "old=new, old2=new2" -> pairs; `\\=` is an = inside a tag (kaomoji such as =_=)."""
     pairs = []
     for item in split_tags(text):
-        parts = [part.replace("\0", "=").strip() for part in re.split(r"(?<!\\)=", item.replace("\\=", "\0"))]
+        parts = [part.replace("\0", "=").strip() for part in item.replace("\\=", "\0").split("=")]
         if len(parts) != 2 or not all(parts):
             raise DatasetError(f"rename: {item[:60]!r} is not old=new (write \\= for an = inside a tag)")
         pairs.append((check_tag("rename", parts[0]), check_tag("rename", parts[1])))
