@@ -15,14 +15,15 @@ import gradio as gr
 from PIL import Image
 
 from ..dataset import DatasetError, Edit, EditSummary, JournalError, Report, build_report, edit_folder, undo
+from ..dataset.captions import split_tags
 from ..dataset.edits import parse_renames, parse_tags
 from ..dataset.report import write_report
 from ..options import DATASET_OPTION, OptionError
 from .markup import error_html
 
-SHOWN_TAGS = 50  # rows of the report's table (the files hold them all)
+SHOWN_TAGS = 30  # rows of the report's table, as many as the chart's bars (the files hold them all)
 SHOWN_NAMES = 20  # images named in a list before "and N more"
-SHOWN_CHANGES = 30  # a dry run's changes shown
+SHOWN_CHANGES = 12  # a dry run's changes shown
 FAILURES = (DatasetError, JournalError, OptionError, OSError)  # messages written for the user, naming the file
 
 
@@ -180,13 +181,22 @@ def edit_html(summary: EditSummary, changes: list[tuple[str, str | None, str]]) 
     paragraphs = "".join(f'<p class="easy-diffuser-status">{line}</p>' for line in lines)
     if not summary.dry_run or not changes:
         return _edited(paragraphs)
-    head = "<tr><th>caption</th><th>now</th><th>after the edit</th></tr>"
-    rows = "".join(
-        f"<tr><td>{html.escape(file)}</td><td>{'(none)' if before is None else html.escape(before)}</td>"
-        f"<td>{html.escape(after)}</td></tr>"
-        for file, before, after in changes
-    )
-    return _edited(f'{paragraphs}<table class="easy-diffuser-table">{head}{rows}</table>')
+    head = "<tr><th>caption</th><th>tags removed</th><th>tags added</th></tr>"
+    rows = "".join(_change_row(*change) for change in changes)
+    more = summary.changed + summary.created - len(changes)
+    more_line = f'<p class="easy-diffuser-hint">and {more} more</p>' if more > 0 else ""
+    return _edited(f'{paragraphs}<table class="easy-diffuser-table">{head}{rows}</table>{more_line}')
+
+
+def _change_row(caption: str, before: str | None, after: str) -> str:
+    """A dry run's change as the tags it takes away and adds (a rename is both), not two whole captions."""
+    old, new = split_tags(before or ""), split_tags(after)
+    removed = [tag for tag in dict.fromkeys(old) if tag not in new]
+    added = [tag for tag in dict.fromkeys(new) if tag not in old]
+    if before is None:
+        caption += " (new)"
+    cells = (caption, ", ".join(removed) or "-", ", ".join(added) or "-")
+    return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
 
 
 def _edited(content: str) -> str:
