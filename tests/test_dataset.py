@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,14 @@ def test_the_report_lists_every_tag_with_its_count_share_and_images(tmp_path, ca
         ],
     }
     assert (tmp_path / "report" / "tags.png").read_bytes().startswith(PNG)
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_output_says_why_no_chart(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of it now fails, as when it isn't installed
+    folder = dataset(tmp_path / "train", {"a": b"x"})
+    assert run(folder, "--report", tmp_path / "out") == 0
+    assert "chart not drawn: it needs matplotlib, pip install 'easy-diffuser[report]'" in capsys.readouterr().out
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["tags.csv", "tags.json"]
 
 
 def test_the_caption_extension_says_which_files_are_captions(tmp_path, capsys):

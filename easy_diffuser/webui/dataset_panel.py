@@ -17,7 +17,7 @@ from PIL import Image
 from ..dataset import DatasetError, Edit, EditSummary, JournalError, Report, build_report, edit_folder, undo
 from ..dataset.captions import split_tags
 from ..dataset.edits import parse_renames, parse_tags
-from ..dataset.report import write_report
+from ..dataset.report import NO_CHART, write_report
 from ..options import DATASET_OPTION, OptionError
 from .markup import error_html
 
@@ -93,7 +93,7 @@ def make_report(
     if "chart" in written:
         with Image.open(written["chart"]) as picture:  # a PIL image: gradio 4 serves no file outside its folders
             chart = gr.update(value=picture.copy(), visible=True)
-    return chart, report_html(report, min_share, str(written["json"].parent))
+    return chart, report_html(report, min_share, str(written["json"].parent), "chart" in written)
 
 
 def edit(
@@ -153,8 +153,10 @@ def _reporter(progress: Any, desc: str) -> Callable[[int, int], None]:
     return lambda done, total: progress((done, total), desc=desc, unit="captions")
 
 
-def report_html(report: Report, min_share: float, out_dir: str) -> str:
+def report_html(report: Report, min_share: float, out_dir: str, charted: bool) -> str:
     lines = [html.escape(report.summary()), f"Files: {html.escape(out_dir)} (tags.csv, tags.json, tags.png)"]
+    if not charted:
+        lines.append(html.escape(f"Chart {NO_CHART}"))
     for label, indices in (("Without a caption", report.no_caption), ("Empty caption", report.empty_caption)):
         if indices:
             lines.append(f"{label}: {_names([report.images[index] for index in indices])}")
