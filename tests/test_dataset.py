@@ -201,6 +201,7 @@ def test_edits_change_only_the_tags_they_name(tmp_path, capsys):
             "c": b"solo, hair, hair",  # the user's own duplicate of a tag the edit doesn't name stays
             "d": b"red hair, long hair, 1girl",  # renamed onto a tag it has: once
             "e": None,  # no caption: --add-tag creates one
+            "f": b" \n",  # only a space and a line end
         },
     )
     assert run(folder, "--rename-tag", "red hair=red_hair", "--rename-tag", "long hair=red_hair", "--add-tag", "x") == 0
@@ -209,7 +210,8 @@ def test_edits_change_only_the_tags_they_name(tmp_path, capsys):
     assert (folder / "c.txt").read_bytes() == b"solo, hair, hair, x"
     assert (folder / "d.txt").read_bytes() == b"red_hair, 1girl, x"
     assert (folder / "e.txt").read_bytes() == b"x\n"
-    assert "5 captions changed (1 created), 0 unchanged" in capsys.readouterr().out
+    assert (folder / "f.txt").read_bytes() == b"x \n"
+    assert "6 captions changed (1 created), 0 unchanged" in capsys.readouterr().out
 
 
 def test_remove_and_where(tmp_path, capsys):
@@ -269,9 +271,11 @@ def test_a_rewritten_caption_keeps_its_permissions(tmp_path, capsys):
     assert stat.S_IMODE((folder / "a.txt").stat().st_mode) == 0o600
 
 
-def test_renames_take_an_escaped_equals_sign():
+def test_renames_take_an_escaped_equals_sign_and_the_journal_names_the_edit_as_typed():
     assert parse_renames(r"\=_\==smile, a=b") == (("=_=", "smile"), ("a", "b"))
-    assert Edit(renames=(("=_=", "smile"),)).apply("=_=, 1girl") == "smile, 1girl"
+    edit = Edit(renames=(("=_=", "smile"),), removes=("red hair",))
+    assert edit.apply("=_=, 1girl, red hair") == "smile, 1girl"
+    assert edit.describe() == "--rename-tag '\\=_\\==smile' --remove-tag 'red hair'"
 
 
 # -- undo

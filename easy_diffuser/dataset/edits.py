@@ -9,6 +9,7 @@ Every changed caption is written atomically after its old bytes are in the journ
 from __future__ import annotations
 
 import contextlib
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -67,7 +68,8 @@ class Edit:
         bom = "\ufeff" if text.startswith("\ufeff") else ""
         body = text[len(bom) :]
         core = body.strip()
-        lead, tail = body[: len(body) - len(body.lstrip())], body[len(body.rstrip()) :]
+        lead = body[: len(body) - len(body.lstrip())] if core else ""  # all spaces: they are the tail
+        tail = body[len(body.rstrip()) :]
         renames, kept, renamed, changed = dict(self.renames), [], set(), False
         for piece in core.split(SEPARATOR) if core else []:
             tag = piece.strip()
@@ -88,17 +90,16 @@ class Edit:
 
     def describe(self) -> str:
         """The edit as its command-line flags, for the journal and the messages."""
-        parts = [f"--rename-tag {_flag_text(old)}={_flag_text(new)}" for old, new in self.renames]
-        parts += [f"--{flag} {_flag_text(tag)}" for flag, tags in self._lists() for tag in tags]
-        return " ".join(parts)
+        flags = [("--rename-tag", f"{_escaped(old)}={_escaped(new)}") for old, new in self.renames]
+        flags += [(flag, tag) for flag, tags in self._lists() for tag in tags]
+        return " ".join(f"{flag} {shlex.quote(value)}" for flag, value in flags)
 
     def _lists(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        return (("remove-tag", self.removes), ("add-tag", self.adds), ("where", self.where))
+        return (("--remove-tag", self.removes), ("--add-tag", self.adds), ("--where", self.where))
 
 
-def _flag_text(tag: str) -> str:
-    escaped = tag.replace("=", "\\=")
-    return f'"{escaped}"' if " " in tag else escaped
+def _escaped(tag: str) -> str:
+    return tag.replace("=", "\\=")
 
 
 def check_tag(name: str, tag: str) -> str:

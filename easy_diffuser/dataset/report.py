@@ -178,7 +178,3 @@ def plot_tags(report: Report, path: Path) -> bool:
     plt.close(figure)
     return True
 
-
-def skipped_lines(skipped: list[tuple[str, str]]) -> Iterator[str]:
-    """One line per caption file not read, naming it and why."""
-    return (f"skipped {file}: {reason}" for file, reason in skipped)
