@@ -177,4 +177,3 @@ def plot_tags(report: Report, path: Path) -> bool:
     write_atomically(path, lambda temp: figure.savefig(temp, format="png"))
     plt.close(figure)
     return True
-
