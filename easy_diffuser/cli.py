@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
         epilog="other commands:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
         "(easy-diffuser calibrate --help)\n  easy-diffuser check IMAGE --generator G   how faithful the prompt is: "
-        "generate and compare\n  easy-diffuser refine IMAGE --generator G  better prompts, round by round",
+        "generate and compare\n  easy-diffuser refine IMAGE --generator G  better prompts, round by round"
+        "\n  easy-diffuser dataset FOLDER ...       a dataset's tag report, bulk caption edits, undo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
@@ -148,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .calibration.cli import main as calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv[:1] == ["dataset"]:  # `easy-diffuser dataset FOLDER --report DIR | edits | --undo`: dataset/cli.py
+        from .dataset.cli import main as dataset_main
+
+        return dataset_main(argv[1:])
     if argv[:1] in (["refine"], ["check"]):  # `easy-diffuser refine IMAGE --generator ...`: refine_cli.py
         from .refine_cli import main as refine_main
 

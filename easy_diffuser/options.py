@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Optional
 
 from .checkpoint_family import TOKEN_BUDGET
 from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
+from .images import IMAGE_SUFFIXES
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
@@ -338,6 +340,60 @@ REFINE_OPTIONS: tuple[Option, ...] = (
     ),
 )
 REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
+
+
+# -- A dataset's caption files (dataset/): which files are captions, and the report's list of rare tags --
+CAPTION_EXTENSION_PATTERN = re.compile(r"\.[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+MAX_EXTENSION = 32  # characters of a caption extension
+
+
+@dataclass(frozen=True)
+class ExtensionOption(Option):
+    """A caption file's extension (.txt, .caption, any .name): never a path, never an image's extension."""
+
+    def check(self, value: Any) -> str:
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, str) and text and not text.startswith("."):
+            text = f".{text}"  # kohya's "txt" and ".txt" alike
+        if (
+            not isinstance(text, str)
+            or len(text) > MAX_EXTENSION
+            or not CAPTION_EXTENSION_PATTERN.fullmatch(text)
+            or f".{text.rsplit('.', 1)[-1].lower()}" in IMAGE_SUFFIXES  # a caption there would be (or replace) an image
+        ):
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
+        return text
+
+    @property
+    def accepts(self) -> str:
+        return (
+            f"must be a file extension such as .txt or .caption (letters, digits, - and _ after a dot, "
+            f"at most {MAX_EXTENSION} characters, not an image's)"
+        )
+
+
+DATASET_OPTIONS: tuple[Option, ...] = (
+    ExtensionOption(
+        "caption_extension",
+        str,
+        ".txt",
+        "the extension of the caption files, beside each image with its name (.txt, .caption, ...)",
+        "Caption file extension",
+        "--caption-extension",
+    ),
+    Option(
+        "min_share",
+        float,
+        0.0,
+        "list the tags on fewer than this share of the images (rare tags a trainer may prune); 0: none",
+        "List tags below this share of images",
+        "--min-share",
+        0,
+        1,
+        0.005,
+    ),
+)
+DATASET_OPTION = {option.name: option for option in DATASET_OPTIONS}
 
 
 def _checked(instance: Any, schema: tuple[Option, ...], prefix: str = "") -> None:
