@@ -70,8 +70,8 @@ def main(command: str, argv: Sequence[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_IMAGE_FAILED
     try:
-        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
         generator = make_generator(args.generator, settings.width, settings.height, settings.steps)
+        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED
