@@ -296,6 +296,25 @@ def test_no_image_and_bad_weights_are_messages(webui, red_circle, tmp_path):
     assert "easy-diffuser-error" in status and "missing.safetensors" in status
 
 
+@pytest.mark.parametrize(
+    "prompt, negative, message",
+    [
+        ("red, " * 2001, "", "prompt: must be text of at most 10,000 characters"),
+        ("red", "(blue:1" + "0" * 400 + ")", "negative_prompt: the weight of (blue:1000"),
+    ],
+)
+def test_check_refuses_what_the_schema_refuses_in_the_status_before_generating(
+    webui, red_circle, monkeypatch, prompt, negative, message
+):
+    from PIL import Image
+
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})
+    before = len(processing.calls)
+    answers = list(webui().check(Image.open(red_circle), prompt, negative, 0, 1, 64, 64, 4, progress=Progress()))
+    assert len(answers) == 1 and "easy-diffuser-error" in answers[0][1] and message in answers[0][1]
+    assert len(processing.calls) == before
+
+
 def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts_and_the_status(webui, red_circle):
     from PIL import Image
 
