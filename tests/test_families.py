@@ -88,13 +88,16 @@ def test_the_setting_overrides_what_the_checkpoint_says(tmp_path: Path) -> None:
         struct.pack("<Q", 1 << 40) + b"{}",  # a length no header has: not read
         struct.pack("<Q", 50) + b'{"__metadata__": {"a": ',  # cut short
         struct.pack("<Q", 4) + b"\xff\xfe\xfd\xfc",  # not UTF-8
+        struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000,  # nested deeper than Python's stack
+        struct.pack("<Q", 5_020) + b'{"__metadata__": ' + b"9" * 5_000 + b"}",  # a number past int()'s 4,300 digits
     ],
 )
 def test_a_damaged_header_is_one_error_naming_the_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "ponyDiffusionV6XL.safetensors"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=r"^.*ponyDiffusionV6XL\.safetensors: not a safetensors file"):
+    with pytest.raises(ValueError, match=r"^.*ponyDiffusionV6XL\.safetensors: not a safetensors file") as error:
         detect_checkpoint(path)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
 
 
 @pytest.mark.parametrize(

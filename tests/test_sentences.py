@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 
 import pytest
 import torch
@@ -410,6 +411,10 @@ def test_cli_bad_checkpoint_file_and_ray_are_setup_errors(tmp_path, capsys):
     damaged.write_bytes(b"\x01")
     code, out, err = run_cli(["x.png", "--checkpoint", str(damaged)], capsys)
     assert code == 2 and "damaged.safetensors: not a safetensors file" in err
+    deep = tmp_path / "deep.safetensors"
+    deep.write_bytes(struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000)
+    code, out, err = run_cli(["x.png", "--checkpoint", str(deep)], capsys)
+    assert code == 2 and err.startswith(f"error: {deep}: not a safetensors file") and len(err.splitlines()) == 1
     pytest.importorskip("ray")
     code, out, err = run_cli(
         ["x.png", "--engine", "ray", "--output", str(tmp_path / "out"), "--prompt-style=sentences"], capsys
