@@ -254,3 +254,27 @@ def test_clip_prompts_take_no_preset(red_circle) -> None:
     engine.target = detect("ponyDiffusionV6XL")
     result = engine.extract(red_circle, ExtractOptions(family="pony"))
     assert "score_9" not in result.prompt and result.preset is None and "preset" not in result.to_dict()
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("x" * 100_000 + "_ponyXL", "Pony"),  # found at the end, shown by its start
+        ("ponyXL\nfake status: all good\x1b[2J" + "y" * 100_000, "Pony"),  # a newline and a terminal escape
+        ("mix\n" + "z" * 100_000, "No preset"),
+    ],
+)
+def test_a_huge_or_multi_line_checkpoint_name_is_shown_short_on_one_line(name: str, family: str) -> None:
+    status = families.choose("automatic", detect(name)).status
+    assert status.startswith(family) and len(status) < 160
+    assert status.isprintable() and "\n" not in status
+
+
+def test_the_cli_json_preset_shows_a_huge_checkpoint_name_short(shapes_red_circle, tmp_path, capsys) -> None:
+    from easy_diffuser.cli import main
+
+    name = "ponyXL\n" + "y" * 100_000
+    argv = [str(shapes_red_circle), "--model", "shapes-booru", "--cache-dir", str(tmp_path), "--json"]
+    assert main([*argv, "--checkpoint", name]) == 0
+    preset = json.loads(capsys.readouterr().out)["preset"]
+    assert preset.startswith("Pony (from the checkpoint name ponyXL y") and len(preset) < 120
