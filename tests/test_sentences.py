@@ -373,6 +373,29 @@ def test_cli_prompt_style_sentences_with_a_named_captioner_and_records(tiny_mode
     assert json.loads(line)["prompt"] == printed["prompt"] == (folder / "a.txt").read_text().strip()
 
 
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "SecurityError: access to attribute '__class__'"),
+        ("{% for message in messages %}{{ message.role }", "TemplateSyntaxError"),
+    ],
+)
+def test_cli_a_chat_template_that_cannot_be_used_is_one_line_naming_its_file(
+    tiny_model_dir, qwen, tmp_path, capsys, template, problem
+):
+    folder = tmp_path / "qwen2-vl"
+    shutil.copytree(qwen, folder)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 40), "blue").save(image)
+    common = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu"]
+    code, out, err = run_cli([str(image), *common, "--prompt-style", "sentences", f"--caption={folder}"], capsys)
+    lines = [line for line in err.splitlines() if line.strip() and "Embedding " not in line]  # the vocabulary's bar
+    assert code == 2 and out == "" and "Traceback" not in err and len(lines) == 1
+    assert lines[0].startswith(f"error: {folder / 'chat_template.json'}: the chat template cannot be used")
+    assert problem in lines[0]
+
+
 def test_cli_checkpoint_makes_automatic_sentences_with_the_default_describer(
     tiny_model_dir, qwen, tmp_path, capsys, monkeypatch
 ):
