@@ -616,3 +616,21 @@ def test_the_locked_sliders_show_the_models_values_before_the_first_extraction(w
     assert automatic_values("shapes-demo", models_path / "easy_diffuser") == (-1.0, 8)
     assert automatic_values("ViT-L-14/openai", models_path / "easy_diffuser") == (1.5, 8)
     assert automatic_values(str(models_path), models_path / "easy_diffuser") is None  # a folder: known once loaded
+
+
+def test_a_mismatched_torchvision_is_one_line_when_the_webui_loads_the_extension(tmp_path):
+    """As tests/test_torch_versions.py does for the commands: a stand-in torchvision that fails to import as one
+    built for another torch does, first on the path of a webui process that loads the extension."""
+    from test_torch_versions import NMS, expected_line, run
+
+    stand_in = tmp_path / "stand-in" / "torchvision"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(f"raise RuntimeError({NMS!r})\n")
+    load = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'tests/ui'); import webui_host; "
+        f"module = webui_host.load_extension([], Path({str(tmp_path)!r})); print(type(module.extension).__name__)"
+    )
+    done = run(sys.executable, ["-c", load], stand_in.parent)
+    assert done.returncode == 0 and done.stdout.strip().endswith("Extension"), done.stderr[-2000:]  # still loads
+    lines = [line for line in done.stderr.splitlines() if "torchvision" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"Easy Diffuser: {expected_line()}")
