@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from .devices import OnDevice, default_dtype
-from .errors import ModelError, ModelFileError, first_line
+from .errors import ModelError, ModelFileError, first_line, one_line
 from .files import safe_name
 from .hub import hub_offline, require_reachable
 from .models import DEFAULT_CACHE_DIR, LoadOnce
@@ -391,8 +391,8 @@ def _check_chat_template(processor: Any, source: str, model_id: str) -> None:
         folder = Path(source)
         file = next((folder / name for name in CHAT_TEMPLATE_FILES if (folder / name).is_file()), None)
         where = str(file) if file else f"{model_id}'s chat template"
-        raise ModelError(
-            f"{where}: the chat template cannot be used ({type(error).__name__}: {_first_line(error)[:200]})"
+        raise ModelFileError(
+            f"{where}: the chat template cannot be used ({type(error).__name__}: {one_line(error, 200)})"
         ) from None
 
 

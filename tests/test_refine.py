@@ -234,7 +234,9 @@ def test_cli_refuses_an_overlong_prompt_or_an_infinite_weight_in_one_line_before
 def test_refine_never_writes_infinity_and_a_long_multi_line_pair_within_the_limit_still_runs(shapes_engine):
     image = scene_image(**RED_CIRCLE)
     with pytest.raises(OptionError, match="prompt: the weight of"):
-        shapes_engine.refine(image, fixed_scene(colour="blue"), INFINITE, "", rounds=1)
-    result = shapes_engine.refine(image, fixed_scene(colour="blue"), "(red:1.2),\ncircle", "x" * 10_000, rounds=1)
+        refine_image(shapes_engine, image, fixed_scene(colour="blue"), INFINITE, "", rounds=1)
+    result = refine_image(
+        shapes_engine, image, fixed_scene(colour="blue"), "(red:1.2),\ncircle", "x" * 10_000, rounds=1
+    )
     assert result.rounds and all("inf" not in r.prompt for r in result.rounds)
     assert result.rounds[0].prompt == "(red:1.2),\ncircle"
