@@ -45,7 +45,10 @@ def txt2img(
         raise WebuiError(
             f"{_shown(url)}: answer has no 'images' list; is this a stable-diffusion-webui started with --api?"
         )
-    return [decode_image(item) for item in images]
+    try:
+        return [decode_image(item) for item in images]
+    except WebuiError as error:
+        raise WebuiError(f"{_shown(url)}: {error}") from None
 
 
 def decode_image(item: str) -> bytes:

@@ -156,6 +156,17 @@ def png_bomb(side: int) -> str:
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n0 0 moveto 8 8 lineto stroke\n%%EOF\n"
 
 
+@pytest.mark.parametrize(
+    "images, problem",
+    [(None, "answer has no 'images' list"), ([7], "image in the answer is int"), (["not base64!"], "not valid base64")],
+)
+def test_an_answer_without_usable_images_is_one_line_naming_the_server(images, problem):
+    with raw_server(json_answer({"images": images})) as url:
+        with pytest.raises(WebuiError) as error:
+            WebuiHttpGenerator(url, 64, 64, timeout=10).generate("red", "", 0)
+    assert problem in one_line_naming(error, url)
+
+
 def test_an_image_bomb_is_refused_before_it_is_decoded():
     with raw_server(json_answer({"images": [png_bomb(40_000)]})) as url:
         with pytest.raises(WebuiError) as error:
