@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from . import prompt_style
+from . import prompt_style, torch_versions
 from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS, check_supported
 from .checkpoint_family import detect_checkpoint
@@ -145,6 +145,10 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    mismatch = torch_versions.mismatch()  # before any command: a mixed pip install fails at the first model
+    if mismatch:
+        print(f"error: {mismatch}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
     if argv[:1] == ["calibrate"]:  # `easy-diffuser calibrate FOLDER ...`: its own parser
         from .calibration.cli import main as calibrate_main
 

@@ -23,8 +23,8 @@ from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError, load_image
 from .models import DEFAULT_MODEL
-from .options import OPTIONS, REFINE_OPTIONS, ExtractOptions, RefineOptions, add_argument
-from .refine import SCORE_HELP, Refinement, Round, refine
+from .options import OPTIONS, PROMPT_OPTION, REFINE_OPTIONS, ExtractOptions, OptionError, RefineOptions, add_argument
+from .refine import SCORE_HELP, Refinement, Round, checked_pair, refine
 from .scoring import NonFiniteScores
 
 CHECK_ONLY = {"rounds", "seeds"}  # Check is round 0 on one seed: these flags are refine's
@@ -45,8 +45,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         "http://127.0.0.1:7860) or the URL of one",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name, ARCH/TAG, model folder or checkpoint")
-    parser.add_argument("--prompt", default=None, help="the prompt to start from (default: extracted from IMAGE)")
-    parser.add_argument("--negative-prompt", default=None, help="the negative prompt to start from")
+    for option in PROMPT_OPTION.values():
+        extracted = " (default: extracted from IMAGE)" if option.name == "prompt" else ""
+        parser.add_argument(
+            option.flag, default=None, help=f"{option.help}{extracted}; at most {option.maximum:,.0f} characters"
+        )
     parser.add_argument("--json", action="store_true", help="print one JSON object: the rounds and the best pair")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument(
@@ -68,13 +71,18 @@ def main(command: str, argv: Sequence[str]) -> int:
     if command == "check":
         settings = replace(settings, rounds=0, seeds=1)
     try:
+        checked_pair(args.prompt or "", args.negative_prompt or "")
+    except OptionError as error:  # one line, as the HTTP route's 422 says it
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    try:
         image = load_image(args.image)
     except ImageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_IMAGE_FAILED
     try:
-        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
         generator = make_generator(args.generator, settings.width, settings.height, settings.steps)
+        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED

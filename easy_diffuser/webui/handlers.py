@@ -22,7 +22,7 @@ from ..engine import Engine
 from ..errors import ModelError
 from ..images import ImageError
 from ..options import CAPTION_OPTION, ExtractOptions, OptionError, RefineOptions
-from ..refine import Refinement, Round, refine
+from ..refine import Refinement, Round, checked_pair, refine
 from ..scoring import NonFiniteScores
 from . import controls, markup
 from .http_api import NoGenerator
@@ -277,6 +277,7 @@ class Handlers:
         try:
             names = ("rounds", "seeds", "width", "height", "steps")
             options = RefineOptions(**{name: int(value) for name, value in zip(names, settings)})
+            checked_pair(prompt, negative)
         except (OptionError, TypeError, ValueError) as error:
             problem = problem or str(error)
         if problem:

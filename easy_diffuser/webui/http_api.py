@@ -38,6 +38,7 @@ from ..engine import Engine, Extraction
 from ..errors import ModelError, ModelFileError
 from ..images import ImageError, load_image
 from ..options import ExtractOptions, OptionError, RefineOptions, schema_help
+from ..refine import checked_pair
 from ..refine import refine as refine_pair
 from ..registry import model_info
 from ..scoring import NonFiniteScores
@@ -306,7 +307,12 @@ def _parse_refine(body: dict, choices: List[str]) -> tuple[Any, str, str, Option
             status_code=422, detail="prompt, negative_prompt: the pair to check, as text (prompt is required)"
         )
     _check_model(model, choices)
-    return _decode_image(image_text), prompt, negative, model, _options(RefineOptions.from_mapping, fields)
+    options = _options(RefineOptions.from_mapping, fields)
+    try:
+        prompt, negative = checked_pair(prompt, negative)  # a 4 MB prompt would hold the generation queue
+    except OptionError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    return _decode_image(image_text), prompt, negative, model, options
 
 
 def _check_model(model: Any, choices: List[str]) -> None:

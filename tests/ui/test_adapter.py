@@ -296,6 +296,25 @@ def test_no_image_and_bad_weights_are_messages(webui, red_circle, tmp_path):
     assert "easy-diffuser-error" in status and "missing.safetensors" in status
 
 
+@pytest.mark.parametrize(
+    "prompt, negative, message",
+    [
+        ("red, " * 2001, "", "prompt: must be text of at most 10,000 characters"),
+        ("red", "(blue:1" + "0" * 400 + ")", "negative_prompt: the weight of (blue:1000"),
+    ],
+)
+def test_check_refuses_what_the_schema_refuses_in_the_status_before_generating(
+    webui, red_circle, monkeypatch, prompt, negative, message
+):
+    from PIL import Image
+
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})
+    before = len(processing.calls)
+    answers = list(webui().check(Image.open(red_circle), prompt, negative, 0, 1, 64, 64, 4, progress=Progress()))
+    assert len(answers) == 1 and "easy-diffuser-error" in answers[0][1] and message in answers[0][1]
+    assert len(processing.calls) == before
+
+
 def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts_and_the_status(webui, red_circle):
     from PIL import Image
 
@@ -624,3 +643,21 @@ def test_a_broken_kind_plugin_leaves_the_webui_working(webui, red_circle, monkey
         assert "'impostor'" in warnings[1] and "not a subclass" in warnings[1]
     finally:
         registry.kinds.cache_clear()
+
+
+def test_a_mismatched_torchvision_is_one_line_when_the_webui_loads_the_extension(tmp_path):
+    """As tests/test_torch_versions.py does for the commands: a stand-in torchvision that fails to import as one
+    built for another torch does, first on the path of a webui process that loads the extension."""
+    from test_torch_versions import NMS, expected_line, run
+
+    stand_in = tmp_path / "stand-in" / "torchvision"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(f"raise RuntimeError({NMS!r})\n")
+    load = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'tests/ui'); import webui_host; "
+        f"module = webui_host.load_extension([], Path({str(tmp_path)!r})); print(type(module.extension).__name__)"
+    )
+    done = run(sys.executable, ["-c", load], stand_in.parent)
+    assert done.returncode == 0 and done.stdout.strip().endswith("Extension"), done.stderr[-2000:]  # still loads
+    lines = [line for line in done.stderr.splitlines() if "torchvision" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"Easy Diffuser: {expected_line()}")
