@@ -220,7 +220,7 @@ def placed_folder(model_id: str, cache_dir: str | os.PathLike | None = None) -> 
 def check_supported(spec: str) -> None:
     """Before anything is loaded or downloaded: ModelError when this host can't run the captioner `spec`
     (no transformers, or one too old for its class). Other Hub ids are checked once their config.json is read."""
-    _require_transformers()
+    _require_transformers(spec)
     if spec in CAPTIONERS:
         require_architecture(CAPTIONERS[spec].model_type, spec)
 
@@ -246,9 +246,20 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
         raise ModelError(
             f"cannot get captioner {spec} ({type(error).__name__}: {first_line(error)}). "
             f"Without network: download the files of https://huggingface.co/{spec} (config.json, the .safetensors "
-            f"weights and their index, the tokenizer, preprocessor and chat template files) into {placed}, "
+            f"weights{_files_to_place(spec)}) into {placed}, "
             "or pass a local model folder as the captioner"
         ) from error
+
+
+def _files_to_place(spec: str) -> str:
+    """What a captioner's repository holds besides config.json and the weights: a describer (Qwen2-VL) has its
+    weights in shards with an index, and a chat template; BLIP and GIT have neither."""
+    describes = CAPTIONERS[spec].describes if spec in CAPTIONERS else None
+    if describes:
+        return " and their index, the tokenizer, preprocessor and chat template files"
+    if describes is None:  # an unlisted Hub id: its kind is known only from its config.json
+        return ", the tokenizer and preprocessor files, and for a describer the weights' index and chat template"
+    return ", the tokenizer and preprocessor files"
 
 
 _loaded: LoadOnce[Captioner] = LoadOnce(_load)
@@ -406,14 +417,26 @@ def _cap_resolution(image_processor: Any) -> None:
                 size[key] = DESCRIBER_MAX_PIXELS
 
 
-def _require_transformers() -> None:
-    """transformers is an optional extra: say how to get it rather than fail as a missing model."""
+def _require_transformers(spec: str) -> None:
+    """transformers is an optional extra: say how to get it, and which release the captioner `spec` needs."""
     try:
         import transformers  # noqa: F401
     except ImportError:
         raise ModelError(
-            "captions need the transformers package: pip install 'easy-diffuser[caption]' (or transformers>=4.30.2)"
+            f"captions need the transformers package: pip install 'easy-diffuser[caption]' ({_transformers_for(spec)})"
         ) from None
+
+
+def _transformers_for(spec: str) -> str:
+    """The first transformers that has the captioner's class, as a pip requirement: "transformers>=4.45.0"."""
+    if spec in CAPTIONERS:
+        return f"{spec} needs transformers>={ARCHITECTURES[CAPTIONERS[spec].model_type].since}"
+
+    def first(describes: bool) -> str:  # without packaging, which may be missing with transformers
+        since = [a.since for a in ARCHITECTURES.values() if a.describes == describes]
+        return min(since, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+    return f"transformers>={first(False)} for BLIP and GIT, transformers>={first(True)} for Qwen2-VL"
 
 
 def compose(

@@ -25,14 +25,22 @@ from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError
 from .models import DEFAULT_MODEL
-from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, add_argument
+from .options import (
+    CAPTION_OPTIONS,
+    DEFAULT_CAPTIONER,
+    OPTIONS,
+    CaptionOptions,
+    CommandLineParser,
+    ExtractOptions,
+    add_argument,
+)
 from .records import RecordsError, RecordWriter, absolute, error_record, record
 from .registry import kind_for, list_models
 from .scoring import NonFiniteScores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="easy-diffuser",
         description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
         epilog="other commands:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "

@@ -72,8 +72,7 @@ class Extraction:
         }
         data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
         data.update(prompt_style=self.prompt_style, prompt_style_note=self.style_note)
-        if self.preset:
-            data["preset"] = self.preset.status
+        data["preset"] = self.preset.status if self.preset else None  # null for CLIP, as the HTTP answer says
         if self.source:
             data["source"] = self.source
         return data

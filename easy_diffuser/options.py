@@ -14,9 +14,10 @@ import argparse
 import math
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NoReturn, Optional
 
 from .checkpoint_family import TOKEN_BUDGET
+from .exit_codes import EXIT_SETUP_FAILED
 from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
 from .images import IMAGE_SUFFIXES
@@ -114,7 +115,7 @@ class Option:
         return self.check(value)
 
     def argument_type(self) -> Callable[[str], Any]:
-        """`parse` as an argparse `type=`: a bad value is argparse's one-line usage error, which names the flag."""
+        """`parse` as an argparse `type=`: a bad value is CommandLineParser's one-line error, which names the flag."""
 
         def parse(text: str) -> Any:
             try:
@@ -577,6 +578,13 @@ def schema_help() -> dict[str, Any]:
             "fields": {option.name: describe(option) for option in (*PROMPT_OPTIONS, *REFINE_OPTIONS)},
         },
     }
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag costs one line naming it, not argparse's whole usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_SETUP_FAILED, f"{self.prog}: error: {message} (all options: {self.prog} --help)\n")
 
 
 def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> None:
