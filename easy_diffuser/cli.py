@@ -19,11 +19,21 @@ from . import prompt_style
 from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS, check_supported
 from .checkpoint_family import detect_checkpoint
+from .describe_server import API_KEY_VARIABLE, ServerError, server_describer
 from .engine import Engine, Extraction
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError
 from .models import DEFAULT_MODEL, REGISTRY, ModelError, default_device
-from .options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTIONS, CaptionOptions, ExtractOptions, add_argument
+from .options import (
+    CAPTION_OPTIONS,
+    DEFAULT_CAPTIONER,
+    OPTIONS,
+    SERVER_OPTIONS,
+    CaptionOptions,
+    ExtractOptions,
+    ServerOptions,
+    add_argument,
+)
 from .records import RecordsError, RecordWriter, absolute, error_record, record
 from .tagger import is_tagger
 
@@ -108,6 +118,13 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for option in CAPTION_OPTIONS:
         add_argument(group, option, f"caption_{option.name}")
+    server = parser.add_argument_group(
+        "VLM server",
+        "descriptions from an OpenAI-compatible server in place of a captioner in this process (docs/vlm-server.md); "
+        f"the images are sent to it; its API key, if it wants one, from the environment variable {API_KEY_VARIABLE}",
+    )
+    for option in SERVER_OPTIONS:
+        add_argument(server, option, f"caption_{option.name}")
     group.add_argument(
         "--checkpoint",
         default=None,
@@ -131,6 +148,11 @@ def options_from(args: argparse.Namespace) -> ExtractOptions:
             args.caption, **{option.name: getattr(args, f"caption_{option.name}") for option in CAPTION_OPTIONS}
         )
     return ExtractOptions(**{option.name: getattr(args, option.name) for option in OPTIONS}, caption=caption)
+
+
+def server_from(args: argparse.Namespace) -> ServerOptions:
+    """The VLM server flags (url empty: none)."""
+    return ServerOptions(**{option.name: getattr(args, f"caption_{option.name}") for option in SERVER_OPTIONS})
 
 
 def _positive(text: str) -> int:
@@ -157,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = None
     try:
         options = options_from(args)
+        describer = server_describer(server_from(args))  # None without --caption-url: nothing is sent
         target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
         # The style and the captioner it runs, known before any download (booru is a tagger's: it runs none).
         style = (
@@ -167,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
             return ray_main(args, options, style, target)
-        if captioner:
+        if captioner and describer:
+            describer.check()  # a server that is down or refuses the key: one line before any model loads
+        elif captioner:
             check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,
@@ -176,9 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
         )
-        engine.target = target
+        engine.target, engine.describer = target, describer
         style = engine.style(options)  # booru on a CLIP model is refused here, once the model is known
-        if style.caption:
+        if style.caption and not describer:
             engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
         records = RecordWriter(args.output, args.overwrite) if args.output else None
@@ -222,7 +247,7 @@ def _run_image(
 ) -> bool:
     try:
         result = engine.extract(path, options, name=str(path))
-    except ImageError as error:
+    except (ImageError, ServerError) as error:  # the image, or the server on this image
         print(f"error: {error}", file=sys.stderr)
         if records:
             records.write([error_record(absolute(path), str(error), engine.model_id)])

@@ -127,6 +127,8 @@ def run(
     writer = _Writer(outcome, records, engine.model_id, on_result)
     done = 0
     captioned = engine.style(options).caption is not None  # the captioner needs the decoded image
+    if captioned and engine.describer:  # a batch's descriptions are asked at once: fill the server's concurrency
+        batch_size = max(batch_size, engine.describer.server.concurrency)
     prepared = _prepare_in_order(tasks, preprocessor, captioned, workers or default_workers(), 4 * batch_size)
     try:
         for batch in _batches(prepared, batch_size):
@@ -134,12 +136,13 @@ def run(
                 outcome.stopped = True
                 break
             good = [item for item in batch if not item.error]
+            if good:
+                good, results = _extract(engine, preprocessor, good, options)  # a failed description: that image's
+                writer.put(good, results)
             for item in batch:
                 if item.error:
                     outcome.failed.append((item.task.path, item.error))
                     writer.put_errors([item])
-            if good:
-                writer.put(good, _extract(engine, preprocessor, good, options))
             done += len(batch)
             if progress:
                 progress(done, len(tasks))
@@ -152,11 +155,24 @@ def run(
 
 def _extract(
     engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
-) -> list[Extraction]:
+) -> tuple[list[Prepared], list[Extraction]]:
+    """(the images extracted, their results); an image the server could not describe gets its `error` instead."""
     caption = engine.style(options).caption
-    captions = engine.caption([item.image for item in batch], caption) if caption else []
     embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
-    return engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
+    images = [item.image for item in batch]
+    if not caption:
+        captions = []
+    elif engine.describer is None:
+        captions = engine.caption(images, caption)
+    else:  # a server: the batch's descriptions asked at once, each image's failure its own
+        described = engine.describer.caption_each(images, caption, engine.grounding(embeddings, options))
+        for item, text in zip(batch, described):
+            item.error = "" if isinstance(text, str) else f"{item.task.path}: {text}"
+        kept = [index for index, item in enumerate(batch) if not item.error]
+        batch, embeddings, captions = [batch[i] for i in kept], embeddings[kept], [described[i] for i in kept]
+        if not batch:
+            return [], []
+    return batch, engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
 
 
 def _prepare(task: Task, preprocessor: Preprocessor, keep_image: bool) -> Prepared:
