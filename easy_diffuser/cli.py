@@ -186,13 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             None if options.prompt_style == "booru" else prompt_style.resolve(options, target, is_tagger(args.model))
         )
         captioner = style.caption if style else None
+        if captioner and describer:
+            describer.check()  # a server that is down or refuses the key: one line before any model loads
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options, style, target)
-        if captioner and describer:
-            describer.check()  # a server that is down or refuses the key: one line before any model loads
-        elif captioner:
+            return ray_main(args, options, style, target, describer)
+        if captioner and not describer:
             check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,

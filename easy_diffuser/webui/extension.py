@@ -21,7 +21,14 @@ if TYPE_CHECKING:  # the host imports the webui: only the script makes one
 class Extension:
     def __init__(self, host: WebuiHost) -> None:
         self.host = host
-        self.service = Service(host.resolve_model, host.weights_folder, host.placement, host.queued, host.checkpoint)
+        self.service = Service(
+            host.resolve_model,
+            host.weights_folder,
+            host.placement,
+            host.queued,
+            host.checkpoint,
+            lambda: settings.describer(host.opts),  # read at every use: Settings may change it at any time
+        )
         self.handlers = Handlers(host, self.service)
 
     def on_ui_settings(self) -> None:
