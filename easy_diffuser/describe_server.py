@@ -95,17 +95,17 @@ class ServerDescriber:
     ) -> list[str | ServerError]:
         """Each image's paragraph, or its ServerError; at most `concurrency` requests at once."""
         tags = list(tags) or [""] * len(images)
-
-        def one(index: int) -> str | ServerError:
-            try:
-                return self.caption(images[index], options, tags[index])
-            except ServerError as error:
-                return error
-
         if len(images) <= 1:
-            return [one(index) for index in range(len(images))]
+            return [self.describe(image, options, text) for image, text in zip(images, tags)]
         with ThreadPoolExecutor(min(self.server.concurrency, len(images)), thread_name_prefix="describe") as pool:
-            return list(pool.map(one, range(len(images))))
+            return list(pool.map(self.describe, images, [options] * len(images), tags))
+
+    def describe(self, image: Image.Image, options: CaptionOptions, tags: str = "") -> str | ServerError:
+        """caption(), its ServerError returned rather than raised (a folder's failure is that image's)."""
+        try:
+            return self.caption(image, options, tags)
+        except ServerError as error:
+            return error
 
     def caption_all(
         self, images: Sequence[Image.Image], options: CaptionOptions = CaptionOptions(), tags: Sequence[str] = ()

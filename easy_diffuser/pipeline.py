@@ -127,52 +127,93 @@ def run(
     writer = _Writer(outcome, records, engine.model_id, on_result)
     done = 0
     captioned = engine.style(options).caption is not None  # the captioner needs the decoded image
-    if captioned and engine.describer:  # a batch's descriptions are asked at once: fill the server's concurrency
-        batch_size = max(batch_size, engine.describer.server.concurrency)
     prepared = _prepare_in_order(tasks, preprocessor, captioned, workers or default_workers(), 4 * batch_size)
+    # A VLM server describes in a pool of its concurrency while the model goes on with the next batches: `ahead`
+    # batches in flight keep at least twice that many images asked or waiting, so the server is never idle.
+    concurrency = engine.describer.server.concurrency if captioned and engine.describer else 0
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="describe") if concurrency else None
+    ahead = -(-2 * concurrency // batch_size)
+    in_flight: deque[tuple[int, Finish]] = deque()
     try:
         for batch in _batches(prepared, batch_size):
             if should_stop():
                 outcome.stopped = True
                 break
             good = [item for item in batch if not item.error]
-            if good:
-                good, results = _extract(engine, preprocessor, good, options)  # a failed description: that image's
-                writer.put(good, results)
-            for item in batch:
-                if item.error:
-                    outcome.failed.append((item.task.path, item.error))
-                    writer.put_errors([item])
-            done += len(batch)
+            _failed(batch, writer, outcome)
+            in_flight.append((len(batch), _extract(engine, preprocessor, good, options, pool)))
+            while len(in_flight) > ahead:
+                done += _finish(*in_flight.popleft(), writer, outcome)
+                if progress:
+                    progress(done, len(tasks))
+        while in_flight:
+            done += _finish(*in_flight.popleft(), writer, outcome)
             if progress:
                 progress(done, len(tasks))
     finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
         prepared.close()  # cancels decoding nobody will use
         writer.close()  # every result handed over is written before we return
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
+# A batch's results once its descriptions are in: (images extracted, their results, images that failed).
+Finish = Callable[[], tuple[list["Prepared"], list[Extraction], list["Prepared"]]]
+
+
+def _finish(size: int, finish: Finish, writer: "_Writer", outcome: Outcome) -> int:
+    """Hand a batch's results to the writer; its size, for the progress."""
+    extracted, results, failed = finish()
+    if extracted:
+        writer.put(extracted, results)
+    _failed(failed, writer, outcome)
+    return size
+
+
+def _failed(items: list[Prepared], writer: "_Writer", outcome: Outcome) -> None:
+    for item in items:
+        if item.error:
+            outcome.failed.append((item.task.path, item.error))
+            writer.put_errors([item])
+
+
 def _extract(
-    engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
-) -> tuple[list[Prepared], list[Extraction]]:
-    """(the images extracted, their results); an image the server could not describe gets its `error` instead."""
+    engine: Engine,
+    preprocessor: Preprocessor,
+    batch: list[Prepared],
+    options: ExtractOptions,
+    pool: ThreadPoolExecutor | None,
+) -> Finish:
+    """The batch through the model now; its results once a server (in `pool`) has described it. An image the
+    server could not describe gets its `error` and is among the failed."""
+    if not batch:
+        return lambda: ([], [], [])
     caption = engine.style(options).caption
     embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
-    images = [item.image for item in batch]
-    if not caption:
-        captions = []
-    elif engine.describer is None:
-        captions = engine.caption(images, caption)
-    else:  # a server: the batch's descriptions asked at once, each image's failure its own
-        described = engine.describer.caption_each(images, caption, engine.grounding(embeddings, options))
+    names = [str(item.task.path) for item in batch]
+    if pool is None or engine.describer is None or caption is None:
+        captions = engine.caption([item.image for item in batch], caption) if caption else []
+        results = engine.extract_embeddings(embeddings, options, names, captions)
+        return lambda: (batch, results, [])
+    tags = engine.grounding(embeddings, options) or [""] * len(batch)
+    describe = engine.describer.describe
+    asked = [pool.submit(describe, item.image, caption, text) for item, text in zip(batch, tags)]
+
+    def finish() -> tuple[list[Prepared], list[Extraction], list[Prepared]]:
+        described = [future.result() for future in asked]
         for item, text in zip(batch, described):
             item.error = "" if isinstance(text, str) else f"{item.task.path}: {text}"
         kept = [index for index, item in enumerate(batch) if not item.error]
-        batch, embeddings, captions = [batch[i] for i in kept], embeddings[kept], [described[i] for i in kept]
-        if not batch:
-            return [], []
-    return batch, engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
+        failed = [item for item in batch if item.error]
+        if not kept:
+            return [], [], failed
+        captions = [described[index] for index in kept]
+        results = engine.extract_embeddings(embeddings[kept], options, [names[index] for index in kept], captions)
+        return [batch[index] for index in kept], results, failed
+
+    return finish
 
 
 def _prepare(task: Task, preprocessor: Preprocessor, keep_image: bool) -> Prepared:
