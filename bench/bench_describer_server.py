@@ -6,7 +6,7 @@ with shapes-demo as the CLIP model, at each concurrency; the ideal is `images x 
 server's waits overlap the folder's own work (decoding, CLIP, writing), so the run can't beat the larger of the
 ideal and that work's time, measured first without a server: `bound`.
 
-    python bench/bench_describer_server.py                          # 200 images, 0.1 s each, concurrency 1 4 8
+    python bench/bench_describer_server.py                          # 200 images, 0.5 s each, concurrency 1 4 8
     python bench/bench_describer_server.py --images 400 --delay 0.25 --concurrency 1 2 4 8 16
 """
 
@@ -45,7 +45,7 @@ def run(engine: Engine, folder: Path, options: ExtractOptions) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--delay", type=float, default=0.1, help="seconds the stand-in server takes an image")
+    parser.add_argument("--delay", type=float, default=0.5, help="seconds the stand-in server takes an image")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
