@@ -169,18 +169,20 @@ class ServerDescriber:
         try:
             answer = json.loads(reply)
         except (ValueError, RecursionError):
-            raise self._error(f"answered HTTP {status} with something that is not JSON: {_quoted(reply)}") from None
+            raise self._error(
+                f"answered HTTP {status} with something that is not JSON: {self._quoted(reply)}"
+            ) from None
         if status in (401, 403):
             raise self._error(self._refused_key(status))
         problem = answer.get("error") if isinstance(answer, dict) else None
         if problem:
             message = problem.get("message", problem) if isinstance(problem, dict) else problem
-            raise self._error(f"answered with an error (HTTP {status}): {_quoted(str(message))}")
+            raise self._error(f"answered with an error (HTTP {status}): {self._quoted(str(message))}")
         if status != 200:
-            raise self._error(f"answered HTTP {status}: {_quoted(reply)}")
+            raise self._error(f"answered HTTP {status}: {self._quoted(reply)}")
         text = _content(answer)
         if text is None:
-            raise self._error(f"answered without choices[0].message.content: {_quoted(reply)}")
+            raise self._error(f"answered without choices[0].message.content: {self._quoted(reply)}")
         paragraph = whole_sentences(" ".join(text.split()))
         if not paragraph:
             raise self._error("answered with an empty description")
@@ -191,11 +193,17 @@ class ServerDescriber:
         return f"{have} (HTTP {status}); set {API_KEY_VARIABLE} (or the webui's setting) to the server's key"
 
     def _error(self, problem: str) -> ServerError:
-        """One line naming the server, the key blanked out wherever the server's own text is quoted."""
-        message = f"VLM server {self.server.url}: {problem}"
+        """One line naming the server."""
+        return ServerError(" ".join(f"VLM server {self.server.url}: {problem}".split()))
+
+    def _quoted(self, text: bytes | str) -> str:
+        """The server's own text, short, as a message quotes it: the key blanked out first (a server may echo
+        the request's headers), so that no cut leaves a part of it."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
         if self.api_key:
-            message = message.replace(self.api_key, "***")
-        return ServerError(" ".join(message.split()))
+            text = text.replace(self.api_key, "***")
+        return repr(shown_text(" ".join(text.split())))
 
 
 class _TooLarge(Exception):
@@ -242,12 +250,6 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, (socket.timeout, TimeoutError)):
         return f"no connection within {CONNECT_TIMEOUT:g} s"
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
-
-
-def _quoted(text: bytes | str) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return repr(shown_text(" ".join(text.split())))
 
 
 def image_data_uri(image: Image.Image) -> str:

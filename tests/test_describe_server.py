@@ -218,6 +218,17 @@ def test_a_wrong_key_is_refused_in_one_line_that_does_not_hold_it(image):
     assert "refused the API key (HTTP 401)" in one_line_naming(error, server.url) and KEY not in str(error.value)
 
 
+def test_a_long_key_the_server_echoes_is_blanked_before_the_message_is_cut(image):
+    """A message quotes 60 characters of the server's text: cut first, the key's head would be left in it."""
+    key = "sk-" + "0123456789abcdef" * 5
+    with StandInServer(mode="echo-key") as server:
+        with pytest.raises(ServerError) as error:
+            describer(server.url, key).caption(image)
+    message = one_line_naming(error, server.url)
+    assert "'rejected Bearer ***'" in message
+    assert not any(key[start : start + 8] in message for start in range(len(key) - 8))
+
+
 # The engine: the same prompt style logic as an in-process describer
 
 
