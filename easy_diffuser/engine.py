@@ -20,7 +20,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -44,6 +44,9 @@ from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
 from .tag_text import tag_list
 from .vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from .describe_server import ServerDescriber
 
 DEFAULT_TAU = 1.0
 __all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
@@ -107,6 +110,9 @@ class Engine:
         # checkpoint changes; the CLI and Ray from --checkpoint.
         self.target: Detected | None = None
         self.t5_tokens: prompt_style.TokenCounter = prompt_style.t5_token_bound  # the host's T5 tokenizer if it has one
+        # A VLM server that describes in place of any in-process captioner (describe_server.py): set by the surfaces
+        # from --caption-url or the webui's settings; None: nothing is sent anywhere.
+        self.describer: ServerDescriber | None = None
 
     @property
     def model_id(self) -> str:
@@ -138,8 +144,8 @@ class Engine:
     ) -> tuple[list[Extraction], torch.Tensor]:
         """extract_many, and the images' features, from which a re-selection needs no model pass."""
         caption = self.style(options).caption
-        captions = self.caption(images, caption) if caption else []
-        embeddings = self.encode(images)
+        embeddings = self.encode(images)  # first: a server's instruction may hold the image's tags
+        captions = self.caption(images, caption, self.grounding(embeddings, options)) if caption else []
         return self.extract_embeddings(embeddings, options, names, captions), embeddings
 
     def encode(self, images: Sequence) -> torch.Tensor:
@@ -172,6 +178,7 @@ class Engine:
             tau_source = "set by the caller"
         style = self.style(options)
         preset = self.kind.preset(options, self.target)
+        note = prompt_style.status(style) + (f"; {self.describer.status}" if style.caption and self.describer else "")
         results = []
         for index, scores in enumerate(self.scorer.scores(image_embeddings)):
             tags = select(scores, self.vocabulary, self.scorer.twins, self.token_costs, selection)
@@ -182,7 +189,7 @@ class Engine:
             prompt, negative = framed(preset, prompt, negative, tags)
             source = names[index] if index < len(names) else ""
             result = Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
-            result = replace(result, prompt_style=style.name, style_note=prompt_style.status(style), preset=preset)
+            result = replace(result, prompt_style=style.name, style_note=note, preset=preset)
             results.append(result)
         return results
 
@@ -219,8 +226,11 @@ class Engine:
         """The prompt style the options mean for `self.target`, with the captioner it runs."""
         return prompt_style.resolve(options, self.target, self.kind.writes)
 
-    def caption(self, images: Sequence, options: CaptionOptions) -> list[str]:
-        """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM."""
+    def caption(self, images: Sequence, options: CaptionOptions, tags: Sequence[str] = ()) -> list[str]:
+        """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM.
+        A server describes instead when one is set (`tags`: each image's, for its instruction)."""
+        if self.describer is not None:  # nothing of it on this machine: no lock while the server answers
+            return self.describer.caption_all(images, options, tags)
         with self._lock:
             captioner = self.captioner(options.model)
             try:
@@ -228,6 +238,14 @@ class Engine:
             finally:
                 if not self.keep_in_vram and captioner.device.type != "cpu":
                     captioner.to("cpu")
+
+    def grounding(self, embeddings: torch.Tensor, options: ExtractOptions) -> list[str]:
+        """Each image's positive tags as text, for a server whose instruction asks for them; else none."""
+        if self.describer is None or not self.describer.grounded:
+            return []
+        untagged = replace(options, caption=None, prompt_style="tags")  # the tags alone: no caption, no preset
+        results = self.extract_embeddings(embeddings, untagged)
+        return [", ".join(tag.tag for tag in result.tags if tag.role == "positive") for result in results]
 
     def _with_caption(
         self, caption: str, tags: list[TagScore], options: ExtractOptions, style: prompt_style.Style

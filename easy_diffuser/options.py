@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, NoReturn, Optional
+from urllib.parse import urlsplit
 
 from .checkpoint_family import TOKEN_BUDGET
 from .exit_codes import EXIT_SETUP_FAILED
@@ -75,7 +76,9 @@ class Option:
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
     choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
-    text: bool = False  # for kind str: free text of at most `maximum` characters (a prompt), lines allowed
+    text: str = "comma-separated tags"  # for kind str without choices: what the text is, as messages say it
+    metavar: str = "TAGS"  # for kind str without choices: the command line's placeholder
+    free_text: bool = False  # for kind str: text of at most `maximum` characters (a prompt), lines allowed
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
@@ -85,7 +88,7 @@ class Option:
             if not isinstance(value, str) or value.strip().lower() not in self.choices:
                 raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
             return value.strip().lower()
-        if self.text:
+        if self.free_text:
             if (
                 not isinstance(value, str)
                 or len(value) > self.maximum
@@ -131,10 +134,10 @@ class Option:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
         if self.choices:
             return f"must be one of {', '.join(self.choices)}"
-        if self.text:
+        if self.free_text:
             return f"must be text of at most {self.maximum:,.0f} characters (no control characters but line breaks)"
         if self.kind is str:
-            return f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
+            return f"must be {self.text}, at most {MAX_TAG_LIST} printable characters"
         kind = "a whole number" if self.kind is int else "a number"
         automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
@@ -327,6 +330,68 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
 OPTION = {option.name: option for option in OPTIONS}
 CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
 
+# -- A VLM server that describes the images (describe_server.py): the host's setting, not a request's --
+TAGS_PLACEHOLDER = "{tags}"  # in the instruction: the image's own positive tags, so the description is grounded
+DEFAULT_INSTRUCTION = (
+    "Describe this image in one detailed paragraph to be used as a prompt for Stable Diffusion or Flux: the "
+    "subject, the setting, the style or medium, the lighting and colours, and the composition. Write plain "
+    "sentences, no lists and no preamble. A tagger saw these tags; use those that are right: {tags}"
+)
+SERVER_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "url",
+        str,
+        "",
+        "an OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp) that describes the images, which are "
+        "SENT TO IT: its API base, e.g. http://127.0.0.1:11434/v1; empty: no server, nothing is sent anywhere",
+        "VLM server URL (images are sent to it; empty: none)",
+        "--caption-url",
+        text="an http:// or https:// URL",
+        metavar="URL",
+    ),
+    Option(
+        "server_model",
+        str,
+        "",
+        "the model the server describes with, as the server names it (e.g. qwen2.5vl:7b)",
+        "VLM server model",
+        "--caption-server-model",
+        text="a model name",
+        metavar="NAME",
+    ),
+    Option(
+        "instruction",
+        str,
+        DEFAULT_INSTRUCTION,
+        f"what the server is asked about each image; {TAGS_PLACEHOLDER} is replaced by the image's tags",
+        "VLM server instruction ({tags}: the image's tags)",
+        "--caption-instruction",
+        text="one line of text",
+        metavar="TEXT",
+    ),
+    Option(
+        "concurrency",
+        int,
+        4,
+        "descriptions asked of the server at once (a folder runs at the server's speed)",
+        "VLM server requests at once",
+        "--caption-concurrency",
+        1,
+        64,
+    ),
+    Option(
+        "timeout",
+        float,
+        120,
+        "seconds the server may take to answer one image (connecting may take 3)",
+        "VLM server timeout (seconds)",
+        "--caption-timeout",
+        1,
+        3600,
+    ),
+)
+SERVER_OPTION = {option.name: option for option in SERVER_OPTIONS}
+
 # -- Check and Refine by the round trip (refine.py): generate from a prompt pair, compare with the source --
 REFINE_OPTIONS: tuple[Option, ...] = (
     Option(
@@ -359,7 +424,18 @@ REFINE_OPTIONS: tuple[Option, ...] = (
 REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
 # The pair Check and Refine start from: the CLI's --prompt (default: extracted), HTTP's fields, the tab's boxes.
 PROMPT_OPTIONS: tuple[Option, ...] = (
-    Option("prompt", str, "", "the prompt to start from", "Prompt", "--prompt", 0, MAX_PROMPT_CHARS, text=True),
+    Option(
+        "prompt",
+        str,
+        "",
+        "the prompt to start from",
+        "Prompt",
+        "--prompt",
+        0,
+        MAX_PROMPT_CHARS,
+        free_text=True,
+        metavar="TEXT",
+    ),
     Option(
         "negative_prompt",
         str,
@@ -369,7 +445,8 @@ PROMPT_OPTIONS: tuple[Option, ...] = (
         "--negative-prompt",
         0,
         MAX_PROMPT_CHARS,
-        text=True,
+        free_text=True,
+        metavar="TEXT",
     ),
 )
 PROMPT_OPTION = {option.name: option for option in PROMPT_OPTIONS}
@@ -452,6 +529,39 @@ class CaptionOptions:
         if not isinstance(self.model, str) or not self.model.strip():
             raise OptionError("caption.model", f"must name a captioner, not {shown(self.model)}")
         _checked(self, CAPTION_OPTIONS, "caption.")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """A VLM server that describes images in place of an in-process captioner; `url` empty: none."""
+
+    url: str = SERVER_OPTION["url"].default
+    server_model: str = SERVER_OPTION["server_model"].default
+    instruction: str = SERVER_OPTION["instruction"].default
+    concurrency: int = SERVER_OPTION["concurrency"].default
+    timeout: float = SERVER_OPTION["timeout"].default
+
+    def __post_init__(self) -> None:
+        _checked(self, SERVER_OPTIONS, "caption_")
+        object.__setattr__(self, "url", self.url.strip().rstrip("/"))
+        if not self.url:
+            return
+        parts = urlsplit(self.url)
+        if not _is_http_url(self.url):
+            raise OptionError("caption_url", f"must be an http:// or https:// URL, not {shown(self.url)}")
+        if parts.username or parts.password:
+            raise OptionError("caption_url", "must not hold a user or password: put the key in EASY_DIFFUSER_API_KEY")
+        if not self.server_model.strip():
+            raise OptionError("caption_server_model", "must name the server's model (e.g. qwen2.5vl:7b) with a URL")
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 @dataclass(frozen=True)
@@ -555,8 +665,15 @@ def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        kind = "comma-separated tags" if option.kind is str else option.kind.__name__
-        kind = "choice" if option.choices else "text" if option.text else kind
+        kind = (
+            "choice"
+            if option.choices
+            else "text"
+            if option.free_text
+            else option.text
+            if option.kind is str
+            else option.kind.__name__
+        )
         entry = {"type": kind, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
@@ -594,7 +711,9 @@ def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> N
         return
     if option.kind is str and not option.choices:
         parse = option.argument_type()
-        group.add_argument(option.flag, dest=dest, type=parse, default=option.default, metavar="TAGS", help=option.help)
+        group.add_argument(
+            option.flag, dest=dest, type=parse, default=option.default, metavar=option.metavar, help=option.help
+        )
         return
     default = option.automatic or option.default
     accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"

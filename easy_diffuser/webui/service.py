@@ -15,6 +15,7 @@ import torch
 
 from ..captioner import unload_captioners
 from ..checkpoint_family import Detected
+from ..describe_server import ServerDescriber
 from ..embedding import ProgressFn
 from ..engine import Engine
 from ..kinds.base import Loaded
@@ -53,11 +54,13 @@ class Service:
         placement: Callable[[], Placement],
         exclusive: Callable[[Callable[[], T]], T],
         checkpoint: Callable[[], tuple[Optional[Detected], Optional[TokenCounter]]] = lambda: (None, None),
+        describer: Callable[[], Optional[ServerDescriber]] = lambda: None,
     ) -> None:
         self._resolve_model = resolve_model  # requested name (None: the configured one) -> model spec
         # The host's loaded checkpoint: what detection found (its family, name and metadata, which also pick a
         # tagger's preset), and its T5 tokenizer if it has one.
         self._checkpoint = checkpoint
+        self._describer = describer  # the VLM server the settings name now (None: none; ModelError: a bad setting)
         self._cache_dir = cache_dir
         self._placement = placement
         self._exclusive = exclusive
@@ -101,6 +104,7 @@ class Service:
                 self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
                 self._spec = spec
             self._engine.keep_in_vram = placement.keep_in_vram
+            self._engine.describer = self._describer()
             return work(self._aimed(self._engine))
         finally:
             placement.release(loaded)
