@@ -118,7 +118,7 @@ class TagTable:
 
 @dataclass
 class LoadedTagger(OnDevice):
-    """A timm tagger with everything needed to use it (the counterpart of models.LoadedModel)."""
+    """A timm tagger with everything needed to use it (the counterpart of clip_loading.LoadedClip)."""
 
     model_id: str
     model: torch.nn.Module
