@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from ..captioner import CAPTIONERS
+from ..captioner import CAPTIONERS, memory_note
 from ..options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, Option
 from ..registry import list_models
 from .http_api import DEFAULT_MAX_REQUEST_MB
@@ -34,6 +34,11 @@ class Setting:
 
 def slider_args(option: Option) -> dict[str, float]:
     return {"minimum": option.minimum, "maximum": option.maximum, "step": option.step}
+
+
+def _control(option: Option) -> tuple[Any, dict]:
+    """A choice (JoyCaption's mode and length) as a dropdown, a number as a slider over its range."""
+    return (gr.Dropdown, {"choices": list(option.choices)}) if option.choices else (gr.Slider, slider_args(option))
 
 
 def definitions(forced_model: Optional[str]) -> list[Setting]:
@@ -59,11 +64,18 @@ def definitions(forced_model: Optional[str]) -> list[Setting]:
         Setting(
             "caption",
             False,
-            "Caption the image before the tags (BLIP, GIT or Qwen2-VL; needs transformers, which the webui has)",
+            "Caption the image before the tags (BLIP, GIT, Qwen2-VL or JoyCaption; needs transformers, which the "
+            "webui has)",
         ),
-        Setting("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)}),
+        Setting(
+            "caption_model",
+            DEFAULT_CAPTIONER,
+            f"Captioner ({memory_note()})",
+            gr.Dropdown,
+            {"choices": list(CAPTIONERS)},
+        ),
         *(
-            Setting(f"caption_{option.name}", option.default, option.label, gr.Slider, slider_args(option))
+            Setting(f"caption_{option.name}", option.default, option.label, *_control(option))
             for option in CAPTION_OPTIONS
         ),
         Setting("round_trip_save", False, "Save the images Check and Refine generate to the txt2img outputs folder"),
