@@ -172,6 +172,33 @@ def test_low_vram_sends_the_sd_model_to_the_cpu_first_and_ours_back_after(webui,
     assert loaded.moves[-1][0] == devices.cpu and devices.gc_calls == gc_before + 1
 
 
+@pytest.mark.parametrize("flags", [("--lowvram",), ("--medvram",), ()])
+def test_a_low_vram_webui_refuses_joycaption_in_the_status_before_loading_it(webui, red_circle, monkeypatch, flags):
+    from PIL import Image
+
+    import easy_diffuser.engine as engine_module
+    from easy_diffuser.captioner import JOYCAPTION
+    from easy_diffuser.errors import ModelError
+
+    module = webui(*flags)
+    assert module.host.placement().low_vram is bool(flags)
+    loads = []
+
+    def load_captioner(spec, *args, **kwargs):
+        loads.append(spec)
+        raise ModelError("no weights here")
+
+    monkeypatch.setattr(engine_module, "load_captioner", load_captioner)
+    *_, status, _, _, _ = module.extract(
+        Image.open(red_circle), None, {**TAB, "caption": True, "caption_model": JOYCAPTION}, Progress()
+    )
+    if flags:
+        assert "easy-diffuser-error" in status and "--lowvram or --medvram" in html.unescape(status)
+        assert "VLM server" in status and loads == []
+    else:
+        assert loads == [JOYCAPTION] and "no weights here" in status  # memory allowing, it loads
+
+
 def test_keep_in_vram_leaves_the_model_where_it_is(webui, monkeypatch):
     module = webui()
     monkeypatch.setattr(lowvram, "calls", [])
