@@ -376,6 +376,7 @@ def _from_pretrained(source: str, model_id: str, **hub: Any) -> Captioner:
     model.eval()
     model.requires_grad_(False)
     if model_type == "llava":
+        _check_chat_template(processor, source, model_id, conversation(instruction()))
         return JoyCaptioner(model_id, model, processor)
     if architecture.describes:
         _check_chat_template(processor, source, model_id)
@@ -464,12 +465,12 @@ def _load_weights(model_class: Any, source: str, safetensors_only: bool, **hub: 
             return model_class.from_pretrained(source, use_safetensors=False, **hub)
 
 
-def _check_chat_template(processor: Any, source: str, model_id: str) -> None:
-    """Render the chat template once with the request every caption sends, so that a template that cannot be
-    used (one Jinja's sandbox stops, a syntax error, a missing one) is one line naming its file now, not a
-    traceback at the first image."""
+def _check_chat_template(processor: Any, source: str, model_id: str, messages: list = DESCRIBE_MESSAGES) -> None:
+    """Render the chat template once with the request every caption sends (`messages`), so that a template that
+    cannot be used (one Jinja's sandbox stops, a syntax error, a missing one) is one line naming its file now,
+    not a traceback at the first image."""
     try:
-        processor.apply_chat_template(DESCRIBE_MESSAGES, add_generation_prompt=True)
+        processor.apply_chat_template(messages, add_generation_prompt=True)
     except Exception as error:  # jinja2's SecurityError, TemplateError, and whatever the template itself raises
         folder = Path(source)
         file = next((folder / name for name in CHAT_TEMPLATE_FILES if (folder / name).is_file()), None)

@@ -38,7 +38,7 @@ from easy_diffuser.captioner import (  # noqa: E402
 )
 from easy_diffuser.cli import build_parser  # noqa: E402
 from easy_diffuser.engine import Engine  # noqa: E402
-from easy_diffuser.errors import ModelError  # noqa: E402
+from easy_diffuser.errors import ModelError, ModelFileError  # noqa: E402
 from easy_diffuser.joycaption import conversation  # noqa: E402
 from easy_diffuser.options import DEFAULT_DESCRIBER, CaptionOptions, ExtractOptions, OptionError, schema_help  # noqa: E402
 
@@ -176,6 +176,16 @@ def test_a_chat_template_that_writes_the_start_token_itself_still_gives_one(joy,
     captioner.caption(image, CaptionOptions(str(folder), max_length=2))
     expected = reference_ids(captioner.processor.tokenizer, "Write a long detailed description for this image.")
     assert calls[0]["input_ids"].tolist() == [expected]
+
+
+def test_a_chat_template_that_cannot_be_used_is_one_line_naming_its_file_at_load(joy, tmp_path):
+    folder = shutil.copytree(joy, tmp_path / "bad-template")
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "{% for message in messages %}"}))
+    with pytest.raises(ModelFileError) as error:
+        load_captioner(str(folder))
+    message = str(error.value)
+    assert message.startswith(f"{folder / 'chat_template.json'}: the chat template cannot be used (")
+    assert "\n" not in message
 
 
 @pytest.mark.skipif(NEW_PROCESSOR, reason="transformers 4.47+ counts SigLIP's image tokens right")
