@@ -90,6 +90,16 @@ def test_settings_are_registered_in_their_section(webui):
     assert shared.opts.easy_diffuser_keep_in_vram is False
 
 
+def test_the_captioner_setting_says_joycaptions_memory_before_it_is_chosen(webui):
+    webui()
+    label = shared.opts.data_labels["easy_diffuser_caption_model"].label
+    assert "JoyCaption needs about 17 GB of VRAM (bf16)" in label and "--lowvram" in label
+    assert shared.opts.data_labels["easy_diffuser_caption_mode"].component_args["choices"][:2] == [
+        "descriptive",
+        "casual",
+    ]
+
+
 def test_the_settings_page_says_when_the_command_line_forces_the_model(webui):
     webui()
     assert "--easy-diffuser-model" not in shared.opts.data_labels["easy_diffuser_model"].label
