@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from . import prompt_style
-from .captioner import Captioner, compose, join, load_captioner
+from .captioner import Captioner, check_supported, compose, join, load_captioner
 from .checkpoint_family import T5_TOKENS, Detected
 from .devices import check_device
 from .embedding import ProgressFn
@@ -96,6 +96,7 @@ class Engine:
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
+        self.low_vram = False  # the host's --lowvram/--medvram: captioners larger than such a GPU are refused
         self.loaded: Loaded = load_model(model, check_device(device), dtype, self.cache_dir)
         self.kind: Kind = kind_for(model)  # its policy: how tags are chosen, budgeted and framed
         # Which tags an image shows, for the negative prompt's guard and calibration's metric (a tagger's
@@ -220,6 +221,7 @@ class Engine:
 
     def captioner(self, spec: str) -> Captioner:
         """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
+        check_supported(spec, self.low_vram)
         return load_captioner(spec, self.loaded.device, self.loaded.dtype, self.cache_dir)
 
     def style(self, options: ExtractOptions) -> prompt_style.Style:

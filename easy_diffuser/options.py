@@ -22,6 +22,10 @@ from .exit_codes import EXIT_SETUP_FAILED
 from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
 from .images import IMAGE_SUFFIXES
+from .joycaption import DEFAULT_LENGTH as JOYCAPTION_DEFAULT_LENGTH
+from .joycaption import DEFAULT_MODE as JOYCAPTION_DEFAULT_MODE
+from .joycaption import LENGTHS as JOYCAPTION_LENGTHS
+from .joycaption import MODES as JOYCAPTION_MODES
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
@@ -326,6 +330,27 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         1,
         512,
     ),
+    # JoyCaption's instructions (joycaption.py); other captioners have none and ignore them.
+    Option(
+        "mode",
+        str,
+        JOYCAPTION_DEFAULT_MODE,
+        "what JoyCaption writes: descriptive (a detailed description), casual, stable-diffusion (a prompt), "
+        "midjourney, danbooru (Danbooru tags) or booru-like (looser tags); other captioners ignore it",
+        "JoyCaption mode",
+        "--caption-mode",
+        choices=tuple(JOYCAPTION_MODES),
+    ),
+    Option(
+        "length",
+        str,
+        JOYCAPTION_DEFAULT_LENGTH,
+        "how long JoyCaption writes: a word (very short to very long), at most N words (20 to 260 in tens), "
+        "or any (its own choice); other captioners ignore it",
+        "JoyCaption length",
+        "--caption-length",
+        choices=JOYCAPTION_LENGTHS,
+    ),
 )
 OPTION = {option.name: option for option in OPTIONS}
 CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
@@ -524,6 +549,8 @@ class CaptionOptions:
     beams: int = CAPTION_OPTION["beams"].default
     min_length: int = CAPTION_OPTION["min_length"].default
     max_length: int = CAPTION_OPTION["max_length"].default
+    mode: str = CAPTION_OPTION["mode"].default  # JoyCaption's instruction (joycaption.MODES)
+    length: str = CAPTION_OPTION["length"].default  # and its length (joycaption.LENGTHS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -600,7 +627,7 @@ class ExtractOptions:
         """Options from a JSON object (HTTP) or keyword arguments (Python API); unknown names are refused.
 
         `caption` is false/None (off), true (the default captioner), a captioner id, or an object
-        with `model`, `beams`, `min_length` and `max_length`."""
+        with `model`, `beams`, `min_length`, `max_length`, `mode` and `length`."""
         known = {option.name for option in OPTIONS} | {"caption"}
         unknown = sorted(set(values) - known)
         if unknown:

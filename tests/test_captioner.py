@@ -187,7 +187,7 @@ def test_a_bin_only_folder_loads_without_unpickling_code(tmp_path, monkeypatch):
 
 def test_other_models_and_names_are_refused(tmp_path):
     transformers.BertConfig(**SMALL).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ModelError, match="captioners are BLIP, GIT or Qwen2-VL models"):
+    with pytest.raises(ModelError, match=r"captioners are BLIP, GIT, Qwen2-VL or LLaVA \(JoyCaption\) models"):
         load_captioner(str(tmp_path / "bert"))
     with pytest.raises(ModelError, match="unknown captioner"):
         load_captioner("blip", cache_dir=tmp_path)
@@ -216,6 +216,7 @@ def test_registry_and_options():
         "microsoft/git-base-coco",
         "microsoft/git-large-coco",
         "Qwen/Qwen2-VL-2B-Instruct",
+        "fancyfeast/llama-joycaption-beta-one-hf-llava",
     }
     assert all(info.use for info in CAPTIONERS.values())
     assert CaptionOptions() == CaptionOptions(beams=3, min_length=5, max_length=30)

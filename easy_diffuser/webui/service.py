@@ -42,6 +42,7 @@ class Placement:
     acquire: Callable[[Loaded], None]  # before a use: make room, put the model on `device`
     release: Callable[[Loaded], None]  # after a use: move it off unless the user keeps it
     keep_in_vram: bool = False  # the captioner, too, stays on the device between uses
+    low_vram: bool = False  # the host runs with --lowvram or --medvram: large captioners are refused
 
 
 class Service:
@@ -105,6 +106,7 @@ class Service:
                 self._spec = spec
             self._engine.keep_in_vram = placement.keep_in_vram
             self._engine.describer = self._describer()
+            self._engine.low_vram = placement.low_vram
             return work(self._aimed(self._engine))
         finally:
             placement.release(loaded)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from ..captioner import CAPTIONERS
+from ..captioner import CAPTIONERS, memory_note
 from ..describe_server import API_KEY_VARIABLE, ServerDescriber, api_key_from_environment, server_describer
 from ..errors import ModelError
 from ..options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, SERVER_OPTIONS, Option, OptionError, ServerOptions
@@ -38,6 +38,11 @@ def slider_args(option: Option) -> dict[str, float]:
     return {"minimum": option.minimum, "maximum": option.maximum, "step": option.step}
 
 
+def _control(option: Option) -> tuple[Any, dict]:
+    """A choice (JoyCaption's mode and length) as a dropdown, a number as a slider over its range."""
+    return (gr.Dropdown, {"choices": list(option.choices)}) if option.choices else (gr.Slider, slider_args(option))
+
+
 def definitions(forced_model: Optional[str]) -> list[Setting]:
     """`forced_model`: the --easy-diffuser-model flag, which the model setting's label then names."""
     return [
@@ -61,11 +66,18 @@ def definitions(forced_model: Optional[str]) -> list[Setting]:
         Setting(
             "caption",
             False,
-            "Caption the image before the tags (BLIP, GIT or Qwen2-VL; needs transformers, which the webui has)",
+            "Caption the image before the tags (BLIP, GIT, Qwen2-VL or JoyCaption; needs transformers, which the "
+            "webui has)",
         ),
-        Setting("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)}),
+        Setting(
+            "caption_model",
+            DEFAULT_CAPTIONER,
+            f"Captioner ({memory_note()})",
+            gr.Dropdown,
+            {"choices": list(CAPTIONERS)},
+        ),
         *(
-            Setting(f"caption_{option.name}", option.default, option.label, gr.Slider, slider_args(option))
+            Setting(f"caption_{option.name}", option.default, option.label, *_control(option))
             for option in CAPTION_OPTIONS
         ),
         *(
