@@ -246,12 +246,12 @@ def placed_folder(repo: str, cache_dir: Path) -> Path:
 
 
 def fetch(repo: str, cache_dir: Path, files: Sequence[str] = TAGGER_FILES, gated: bool = False) -> Path:
-    """The folder holding the repository's `files`: placed by hand, cached by the hub, or downloaded.
+    """The folder holding the repository's `files` (paths in it): placed by hand, cached by the hub, or downloaded.
     Only those files are ever fetched (the WD repositories also hold a model.onnx). A `gated` repository
     gives its files only to a logged-in user who accepted its terms: the error says how."""
     placed = placed_folder(repo, cache_dir)
     if all((placed / name).is_file() for name in files):
-        return placed
+        return (placed / files[0]).parent  # the files may lie in a folder of the repository (JTP_PILOT2/)
     try:
         return _hub_folder(repo, files, cache_dir, local_only=True)
     except Exception:
