@@ -95,8 +95,7 @@ def load_folder(folder: Path, model_id: str | None = None, defaults: dict[str, A
     """A JTP folder; every fault is one ModelFileError naming the file and what is wrong."""
     names = read_tags(folder / TAGS)
     config = read_config(folder / CONFIG, NEEDS) if (folder / CONFIG).exists() else SO400M
-    model = build_network({**config, "num_classes": len(names)}, folder / CONFIG)
-    model.head = GatedHead(model.head.in_features, len(names))
+    model = network(config, len(names), folder / CONFIG)
     weights = folder / WEIGHTS
     _load_weights(model, weights, len(names))
     size = int(config["pretrained_cfg"]["input_size"][-1])
@@ -110,6 +109,13 @@ def load_folder(folder: Path, model_id: str | None = None, defaults: dict[str, A
         {**JTP_DEFAULTS, **(defaults or {}), **folder_defaults(folder / "easy_diffuser.json")},
         cache_key,
     )
+
+
+def network(config: dict[str, Any], tags: int, config_path: Path) -> torch.nn.Module:
+    """JTP's network without weights: the ViT config.json (or SO400M) describes, its head the gated one."""
+    model = build_network({**config, "num_classes": tags}, config_path)
+    model.head = GatedHead(model.head.in_features, tags)
+    return model
 
 
 def _load_weights(model: torch.nn.Module, weights: Path, tags: int) -> None:

@@ -116,8 +116,7 @@ def load_folder(folder: Path, model_id: str | None = None, defaults: dict[str, A
     names, general = read_tags(folder / TAGS)
     copyrights, pairs = read_character_map(folder / CHARACTER_MAP, names, general)
     config = read_config(folder / CONFIG, NEEDS) if (folder / CONFIG).exists() else WD_EVA02_LARGE
-    encoder = build_network({**config, "num_classes": 0}, folder / CONFIG)  # the classifier reset to 0 outputs
-    tagger = torch.nn.Sequential(encoder, TaggingHead(encoder.num_features, len(names)))
+    tagger = network(config, len(names), folder / CONFIG)
     weights = folder / WEIGHTS
     _load_weights(tagger, weights, len(names), folder / TAGS)
     tags = TagTable(
@@ -134,6 +133,13 @@ def load_folder(folder: Path, model_id: str | None = None, defaults: dict[str, A
         {**PIXAI_DEFAULTS, **(defaults or {}), **folder_defaults(folder / "easy_diffuser.json")},
         cache_key,
     )
+
+
+def network(config: dict[str, Any], tags: int, config_path: Path) -> torch.nn.Module:
+    """PixAI's network without weights, keyed as model_v0.9.pth: the encoder (`0`), its classifier reset to 0
+    outputs, then the head (`1.head.0`)."""
+    encoder = build_network({**config, "num_classes": 0}, config_path)
+    return torch.nn.Sequential(encoder, TaggingHead(encoder.num_features, tags))
 
 
 def _load_weights(tagger: torch.nn.Module, weights: Path, tags: int, tag_file: Path) -> None:
