@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ModelFileError, one_line
+from ..errors import ModelError, ModelFileError, one_line
 from ..images import with_alpha
 from ..tag_text import prompt_syntax
 from ..weights import content_hash, read_state_dict
@@ -113,6 +113,13 @@ def load_folder(folder: Path, model_id: str | None = None, defaults: dict[str, A
 
 def network(config: dict[str, Any], tags: int, config_path: Path) -> torch.nn.Module:
     """JTP's network without weights: the ViT config.json (or SO400M) describes, its head the gated one."""
+    import timm
+
+    if not timm.is_model(config["architecture"]):  # SigLIP came to timm after 0.9.5, sd-webui-controlnet's pin
+        raise ModelError(
+            f"JTP PILOT2's network {config['architecture']} is not in timm {timm.__version__}, which this Python "
+            "has; update timm (pip install -U timm) to use it"
+        )
     model = build_network({**config, "num_classes": tags}, config_path)
     model.head = GatedHead(model.head.in_features, tags)
     return model
