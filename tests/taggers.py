@@ -190,3 +190,13 @@ def jtp_logits(probabilities: dict[str, float], rest: float = 0.001) -> list[flo
     """Values and gates that give these probabilities: each gate wide open (sigmoid(30) is 1 in float32)."""
     values = [float(torch.logit(torch.tensor(probabilities.get(name, rest)))) for name in JTP_TAGS]
     return values + [30.0] * len(JTP_TAGS)
+
+
+def set_nan(weights: Path, key: str) -> Path:
+    """Damage a safetensors file as a bad download or a diverged training run would: one NaN in tensor `key`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(weights))
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(weights))
+    return weights
