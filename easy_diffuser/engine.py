@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from .describe_server import ServerDescriber
 
 DEFAULT_TAU = 1.0
+# Options whose default a model may set (ModelInfo.defaults, a folder's easy_diffuser.json): used only where the
+# option is left at its schema default, as automatic tau is resolved.
+MODEL_DEFAULT_OPTIONS = ("max_per_category", "general_threshold", "character_threshold")
 __all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
 log = logging.getLogger(__name__)
 
@@ -199,12 +202,12 @@ class Engine:
         and the default counts resolve to the calibration file or the model's own defaults."""
         learned = self._calibration()  # read once per call, not once per image
         tau, tau_source = self._tau(options.tau, learned)
-        counts = {**self._model_selection_defaults(options), **self._learned_negatives(options, learned)}
+        options = self.model_options(options)
         selection = SelectionOptions(
             max_tags=options.max_tags,
-            max_per_category=counts.get("max_per_category", options.max_per_category),
+            max_per_category=options.max_per_category,
             tau=tau,
-            negatives=counts.get("negatives", options.negatives),
+            negatives=self._learned_negatives(options, learned).get("negatives", options.negatives),
             quality_negatives=options.quality_negatives,
             token_budget=self.token_budget(options),
             dedup_threshold=options.dedup_threshold,
@@ -263,12 +266,16 @@ class Engine:
         tags = [replace(tag, role="off") if tag.tag in dropped else tag for tag in tags]
         return join(escape(caption), [format_prompt(kept, options.weights)], style.sentences), tags, caption
 
-    def _model_selection_defaults(self, options: ExtractOptions) -> dict:
-        """A model folder may ask for other defaults (shapes-demo: one tag per category)."""
-        defaults = {}
-        if options.max_per_category == ExtractOptions.max_per_category and "max_per_category" in self.loaded.defaults:
-            defaults["max_per_category"] = int(self.loaded.defaults["max_per_category"])
-        return defaults
+    def model_options(self, options: ExtractOptions) -> ExtractOptions:
+        """The options with the model's own defaults where they are left at the schema's: a model (its ModelInfo,
+        its folder's easy_diffuser.json) may ask for other MODEL_DEFAULT_OPTIONS (shapes-demo: one tag per
+        category; PixAI: the thresholds of its card)."""
+        changes = {
+            name: type(getattr(options, name))(self.loaded.defaults[name])
+            for name in MODEL_DEFAULT_OPTIONS
+            if name in self.loaded.defaults and getattr(options, name) == getattr(ExtractOptions, name)
+        }
+        return replace(options, **changes) if changes else options
 
     def _learned_negatives(self, options: ExtractOptions, learned: dict) -> dict:
         """With tau automatic and the default count, the count of negatives learned with tau."""
