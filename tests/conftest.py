@@ -78,3 +78,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def transparent_strip(tmp_path) -> Path:
+    """A non-square RGBA image: coloured, half transparent, with a fully transparent band (a kind's preprocessing
+    must composite and fit it as its reference does)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (23, 61, 4), dtype=np.uint8)
+    pixels[:, :10, 3] = 0
+    path = tmp_path / "strip.png"
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path

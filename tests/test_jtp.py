@@ -45,16 +45,6 @@ def fixed(tmp_path_factory):
     return write_jtp(tmp_path_factory.mktemp("jtp") / "fixed", logits=jtp_logits(FIXED))
 
 
-@pytest.fixture
-def transparent_strip(tmp_path):
-    """A non-square RGBA image: coloured, half transparent, with a fully transparent band."""
-    pixels = np.random.default_rng(1).integers(0, 256, (23, 61, 4), dtype=np.uint8)
-    pixels[:, :10, 3] = 0
-    path = tmp_path / "strip.png"
-    Image.fromarray(pixels, "RGBA").save(path)
-    return path
-
-
 def reference_pixels(path, background: float = 0.5) -> torch.Tensor:
     """The JTP PILOT2 app's transform, written out with torchvision as it does: Fit (the longest side to the
     size, Lanczos), ToTensor, alpha over grey, Normalize, CenterCrop (which pads with 0: grey)."""

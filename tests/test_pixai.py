@@ -40,16 +40,6 @@ def fixed(tmp_path_factory):
     return write_pixai(tmp_path_factory.mktemp("pixai") / "fixed", logits=pixai_logits(FIXED))
 
 
-@pytest.fixture
-def transparent_strip(tmp_path):
-    """A non-square RGBA image: coloured, half transparent, with a fully transparent band."""
-    pixels = np.random.default_rng(1).integers(0, 256, (23, 61, 4), dtype=np.uint8)
-    pixels[:, :10, 3] = 0
-    path = tmp_path / "strip.png"
-    Image.fromarray(pixels, "RGBA").save(path)
-    return path
-
-
 def reference_probabilities(path, folder, resample=Image.BILINEAR) -> torch.Tensor:
     """PixAI's handler written out: alpha on white, a plain resize to the input size, RGB, [-1, 1]; timm's EVA02
     with its classifier reset, Linear head, sigmoid; then each copyright as its likeliest character."""

@@ -14,7 +14,6 @@ like WD's, so it keeps the WD kind's scorer and policy; only this differs:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -27,7 +26,7 @@ from ..images import with_alpha
 from ..tag_text import prompt_syntax
 from ..weights import content_hash, read_state_dict
 from .base import ModelInfo, folder_defaults
-from .timm_network import build_network, read_capped, read_config
+from .timm_network import build_network, read_config, read_json
 from .wd_tagger import MAX_TAGS_BYTES, TAGGER_DEFAULTS, LoadedTagger, TagTable, WdTaggerKind, fetch
 
 REPOSITORY = "RedRocket/JointTaggerProject"
@@ -148,10 +147,7 @@ def _load_weights(model: torch.nn.Module, weights: Path, tags: int) -> None:
 
 def read_tags(path: Path) -> tuple[str, ...]:
     """tags.json: {tag: index}, the indices 0 to tags - 1 each once; the names in the head's order."""
-    try:
-        data = json.loads(read_capped(path, MAX_TAGS_BYTES, NEEDS), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({one_line(error, 120)})") from None
+    data = read_json(path, MAX_TAGS_BYTES, NEEDS)
     if not isinstance(data, dict) or not data:
         raise ModelFileError(f"{path}: must be a JSON object of tag: index, as JTP's {TAGS} is")
     names: list[str | None] = [None] * len(data)
@@ -163,10 +159,6 @@ def read_tags(path: Path) -> tuple[str, ...]:
             raise ModelFileError(f"{path}: {refused}; a tag's name must be plain text in a prompt")
         names[index] = name
     return tuple(names)  # type: ignore[arg-type]  (every index filled: len(data) distinct ones)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 class FitOnGrey:

@@ -19,7 +19,6 @@ keeps the WD kind's scorer and policy (booru order, thresholds or MCut, family p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -29,7 +28,7 @@ from ..errors import ModelError, ModelFileError, one_line
 from ..tag_text import prompt_syntax
 from ..weights import content_hash, read_state_dict
 from .base import ModelInfo, folder_defaults
-from .timm_network import build_network, read_capped, read_config
+from .timm_network import build_network, read_config, read_json
 from .wd_tagger import MAX_TAGS_BYTES, TAGGER_DEFAULTS, LoadedTagger, TagTable, WdTaggerKind, fetch
 
 REPOSITORY = "pixai-labs/pixai-tagger-v0.9"
@@ -211,17 +210,10 @@ def read_character_map(path: Path, names: Sequence[str], general: int) -> tuple[
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(read_capped(path, MAX_TAGS_BYTES, NEEDS), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({one_line(error, 120)})") from None
+    data = read_json(path, MAX_TAGS_BYTES, NEEDS)
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: must be a JSON object, as PixAI's {path.name} is")
     return data
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_name(name: Any, path: Path) -> None:

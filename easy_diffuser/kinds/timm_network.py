@@ -37,10 +37,7 @@ def read_config(path: Path, needs: str) -> dict[str, Any]:
     """config.json, checked: architecture (a name timm knows), num_classes, model_args, pretrained_cfg."""
     import timm
 
-    try:
-        config = json.loads(read_capped(path, MAX_CONFIG_BYTES, needs), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({one_line(error, 120)})") from None
+    config = read_json(path, MAX_CONFIG_BYTES, needs)
     if not isinstance(config, dict):
         raise ModelFileError(f"{path}: must be a JSON object with architecture, num_classes and pretrained_cfg")
     architecture = config.get("architecture")
@@ -75,6 +72,14 @@ def read_config(path: Path, needs: str) -> dict[str, Any]:
             f"{path}: pretrained_cfg.interpolation must be one of {', '.join(RESAMPLING)}, not {quoted(interpolation)}"
         )
     return config
+
+
+def read_json(path: Path, limit: int, needs: str) -> Any:
+    """A model folder's JSON file (at most `limit` bytes), NaN and Infinity refused: one line naming it otherwise."""
+    try:
+        return json.loads(read_capped(path, limit, needs), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({one_line(error, 120)})") from None
 
 
 def _refuse_constant(name: str) -> Any:
