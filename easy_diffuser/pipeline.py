@@ -190,6 +190,8 @@ def _extract(
     """The batch through the model now; its results once a server (in `pool`) has described it. An image the
     model gives non-finite scores, or the server could not describe, gets its `error` and is among the failed;
     the rest of the batch goes on."""
+    if not batch:
+        return lambda: ([], [], [])
     batch, embeddings, unscored = _encoded(engine, preprocessor, batch)
     if not batch:
         return lambda: ([], [], unscored)

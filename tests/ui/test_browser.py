@@ -408,7 +408,7 @@ def tagger_chosen(shapes_model):
 def test_a_tagger_shows_its_controls_and_its_thresholds_preset_and_mcut_reselect_without_the_model(
     page, tagger_chosen, monkeypatch
 ):
-    from easy_diffuser.scorers import TaggerScorer
+    from easy_diffuser.kinds.wd_tagger import TaggerScorer
 
     prompt, status = textarea(page, "easy_diffuser_prompt"), page.locator("#easy_diffuser_status .easy-diffuser-status")
     booru_controls = [page.locator(f"#easy_diffuser_{name}") for name in ("general_threshold", "general_mcut")]
