@@ -41,6 +41,7 @@ from .registry import kind_for
 from .scorers import TagScorer
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
+from .tag_replacement import TagView, replaced
 from .tag_text import tag_list
 from .vocabulary import Vocabulary
 
@@ -107,6 +108,7 @@ class Engine:
         # checkpoint changes; the CLI and Ray from --checkpoint.
         self.target: Detected | None = None
         self.t5_tokens: prompt_style.TokenCounter = prompt_style.t5_token_bound  # the host's T5 tokenizer if it has one
+        self._views: dict[str, TagView] = {}  # the last --replace-tags rules' view of the vocabulary
 
     @property
     def model_id(self) -> str:
@@ -171,8 +173,9 @@ class Engine:
         style = self.style(options)
         preset = self.kind.preset(options, self.target)
         results = []
+        view = self.tag_view(options.replace_tags)
         for index, scores in enumerate(self.scorer.scores(image_embeddings)):
-            tags = select(scores, self.vocabulary, self.scorer.twins, self.token_costs, selection)
+            tags = select(view.scores(scores), view.vocabulary, view.twins, view.token_costs, selection)
             prompt, negative = prompts(tags, options.weights)
             caption = ""
             if style.caption:
@@ -183,6 +186,13 @@ class Engine:
             result = replace(result, prompt_style=style.name, style_note=prompt_style.status(style), preset=preset)
             results.append(result)
         return results
+
+    def tag_view(self, rules: str) -> TagView:
+        """The vocabulary selection sees: the model's, or as `replace_tags` rules rename it (tag_replacement.py)."""
+        if rules not in self._views:
+            scorer = self.scorer
+            self._views = {rules: replaced(self.vocabulary, scorer.twins, self.token_costs, scorer.token_count, rules)}
+        return self._views[rules]
 
     def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
         """What the options mean for this model now, and where tau came from: automatic tau

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Optional
 
+from .caption_files import extension_problem, parse_replacements
 from .checkpoint_family import TOKEN_BUDGET
 from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
@@ -67,6 +68,9 @@ class Option:
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
     choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
+    # For kind str other than a list of tags: what it takes, as messages say it, and its rule ("" or why not).
+    describes: str = ""
+    rule: Callable[[str], str] | None = None
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
@@ -79,6 +83,9 @@ class Option:
         if self.kind is str:
             if not isinstance(value, str) or len(value) > MAX_TAG_LIST or not value.isprintable():
                 raise OptionError(self.name, f"{self.accepts}, not {str(value)[:80]!r}")
+            problem = self.rule(value) if self.rule else ""
+            if problem:
+                raise OptionError(self.name, f"{problem}, not {shown(value)}")
             return value
         if self.kind is bool:
             if not isinstance(value, bool):
@@ -115,7 +122,7 @@ class Option:
         if self.choices:
             return f"must be one of {', '.join(self.choices)}"
         if self.kind is str:
-            return f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
+            return self.describes or f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
         kind = "a whole number" if self.kind is int else "a number"
         automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
@@ -260,6 +267,17 @@ OPTIONS: tuple[Option, ...] = (
         "Always-first tags",
         "--first-tags",
     ),
+    Option(
+        "replace_tags",
+        str,
+        "",
+        "tags renamed before selection, as old,new;old2,new2 (kohya's --tag_replacement; \\, and \\; for a comma "
+        "or semicolon in a tag): a renamed tag is counted and budgeted as its new name; an empty new removes it",
+        "Replace tags",
+        "--replace-tags",
+        describes=f"must be old,new pairs separated by ;, at most {MAX_TAG_LIST} printable characters",
+        rule=lambda text: _problem(parse_replacements, text),
+    ),
     # The prompt style (prompt_style.py). booru is the booru tagger models' prompt (the WD tagger backend).
     Option(
         "prompt_style",
@@ -305,7 +323,84 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         512,
     ),
 )
+# -- Caption files beside a folder's images (batch.py, ray_job.py; caption_files.py writes them) --
+CAPTION_FILE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "caption_extension",
+        str,
+        ".txt",
+        "extension of the caption file beside each image (the one your trainer reads: .txt, .caption, ...)",
+        "Caption file extension",
+        "--caption-extension",
+        describes="must be a dot and a name such as .txt or .caption",
+        rule=extension_problem,
+    ),
+    Option(
+        "existing",
+        str,
+        "skip",
+        "a caption file already there: skip the image, overwrite the file, or append or prepend the tags it "
+        "lacks (the rest of its text kept as it is)",
+        "Existing caption files",
+        "--existing",
+        choices=("skip", "overwrite", "append", "prepend"),
+    ),
+    Option(
+        "trigger",
+        str,
+        "",
+        "words written first in every caption file, whatever the image shows (a LoRA's trigger; comma-separated)",
+        "Trigger words",
+        "--trigger",
+        describes=f"must be words, at most {MAX_TAG_LIST} printable characters",
+    ),
+    Option(
+        "underscores",
+        str,
+        "spaces",
+        "tags in caption files as booru writes them (keep: long_hair) or with spaces (long hair); kaomoji such as "
+        "^_^ and tags of three characters keep theirs",
+        "Underscores",
+        "--underscores",
+        choices=("keep", "spaces"),
+    ),
+    Option(
+        "escape_parentheses",
+        bool,
+        True,
+        "escape parentheses in caption files, saber \\(fate\\), as prompts need them (off: saber (fate))",
+        "Escape parentheses",
+        "--escape-parentheses",
+    ),
+    Option(
+        "character_first",
+        bool,
+        False,
+        "character tags first in caption files (taggers)",
+        "Character tags first",
+        "--character-first",
+    ),
+    Option(
+        "character_expand",
+        bool,
+        False,
+        "a character tag and its series as two tags in caption files: saber_(fate) -> saber, fate (taggers)",
+        "Expand character tags",
+        "--character-expand",
+    ),
+    Option(
+        "separator",
+        str,
+        ", ",
+        "what separates the items of a caption file",
+        "Separator",
+        "--separator",
+        describes="must be 1 to 16 printable characters, such as ', '",
+        rule=lambda text: "" if 1 <= len(text) <= 16 else "must be 1 to 16 printable characters, such as ', '",
+    ),
+)
 OPTION = {option.name: option for option in OPTIONS}
+CAPTION_FILE_OPTION = {option.name: option for option in CAPTION_FILE_OPTIONS}
 CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
 
 # -- Check and Refine by the round trip (refine.py): generate from a prompt pair, compare with the source --
@@ -384,6 +479,7 @@ class ExtractOptions:
     first_tags: str = OPTION["first_tags"].default
     prompt_style: str = OPTION["prompt_style"].default
     family: str = OPTION["family"].default  # families.CHOICES; the preset applies to a tagger's prompts
+    replace_tags: str = OPTION["replace_tags"].default  # caption_files.parse_replacements; applied before selection
     caption: Optional[CaptionOptions] = None  # None: tags only
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
 
@@ -410,6 +506,41 @@ class ExtractOptions:
         if "caption" in values:
             given["caption"] = caption_from(values["caption"])
         return replace(base or cls(), **given)
+
+
+@dataclass(frozen=True)
+class CaptionFileOptions:
+    """How a folder's caption files are named and written (caption_files.py); prompts are not affected."""
+
+    caption_extension: str = CAPTION_FILE_OPTION["caption_extension"].default
+    existing: str = CAPTION_FILE_OPTION["existing"].default
+    trigger: str = CAPTION_FILE_OPTION["trigger"].default
+    underscores: str = CAPTION_FILE_OPTION["underscores"].default
+    escape_parentheses: bool = CAPTION_FILE_OPTION["escape_parentheses"].default
+    character_first: bool = CAPTION_FILE_OPTION["character_first"].default
+    character_expand: bool = CAPTION_FILE_OPTION["character_expand"].default
+    separator: str = CAPTION_FILE_OPTION["separator"].default
+
+    def __post_init__(self) -> None:
+        _checked(self, CAPTION_FILE_OPTIONS)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "CaptionFileOptions":
+        """From a JSON object or keyword arguments; unknown names are refused."""
+        known = sorted(option.name for option in CAPTION_FILE_OPTIONS)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise OptionError(unknown[0], f"is not a caption file option; they are {', '.join(known)}")
+        return cls(**values)
+
+
+def _problem(parse: Callable[[str], Any], text: str) -> str:
+    """ "" when `parse` takes the text, else its ValueError's message."""
+    try:
+        parse(text)
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -461,8 +592,11 @@ def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        kind = "choice" if option.choices else "comma-separated tags" if option.kind is str else option.kind.__name__
+        text = "text" if option.describes else "comma-separated tags"
+        kind = "choice" if option.choices else text if option.kind is str else option.kind.__name__
         entry = {"type": kind, "default": option.default, "help": option.help}
+        if option.describes:
+            entry["accepts"] = option.describes
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
         if option.choices:
@@ -487,12 +621,16 @@ def schema_help() -> dict[str, Any]:
 
 def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> None:
     """The option as a command-line flag: its range and default in the help, its check as the argument's type."""
-    if option.kind is bool:
-        group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
+    if option.kind is bool:  # on by default: --no-NAME turns it off
+        action = argparse.BooleanOptionalAction if option.default else "store_true"
+        group.add_argument(option.flag, dest=dest, action=action, default=option.default, help=option.help)
         return
     if option.kind is str and not option.choices:
-        parse = option.argument_type()
-        group.add_argument(option.flag, dest=dest, type=parse, default=option.default, metavar="TAGS", help=option.help)
+        parse, metavar = option.argument_type(), "TEXT" if option.describes else "TAGS"
+        default = f" (default: {option.default!r})" if option.default else ""
+        group.add_argument(
+            option.flag, dest=dest, type=parse, default=option.default, metavar=metavar, help=option.help + default
+        )
         return
     default = option.automatic or option.default
     accepts = f"one of {', '.join(option.choices)}" if option.choices else f"{option.minimum:g} to {option.maximum:g}"
