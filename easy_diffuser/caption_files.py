@@ -20,14 +20,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from .tag_text import KAOMOJI, normal
+from .tag_text import KAOMOJI, normal, tag_list
 from .files import read_regular_file, remove_leftover_temp_files, write_atomically
 from .images import IMAGE_SUFFIXES
 from .prompt import escape, tag_weights, weighted
 
 if TYPE_CHECKING:  # engine.py imports the option types this module's callers pass
     from .engine import Extraction
-    from .options import CaptionFileOptions
+    from .options import CaptionFileOptions, ExtractOptions
 
 CAPTION_FILE_LIMIT = 2**20  # a caption of a megabyte is no caption: refused, never rewritten
 EXTENSION = re.compile(r"(\.[\w-]+)+")  # `.txt`, `.caption`, `.wd14.txt`: no separator, no `..`, no space
@@ -79,6 +79,8 @@ def with_underscores(name: str, underscores: str, tagger: bool = False) -> str:
 def expanded_character(tag: str) -> list[str]:
     """kohya's --character_tag_expand: `saber_(fate)` -> [`saber`, `fate`], `a_(b)_(series)` -> [`a_(b)`,
     `series`]; a tag without a trailing `(series)` stays whole."""
+    if tag in KAOMOJI:
+        return [tag]
     name, parenthesis, series = tag.rstrip().removesuffix(")").rpartition("(")
     name = name.rstrip(" _")
     if not tag.rstrip().endswith(")") or not parenthesis or not name or not series.strip():
@@ -128,15 +130,19 @@ class CaptionStyle:
         return _unique(split_tags(self.trigger, ","))
 
 
-def caption_items(result: "Extraction", style: CaptionStyle, tagger: bool, weights: bool = False) -> list[str]:
+def caption_items(
+    result: "Extraction", style: CaptionStyle, tagger: bool, weights: bool = False, first: Sequence[str] = ()
+) -> list[str]:
     """The caption's items in order: the trigger words, the family's quality tags, the captioner's sentence,
     the positive tags, the family's closing tags. Written as the prompt writes them (escaped, `(tag:w)` with
     `weights`) with the style's changes; an item already there (the trigger, an expanded series) is not
     repeated. `tagger`: the tags are a booru tagger's. A family's quality and rating words stay as it spells
-    them (`score_9`, `rating_safe`)."""
+    them (`score_9`, `rating_safe`). `first`: the always-first tags (booru.normal), which lead even character tags.
+    """
     tags = [tag for tag in result.tags if tag.role == "positive"]
     if style.character_first:
-        tags = sorted(tags, key=lambda tag: tag.category != "character")  # stable: the rest keep their order
+        # Stable: the always-first tags lead as selection put them (kohya's order too), the rest keep theirs.
+        tags = sorted(tags, key=lambda tag: 0 if tag_key(tag.tag) in first else 1 if tag.category == "character" else 2)
     write = escape if style.escape_parentheses else str
     texts = []
     for tag, weight in zip(tags, tag_weights(tags) if weights else [1.0] * len(tags)):
@@ -242,6 +248,12 @@ class CaptionWriter:
     options: "CaptionFileOptions"
     tagger: bool = False  # the tags are a booru tagger's (their underscores; character tags)
     weights: bool = False  # the prompt wrote (tag:w): so does the caption
+    first: tuple[str, ...] = ()  # the always-first tags (booru.normal): they lead even with character_first
+
+    @classmethod
+    def of(cls, files: "CaptionFileOptions", options: "ExtractOptions", tagger: bool) -> "CaptionWriter":
+        """The writer of the caption files of extractions made with `options` by a tagger or a CLIP model."""
+        return cls(files, tagger, options.weights, tag_list(options.first_tags))
 
     def path(self, image: Path) -> Path:
         return caption_path(image, self.options.caption_extension)
@@ -249,5 +261,5 @@ class CaptionWriter:
     def write(self, image: Path, result: "Extraction") -> str:
         """ "written" or "unchanged" (see write_caption); OSError or UnicodeDecodeError for a file left as it was."""
         style = CaptionStyle.of(self.options)
-        items = caption_items(result, style, self.tagger, self.weights)
+        items = caption_items(result, style, self.tagger, self.weights, self.first)
         return write_caption(self.path(image), items, self.options.existing, style.separator, len(style.triggers))

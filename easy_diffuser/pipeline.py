@@ -127,7 +127,7 @@ def run(
     outcome = Outcome()
     started = time.perf_counter()
     preprocessor = Preprocessor(engine.loaded)
-    captions = CaptionWriter(caption_files, engine.kind.writes == "booru", options.weights)
+    captions = CaptionWriter.of(caption_files, options, engine.kind.writes == "booru")
     writer = _Writer(outcome, records, engine.model_id, on_result, captions)
     done = 0
     captioned = engine.style(options).caption is not None  # the captioner needs the decoded image

@@ -311,7 +311,7 @@ class TagExtractor:
         self.engine.target = target  # the --checkpoint the prompts are for, as the CLI's own engine has it
         self.options = options
         tagger = self.engine.kind.writes == "booru"  # its tags are booru tags, written with spaces
-        self.captions = CaptionWriter(caption_files, tagger, options.weights) if caption_files else None
+        self.captions = CaptionWriter.of(caption_files, options, tagger) if caption_files else None
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
