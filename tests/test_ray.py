@@ -333,3 +333,25 @@ def test_ray_prompts_follow_the_checkpoint_as_the_single_process_clis_do(local_r
     distributed = by_path(read_records(tmp_path / "shards.jsonl"))
     assert distributed == by_path(read_records(tmp_path / "local.jsonl"))
     assert sorted(item["prompt"] + "\n" for item in distributed.values()) == sorted(captions)
+
+
+def test_ray_writes_the_caption_files_the_single_process_cli_writes(local_ray, tmp_path):
+    """The caption-file options reach every actor: extension, append to the user's caption, trigger, underscores,
+    character expansion and tag replacement give the same bytes as without Ray."""
+    folders = [tmp_path / "local", tmp_path / "ray"]
+    for folder in folders:
+        folder.mkdir()
+        draw_scene(folder / "star.png", colour="yellow", shape="star", background="white")
+        draw_scene(folder / "circle.png", colour="red", shape="circle", background="white")
+        (folder / "circle.caption").write_text("my words, red\n")
+    options = ["--model", "shapes-booru", "--cache-dir", str(tmp_path / "cache"), "--caption-extension", ".caption"]
+    options += ["--existing", "append", "--trigger", "ohwx", "--underscores", "keep", "--character-expand"]
+    options += ["--replace-tags", "circle,ring"]
+    assert main([str(folders[0]), *options]) == 0
+    assert main([str(folders[1]), *options, "--engine", "ray", "--captions", "--output", str(tmp_path / "out")]) == 0
+    written = [{path.name: path.read_text() for path in folder.glob("*.caption")} for folder in folders]
+    assert written[0] == written[1] == {
+        "circle.caption": "ohwx, my words, red, general, ring, large, white_background\n",
+        "star.caption": "ohwx, twinkle, shapes, general, yellow, white_background, large, star\n",
+    }
+    assert not list(folders[1].glob("*.txt"))
