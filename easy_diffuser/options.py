@@ -612,6 +612,10 @@ def schema_help() -> dict[str, Any]:
             "default": False,
             "fields": {option.name: describe(option) for option in CAPTION_OPTIONS},
         },
+        "caption_files": {  # folder captioning's (the CLI, the tab's batch section, Ray), not /extract's
+            "type": "object",
+            "fields": {option.name: describe(option) for option in CAPTION_FILE_OPTIONS},
+        },
         "refine": {  # POST /refine's fields, not /extract's
             "type": "object",
             "fields": {option.name: describe(option) for option in REFINE_OPTIONS},
