@@ -7,6 +7,7 @@ circle as red and circle; shapes-demo, the shipped CLIP, sees the same circle as
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,29 @@ def test_the_mapping_scores_a_merged_tag_by_its_best_member():
     scores = view.scores(Scores(torch.tensor([0.2, 0.7, 0.1, 0.9]), torch.tensor([0.0, 2.0, -1.0, 3.0])))
     assert scores.score.tolist() == pytest.approx([0.7, 0.1]) and scores.relevance.tolist() == [2.0, -1.0]
     assert replaced(vocabulary, None, [1] * 4, len, "nothing,here").target is None  # no tag matched: as it is
+
+
+@pytest.mark.parametrize("family", ["none", "pony", "animagine"])
+@pytest.mark.parametrize("caption, sentences", [("", False), ("A cat (sitting), on a bench.", False), ("A cat.", True)])
+@pytest.mark.parametrize("weights", [False, True])
+def test_by_default_the_caption_is_the_prompt_whatever_frames_it(family, caption, sentences, weights):
+    """The prompt as the engine composes it (a family's quality tags around the tags, a captioner's text in front,
+    weights): the default caption file holds exactly that."""
+    from easy_diffuser.captioner import join
+    from easy_diffuser.engine import framed
+    from easy_diffuser.families import choose
+    from easy_diffuser.prompt import escape, format_prompt
+
+    def tag(name: str, category: str, relevance: float) -> TagScore:
+        return TagScore(name, category, 0.9, relevance, "positive")
+
+    tags = [tag("saber (fate)", "character", 3.0), tag("general", "rating", 0.0), tag("^_^", "general", -2.0)]
+    preset = choose(family)
+    tags = [
+        replace(item, tag=preset.family.ratings["general"]) if item.category == "rating" and preset.family else item
+        for item in tags
+    ]
+    prompt, _ = framed(preset, join(escape(caption), [format_prompt(tags, weights)], sentences), "", tags)
+    result = Extraction(prompt, "", tags, "m", 1.0, "option", caption=caption, preset=preset)
+    result = replace(result, prompt_style="sentences" if sentences else "tags")
+    assert ", ".join(caption_items(result, CaptionStyle(), tagger=True, weights=weights)) == prompt
