@@ -207,6 +207,29 @@ def test_an_extension_that_would_leave_the_folder_or_overwrite_an_image_is_refus
 
 
 @pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"existing": 3}, "existing: must be one of skip, overwrite, append, prepend, not 3"),
+        ({"underscores": "x"}, "underscores: must be one of keep, spaces, not 'x'"),
+        ({"escape_parentheses": "yes"}, "escape_parentheses: must be true or false, not 'yes'"),
+        ({"character_first": 1}, "character_first: must be true or false, not 1"),
+        ({"character_expand": None}, "character_expand: must be true or false, not None"),
+        (
+            {"separator": "x" * 17},
+            "separator: must be 1 to 16 printable characters, such as ', ', not 'xxxxxxxxxxxxxxxxx'",
+        ),
+        ({"trigger": 5}, "trigger: must be words, at most 4000 printable characters, not '5'"),
+        ({"caption_extension": "/x"}, "caption_extension: must be a dot and a name such as .txt or .caption"),
+        ({"extension": ".txt"}, "extension: is not a caption file option; they are caption_extension, "),
+    ],
+)
+def test_the_python_api_refuses_each_bad_value_in_one_line_naming_the_field(values, message):
+    with pytest.raises(OptionError) as refused:
+        CaptionFileOptions.from_mapping(values)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
     "flag, value, problem",
     [
         ("--caption-extension", "../x", "must be a dot and a name such as .txt or .caption"),
@@ -243,6 +266,19 @@ def test_the_command_line_writes_what_the_options_say_and_overwrite_is_existing_
     )
 
 
+def test_every_caption_file_flag_comes_from_the_schema_with_its_default():
+    from easy_diffuser.cli import build_parser, caption_file_options
+    from easy_diffuser.options import CAPTION_FILE_OPTIONS
+
+    parser = build_parser()
+    text = parser.format_help()
+    assert all(option.flag in text for option in CAPTION_FILE_OPTIONS) and "--no-escape-parentheses" in text
+    assert caption_file_options(parser.parse_args(["x"])) == CaptionFileOptions()
+    given = parser.parse_args(["x", "--overwrite", "--no-escape-parentheses", "--separator", ";", "--trigger", "t"])
+    expected = CaptionFileOptions(existing="overwrite", escape_parentheses=False, separator=";", trigger="t")
+    assert caption_file_options(given) == expected
+
+
 # -- the text conventions, as pure functions (the dataset tool writes with them too) ---------------------
 
 
@@ -257,7 +293,7 @@ def test_underscores_keep_kaomoji_and_tags_of_three_characters():
     # A tagger's names arrive as prompts write them (spaces for underscores).
     assert with_underscores("long hair", "keep", tagger=True) == "long_hair"
     assert with_underscores("long hair", "keep") == "long hair"  # a CLIP vocabulary's phrase is as it is
-    assert with_underscores("-_-", "spaces", tagger=True) == "-_-"
+    assert with_underscores("- -", "spaces", tagger=True) == "-_-"  # booru.written's "- -" for the prompt
 
 
 def test_character_expansion_splits_the_last_series_as_kohya_does():
