@@ -20,10 +20,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from .tag_text import KAOMOJI, normal, tag_list
 from .files import read_regular_file, remove_leftover_temp_files, write_atomically
 from .images import IMAGE_SUFFIXES
 from .prompt import escape, tag_weights, weighted
+from .tag_text import KAOMOJI, normal, tag_list
 
 if TYPE_CHECKING:  # engine.py imports the option types this module's callers pass
     from .engine import Extraction
@@ -137,7 +137,7 @@ def caption_items(
     the positive tags, the family's closing tags. Written as the prompt writes them (escaped, `(tag:w)` with
     `weights`) with the style's changes; an item already there (the trigger, an expanded series) is not
     repeated. `tagger`: the tags are a booru tagger's. A family's quality and rating words stay as it spells
-    them (`score_9`, `rating_safe`). `first`: the always-first tags (booru.normal), which lead even character tags.
+    them (`score_9`, `rating_safe`). `first`: the always-first tags (tag_text.normal), which lead even character tags.
     """
     tags = [tag for tag in result.tags if tag.role == "positive"]
     if style.character_first:
@@ -248,7 +248,7 @@ class CaptionWriter:
     options: "CaptionFileOptions"
     tagger: bool = False  # the tags are a booru tagger's (their underscores; character tags)
     weights: bool = False  # the prompt wrote (tag:w): so does the caption
-    first: tuple[str, ...] = ()  # the always-first tags (booru.normal): they lead even with character_first
+    first: tuple[str, ...] = ()  # the always-first tags (tag_text.normal): they lead even with character_first
 
     @classmethod
     def of(cls, files: "CaptionFileOptions", options: "ExtractOptions", tagger: bool) -> "CaptionWriter":

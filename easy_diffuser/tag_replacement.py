@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .tag_text import normal, written
 from .caption_files import parse_replacements
 from .scoring import Scores
+from .tag_text import normal, written
 from .vocabulary import Vocabulary
 
 

@@ -293,7 +293,7 @@ def test_underscores_keep_kaomoji_and_tags_of_three_characters():
     # A tagger's names arrive as prompts write them (spaces for underscores).
     assert with_underscores("long hair", "keep", tagger=True) == "long_hair"
     assert with_underscores("long hair", "keep") == "long hair"  # a CLIP vocabulary's phrase is as it is
-    assert with_underscores("- -", "spaces", tagger=True) == "-_-"  # booru.written's "- -" for the prompt
+    assert with_underscores("- -", "spaces", tagger=True) == "-_-"  # tag_text.written's "- -" for the prompt
 
 
 def test_character_expansion_splits_the_last_series_as_kohya_does():

@@ -350,8 +350,12 @@ def test_ray_writes_the_caption_files_the_single_process_cli_writes(local_ray, t
     assert main([str(folders[0]), *options]) == 0
     assert main([str(folders[1]), *options, "--engine", "ray", "--captions", "--output", str(tmp_path / "out")]) == 0
     written = [{path.name: path.read_text() for path in folder.glob("*.caption")} for folder in folders]
-    assert written[0] == written[1] == {
-        "circle.caption": "ohwx, my words, red, general, ring, large, white_background\n",
-        "star.caption": "ohwx, twinkle, shapes, general, yellow, white_background, large, star\n",
-    }
+    assert (
+        written[0]
+        == written[1]
+        == {
+            "circle.caption": "ohwx, my words, red, general, ring, large, white_background\n",
+            "star.caption": "ohwx, twinkle, shapes, general, yellow, white_background, large, star\n",
+        }
+    )
     assert not list(folders[1].glob("*.txt"))
