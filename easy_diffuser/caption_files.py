@@ -8,8 +8,8 @@ its name, its text, and merging ours into one the user already wrote.
     merging: append or prepend the tags the file lacks to its first line (the caption kohya reads), the
              user's text kept byte for byte; a second run finds every tag there and changes nothing
 
-The text functions are pure, for every tool that reads or writes captions (the dataset tool too); the two
-file functions at the end read and write one caption file.
+The text functions are pure, for every tool that reads or writes captions (the dataset tool too); the file
+functions at the end (read_caption, write_caption, CaptionWriter) read and write one caption file.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from .images import IMAGE_SUFFIXES
 from .prompt import escape, tag_weights, weighted
 from .tag_text import KAOMOJI, normal, tag_list
 
-if TYPE_CHECKING:  # engine.py imports the option types this module's callers pass
+if TYPE_CHECKING:  # options.py checks its values with this module, and engine.py imports options.py
     from .engine import Extraction
     from .options import CaptionFileOptions, ExtractOptions
+    from .selection import TagScore
 
 CAPTION_FILE_LIMIT = 2**20  # a caption of a megabyte is no caption: refused, never rewritten
 EXTENSION = re.compile(r"(\.[\w-]+)+")  # `.txt`, `.caption`, `.wd14.txt`: no separator, no `..`, no space
@@ -137,12 +138,15 @@ def caption_items(
     the positive tags, the family's closing tags. Written as the prompt writes them (escaped, `(tag:w)` with
     `weights`) with the style's changes; an item already there (the trigger, an expanded series) is not
     repeated. `tagger`: the tags are a booru tagger's. A family's quality and rating words stay as it spells
-    them (`score_9`, `rating_safe`). `first`: the always-first tags (tag_text.normal), which lead even character tags.
-    """
+    them (`score_9`, `rating_safe`). `first`: the always-first tags (tag_text.normal), which lead even the
+    character tags (kohya's order too)."""
     tags = [tag for tag in result.tags if tag.role == "positive"]
-    if style.character_first:
-        # Stable: the always-first tags lead as selection put them (kohya's order too), the rest keep theirs.
-        tags = sorted(tags, key=lambda tag: 0 if tag_key(tag.tag) in first else 1 if tag.category == "character" else 2)
+    if style.character_first:  # a stable sort: within each group, the order selection gave
+
+        def group(tag: "TagScore") -> int:
+            return 0 if tag_key(tag.tag) in first else 1 if tag.category == "character" else 2
+
+        tags = sorted(tags, key=group)
     write = escape if style.escape_parentheses else str
     texts = []
     for tag, weight in zip(tags, tag_weights(tags) if weights else [1.0] * len(tags)):
