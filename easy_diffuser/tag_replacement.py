@@ -2,7 +2,7 @@
 
 Each old tag takes its new name; tags that now share a name become one entry, scored by the best of them
 (so the name is chosen, counted and budgeted once, as itself), and a tag renamed to nothing is gone. The
-view is made once per rule text and vocabulary; applying it to an image's scores is one gather.
+view is made once per rule text and vocabulary; applying it to an image's scores is one scatter per tensor.
 """
 
 from __future__ import annotations

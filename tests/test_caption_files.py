@@ -380,3 +380,14 @@ def test_by_default_the_caption_is_the_prompt_whatever_frames_it(family, caption
     result = Extraction(prompt, "", tags, "m", 1.0, "option", caption=caption, preset=preset)
     result = replace(result, prompt_style="sentences" if sentences else "tags")
     assert ", ".join(caption_items(result, CaptionStyle(), tagger=True, weights=weights)) == prompt
+
+
+def test_no_caption_lands_outside_the_folder_through_a_linked_image_or_sub_folder(tagger, folder, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    draw_scene(elsewhere / "far.png", colour="red", shape="circle", background="white")
+    (folder / "near.png").symlink_to(elsewhere / "far.png")  # a linked image: its caption is the link's, here
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    summary = caption_folder(tagger, folder, recursive=True, caption_files=CaptionFileOptions(caption_extension=".cap"))
+    assert not summary.failed and sorted(path.name for path in elsewhere.iterdir()) == ["far.png"]
+    assert (folder / "near.cap").read_text() == CIRCLE + "\n"
