@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -110,58 +110,42 @@ def parse_replacements(text: str) -> tuple[tuple[str, str], ...]:
 # -- the caption of an extraction -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CaptionStyle:
-    """How tags are written into a caption file: the caption-file options that shape the text."""
-
-    trigger: str = ""
-    underscores: str = "spaces"
-    escape_parentheses: bool = True
-    character_first: bool = False
-    character_expand: bool = False
-    separator: str = ", "
-
-    @classmethod
-    def of(cls, options: "CaptionFileOptions") -> "CaptionStyle":
-        return cls(*(getattr(options, field.name) for field in fields(cls)))
-
-    @property
-    def triggers(self) -> list[str]:
-        """The trigger words: comma-separated items, written as typed."""
-        return _unique(split_tags(self.trigger, ","))
+def triggers(trigger: str) -> list[str]:
+    """The trigger words: comma-separated items, written as typed."""
+    return _unique(split_tags(trigger, ","))
 
 
 def caption_items(
-    result: "Extraction", style: CaptionStyle, tagger: bool, weights: bool = False, first: Sequence[str] = ()
+    result: "Extraction", options: "CaptionFileOptions", tagger: bool, weights: bool = False, first: Sequence[str] = ()
 ) -> list[str]:
     """The caption's items in order: the trigger words, the family's quality tags, the captioner's sentence,
     the positive tags, the family's closing tags. Written as the prompt writes them (escaped, `(tag:w)` with
-    `weights`) with the style's changes; an item already there (the trigger, an expanded series) is not
+    `weights`) with the options' changes; an item already there (the trigger, an expanded series) is not
     repeated. `tagger`: the tags are a booru tagger's. A family's quality and rating words stay as it spells
     them (`score_9`, `rating_safe`). `first`: the always-first tags (tag_text.normal), which lead even the
     character tags (kohya's order too)."""
     tags = [tag for tag in result.tags if tag.role == "positive"]
-    if style.character_first:  # a stable sort: within each group, the order selection gave
+    if options.character_first:  # a stable sort: within each group, the order selection gave
 
         def group(tag: "TagScore") -> int:
             return 0 if tag_key(tag.tag) in first else 1 if tag.category == "character" else 2
 
         tags = sorted(tags, key=group)
-    write = escape if style.escape_parentheses else str
+    write = escape if options.escape_parentheses else str
     texts = []
     for tag, weight in zip(tags, tag_weights(tags) if weights else [1.0] * len(tags)):
         if tag.category == "rating":
             texts.append(weighted(write(tag.tag), weight))
             continue
-        expand = style.character_expand and tag.category == "character"
+        expand = options.character_expand and tag.category == "character"
         for name in expanded_character(tag.tag) if expand else [tag.tag]:
-            texts.append(weighted(write(with_underscores(name, style.underscores, tagger)), weight))
+            texts.append(weighted(write(with_underscores(name, options.underscores, tagger)), weight))
     family = result.preset.family if result.preset else None
     sentence = [write(result.caption)] if result.caption else []
     if sentence and texts and result.prompt_style == "sentences":  # the prompt's `Sentence. tag, tag`
         texts[0] = f"{sentence.pop()} {texts[0]}"
     quality = (split_tags(family.prefix if family else "", ","), split_tags(family.suffix if family else "", ","))
-    return _unique([*style.triggers, *quality[0], *sentence, *texts, *quality[1]])
+    return _unique([*triggers(options.trigger), *quality[0], *sentence, *texts, *quality[1]])
 
 
 def caption_text(items: Sequence[str], separator: str = ", ") -> str:
@@ -264,6 +248,7 @@ class CaptionWriter:
 
     def write(self, image: Path, result: "Extraction") -> str:
         """ "written" or "unchanged" (see write_caption); OSError or UnicodeDecodeError for a file left as it was."""
-        style = CaptionStyle.of(self.options)
-        items = caption_items(result, style, self.tagger, self.weights, self.first)
-        return write_caption(self.path(image), items, self.options.existing, style.separator, len(style.triggers))
+        options = self.options
+        items = caption_items(result, options, self.tagger, self.weights, self.first)
+        leading = len(triggers(options.trigger))  # the trigger leads even when appending
+        return write_caption(self.path(image), items, options.existing, options.separator, leading)

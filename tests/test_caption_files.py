@@ -15,7 +15,6 @@ import torch
 
 from easy_diffuser.batch import caption_folder
 from easy_diffuser.caption_files import (
-    CaptionStyle,
     caption_items,
     expanded_character,
     merged,
@@ -336,10 +335,10 @@ def test_character_first_puts_characters_before_count_tags_and_after_the_always_
         tag("armor", "general"),
     ]
     result = Extraction("", "", tags, "m", 1.0, "option")
-    style = CaptionStyle(character_first=True, character_expand=True, underscores="keep")
+    style = CaptionFileOptions(character_first=True, character_expand=True, underscores="keep")
     assert caption_items(result, style, tagger=True) == ["saber", "fate", "1girl", "general", "armor"]
-    assert caption_items(result, CaptionStyle(), tagger=True) == ["1girl", "saber \\(fate\\)", "general", "armor"]
-    first = caption_items(result, CaptionStyle(character_first=True), tagger=True, first=("armor",))
+    assert caption_items(result, CaptionFileOptions(), tagger=True) == ["1girl", "saber \\(fate\\)", "general", "armor"]
+    first = caption_items(result, CaptionFileOptions(character_first=True), tagger=True, first=("armor",))
     assert first == ["armor", "saber \\(fate\\)", "1girl", "general"]
 
 
@@ -379,7 +378,7 @@ def test_by_default_the_caption_is_the_prompt_whatever_frames_it(family, caption
     prompt, _ = framed(preset, join(escape(caption), [format_prompt(tags, weights)], sentences), "", tags)
     result = Extraction(prompt, "", tags, "m", 1.0, "option", caption=caption, preset=preset)
     result = replace(result, prompt_style="sentences" if sentences else "tags")
-    assert ", ".join(caption_items(result, CaptionStyle(), tagger=True, weights=weights)) == prompt
+    assert ", ".join(caption_items(result, CaptionFileOptions(), tagger=True, weights=weights)) == prompt
 
 
 def test_no_caption_lands_outside_the_folder_through_a_linked_image_or_sub_folder(tagger, folder, tmp_path):
