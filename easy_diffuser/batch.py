@@ -37,6 +37,7 @@ class BatchSummary:
     seconds: float = 0.0  # time spent on the images to do
     captions: bool = True  # False: records only (--no-captions), so nothing is "captioned"
     recorded: int = 0  # records written (error records included)
+    extracted: int = 0  # images extracted this run, whether for a caption or only for a record
     unchanged: list[Path] = field(default_factory=list)  # append/prepend: the caption file had every tag already
 
     def __str__(self) -> str:
@@ -46,8 +47,8 @@ class BatchSummary:
             text = f"{done}, {len(self.skipped)} already captioned, {len(self.failed)} failed"
         else:
             text = f"{self.recorded} records written, {len(self.skipped)} already recorded, {len(self.failed)} failed"
-        if self.seconds and self.written:
-            text += f" ({len(self.written) / self.seconds:.1f} images/s)"
+        if self.seconds and self.extracted:
+            text += f" ({self.extracted / self.seconds:.1f} images/s)"
         return text + (" (stopped)" if self.stopped else "")
 
 
@@ -87,6 +88,11 @@ def caption_folder(
     summary.written, summary.stopped, summary.seconds = outcome.written, outcome.stopped, outcome.seconds
     summary.recorded, summary.unchanged = outcome.recorded, outcome.unchanged
     summary.failed += outcome.failed
+    # An image extracted only for its record kept the caption file it had: already captioned, not captioned now.
+    summary.extracted = len(outcome.written) + len(outcome.unchanged)
+    wrote_caption = {task.path for task in tasks if task.caption}
+    summary.skipped += [path for path in summary.written if path not in wrote_caption] if captions else []
+    summary.written = [path for path in summary.written if path in wrote_caption]
     return summary
 
 

@@ -15,13 +15,11 @@ functions at the end (read_caption, write_caption, CaptionWriter) read and write
 from __future__ import annotations
 
 import errno
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .files import read_regular_file, remove_leftover_temp_files, write_atomically
-from .images import IMAGE_SUFFIXES
 from .prompt import escape, tag_weights, weighted
 from .tag_text import KAOMOJI, normal, tag_list
 
@@ -31,24 +29,14 @@ if TYPE_CHECKING:  # options.py checks its values with this module, and engine.p
     from .selection import TagScore
 
 CAPTION_FILE_LIMIT = 2**20  # a caption of a megabyte is no caption: refused, never rewritten
-EXTENSION = re.compile(r"(\.[\w-]+)+")  # `.txt`, `.caption`, `.wd14.txt`: no separator, no `..`, no space
 _ESCAPE = "\x00"  # stands for an escaped `,` or `;` while a replacement list is split
 
 
 # -- names ------------------------------------------------------------------------------------------------
 
 
-def extension_problem(extension: str) -> str:
-    """ "" for an extension a caption file may have, else why not (the options schema's message)."""
-    if not EXTENSION.fullmatch(extension) or len(extension) > 32:
-        return "must be a dot and a name such as .txt or .caption (letters, digits, _ or -)"
-    if f".{extension.rsplit('.', 1)[1].lower()}" in IMAGE_SUFFIXES:
-        return "must not be an image's extension (the caption would overwrite the image): use .txt or .caption"
-    return ""
-
-
 def caption_path(image: Path, extension: str = ".txt") -> Path:
-    """The caption file of `image`: beside it, its stem and the extension (`extension_problem` checked it)."""
+    """The caption file of `image`: beside it, its stem and the extension (options.ExtensionOption checked it)."""
     return image.with_name(image.stem + extension)
 
 

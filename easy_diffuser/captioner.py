@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from .devices import OnDevice, default_dtype
-from .errors import ModelError, ModelFileError, first_line
+from .errors import ModelError, ModelFileError, first_line, one_line
 from .files import safe_name
 from .hub import hub_offline, require_reachable
 from .models import DEFAULT_CACHE_DIR, LoadOnce
@@ -62,6 +62,10 @@ DESCRIBE = (
     "Describe this image in one detailed paragraph for a text-to-image model: the subject, the setting, "
     "the style or medium, the lighting and colours, and the composition. Write plain sentences, no lists."
 )
+# The one request a describer is sent: its chat template is rendered with it once at load (see _check_chat_template).
+DESCRIBE_MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE}]}]
+# Where a model folder keeps its chat template (transformers reads the first it finds).
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json")
 DESCRIBER_DEFAULTS = {"beams": 1, "max_length": 256}  # in place of BLIP's defaults (3 beams, 30 tokens)
 # Qwen2-VL-2B, the largest captioner listed, has 2.2e9 parameters (its 7B sibling 8.3e9): a config.json that
 # describes more is refused before transformers allocates the model (100,000 layers would fill any memory).
@@ -161,8 +165,7 @@ class Describer(Captioner):
     @torch.inference_mode()
     def caption(self, image: Image.Image, options: CaptionOptions = CaptionOptions()) -> str:
         beams, max_length = describing(options)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        text = self.processor.apply_chat_template(DESCRIBE_MESSAGES, add_generation_prompt=True)
         inputs = self.processor(images=[image.convert("RGB")], text=[text], return_tensors="pt")
         with self._lock:
             inputs = {
@@ -292,6 +295,7 @@ def _from_pretrained(source: str, model_id: str, **hub: Any) -> Captioner:
     model.eval()
     model.requires_grad_(False)
     if architecture.describes:
+        _check_chat_template(processor, source, model_id)
         _cap_resolution(processor.image_processor)
         return Describer(model_id, model, processor)
     return Captioner(model_id, model, processor)
@@ -375,6 +379,21 @@ def _load_weights(model_class: Any, source: str, safetensors_only: bool, **hub: 
             if safetensors_only:
                 raise
             return model_class.from_pretrained(source, use_safetensors=False, **hub)
+
+
+def _check_chat_template(processor: Any, source: str, model_id: str) -> None:
+    """Render the chat template once with the request every caption sends, so that a template that cannot be
+    used (one Jinja's sandbox stops, a syntax error, a missing one) is one line naming its file now, not a
+    traceback at the first image."""
+    try:
+        processor.apply_chat_template(DESCRIBE_MESSAGES, add_generation_prompt=True)
+    except Exception as error:  # jinja2's SecurityError, TemplateError, and whatever the template itself raises
+        folder = Path(source)
+        file = next((folder / name for name in CHAT_TEMPLATE_FILES if (folder / name).is_file()), None)
+        where = str(file) if file else f"{model_id}'s chat template"
+        raise ModelFileError(
+            f"{where}: the chat template cannot be used ({type(error).__name__}: {one_line(error, 200)})"
+        ) from None
 
 
 def _cap_resolution(image_processor: Any) -> None:

@@ -164,6 +164,16 @@ def detect_checkpoint(checkpoint: str | os.PathLike) -> Detected:
     return detect(path.name, metadata)
 
 
+def _shown_path(path: Path) -> str:
+    """The file as a message names it: on one line (control characters escaped), a long name cut."""
+    text = str(path)
+    return _shortened(text if text.isprintable() else text.encode("unicode_escape").decode("ascii"), 200)
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """A safetensors file's `__metadata__` (its text values), read from the 8-byte length and the JSON header only,
     never the weights; ValueError naming the file when it is not a safetensors file."""
@@ -171,11 +181,14 @@ def read_metadata(path: Path) -> dict[str, str]:
         head = file.read(8)
         size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         if not 2 <= size <= MAX_HEADER_BYTES:
-            raise ValueError(f"{path}: not a safetensors file (its header length is {size})")
+            raise ValueError(f"{_shown_path(path)}: not a safetensors file (its header length is {size})")
         try:
             header = json.loads(file.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {error})") from None
+        except (ValueError, RecursionError) as error:  # not JSON, a 5,000-digit number, nesting past the stack
+            problem = "nested too deeply" if isinstance(error, RecursionError) else _shortened(str(error), 100)
+            raise ValueError(
+                f"{_shown_path(path)}: not a safetensors file (its header is not JSON we read: {problem})"
+            ) from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         return {}

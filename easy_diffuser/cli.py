@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from . import prompt_style
+from . import prompt_style, torch_versions
 from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS, check_supported
 from .checkpoint_family import detect_checkpoint
@@ -37,6 +37,7 @@ from .options import (
 )
 from .records import RecordsError, RecordWriter, absolute, error_record, record
 from .registry import kind_for, list_models
+from .scoring import NonFiniteScores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
         epilog="other commands:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
         "(easy-diffuser calibrate --help)\n  easy-diffuser check IMAGE --generator G   how faithful the prompt is: "
-        "generate and compare\n  easy-diffuser refine IMAGE --generator G  better prompts, round by round",
+        "generate and compare\n  easy-diffuser refine IMAGE --generator G  better prompts, round by round"
+        "\n  easy-diffuser dataset FOLDER ...       a dataset's tag report, bulk caption edits, undo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
@@ -165,10 +167,18 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    mismatch = torch_versions.mismatch()  # before any command: a mixed pip install fails at the first model
+    if mismatch:
+        print(f"error: {mismatch}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
     if argv[:1] == ["calibrate"]:  # `easy-diffuser calibrate FOLDER ...`: its own parser
         from .calibration.cli import main as calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv[:1] == ["dataset"]:  # `easy-diffuser dataset FOLDER --report DIR | edits | --undo`: dataset/cli.py
+        from .dataset.cli import main as dataset_main
+
+        return dataset_main(argv[1:])
     if argv[:1] in (["refine"], ["check"]):  # `easy-diffuser refine IMAGE --generator ...`: refine_cli.py
         from .refine_cli import main as refine_main
 
@@ -245,10 +255,11 @@ def _run_image(
 ) -> bool:
     try:
         result = engine.extract(path, options, name=str(path))
-    except ImageError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ImageError, NonFiniteScores) as error:
+        reason = f"{path}: {error}" if isinstance(error, NonFiniteScores) else str(error)  # ImageError names it
+        print(f"error: {reason}", file=sys.stderr)
         if records:
-            records.write([error_record(absolute(path), str(error), engine.model_id)])
+            records.write([error_record(absolute(path), reason, engine.model_id)])
         return False
     _print(result, args.json)
     if records:
@@ -288,7 +299,10 @@ def _run_folder(
 
 def _print(result: Extraction, as_json: bool) -> None:
     if as_json:
-        _write_out(json.dumps(result.to_dict(), ensure_ascii=False) + "\n", json.dumps(result.to_dict()) + "\n")
+        data = result.to_dict()  # allow_nan=False: never a NaN that isn't JSON, should one get past the engine
+        _write_out(
+            json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n", json.dumps(data, allow_nan=False) + "\n"
+        )
         return
     name = f"{result.source}\n" if result.source else ""
     text = f"{name}Prompt: {result.prompt}\nNegative prompt: {result.negative_prompt}\n"

@@ -39,6 +39,7 @@ from .presence import TagCalibration, model_tag_calibration
 from .prompt import escape, format_prompt, prompts
 from .registry import kind_for
 from .scorers import TagScorer
+from .scoring import require_finite
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
 from .tag_replacement import TagView, replaced
@@ -150,9 +151,11 @@ class Engine:
         return self.encode_tensors(torch.stack([self.loaded.preprocess(image) for image in images]))
 
     def encode_tensors(self, batch: torch.Tensor) -> torch.Tensor:
-        """encode() for images already through `self.loaded.preprocess`, stacked (pipeline.py decodes in workers)."""
+        """encode() for images already through `self.loaded.preprocess`, stacked (pipeline.py decodes in workers).
+        NonFiniteScores when the model gives NaN or inf for any of them (a batch run fails those alone)."""
         with self._lock:
-            return self.scorer.features(batch)
+            features = self.scorer.features(batch)
+        return require_finite(features, self.model_id, self.loaded.dtype)
 
     def extract_embeddings(
         self,

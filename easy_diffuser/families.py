@@ -159,12 +159,12 @@ def detect(target: Detected | None) -> Preset:
         return Preset(None, "no checkpoint loaded")
     family = _named_family(target.name)
     if family:
-        return Preset(family, f"from the checkpoint name {target.name}")
+        return Preset(family, f"from the checkpoint name {_shortened(target.name)}")
     for key in METADATA_KEYS:
         family = _named_family(target.metadata.get(key, ""))
         if family:
             return Preset(family, f"from the checkpoint's metadata {key}: {_shortened(target.metadata[key])}")
-    return Preset(None, f"no family recognised in the checkpoint name {target.name} or its metadata")
+    return Preset(None, f"no family recognised in the checkpoint name {_shortened(target.name)} or its metadata")
 
 
 def _named_family(text: str) -> Conventions | None:
@@ -176,5 +176,8 @@ def _named_family(text: str) -> Conventions | None:
 
 
 def _shortened(text: str, limit: int = 60) -> str:
+    """A name or metadata text as the status line shows it: one line, at most `limit` characters."""
     text = " ".join(text.split())
+    if not text.isprintable():  # a control character left (ESC starts a terminal's escape sequence): escaped
+        text = text.encode("unicode_escape").decode("ascii")
     return text if len(text) <= limit else f"{text[:limit]}..."

@@ -20,8 +20,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temp_path) on a temp file beside `path`, then rename it over `path`."""
+def write_atomically(path: Path, write: Callable[[Path], None], mode: int | None = None) -> None:
+    """Call write(temp_path) on a temp file beside `path`, then rename it over `path`; the file gets `mode`
+    (a user's file rewritten keeps its own), else the mode a plain open() would give it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(handle)
@@ -29,7 +30,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(temp)
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        os.chmod(temp, 0o666 & ~_UMASK)
+        os.chmod(temp, 0o666 & ~_UMASK if mode is None else mode)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

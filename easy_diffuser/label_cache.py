@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .embedding import ProgressFn, encode_texts
+from .errors import ModelFileError
 from .files import safe_name, write_atomically
 from .kinds.clip_loading import LoadedClip
 from .vocabulary import Vocabulary
@@ -25,6 +26,7 @@ from .vocabulary import Vocabulary
 log = logging.getLogger(__name__)
 # Rows are stored as fp16: a unit row comes back within about 1e-3 of length 1.
 UNIT_TOLERANCE = 1e-2
+NON_FINITE_TAGS = "gave non-finite tag embeddings: its weights may be damaged (NaN/inf); re-download them"
 
 
 def cache_path(cache_dir: Path, cache_key: str, vocabulary: Vocabulary) -> Path:
@@ -41,6 +43,8 @@ def text_embeddings(
         return cached
     # Round through fp16 as the file stores it, so the first run and cached runs agree exactly.
     embeddings = _build(loaded, vocabulary, progress).half().float()
+    if not torch.isfinite(embeddings).all():  # every image's scores would be NaN: the model is unusable
+        raise ModelFileError(f"the model {loaded.model_id} {NON_FINITE_TAGS}")
     _write(path, embeddings, vocabulary)
     return embeddings
 

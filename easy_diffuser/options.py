@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Optional
 
-from .caption_files import extension_problem, parse_replacements
+from .caption_files import parse_replacements
 from .checkpoint_family import TOKEN_BUDGET
 from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
+from .images import IMAGE_SUFFIXES
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
@@ -26,6 +28,11 @@ DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentence
 # longer ones into chunks of 75: three chunks hold what a tagger finds at its default thresholds.
 BOORU_TOKEN_BUDGET = 3 * TOKEN_BUDGET
 MAX_TAG_LIST = 4000  # characters of an exclude or always-first list
+# Characters of a prompt Check and Refine take. The largest token budget, 6 chunks of 75 tokens, is about 2,000
+# characters of tags: this leaves room for a hand-written pair, and none for a 4 MB one that holds the
+# generation queue for as long as the webui takes to read it.
+MAX_PROMPT_CHARS = 10_000
+_LINE_BREAKS = str.maketrans("", "", "\n\r\t")
 
 
 class OptionError(ValueError):
@@ -68,6 +75,7 @@ class Option:
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
     choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
+    text: bool = False  # for kind str: free text of at most `maximum` characters (a prompt), lines allowed
     # For kind str other than a list of tags: what it takes, as messages say it, and its rule ("" or why not).
     describes: str = ""
     rule: Callable[[str], str] | None = None
@@ -80,6 +88,14 @@ class Option:
             if not isinstance(value, str) or value.strip().lower() not in self.choices:
                 raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
             return value.strip().lower()
+        if self.text:
+            if (
+                not isinstance(value, str)
+                or len(value) > self.maximum
+                or not value.translate(_LINE_BREAKS).isprintable()
+            ):
+                raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
+            return value
         if self.kind is str:
             if not isinstance(value, str) or len(value) > MAX_TAG_LIST or not value.isprintable():
                 raise OptionError(self.name, f"{self.accepts}, not {str(value)[:80]!r}")
@@ -117,10 +133,18 @@ class Option:
         return parse
 
     @property
+    def tag_list(self) -> bool:
+        """Whether the value is a comma-separated list of tags (exclude_tags): what a str option is unless it is
+        a choice, free text, or says what it takes (`describes`, or a subclass's own check)."""
+        return self.kind is str and not (self.choices or self.text or self.describes) and type(self) is Option
+
+    @property
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
         if self.choices:
             return f"must be one of {', '.join(self.choices)}"
+        if self.text:
+            return f"must be text of at most {self.maximum:,.0f} characters (no control characters but line breaks)"
         if self.kind is str:
             return self.describes or f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
         kind = "a whole number" if self.kind is int else "a number"
@@ -323,18 +347,113 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         512,
     ),
 )
-# -- Caption files beside a folder's images (batch.py, ray_job.py; caption_files.py writes them) --
-CAPTION_FILE_OPTIONS: tuple[Option, ...] = (
+OPTION = {option.name: option for option in OPTIONS}
+CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
+
+# -- Check and Refine by the round trip (refine.py): generate from a prompt pair, compare with the source --
+REFINE_OPTIONS: tuple[Option, ...] = (
     Option(
+        "rounds",
+        int,
+        4,
+        "refine rounds after the start; each builds a new prompt pair from the last round's tag diff",
+        "Refine rounds",
+        "--rounds",
+        0,
+        16,
+    ),
+    Option(
+        "seeds",
+        int,
+        2,
+        "generations each refine score averages (seeds SEED, SEED+1, ...): one seed can overfit; Check uses one",
+        "Seeds per score",
+        "--seeds",
+        1,
+        8,
+    ),
+    Option("seed", int, 0, "the first generation seed", "Seed", "--seed", 0, 2**31 - 1),
+    Option("width", int, 512, "width of each generated image (webui generators)", "Width", "--width", 64, 2048, 64),
+    Option("height", int, 512, "height of each generated image (webui generators)", "Height", "--height", 64, 2048, 64),
+    Option(
+        "steps", int, 12, "sampling steps of each generation (webui generators)", "Sampling steps", "--steps", 1, 150
+    ),
+)
+REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
+# The pair Check and Refine start from: the CLI's --prompt (default: extracted), HTTP's fields, the tab's boxes.
+PROMPT_OPTIONS: tuple[Option, ...] = (
+    Option("prompt", str, "", "the prompt to start from", "Prompt", "--prompt", 0, MAX_PROMPT_CHARS, text=True),
+    Option(
+        "negative_prompt",
+        str,
+        "",
+        "the negative prompt to start from",
+        "Negative prompt",
+        "--negative-prompt",
+        0,
+        MAX_PROMPT_CHARS,
+        text=True,
+    ),
+)
+PROMPT_OPTION = {option.name: option for option in PROMPT_OPTIONS}
+
+
+# -- A dataset's caption files (dataset/): which files are captions, and the report's list of rare tags --
+CAPTION_EXTENSION_PATTERN = re.compile(r"\.[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+MAX_EXTENSION = 32  # characters of a caption extension
+
+
+@dataclass(frozen=True)
+class ExtensionOption(Option):
+    """A caption file's extension (.txt, .caption, any .name): never a path, never an image's extension."""
+
+    def check(self, value: Any) -> str:
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, str) and text and not text.startswith("."):
+            text = f".{text}"  # kohya's "txt" and ".txt" alike
+        if (
+            not isinstance(text, str)
+            or len(text) > MAX_EXTENSION
+            or not CAPTION_EXTENSION_PATTERN.fullmatch(text)
+            or f".{text.rsplit('.', 1)[-1].lower()}" in IMAGE_SUFFIXES  # a caption there would be (or replace) an image
+        ):
+            raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
+        return text
+
+    @property
+    def accepts(self) -> str:
+        return (
+            f"must be a file extension such as .txt or .caption (letters, digits, - and _ after a dot, "
+            f"at most {MAX_EXTENSION} characters, not an image's)"
+        )
+
+
+DATASET_OPTIONS: tuple[Option, ...] = (
+    ExtensionOption(
         "caption_extension",
         str,
         ".txt",
-        "extension of the caption file beside each image (the one your trainer reads: .txt, .caption, ...)",
+        "the extension of the caption files, beside each image with its name (.txt, .caption, ...)",
         "Caption file extension",
         "--caption-extension",
-        describes="must be a dot and a name such as .txt or .caption",
-        rule=extension_problem,
     ),
+    Option(
+        "min_share",
+        float,
+        0.0,
+        "list the tags on fewer than this share of the images (rare tags a trainer may prune); 0: none",
+        "List tags below this share of images",
+        "--min-share",
+        0,
+        1,
+        0.005,
+    ),
+)
+DATASET_OPTION = {option.name: option for option in DATASET_OPTIONS}
+
+# -- Caption files beside a folder's images (batch.py, ray_job.py; caption_files.py writes them) --
+CAPTION_FILE_OPTIONS: tuple[Option, ...] = (
+    DATASET_OPTION["caption_extension"],  # one definition: the dataset tool reads the files this writes
     Option(
         "existing",
         str,
@@ -399,40 +518,7 @@ CAPTION_FILE_OPTIONS: tuple[Option, ...] = (
         rule=lambda text: "" if 1 <= len(text) <= 16 else "must be 1 to 16 printable characters, such as ', '",
     ),
 )
-OPTION = {option.name: option for option in OPTIONS}
 CAPTION_FILE_OPTION = {option.name: option for option in CAPTION_FILE_OPTIONS}
-CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
-
-# -- Check and Refine by the round trip (refine.py): generate from a prompt pair, compare with the source --
-REFINE_OPTIONS: tuple[Option, ...] = (
-    Option(
-        "rounds",
-        int,
-        4,
-        "refine rounds after the start; each builds a new prompt pair from the last round's tag diff",
-        "Refine rounds",
-        "--rounds",
-        0,
-        16,
-    ),
-    Option(
-        "seeds",
-        int,
-        2,
-        "generations each refine score averages (seeds SEED, SEED+1, ...): one seed can overfit; Check uses one",
-        "Seeds per score",
-        "--seeds",
-        1,
-        8,
-    ),
-    Option("seed", int, 0, "the first generation seed", "Seed", "--seed", 0, 2**31 - 1),
-    Option("width", int, 512, "width of each generated image (webui generators)", "Width", "--width", 64, 2048, 64),
-    Option("height", int, 512, "height of each generated image (webui generators)", "Height", "--height", 64, 2048, 64),
-    Option(
-        "steps", int, 12, "sampling steps of each generation (webui generators)", "Sampling steps", "--steps", 1, 150
-    ),
-)
-REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
 
 
 def _checked(instance: Any, schema: tuple[Option, ...], prefix: str = "") -> None:
@@ -567,6 +653,11 @@ class RefineOptions:
         return cls(**values)
 
 
+def checked_prompts(prompt: Any, negative_prompt: Any) -> tuple[str, str]:
+    """The pair to check or refine, by the schema; OptionError naming the field otherwise."""
+    return PROMPT_OPTION["prompt"].check(prompt), PROMPT_OPTION["negative_prompt"].check(negative_prompt)
+
+
 def caption_from(value: Any) -> CaptionOptions | None:
     """The `caption` field of a request or a call: false/None, true, a captioner id, or an object."""
     if value is None or value is False:
@@ -592,11 +683,10 @@ def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        text = "text" if option.describes else "comma-separated tags"
-        kind = "choice" if option.choices else text if option.kind is str else option.kind.__name__
-        entry = {"type": kind, "default": option.default, "help": option.help}
-        if option.describes:
-            entry["accepts"] = option.describes
+        kind = "choice" if option.choices else "comma-separated tags" if option.tag_list else option.kind.__name__
+        entry = {"type": "text" if kind == "str" else kind, "default": option.default, "help": option.help}
+        if kind == "str":
+            entry["accepts"] = option.accepts
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
         if option.choices:
@@ -618,7 +708,7 @@ def schema_help() -> dict[str, Any]:
         },
         "refine": {  # POST /refine's fields, not /extract's
             "type": "object",
-            "fields": {option.name: describe(option) for option in REFINE_OPTIONS},
+            "fields": {option.name: describe(option) for option in (*PROMPT_OPTIONS, *REFINE_OPTIONS)},
         },
     }
 
@@ -630,7 +720,7 @@ def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> N
         group.add_argument(option.flag, dest=dest, action=action, default=option.default, help=option.help)
         return
     if option.kind is str and not option.choices:
-        parse, metavar = option.argument_type(), "TEXT" if option.describes else "TAGS"
+        parse, metavar = option.argument_type(), "TAGS" if option.tag_list else "TEXT"
         default = f" (default: {option.default!r})" if option.default else ""
         group.add_argument(
             option.flag, dest=dest, type=parse, default=option.default, metavar=metavar, help=option.help + default

@@ -10,6 +10,7 @@ at most `ahead` decoded images wait for the model, and at most a few batches wai
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -30,6 +31,7 @@ from .images import ImageError, ImageInput, load_image
 from .kinds.base import Loaded
 from .options import CaptionFileOptions
 from .records import RecordWriter, absolute, error_record, record
+from .scoring import NonFiniteScores
 
 Progress = Callable[[int, int], None]  # (images done, images to do)
 
@@ -137,13 +139,13 @@ def run(
             if should_stop():
                 outcome.stopped = True
                 break
-            good = [item for item in batch if not item.error]
-            for item in batch:
-                if item.error:
-                    outcome.failed.append((item.task.path, item.error))
-                    writer.put_errors([item])
-            if good:
-                writer.put(good, _extract(engine, preprocessor, good, options))
+            decoded = [item for item in batch if not item.error]
+            extracted, results = _extract(engine, preprocessor, decoded, options) if decoded else ([], [])
+            failed = [item for item in batch if item.error]  # unreadable, or the model's scores were not finite
+            outcome.failed.extend((item.task.path, item.error) for item in failed)
+            writer.put_errors(failed)
+            if extracted:
+                writer.put(extracted, results)
             done += len(batch)
             if progress:
                 progress(done, len(tasks))
@@ -156,11 +158,22 @@ def run(
 
 def _extract(
     engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
-) -> list[Extraction]:
+) -> tuple[list[Prepared], list[Extraction]]:
+    """The images extracted and their results; an image the model gives non-finite scores is left out, its
+    `error` set, and the rest of the batch goes on."""
     caption = engine.style(options).caption
     captions = engine.caption([item.image for item in batch], caption) if caption else []
-    embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
-    return engine.extract_embeddings(embeddings, options, [str(item.task.path) for item in batch], captions)
+    try:
+        embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
+    except NonFiniteScores as error:
+        kept = error.finite.tolist()
+        for item, finite in zip(batch, kept):
+            if not finite:
+                item.error = f"{item.task.path}: {error}"
+        embeddings = error.features[error.finite]
+        batch, captions = list(itertools.compress(batch, kept)), list(itertools.compress(captions, kept))
+    names = [str(item.task.path) for item in batch]
+    return batch, engine.extract_embeddings(embeddings, options, names, captions) if batch else []
 
 
 def _prepare(task: Task, preprocessor: Preprocessor, keep_image: bool) -> Prepared:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import logging
 import os
 import posixpath
@@ -55,6 +56,7 @@ from .records import (
     records_in_lines,
     schema_difference,
 )
+from .scoring import NonFiniteScores
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +325,13 @@ class TagExtractor:
             error_record(path, error, self.engine.model_id) for path, error in zip(paths, errors)
         ]
         if good:
-            embeddings = self.engine.encode_tensors(torch.from_numpy(batch["pixels"][good]))
+            try:
+                embeddings = self.engine.encode_tensors(torch.from_numpy(batch["pixels"][good]))
+            except NonFiniteScores as error:  # those images fail, the rest of the batch goes on
+                for index, finite in zip(good, error.finite.tolist()):
+                    if not finite:
+                        rows[index] = error_record(paths[index], f"{paths[index]}: {error}", self.engine.model_id)
+                embeddings, good = error.features[error.finite], list(itertools.compress(good, error.finite.tolist()))
             names = [paths[index] for index in good]
             for index, result in zip(good, self.engine.extract_embeddings(embeddings, self.options, names)):
                 rows[index] = record(result, paths[index])

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from .engine import Extraction
 from .files import OutputLock, write_atomically
+from .scoring import NON_FINITE
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def record(result: Extraction, path: str) -> dict[str, Any]:
     tags = [tag.to_dict() for tag in result.tags]
     numbers = [result.tau] + [tag[key] for tag in tags for key in ("score", "relevance")]
     if not all(math.isfinite(number) for number in numbers):
-        return error_record(path, "the model gave non-finite scores (fp16 overflow? try --device cpu)", result.model)
+        return error_record(path, f"{path}: the model {result.model} {NON_FINITE}", result.model)
     return valid_text(
         {
             "path": path,

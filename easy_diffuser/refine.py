@@ -36,9 +36,10 @@ from .calibration.generators import GenerationStopped, Generator
 from .calibration.metric import Embedded, Metric
 from .engine import Engine
 from .images import ImageInput, load_image
-from .options import REFINE_OPTION, ExtractOptions, RefineOptions
+from .options import REFINE_OPTION, ExtractOptions, OptionError, RefineOptions, checked_prompts, shown_text
 from .presence import MAY_BE_PRESENT
 from .prompt import escape
+from .scoring import NonFiniteScores
 from .vocabulary import NEGATIVE_QUALITY
 
 SCORE_NAME = "round-trip loss"
@@ -49,6 +50,9 @@ SCORE_HELP = (
 SHOWN = 0.5  # p from which an image shows a tag ("more likely than not")
 WEIGHT_STEP = 0.2  # a lost tag already in the prompt is weighted up by this much per round
 MAX_WEIGHT = 1.4  # higher attention weights distort Stable Diffusion's images more than they bring a tag back
+# A weight the start pair may have: attention past 2 or so already ruins the picture, so a larger one is a typo,
+# and (red:1 followed by 400 zeros) would be read as infinity and written back as (red:inf).
+MAX_START_WEIGHT = 100
 CHANGES = 3  # most lost and most added tags acted on per round, the clearest first: small steps, each measured
 
 OnRound = Callable[["Round"], None]
@@ -149,7 +153,10 @@ def refine(
     should_stop: Callable[[], bool] = lambda: False,
     metric: Metric | None = None,
 ) -> Refinement:
-    """Round 0 and up to `options.rounds` refined pairs, each scored on `options.seeds` seeds."""
+    """Round 0 and up to `options.rounds` refined pairs, each scored on `options.seeds` seeds. OptionError (before
+    anything is generated) for a pair `checked_pair` refuses; NonFiniteScores when the model can't score the source
+    image."""
+    prompt, negative_prompt = checked_pair(prompt, negative_prompt)
     metric = metric or Metric(engine)
     source = metric.embed([image])
     result = Refinement([], [options.seed + i for i in range(options.seeds)])
@@ -166,12 +173,30 @@ def refine(
         except (RuntimeError, OSError, ValueError) as error:  # WebuiError, an unreadable answer: keep what is done
             result.error = f"round {index}: {error}"
             break
-        scored = score(engine, metric, source, images, index, pair)
+        try:
+            scored = score(engine, metric, source, images, index, pair)
+        except NonFiniteScores as error:  # a generation the model can't score (fp16 overflow): keep what is done
+            result.error = f"round {index}: a generated image: {error}"
+            break
         result.rounds.append(scored)
         if on_round:
             on_round(scored)
         pair = next_pair(engine, pair, scored, source.probabilities[0])
     return result
+
+
+def checked_pair(prompt: str, negative_prompt: str) -> tuple[str, str]:
+    """The pair to start from, checked by the options schema (length, characters) and for weights a round can
+    write back; OptionError naming the field otherwise. Every surface checks the pair with this before it works."""
+    pair = checked_prompts(prompt, negative_prompt)
+    for name, text in zip(("prompt", "negative_prompt"), pair):
+        for part in text.split(","):
+            weighted = _WEIGHTED.match(part.strip())
+            if weighted and not float(weighted["weight"]) <= MAX_START_WEIGHT:  # float("1" + 400 zeros) is inf
+                raise OptionError(
+                    name, f"the weight of {shown_text(part.strip())} must be a number up to {MAX_START_WEIGHT}"
+                )
+    return pair
 
 
 def _generate(generator: Generator, pair: tuple[str, str], seed: int, should_stop: Callable[[], bool]) -> Image.Image:

@@ -14,15 +14,18 @@ import sys
 from dataclasses import replace
 from typing import Sequence
 
-from .calibration.generators import make_generator
+from PIL import Image
+
+from .calibration.generators import Generator, make_generator
 from .devices import default_device
 from .engine import Engine
 from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError, load_image
 from .models import DEFAULT_MODEL
-from .options import OPTIONS, REFINE_OPTIONS, ExtractOptions, RefineOptions, add_argument
-from .refine import SCORE_HELP, Refinement, Round, refine
+from .options import OPTIONS, PROMPT_OPTION, REFINE_OPTIONS, ExtractOptions, OptionError, RefineOptions, add_argument
+from .refine import SCORE_HELP, Refinement, Round, checked_pair, refine
+from .scoring import NonFiniteScores
 
 CHECK_ONLY = {"rounds", "seeds"}  # Check is round 0 on one seed: these flags are refine's
 
@@ -42,8 +45,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         "http://127.0.0.1:7860) or the URL of one",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registry name, ARCH/TAG, model folder or checkpoint")
-    parser.add_argument("--prompt", default=None, help="the prompt to start from (default: extracted from IMAGE)")
-    parser.add_argument("--negative-prompt", default=None, help="the negative prompt to start from")
+    for option in PROMPT_OPTION.values():
+        extracted = " (default: extracted from IMAGE)" if option.name == "prompt" else ""
+        parser.add_argument(
+            option.flag, default=None, help=f"{option.help}{extracted}; at most {option.maximum:,.0f} characters"
+        )
     parser.add_argument("--json", action="store_true", help="print one JSON object: the rounds and the best pair")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument(
@@ -65,31 +71,48 @@ def main(command: str, argv: Sequence[str]) -> int:
     if command == "check":
         settings = replace(settings, rounds=0, seeds=1)
     try:
+        checked_pair(args.prompt or "", args.negative_prompt or "")
+    except OptionError as error:  # one line, as the HTTP route's 422 says it
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    try:
         image = load_image(args.image)
     except ImageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_IMAGE_FAILED
     try:
-        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
         generator = make_generator(args.generator, settings.width, settings.height, settings.steps)
+        engine = Engine(args.model, args.device or default_device(), cache_dir=args.cache_dir)
     except (ModelError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    prompt, negative = args.prompt, args.negative_prompt or ""
-    if prompt is None:
-        extracted = engine.extract_many([image], ExtractOptions(**{o.name: getattr(args, o.name) for o in OPTIONS}))
-        prompt, negative = extracted[0].prompt, args.negative_prompt or extracted[0].negative_prompt
-    if not args.json:
-        print(SCORE_HELP)
-    result = refine(engine, image, generator, prompt, negative, settings, None if args.json else _print_round)
-    if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    try:
+        result = _refine(engine, image, generator, settings, args)
+    except NonFiniteScores as error:  # the source image: there is nothing to compare with
+        print(f"error: {args.image}: {error}", file=sys.stderr)
+        return EXIT_IMAGE_FAILED
+    if args.json:  # allow_nan=False: never a NaN that isn't JSON, should one get past the metric
+        print(json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False))
     else:
         _print_best(result)
     if result.error or result.stopped:
         print(f"error: {result.error or 'stopped'}; the finished rounds are above", file=sys.stderr)
         return EXIT_IMAGE_FAILED
     return 0
+
+
+def _refine(
+    engine: Engine, image: Image.Image, generator: Generator, settings: RefineOptions, args: argparse.Namespace
+) -> Refinement:
+    """The rounds from the given pair, or from the one extracted from the image (NonFiniteScores when the model
+    can't score the image)."""
+    prompt, negative = args.prompt, args.negative_prompt or ""
+    if prompt is None:
+        extracted = engine.extract_many([image], ExtractOptions(**{o.name: getattr(args, o.name) for o in OPTIONS}))
+        prompt, negative = extracted[0].prompt, args.negative_prompt or extracted[0].negative_prompt
+    if not args.json:
+        print(SCORE_HELP)
+    return refine(engine, image, generator, prompt, negative, settings, None if args.json else _print_round)
 
 
 def _print_round(scored: Round) -> None:

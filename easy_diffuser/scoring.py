@@ -37,3 +37,32 @@ def score(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> list
 def standardised(values: torch.Tensor) -> torch.Tensor:
     """(value - mean) / standard deviation over the last dimension (the vocabulary)."""
     return (values - values.mean(dim=-1, keepdim=True)) / values.std(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+NON_FINITE = "gave non-finite scores for this image: its weights may be damaged (NaN/inf); re-download them"
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class NonFiniteScores(ValueError):
+    """A model gave NaN or inf for images of a batch: each of them is a failed image, never a score.
+
+    Raised where a model's output enters the pipeline (Engine.encode_tensors). It carries the batch's features
+    and which rows are finite, so that a folder run fails the bad images alone and keeps the others."""
+
+    def __init__(self, model: str, features: torch.Tensor, finite: torch.Tensor, dtype: torch.dtype) -> None:
+        overflow = " (or it overflowed in half precision: run it in float32)" if dtype in HALF_PRECISION else ""
+        super().__init__(f"the model {model} {NON_FINITE}{overflow}")
+        self.model, self.features, self.finite = model, features, finite
+
+
+def finite_rows(features: torch.Tensor) -> torch.Tensor:
+    """[images] bool: which images' features (one row each) are finite throughout."""
+    return torch.isfinite(features.reshape(len(features), -1)).all(dim=1)
+
+
+def require_finite(features: torch.Tensor, model: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The features as they are, or NonFiniteScores when any image's are not finite (`dtype`: the model's)."""
+    finite = finite_rows(features)
+    if not finite.all():
+        raise NonFiniteScores(model, features, finite, dtype)
+    return features

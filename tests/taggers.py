@@ -91,3 +91,13 @@ def write_tagger(
 def logits_for(probabilities: dict[str, float], tags=TAGS, rest: float = 0.001) -> list[float]:
     """Head biases that give these probabilities (and `rest` to every other tag)."""
     return [float(torch.logit(torch.tensor(probabilities.get(name, rest)))) for name, _ in tags]
+
+
+def set_nan(weights: Path, key: str) -> Path:
+    """Damage a safetensors file as a bad download or a diverged training run would: one NaN in tensor `key`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(weights))
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(weights))
+    return weights

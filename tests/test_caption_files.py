@@ -31,6 +31,10 @@ from conftest import draw_scene
 
 STAR = "twinkle \\(shapes\\), general, yellow, white background, large, star"  # the tagger's prompt of the star
 CIRCLE = "general, circle, large, white background, red"  # and of the red circle
+EXTENSION = (
+    "must be a file extension such as .txt or .caption (letters, digits, - and _ after a dot, at most 32 characters, "
+    "not an image's)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -185,21 +189,28 @@ def test_a_caption_that_is_no_text_a_link_or_a_folder_is_one_failure_and_left_as
 @pytest.mark.parametrize(
     "extension, problem",
     [
-        ("../up", "must be a dot and a name such as .txt or .caption (letters, digits, _ or -), not '../up'"),
-        ("./x", "must be a dot and a name such as .txt or .caption"),
-        (".a/b", "must be a dot and a name"),
-        (".a\\b", "must be a dot and a name"),
-        ("..txt", "must be a dot and a name"),
-        ("", "must be a dot and a name"),
-        (".", "must be a dot and a name"),
-        ("txt", "must be a dot and a name"),
-        (".t xt", "must be a dot and a name"),
-        (".png", "must not be an image's extension (the caption would overwrite the image): use .txt or .caption"),
-        (".JPG", "must not be an image's extension"),
-        (".tags.webp", "must not be an image's extension"),
+        (
+            "../up",
+            f"{EXTENSION}, not '../up'",
+        ),
+        ("./x", "must be a file extension"),
+        (".a/b", "must be a file extension"),
+        (".a\\b", "must be a file extension"),
+        ("..txt", "must be a file extension"),
+        ("", "must be a file extension"),
+        (".", "must be a file extension"),
+        (".t xt", "must be a file extension"),
+        (
+            ".png",
+            f"{EXTENSION}, not '.png'",
+        ),  # the caption would replace the image
+        (".JPG", "must be a file extension"),
+        (".tags.webp", "must be a file extension"),
+        ("x" * 40, "must be a file extension"),
     ],
 )
 def test_an_extension_that_would_leave_the_folder_or_overwrite_an_image_is_refused(extension, problem):
+    """The one definition of a caption extension, which the dataset tool takes too (options.ExtensionOption)."""
     with pytest.raises(OptionError) as refused:
         CaptionFileOptions(caption_extension=extension)
     assert str(refused.value).startswith(f"caption_extension: {problem}") and "\n" not in str(refused.value)
@@ -218,7 +229,7 @@ def test_an_extension_that_would_leave_the_folder_or_overwrite_an_image_is_refus
             "separator: must be 1 to 16 printable characters, such as ', ', not 'xxxxxxxxxxxxxxxxx'",
         ),
         ({"trigger": 5}, "trigger: must be words, at most 4000 printable characters, not '5'"),
-        ({"caption_extension": "/x"}, "caption_extension: must be a dot and a name such as .txt or .caption"),
+        ({"caption_extension": "/x"}, "caption_extension: must be a file extension such as .txt or .caption"),
         ({"extension": ".txt"}, "extension: is not a caption file option; they are caption_extension, "),
     ],
 )
@@ -231,8 +242,8 @@ def test_the_python_api_refuses_each_bad_value_in_one_line_naming_the_field(valu
 @pytest.mark.parametrize(
     "flag, value, problem",
     [
-        ("--caption-extension", "../x", "must be a dot and a name such as .txt or .caption"),
-        ("--caption-extension", ".png", "must not be an image's extension"),
+        ("--caption-extension", "../x", "must be a file extension such as .txt or .caption"),
+        ("--caption-extension", ".png", "must be a file extension such as .txt or .caption (letters, digits, - and _"),
         ("--existing", "merge", "must be one of skip, overwrite, append, prepend, not 'merge'"),
         ("--underscores", "none", "must be one of keep, spaces, not 'none'"),
         ("--separator", "", "must be 1 to 16 printable characters, such as ', ', not ''"),
@@ -267,12 +278,14 @@ def test_the_command_line_writes_what_the_options_say_and_overwrite_is_existing_
 
 def test_every_caption_file_flag_comes_from_the_schema_with_its_default():
     from easy_diffuser.cli import build_parser, caption_file_options
-    from easy_diffuser.options import CAPTION_FILE_OPTIONS
+    from easy_diffuser.options import CAPTION_FILE_OPTION, CAPTION_FILE_OPTIONS, DATASET_OPTION
 
     parser = build_parser()
     text = parser.format_help()
     assert all(option.flag in text for option in CAPTION_FILE_OPTIONS) and "--no-escape-parentheses" in text
     assert caption_file_options(parser.parse_args(["x"])) == CaptionFileOptions()
+    assert CAPTION_FILE_OPTION["caption_extension"] is DATASET_OPTION["caption_extension"]  # the dataset tool's too
+    assert CaptionFileOptions(caption_extension=" caption").caption_extension == ".caption"  # kohya's form
     given = parser.parse_args(["x", "--overwrite", "--no-escape-parentheses", "--separator", ";", "--trigger", "t"])
     expected = CaptionFileOptions(existing="overwrite", escape_parentheses=False, separator=";", trigger="t")
     assert caption_file_options(given) == expected

@@ -56,6 +56,16 @@ def test_unknown_model_is_one_line_and_exit_2(shapes_red_circle):
     assert process.stderr.strip().startswith("error: unknown model 'no-such-model'")
 
 
+def test_a_hub_name_no_kind_knows_says_what_a_model_can_be(shapes_red_circle, cache_dir):
+    """An ORG/NAME that is no registry entry (a tagger's hub name, say) is not read as open_clip's ARCH/TAG alone."""
+    command = [*CLI, str(shapes_red_circle), "--model", "SomeOrg/some-tagger", "--cache-dir", str(cache_dir)]
+    process = subprocess.run(command, capture_output=True, text=True)
+    assert process.returncode == 2 and len(process.stderr.strip().splitlines()) == 1
+    message = process.stderr
+    assert "unknown model 'SomeOrg/some-tagger'" in message and "WD taggers included" in message
+    assert "'SomeOrg' is no open_clip architecture" in message and "download its files into a folder" in message
+
+
 def make_folder(folder: Path, count: int, pixels: int = 64) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     colours = ["red", "green", "blue", "yellow"]

@@ -7,6 +7,7 @@ import torch
 
 from easy_diffuser import label_cache
 from easy_diffuser.embedding import encode_texts
+from easy_diffuser.errors import ModelFileError
 from easy_diffuser.models import load_model
 from easy_diffuser.vocabulary import load_vocabulary
 
@@ -147,10 +148,19 @@ def test_non_finite_rows_are_refused_even_with_a_matching_digest(tiny, tiny_mode
     assert torch.equal(label_cache.text_embeddings(tiny, vocab, cache_dir), good)
 
 
-def test_rows_a_model_gets_wrong_are_never_written(tiny, tiny_model_dir, cache_dir, monkeypatch, caplog):
+def test_non_finite_rows_refuse_the_model_and_are_never_written(tiny, tiny_model_dir, cache_dir, monkeypatch):
+    """A text tower with NaN weights: every image's scores would be NaN, so the model is refused in one line."""
     vocab = vocabulary(tiny_model_dir)
     monkeypatch.setattr(label_cache, "encode_texts", lambda *a, **k: torch.full((len(vocab), 64), float("nan")))
+    with pytest.raises(ModelFileError, match=r"gave non-finite tag embeddings: its weights may be damaged \(NaN/inf\)"):
+        label_cache.text_embeddings(tiny, vocab, cache_dir)
+    assert not label_cache.cache_path(cache_dir, tiny.cache_key, vocab).exists()
+
+
+def test_rows_a_model_gets_wrong_are_never_written(tiny, tiny_model_dir, cache_dir, monkeypatch, caplog):
+    vocab = vocabulary(tiny_model_dir)
+    monkeypatch.setattr(label_cache, "encode_texts", lambda *a, **k: torch.full((len(vocab), 64), 2.0))
     with caplog.at_level("WARNING"):
         label_cache.text_embeddings(tiny, vocab, cache_dir)
     assert not label_cache.cache_path(cache_dir, tiny.cache_key, vocab).exists()
-    assert any("not finite" in record.getMessage() for record in caplog.records)
+    assert any("not unit length" in record.getMessage() for record in caplog.records)

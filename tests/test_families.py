@@ -88,13 +88,16 @@ def test_the_setting_overrides_what_the_checkpoint_says(tmp_path: Path) -> None:
         struct.pack("<Q", 1 << 40) + b"{}",  # a length no header has: not read
         struct.pack("<Q", 50) + b'{"__metadata__": {"a": ',  # cut short
         struct.pack("<Q", 4) + b"\xff\xfe\xfd\xfc",  # not UTF-8
+        struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000,  # nested deeper than Python's stack
+        struct.pack("<Q", 5_020) + b'{"__metadata__": ' + b"9" * 5_000 + b"}",  # a number past int()'s 4,300 digits
     ],
 )
 def test_a_damaged_header_is_one_error_naming_the_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "ponyDiffusionV6XL.safetensors"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=r"^.*ponyDiffusionV6XL\.safetensors: not a safetensors file"):
+    with pytest.raises(ValueError, match=r"^.*ponyDiffusionV6XL\.safetensors: not a safetensors file") as error:
         detect_checkpoint(path)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
 
 
 @pytest.mark.parametrize(
@@ -251,3 +254,27 @@ def test_clip_prompts_take_no_preset(red_circle) -> None:
     engine.target = detect("ponyDiffusionV6XL")
     result = engine.extract(red_circle, ExtractOptions(family="pony"))
     assert "score_9" not in result.prompt and result.preset is None and "preset" not in result.to_dict()
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("x" * 100_000 + "_ponyXL", "Pony"),  # found at the end, shown by its start
+        ("ponyXL\nfake status: all good\x1b[2J" + "y" * 100_000, "Pony"),  # a newline and a terminal escape
+        ("mix\n" + "z" * 100_000, "No preset"),
+    ],
+)
+def test_a_huge_or_multi_line_checkpoint_name_is_shown_short_on_one_line(name: str, family: str) -> None:
+    status = families.choose("automatic", detect(name)).status
+    assert status.startswith(family) and len(status) < 160
+    assert status.isprintable() and "\n" not in status
+
+
+def test_the_cli_json_preset_shows_a_huge_checkpoint_name_short(shapes_red_circle, tmp_path, capsys) -> None:
+    from easy_diffuser.cli import main
+
+    name = "ponyXL\n" + "y" * 100_000
+    argv = [str(shapes_red_circle), "--model", "shapes-booru", "--cache-dir", str(tmp_path), "--json"]
+    assert main([*argv, "--checkpoint", name]) == 0
+    preset = json.loads(capsys.readouterr().out)["preset"]
+    assert preset.startswith("Pony (from the checkpoint name ponyXL y") and len(preset) < 120

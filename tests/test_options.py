@@ -168,3 +168,17 @@ def test_a_model_that_is_not_a_name_is_a_one_line_model_error(model):
     with pytest.raises(easy_diffuser.ModelError) as raised:
         easy_diffuser.Engine(model)
     assert str(raised.value).startswith("model: must name a model (") and str(raised.value).endswith(f"not {model!r}")
+
+
+def test_the_refine_pair_is_in_the_schema_with_its_length_limit():
+    from easy_diffuser.options import MAX_PROMPT_CHARS, checked_prompts, schema_help
+
+    fields = schema_help()["refine"]["fields"]
+    assert fields["prompt"]["type"] == fields["negative_prompt"]["type"] == "text"
+    assert fields["prompt"]["maximum"] == MAX_PROMPT_CHARS == 10_000
+    lines = "line one\nline two\ttabbed"
+    assert checked_prompts("a" * MAX_PROMPT_CHARS, lines) == ("a" * 10_000, lines)
+    with pytest.raises(OptionError, match=r"^prompt: must be text of at most 10,000 characters.*, not 'aaaa"):
+        checked_prompts("a" * (MAX_PROMPT_CHARS + 1), "")
+    with pytest.raises(OptionError, match="^negative_prompt: must be text"):
+        checked_prompts("red", "nul \0 inside")

@@ -463,3 +463,25 @@ def test_parquet_without_pyarrow_names_the_extra_and_exits_as_a_setup_error(tmp_
         "(in a webui's venv: pip install pyarrow); or write .jsonl"
     ]
     assert not output.exists()
+
+
+def test_a_caption_the_user_wrote_is_kept_and_counted_as_already_captioned_when_records_are_added(
+    tmp_path, cache_dir, capsys
+):
+    images = make_folder(tmp_path / "set", 3)
+    own = images[0].with_suffix(".txt")
+    own.write_text("my own words\n")  # written by hand before the run: not overwritten, so not captioned now
+    output = tmp_path / "out.jsonl"
+    assert main(shapes(tmp_path / "set", "--output", output, cache=cache_dir)) == 0
+    summary = capsys.readouterr().err.splitlines()[-1]
+    assert "2 captioned, 3 records written, 1 already captioned, 0 failed" in summary and "images/s" in summary
+    assert own.read_text() == "my own words\n" and len(list(read_records(output))) == 3
+    assert main(shapes(tmp_path / "set", "--output", output, cache=cache_dir)) == 0  # nothing left to do
+    assert "0 captioned, 3 already captioned, 0 failed" in capsys.readouterr().err
+
+
+def test_records_only_still_count_their_speed(tmp_path, cache_dir, capsys):
+    make_folder(tmp_path / "set", 2)
+    assert main(shapes(tmp_path / "set", "--output", tmp_path / "out.jsonl", "--no-captions", cache=cache_dir)) == 0
+    summary = capsys.readouterr().err.splitlines()[-1]
+    assert "2 records written, 0 already recorded, 0 failed (" in summary and "images/s)" in summary

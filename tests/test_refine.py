@@ -208,3 +208,35 @@ def test_cli_an_unreadable_image_is_one_line_and_exit_1(tmp_path, capsys):
     assert cli.main([*argv, "--cache-dir", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "broken.png" in err[0]
+
+
+INFINITE = "(red:1" + "0" * 400 + ")"  # 1 followed by 400 zeros: float() reads it as inf
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--prompt", "red, " * 2001, "prompt: must be text of at most 10,000 characters"),
+        ("--negative-prompt", "blue, " * 2000, "negative_prompt: must be text of at most 10,000 characters"),
+        ("--prompt", INFINITE, "prompt: the weight of (red:100000"),
+        ("--negative-prompt", "blue, (square:250)", "negative_prompt: the weight of (square:250) must be"),
+    ],
+)
+def test_cli_refuses_an_overlong_prompt_or_an_infinite_weight_in_one_line_before_any_work(
+    flag, value, message, tmp_path, capsys
+):
+    argv = ["check", str(tmp_path / "never-read.png"), "--generator", "shapes", "--model", "shapes-demo"]
+    assert cli.main([*argv, "--prompt", "red", flag, value]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}") and len(err[0]) < 300
+
+
+def test_refine_never_writes_infinity_and_a_long_multi_line_pair_within_the_limit_still_runs(shapes_engine):
+    image = scene_image(**RED_CIRCLE)
+    with pytest.raises(OptionError, match="prompt: the weight of"):
+        refine_image(shapes_engine, image, fixed_scene(colour="blue"), INFINITE, "", rounds=1)
+    result = refine_image(
+        shapes_engine, image, fixed_scene(colour="blue"), "(red:1.2),\ncircle", "x" * 10_000, rounds=1
+    )
+    assert result.rounds and all("inf" not in r.prompt for r in result.rounds)
+    assert result.rounds[0].prompt == "(red:1.2),\ncircle"

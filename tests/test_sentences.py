@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 
 import pytest
 import torch
@@ -245,10 +246,10 @@ def test_sentences_uses_the_captioner_named_and_booru_is_not_a_clip_models_promp
 
 
 def test_a_tagger_model_writes_booru_which_automatic_picks_for_it():
-    automatic = prompt_style.resolve(ExtractOptions(), detect("flux1-dev.safetensors"), tagger=True)
+    automatic = prompt_style.resolve(ExtractOptions(), detect("flux1-dev.safetensors"), writes="booru")
     assert (automatic.name, automatic.caption) == ("booru", None) and "booru tagger" in automatic.reason
-    assert prompt_style.resolve(ExtractOptions(prompt_style="booru"), tagger=True).name == "booru"
-    assert prompt_style.resolve(ExtractOptions(prompt_style="sentences"), tagger=True).name == "sentences"
+    assert prompt_style.resolve(ExtractOptions(prompt_style="booru"), writes="booru").name == "booru"
+    assert prompt_style.resolve(ExtractOptions(prompt_style="sentences"), writes="booru").name == "sentences"
 
 
 def test_the_t5_bound_counts_every_character_after_normalisation():
@@ -372,6 +373,29 @@ def test_cli_prompt_style_sentences_with_a_named_captioner_and_records(tiny_mode
     assert json.loads(line)["prompt"] == printed["prompt"] == (folder / "a.txt").read_text().strip()
 
 
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "SecurityError: access to attribute '__class__'"),
+        ("{% for message in messages %}{{ message.role }", "TemplateSyntaxError"),
+    ],
+)
+def test_cli_a_chat_template_that_cannot_be_used_is_one_line_naming_its_file(
+    tiny_model_dir, qwen, tmp_path, capsys, template, problem
+):
+    folder = tmp_path / "qwen2-vl"
+    shutil.copytree(qwen, folder)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 40), "blue").save(image)
+    common = ["--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--device", "cpu"]
+    code, out, err = run_cli([str(image), *common, "--prompt-style", "sentences", f"--caption={folder}"], capsys)
+    lines = [line for line in err.splitlines() if line.strip() and "Embedding " not in line]  # the vocabulary's bar
+    assert code == 2 and out == "" and "Traceback" not in err and len(lines) == 1
+    assert lines[0].startswith(f"error: {folder / 'chat_template.json'}: the chat template cannot be used")
+    assert problem in lines[0]
+
+
 def test_cli_checkpoint_makes_automatic_sentences_with_the_default_describer(
     tiny_model_dir, qwen, tmp_path, capsys, monkeypatch
 ):
@@ -410,6 +434,10 @@ def test_cli_bad_checkpoint_file_and_ray_are_setup_errors(tmp_path, capsys):
     damaged.write_bytes(b"\x01")
     code, out, err = run_cli(["x.png", "--checkpoint", str(damaged)], capsys)
     assert code == 2 and "damaged.safetensors: not a safetensors file" in err
+    deep = tmp_path / "deep.safetensors"
+    deep.write_bytes(struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000)
+    code, out, err = run_cli(["x.png", "--checkpoint", str(deep)], capsys)
+    assert code == 2 and err.startswith(f"error: {deep}: not a safetensors file") and len(err.splitlines()) == 1
     pytest.importorskip("ray")
     code, out, err = run_cli(
         ["x.png", "--engine", "ray", "--output", str(tmp_path / "out"), "--prompt-style=sentences"], capsys

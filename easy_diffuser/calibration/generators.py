@@ -16,7 +16,6 @@ prompts produce the same image and can share one generation.
 from __future__ import annotations
 
 import contextlib
-import io
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Protocol
@@ -24,6 +23,7 @@ from typing import Any, Callable, ContextManager, Protocol
 from PIL import Image
 
 from .. import webui_client
+from ..images import ImageError, load_image
 
 GenerateFn = Callable[[str, str, int], Image.Image]
 
@@ -54,7 +54,8 @@ class ShapesGenerator:
 
 @dataclass
 class WebuiHttpGenerator:
-    """txt2img over HTTP; small and few steps by default, since calibration runs many generations."""
+    """txt2img over HTTP; small and few steps by default, since calibration runs many generations. `timeout` bounds
+    each generation as a whole, and its answer is read only up to what one image of its size can take."""
 
     url: str = webui_client.DEFAULT_URL
     width: int = 256
@@ -66,6 +67,10 @@ class WebuiHttpGenerator:
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
+        try:
+            webui_client.check_url(self.url)
+        except webui_client.WebuiError as error:  # a setting given wrong, found before any work: a ValueError
+            raise ValueError(str(error)) from None
         # The cache key must change when the picture would: url and the generation settings.
         self.name = f"{self.url.rstrip('/')} {self.width}x{self.height} steps={self.steps} cfg={self.cfg_scale:g}"
         if self.sampler_name:
@@ -85,10 +90,14 @@ class WebuiHttpGenerator:
         )
         if self.sampler_name:
             options["sampler_name"] = self.sampler_name
-        images = webui_client.txt2img(prompt, negative_prompt, self.url, self.timeout, **options)
+        limit = webui_client.answer_bytes(self.width, self.height)
+        images = webui_client.txt2img(prompt, negative_prompt, self.url, self.timeout, limit, **options)
         if not images:
             raise webui_client.WebuiError(f"{self.url}: txt2img answered no image (interrupted?)")
-        return Image.open(io.BytesIO(images[0])).convert("RGB")
+        try:  # as a user's image is: raster formats only (an EPS would run Ghostscript), bombs refused
+            return load_image(images[0], f"the image {self.url} answered")
+        except ImageError as error:
+            raise webui_client.WebuiError(str(error)) from None
 
 
 @dataclass

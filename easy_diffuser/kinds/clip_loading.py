@@ -80,8 +80,10 @@ def load_pretrained(arch: str, tag: str, cache_dir: Path) -> LoadedClip:
         return load_file(placed, arch, model_id=name, defaults=defaults)
     if arch not in open_clip.list_models():
         raise ModelError(
-            f"unknown model architecture {arch!r} in {name!r}: "
-            f"open_clip knows {', '.join(open_clip.list_models()[:8])}, ..."
+            f"unknown model {name!r}: no registry name (easy-diffuser --help lists them, WD taggers included), no "
+            f"folder or file here, and {arch!r} is no open_clip architecture (it knows "
+            f"{', '.join(open_clip.list_models()[:6])}, ...). A tagger or model from a hub: download its files "
+            "into a folder and pass the folder"
         )
     pretrained_cfg = pretrained_config(arch, tag)
     if not pretrained_cfg:

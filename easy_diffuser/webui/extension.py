@@ -6,10 +6,12 @@ scripts/easy_diffuser_tab.py makes one `Extension` over a `WebuiHost` each time 
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 import gradio as gr
 
+from .. import torch_versions
 from . import http_api, settings, tab
 from .handlers import Handlers
 from .service import Service
@@ -20,6 +22,9 @@ if TYPE_CHECKING:  # the host imports the webui: only the script makes one
 
 class Extension:
     def __init__(self, host: WebuiHost) -> None:
+        mismatch = torch_versions.mismatch()  # the webui may start regardless; our first model load would not
+        if mismatch:
+            print(f"Easy Diffuser: {mismatch}", file=sys.stderr)
         self.host = host
         self.service = Service(host.resolve_model, host.weights_folder, host.placement, host.queued, host.checkpoint)
         self.handlers = Handlers(host, self.service)

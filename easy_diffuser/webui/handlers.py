@@ -22,7 +22,8 @@ from ..engine import Engine
 from ..errors import ModelError
 from ..images import ImageError
 from ..options import CAPTION_OPTION, ExtractOptions, OptionError, RefineOptions
-from ..refine import Refinement, Round, refine
+from ..refine import Refinement, Round, checked_pair, refine
+from ..scoring import NonFiniteScores
 from . import controls, markup
 from .http_api import NoGenerator
 from .service import Service
@@ -78,7 +79,7 @@ class Handlers:
         try:
             encoding = _reporter(progress, VOCABULARY_PROGRESS, "tags")
             fresh = self.service.run(lambda engine: controls.extract(engine, image, options), progress=encoding)
-        except (ImageError, ModelError) as error:  # their messages are written for the user
+        except (ImageError, ModelError, NonFiniteScores) as error:  # their messages are written for the user
             return _unchanged(extracted, markup.error_html(str(error)))
         return _shown(fresh, values)
 
@@ -276,6 +277,7 @@ class Handlers:
         try:
             names = ("rounds", "seeds", "width", "height", "steps")
             options = RefineOptions(**{name: int(value) for name, value in zip(names, settings)})
+            checked_pair(prompt, negative)
         except (OptionError, TypeError, ValueError) as error:
             problem = problem or str(error)
         if problem:
@@ -296,7 +298,7 @@ class Handlers:
         def run() -> None:
             try:
                 outcome["result"] = self.service.run(work)
-            except (ModelError, NoGenerator) as error:
+            except (ModelError, NoGenerator, NonFiniteScores) as error:
                 outcome["error"] = error
 
         progress(0, desc="Loading the CLIP model")

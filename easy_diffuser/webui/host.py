@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
 from contextlib import contextmanager
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
@@ -200,8 +201,15 @@ def _header_metadata(file: str) -> dict[str, str]:
         return {}
     try:
         return read_metadata(Path(file))
-    except (OSError, ValueError):
+    except (OSError, ValueError) as error:  # ValueError names the file: a damaged or hostile header
+        _warn_once(f"Easy Diffuser: {error}; its family is told without its metadata")
         return {}
+
+
+@lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """In the console, once: the checkpoint's header is read again at every extraction."""
+    print(message, file=sys.stderr)
 
 
 def _acquire(device: torch.device, dtype: torch.dtype, loaded: Loaded) -> None:

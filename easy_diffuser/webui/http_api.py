@@ -38,8 +38,10 @@ from ..engine import Engine, Extraction
 from ..errors import ModelError, ModelFileError
 from ..images import ImageError, load_image
 from ..options import ExtractOptions, OptionError, RefineOptions, schema_help
+from ..refine import checked_pair
 from ..refine import refine as refine_pair
 from ..registry import model_info
+from ..scoring import NonFiniteScores
 from .service import Service
 
 T = TypeVar("T")
@@ -160,6 +162,8 @@ def add_routes(
                 return _refusal(HTTPException(status_code=503, detail=str(error)))
             except OptionError as error:  # booru on a CLIP model
                 return _refusal(HTTPException(status_code=422, detail=str(error)))
+            except NonFiniteScores as error:
+                return _refusal(_non_finite(error))
 
         return await run_in_threadpool(answer)
 
@@ -179,6 +183,8 @@ def add_routes(
             raise HTTPException(status_code=422, detail=str(error)) from None
         except (ModelError, NoGenerator) as error:  # no weights, no checkpoint: the server's, not the client's
             raise HTTPException(status_code=503, detail=str(error)) from None
+        except NonFiniteScores as error:
+            raise _non_finite(error) from None
 
     def models() -> dict:
         names = choices()
@@ -210,6 +216,12 @@ def _refusal(error: HTTPException) -> JSONResponse:
     held in reference cycles until the garbage collector ran and by the idle worker thread that ran the request
     until it ran another. Returned, the exception and its frames are freed when the request ends."""
     return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+
+def _non_finite(error: NonFiniteScores) -> HTTPException:
+    """422, as for a model folder that is broken (ModelFileError): the request is sound, this model's weights are
+    not (or overflowed for this image), and asking again will not help, as a 503 would suggest."""
+    return HTTPException(status_code=422, detail=f"image: {error}")
 
 
 def _limit_bytes(megabytes: Any) -> int:
@@ -295,7 +307,12 @@ def _parse_refine(body: dict, choices: List[str]) -> tuple[Any, str, str, Option
             status_code=422, detail="prompt, negative_prompt: the pair to check, as text (prompt is required)"
         )
     _check_model(model, choices)
-    return _decode_image(image_text), prompt, negative, model, _options(RefineOptions.from_mapping, fields)
+    options = _options(RefineOptions.from_mapping, fields)
+    try:
+        prompt, negative = checked_pair(prompt, negative)  # a 4 MB prompt would hold the generation queue
+    except OptionError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    return _decode_image(image_text), prompt, negative, model, options
 
 
 def _check_model(model: Any, choices: List[str]) -> None:

@@ -17,7 +17,7 @@ from ..calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, store
 from ..captioner import CAPTIONERS
 from ..engine import DEFAULT_TAU, automatic_values
 from ..options import CAPTION_FILE_OPTION, OPTION, REFINE_OPTIONS, Option
-from . import controls
+from . import controls, dataset_panel
 from .handlers import Handlers
 
 if TYPE_CHECKING:  # the host imports the webui: only the script makes one
@@ -216,6 +216,7 @@ def _batch_section(handlers: Handlers, inputs: dict) -> None:
             run = gr.Button("Caption folder", variant="primary", elem_id="easy_diffuser_batch_run")
             stop = gr.Button("Stop", elem_id="easy_diffuser_batch_stop")
         report = gr.HTML(elem_id="easy_diffuser_batch_report")
+        dataset_panel.build(folder, recursive)
     _wire(run.click, handlers.caption, [folder, recursive], {**inputs, **files}, [report])
     stop.click(handlers.stop_caption, queue=False)  # unqueued, so it runs while the batch holds the queue
 

@@ -299,6 +299,25 @@ def test_no_image_and_bad_weights_are_messages(webui, red_circle, tmp_path):
     assert "easy-diffuser-error" in status and "missing.safetensors" in status
 
 
+@pytest.mark.parametrize(
+    "prompt, negative, message",
+    [
+        ("red, " * 2001, "", "prompt: must be text of at most 10,000 characters"),
+        ("red", "(blue:1" + "0" * 400 + ")", "negative_prompt: the weight of (blue:1000"),
+    ],
+)
+def test_check_refuses_what_the_schema_refuses_in_the_status_before_generating(
+    webui, red_circle, monkeypatch, prompt, negative, message
+):
+    from PIL import Image
+
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})
+    before = len(processing.calls)
+    answers = list(webui().check(Image.open(red_circle), prompt, negative, 0, 1, 64, 64, 4, progress=Progress()))
+    assert len(answers) == 1 and "easy-diffuser-error" in answers[0][1] and message in answers[0][1]
+    assert len(processing.calls) == before
+
+
 def test_tag_clicks_and_the_weights_switch_rewrite_the_prompts_and_the_status(webui, red_circle):
     from PIL import Image
 
@@ -436,8 +455,8 @@ def test_the_batch_section_writes_caption_files_as_its_options_say_and_refuses_a
     again = module.caption(str(folder), False, {**BATCH, **options}, Progress())
     assert "0 captioned, 1 unchanged" in again and (folder / "a.caption").read_text() == text
     for name, value, message in (
-        ("caption_extension", "../a", "caption_extension: must be a dot and a name such as .txt or .caption"),
-        ("caption_extension", ".png", "caption_extension: must not be an image's extension"),
+        ("caption_extension", "../a", "caption_extension: must be a file extension such as .txt or .caption"),
+        ("caption_extension", ".png", "caption_extension: must be a file extension such as .txt or .caption"),
         ("separator", "", "separator: must be 1 to 16 printable characters"),
         ("replace_tags", "square", "replace_tags: must be old,new pairs separated by ;"),
     ):
@@ -629,3 +648,48 @@ def test_the_locked_sliders_show_the_models_values_before_the_first_extraction(w
     assert automatic_values("shapes-demo", models_path / "easy_diffuser") == (-1.0, 8)
     assert automatic_values("ViT-L-14/openai", models_path / "easy_diffuser") == (1.5, 8)
     assert automatic_values(str(models_path), models_path / "easy_diffuser") is None  # a folder: known once loaded
+
+
+def test_a_broken_kind_plugin_leaves_the_webui_working(webui, red_circle, monkeypatch, caplog):
+    """A plugin that fails to import, or declares something that is no kind, is one warning line naming it:
+    the extension loads, the tab builds and Extract works with the built-in kinds."""
+    from importlib.metadata import EntryPoint
+
+    from PIL import Image
+
+    from easy_diffuser import registry
+
+    broken = [
+        EntryPoint("gone", "no_such_plugin_module:Kind", registry.ENTRY_POINT_GROUP),
+        EntryPoint("impostor", "json:JSONDecoder", registry.ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(registry, "entry_points", lambda group: broken if group == registry.ENTRY_POINT_GROUP else [])
+    registry.kinds.cache_clear()
+    try:
+        module = webui()
+        assert "easy_diffuser_extract" in elem_ids(webui_host.build_page())  # the tab is on the page
+        prompt, *_ = module.extract(Image.open(red_circle), None, TAB, Progress())
+        assert "red" in prompt and "circle" in prompt
+        warnings = [record.getMessage() for record in caplog.records if "kind plugin" in record.getMessage()]
+        assert len(warnings) == 2 and "'gone'" in warnings[0] and "ModuleNotFoundError" in warnings[0]
+        assert "'impostor'" in warnings[1] and "not a subclass" in warnings[1]
+    finally:
+        registry.kinds.cache_clear()
+
+
+def test_a_mismatched_torchvision_is_one_line_when_the_webui_loads_the_extension(tmp_path):
+    """As tests/test_torch_versions.py does for the commands: a stand-in torchvision that fails to import as one
+    built for another torch does, first on the path of a webui process that loads the extension."""
+    from test_torch_versions import NMS, expected_line, run
+
+    stand_in = tmp_path / "stand-in" / "torchvision"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(f"raise RuntimeError({NMS!r})\n")
+    load = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'tests/ui'); import webui_host; "
+        f"module = webui_host.load_extension([], Path({str(tmp_path)!r})); print(type(module.extension).__name__)"
+    )
+    done = run(sys.executable, ["-c", load], stand_in.parent)
+    assert done.returncode == 0 and done.stdout.strip().endswith("Extension"), done.stderr[-2000:]  # still loads
+    lines = [line for line in done.stderr.splitlines() if "torchvision" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"Easy Diffuser: {expected_line()}")

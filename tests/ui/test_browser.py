@@ -499,5 +499,5 @@ def test_the_batch_section_shows_the_caption_file_options_and_writes_what_they_s
     expect(report).to_contain_text("1 unchanged")
     extension.fill(".png")
     page.click("#easy_diffuser_batch_run")
-    expect(report).to_contain_text("caption_extension: must not be an image's extension")
+    expect(report).to_contain_text("caption_extension: must be a file extension such as .txt or .caption")
     assert (folder / "circle.caption").read_text() == text

@@ -505,6 +505,9 @@ def test_refine_generates_in_process_and_answers_the_rounds_and_the_best_pair(cl
         ({"prompt": "red", "steps": 0}, 422, "steps: must be a whole number from 1 to 150, not 0"),
         ({"prompt": "red", "tau": 1}, 422, "tau: is not a refine option"),
         ({}, 422, "prompt"),
+        ({"prompt": "red, " * 2001}, 422, "prompt: must be text of at most 10,000 characters"),
+        ({"prompt": "red", "negative_prompt": "b" * 10_001}, 422, "negative_prompt: must be text of at most 10,000"),
+        ({"prompt": "(red:1" + "0" * 400 + ")"}, 422, "prompt: the weight of (red:1000"),
     ],
 )
 def test_refine_refuses_bad_fields_with_the_schema_message(client, image_b64, payload, status, detail):

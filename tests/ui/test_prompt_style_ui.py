@@ -81,6 +81,28 @@ def test_the_hosts_detection_also_picks_a_taggers_preset_reading_the_header_wher
     assert preset(SimpleNamespace(filename=str(damaged))) == "Animagine XL 4.0 (from the checkpoint name animagineXL40)"
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than Python's stack: a RecursionError
+        b'{"__metadata__": ' + b"9" * 5_000 + b"}",  # a number past int()'s 4,300 digits
+    ],
+)
+def test_a_hostile_header_leaves_the_checkpoint_to_its_name_with_one_warning(
+    host, monkeypatch, tmp_path, capsys, header
+):
+    import struct
+
+    path = tmp_path / "sd_xl_base_1.0.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    monkeypatch.setattr(
+        sd_models.model_data, "sd_model", SimpleNamespace(sd_checkpoint_info=SimpleNamespace(filename=str(path)))
+    )
+    assert host.checkpoint()[0].family.name == host.checkpoint()[0].family.name == "sdxl"  # read twice, warned once
+    warning = capsys.readouterr().err.splitlines()
+    assert len(warning) == 1 and f"{path}: not a safetensors file" in warning[0] and "family" in warning[0]
+
+
 def test_under_forges_flux_the_t5_budget_is_counted_with_its_tokenizer(host, monkeypatch):
     words = lambda text: SimpleNamespace(input_ids=text.split() + ["</s>"])  # noqa: E731
     monkeypatch.setattr(sd_models.model_data, "sd_model", Flux(words))

@@ -160,9 +160,12 @@ def serve(demo: gr.Blocks) -> str:
     return local_url
 
 
-def screenshot_tab(out: Path, settings: Mapping[str, Any], work: Callable[[Any], None]) -> int:
+def screenshot_tab(
+    out: Path, settings: Mapping[str, Any], work: Callable[[Any], None], selector: str = "#tab_easy_diffuser"
+) -> int:
     """The README's pictures: start the stand-in webui with these settings (an image is extracted on Extract only),
-    let `work` use the page (a Playwright page in headless Chromium), then take the tab's picture into `out`."""
+    let `work` use the page (a Playwright page in headless Chromium), then take the tab's picture (or the picture
+    of the part `selector` picks) into `out`."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=120_000)  # as the page's: a first extraction on a busy machine takes its time
@@ -180,7 +183,7 @@ def screenshot_tab(out: Path, settings: Mapping[str, Any], work: Callable[[Any],
                 page.set_default_timeout(120_000)
                 page.goto(url)
                 work(page)
-                page.locator("#tab_easy_diffuser").screenshot(path=str(out))
+                page.locator(selector).first.screenshot(path=str(out))
                 browser.close()
         finally:
             demo.close()
