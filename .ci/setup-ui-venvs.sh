@@ -4,6 +4,7 @@
 #   .venv-gradio4     Forge's web stack, for the UI tests
 #   .venv-open-clip3  the newest open-clip-torch (what a plain `pip install easy-diffuser` gets), for the core tests
 #   .venv-timm095     timm 0.9.5 (sd-webui-controlnet forces it on the webui), for the WD tagger tests
+#   .venv-transformers448  transformers 4.48 (whose LLaVA processor counts image tokens itself), for JoyCaption
 #
 # Each holds only its pins (the gradio venvs also the playwright package, which drives Debian's
 # /usr/bin/chromium; no browser is downloaded). torch and everything else come from .venv through
@@ -52,6 +53,7 @@ make_venv .venv-gradio4 gradio==4.40.0 fastapi==0.104.1 pydantic==2.8.2 httpx==0
     Pillow==9.5.0 numpy==1.26.2 $PLAYWRIGHT
 make_venv .venv-open-clip3 $OPEN_CLIP_NEWEST
 make_venv .venv-timm095 timm==0.9.5
+make_venv .venv-transformers448 transformers==4.48.3
 
 for venv in .venv-gradio3 .venv-gradio4; do
     "$venv/bin/python" -W ignore -c 'import gradio, torch, open_clip, pytest, playwright
@@ -61,3 +63,5 @@ done
 print("open_clip", open_clip.__version__, "with torch", torch.__version__)'
 .venv-timm095/bin/python -W ignore -c 'import timm, torch
 print("timm", timm.__version__, "with torch", torch.__version__)'
+.venv-transformers448/bin/python -W ignore -c 'import transformers, torch
+print("transformers", transformers.__version__, "with torch", torch.__version__)'

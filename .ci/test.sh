@@ -47,7 +47,9 @@ echo "== model tests with open_clip $(.venv-open-clip3/bin/python -c 'import imp
 .venv-open-clip3/bin/python -m pytest -q -p no:cacheprovider \
     tests/test_models.py tests/test_embedding_cache.py tests/test_semantics.py || status=1
 echo "== WD tagger tests with timm $(.venv-timm095/bin/python -c 'import importlib.metadata as m; print(m.version("timm"))')"
-.venv-timm095/bin/python -m pytest -q -p no:cacheprovider tests/test_tagger.py tests/test_booru.py tests/test_shapes_booru.py || status=1
+.venv-timm095/bin/python -m pytest -q -p no:cacheprovider tests/test_tagger.py tests/test_tagger_folder_safety.py tests/test_booru.py tests/test_shapes_booru.py tests/test_pixai.py tests/test_jtp.py || status=1
+echo "== JoyCaption tests with transformers $(.venv-transformers448/bin/python -c 'import importlib.metadata as m; print(m.version("transformers"))')"
+.venv-transformers448/bin/python -m pytest -q -p no:cacheprovider tests/test_joycaption.py || status=1
 for venv in .venv-gradio3 .venv-gradio4; do
     echo "== webui tab tests with $($venv/bin/python -c 'import gradio; print("gradio", gradio.__version__)')"
     $venv/bin/python -m pytest -q -p no:cacheprovider tests/ui || status=1

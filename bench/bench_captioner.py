@@ -24,12 +24,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from tiny_captioners import build_blip, build_git, build_qwen2_vl  # noqa: E402
+from tiny_captioners import build_blip, build_git, build_joycaption, build_qwen2_vl  # noqa: E402
 
 from easy_diffuser.captioner import DESCRIBER_DEFAULTS, load_captioner  # noqa: E402
 from easy_diffuser.options import CaptionOptions  # noqa: E402
 
-BUILDERS = {"BLIP": build_blip, "GIT": build_git, "Qwen2-VL": build_qwen2_vl}
+BUILDERS = {"BLIP": build_blip, "GIT": build_git, "Qwen2-VL": build_qwen2_vl, "JoyCaption": build_joycaption}
 
 
 def seconds_per_image(captioner, images: list, options: CaptionOptions) -> float:

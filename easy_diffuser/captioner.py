@@ -35,8 +35,9 @@ from .devices import OnDevice, default_dtype
 from .errors import ModelError, ModelFileError, first_line, one_line
 from .files import safe_name
 from .hub import hub_offline, require_reachable
+from .joycaption import conversation, expand_image_tokens, image_token_count, instruction
 from .models import DEFAULT_CACHE_DIR, LoadOnce
-from .options import CAPTION_OPTION, DEFAULT_CAPTIONER, TOKEN_BUDGET, CaptionOptions
+from .options import CAPTION_OPTION, DEFAULT_CAPTIONER, DEFAULT_DESCRIBER, TOKEN_BUDGET, CaptionOptions
 from .selection import TagScore
 from .weights import weights_only_torch_load
 
@@ -56,6 +57,9 @@ ARCHITECTURES = {
     "blip": Architecture("BlipForConditionalGeneration", "BlipProcessor", "4.26.0"),
     "git": Architecture("GitForCausalLM", "GitProcessor", "4.26.0"),
     "qwen2_vl": Architecture("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "4.45.0", describes=True),
+    # JoyCaption. 4.46 is the first release whose model takes a prompt already expanded to one image token per
+    # feature (joycaption.py expands it); older ones expand it again.
+    "llava": Architecture("LlavaForConditionalGeneration", "LlavaProcessor", "4.46.0", describes=True),
 }
 # What a describing captioner is asked (its chat template wraps it with the image).
 DESCRIBE = (
@@ -75,7 +79,10 @@ DESCRIBER_MAX_PIXELS = 512 * 28 * 28  # Qwen2-VL: at most 512 visual tokens an i
 # Words a tag may share with any caption without repeating it ("a", "in the ...").
 STOP_WORDS = frozenset("a an the of in on at with and or to for by from its his her their is are".split())
 _WORD = re.compile(r"[a-z0-9]+")
-_KINDS = "BLIP, GIT or Qwen2-VL"
+_KINDS = "BLIP, GIT, Qwen2-VL or LLaVA (JoyCaption)"
+JOYCAPTION = "fancyfeast/llama-joycaption-beta-one-hf-llava"
+# A captioner needing more VRAM than this (bf16, GB) is refused on a host run with --lowvram or --medvram.
+LOW_VRAM_GB = 6
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
@@ -84,6 +91,7 @@ class CaptionerInfo:
     name: str
     use: str
     model_type: str  # its ARCHITECTURES key: known before anything is downloaded
+    vram_gb: float = 0  # bf16 weights plus activations, when they are more than a low-VRAM host has (LOW_VRAM_GB)
 
     @property
     def describes(self) -> bool:
@@ -118,6 +126,14 @@ CAPTIONERS: dict[str, CaptionerInfo] = {
             "Qwen2-VL 2B Instruct (2.2B parameters, 4.4 GB, about 6 GB of VRAM): a detailed paragraph, "
             "the sentences style's default; needs transformers 4.45 or newer (Forge has it)",
             "qwen2_vl",
+        ),
+        CaptionerInfo(
+            JOYCAPTION,
+            "JoyCaption Beta One (8.5B parameters, 17 GB in bf16, about 17 GB of VRAM): the Flux LoRA datasets' "
+            "captioner; a description, a Stable Diffusion prompt or Danbooru tags (--caption-mode); needs "
+            "transformers 4.46 or newer (Forge has it)",
+            "llava",
+            vram_gb=17,
         ),
     )
 }
@@ -191,6 +207,38 @@ def describing(options: CaptionOptions) -> tuple[int, int]:
     return beams, DESCRIBER_DEFAULTS["max_length"] if options.max_length == default_length else options.max_length
 
 
+@dataclass
+class JoyCaptioner(Describer):
+    """JoyCaption: asked in its trained instructions (the mode and length options), with the prompt's image
+    tokens expanded here to the vision tower's count (joycaption.py), the same on every transformers from 4.46."""
+
+    @torch.inference_mode()
+    def caption(self, image: Image.Image, options: CaptionOptions = CaptionOptions()) -> str:
+        beams, max_length = describing(options)
+        tokenizer = self.processor.tokenizer
+        text = self.processor.apply_chat_template(
+            conversation(instruction(options.mode, options.length)), tokenize=False, add_generation_prompt=True
+        )
+        # One <|begin_of_text|>: the tokenizer adds it unless the chat template has written it already.
+        starts = bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
+        ids = tokenizer(text, add_special_tokens=not starts)["input_ids"]
+        ids = expand_image_tokens(ids, self.model.config.image_token_index, image_token_count(self.model))
+        pixels = self.processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+        with self._lock:
+            input_ids = torch.tensor([ids], device=self.device)
+            generated = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                pixel_values=pixels.to(self.device, self.dtype),
+                do_sample=False,
+                num_beams=beams,
+                min_new_tokens=min(options.min_length, max_length),
+                max_new_tokens=max_length,
+            )
+        answer = tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=True)
+        return whole_sentences(" ".join(answer.split()))
+
+
 def whole_sentences(text: str) -> str:
     """The text without a last sentence cut short (generation stopped at the token limit), if one was finished."""
     ends = [match.end() for match in _SENTENCE_END.finditer(text)]
@@ -217,12 +265,45 @@ def placed_folder(model_id: str, cache_dir: str | os.PathLike | None = None) -> 
     return Path(cache_dir or DEFAULT_CACHE_DIR) / "captioners" / safe_name(model_id)
 
 
-def check_supported(spec: str) -> None:
+def memory_note() -> str:
+    """What the tab says before JoyCaption is chosen and loaded."""
+    return (
+        f"JoyCaption needs about {CAPTIONERS[JOYCAPTION].vram_gb:g} GB of VRAM (bf16); under --lowvram or "
+        "--medvram it is refused: set a VLM server to describe instead"
+    )
+
+
+def check_supported(spec: str, low_vram: bool = False) -> None:
     """Before anything is loaded or downloaded: ModelError when this host can't run the captioner `spec`
-    (no transformers, or one too old for its class). Other Hub ids are checked once their config.json is read."""
-    _require_transformers()
+    (no transformers, or one too old for its class; with `low_vram`, the host's --lowvram or --medvram, one
+    larger than LOW_VRAM_GB). Other Hub ids are checked once their config.json is read."""
+    _require_transformers(spec)
     if spec in CAPTIONERS:
         require_architecture(CAPTIONERS[spec].model_type, spec)
+    needed = vram_needed(spec) if low_vram else 0
+    if needed > LOW_VRAM_GB:
+        raise ModelError(
+            f"{spec} needs about {needed:.0f} GB of VRAM, and this webui runs with --lowvram or --medvram: serve it "
+            "from vLLM or Ollama and set a VLM server URL (Settings, or --caption-url; docs/vlm-server.md), or "
+            f"choose a smaller captioner ({DEFAULT_DESCRIBER} needs about 6 GB)"
+        )
+
+
+def vram_needed(spec: str) -> float:
+    """About how many GB of VRAM a captioner needs, known before it loads: listed, or for a model folder its
+    bf16 weights from config.json (2 bytes a parameter); 0 when unknown until downloaded."""
+    if spec in CAPTIONERS:
+        return CAPTIONERS[spec].vram_gb
+    folder = Path(spec).expanduser()
+    if not (folder / "config.json").is_file():
+        return 0
+    import transformers
+
+    try:
+        config, _ = transformers.PretrainedConfig.get_config_dict(str(folder), local_files_only=True)
+    except (OSError, ValueError):  # loading it says what is wrong with it
+        return 0
+    return 2 * config_size(config)[0] / 1e9
 
 
 def _load(spec: str, cache_dir: Path) -> Captioner:
@@ -246,9 +327,20 @@ def _load(spec: str, cache_dir: Path) -> Captioner:
         raise ModelError(
             f"cannot get captioner {spec} ({type(error).__name__}: {first_line(error)}). "
             f"Without network: download the files of https://huggingface.co/{spec} (config.json, the .safetensors "
-            f"weights and their index, the tokenizer, preprocessor and chat template files) into {placed}, "
+            f"weights{_files_to_place(spec)}) into {placed}, "
             "or pass a local model folder as the captioner"
         ) from error
+
+
+def _files_to_place(spec: str) -> str:
+    """What a captioner's repository holds besides config.json and the weights: a describer (Qwen2-VL) has its
+    weights in shards with an index, and a chat template; BLIP and GIT have neither."""
+    describes = CAPTIONERS[spec].describes if spec in CAPTIONERS else None
+    if describes:
+        return " and their index, the tokenizer, preprocessor and chat template files"
+    if describes is None:  # an unlisted Hub id: its kind is known only from its config.json
+        return ", the tokenizer and preprocessor files, and for a describer the weights' index and chat template"
+    return ", the tokenizer and preprocessor files"
 
 
 _loaded: LoadOnce[Captioner] = LoadOnce(_load)
@@ -294,6 +386,9 @@ def _from_pretrained(source: str, model_id: str, **hub: Any) -> Captioner:
     model = _load_weights(getattr(transformers, architecture.model_class), source, architecture.describes, **hub)
     model.eval()
     model.requires_grad_(False)
+    if model_type == "llava":
+        _check_chat_template(processor, source, model_id, conversation(instruction()))
+        return JoyCaptioner(model_id, model, processor)
     if architecture.describes:
         _check_chat_template(processor, source, model_id)
         _cap_resolution(processor.image_processor)
@@ -381,12 +476,12 @@ def _load_weights(model_class: Any, source: str, safetensors_only: bool, **hub: 
             return model_class.from_pretrained(source, use_safetensors=False, **hub)
 
 
-def _check_chat_template(processor: Any, source: str, model_id: str) -> None:
-    """Render the chat template once with the request every caption sends, so that a template that cannot be
-    used (one Jinja's sandbox stops, a syntax error, a missing one) is one line naming its file now, not a
-    traceback at the first image."""
+def _check_chat_template(processor: Any, source: str, model_id: str, messages: list = DESCRIBE_MESSAGES) -> None:
+    """Render the chat template once with the request every caption sends (`messages`), so that a template that
+    cannot be used (one Jinja's sandbox stops, a syntax error, a missing one) is one line naming its file now,
+    not a traceback at the first image."""
     try:
-        processor.apply_chat_template(DESCRIBE_MESSAGES, add_generation_prompt=True)
+        processor.apply_chat_template(messages, add_generation_prompt=True)
     except Exception as error:  # jinja2's SecurityError, TemplateError, and whatever the template itself raises
         folder = Path(source)
         file = next((folder / name for name in CHAT_TEMPLATE_FILES if (folder / name).is_file()), None)
@@ -406,14 +501,26 @@ def _cap_resolution(image_processor: Any) -> None:
                 size[key] = DESCRIBER_MAX_PIXELS
 
 
-def _require_transformers() -> None:
-    """transformers is an optional extra: say how to get it rather than fail as a missing model."""
+def _require_transformers(spec: str) -> None:
+    """transformers is an optional extra: say how to get it, and which release the captioner `spec` needs."""
     try:
         import transformers  # noqa: F401
     except ImportError:
         raise ModelError(
-            "captions need the transformers package: pip install 'easy-diffuser[caption]' (or transformers>=4.30.2)"
+            f"captions need the transformers package: pip install 'easy-diffuser[caption]' ({_transformers_for(spec)})"
         ) from None
+
+
+def _transformers_for(spec: str) -> str:
+    """The first transformers that has the captioner's class, as a pip requirement: "transformers>=4.45.0"."""
+    if spec in CAPTIONERS:
+        return f"{spec} needs transformers>={ARCHITECTURES[CAPTIONERS[spec].model_type].since}"
+
+    def first(describes: bool) -> str:  # without packaging, which may be missing with transformers
+        since = [a.since for a in ARCHITECTURES.values() if a.describes == describes]
+        return min(since, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+    return f"transformers>={first(False)} for BLIP and GIT, transformers>={first(True)} for Qwen2-VL"
 
 
 def compose(

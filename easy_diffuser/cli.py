@@ -19,6 +19,7 @@ from . import prompt_style, torch_versions
 from .batch import BATCH_SIZE, caption_folder
 from .captioner import CAPTIONERS, check_supported
 from .checkpoint_family import detect_checkpoint
+from .describe_server import API_KEY_VARIABLE, ServerError, server_describer
 from .devices import default_device
 from .engine import Engine, Extraction
 from .errors import ModelError
@@ -30,9 +31,12 @@ from .options import (
     CAPTION_OPTIONS,
     DEFAULT_CAPTIONER,
     OPTIONS,
+    SERVER_OPTIONS,
     CaptionFileOptions,
     CaptionOptions,
+    CommandLineParser,
     ExtractOptions,
+    ServerOptions,
     add_argument,
 )
 from .records import RecordsError, RecordWriter, absolute, error_record, record
@@ -41,7 +45,7 @@ from .scoring import NonFiniteScores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="easy-diffuser",
         description="Turn images into Stable Diffusion prompts with CLIP or a WD tagger (booru tags).",
         epilog="other commands:\n  easy-diffuser calibrate FOLDER ...   learn the model's tau from your images "
@@ -126,6 +130,13 @@ def _add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for option in CAPTION_OPTIONS:
         add_argument(group, option, f"caption_{option.name}")
+    server = parser.add_argument_group(
+        "VLM server",
+        "descriptions from an OpenAI-compatible server in place of a captioner in this process (docs/vlm-server.md); "
+        f"the images are sent to it; its API key, if it wants one, from the environment variable {API_KEY_VARIABLE}",
+    )
+    for option in SERVER_OPTIONS:
+        add_argument(server, option, f"caption_{option.name}")
     group.add_argument(
         "--checkpoint",
         default=None,
@@ -149,6 +160,11 @@ def options_from(args: argparse.Namespace) -> ExtractOptions:
             args.caption, **{option.name: getattr(args, f"caption_{option.name}") for option in CAPTION_OPTIONS}
         )
     return ExtractOptions(**{option.name: getattr(args, option.name) for option in OPTIONS}, caption=caption)
+
+
+def server_from(args: argparse.Namespace) -> ServerOptions:
+    """The VLM server flags (url empty: none)."""
+    return ServerOptions(**{option.name: getattr(args, f"caption_{option.name}") for option in SERVER_OPTIONS})
 
 
 def caption_file_options(args: argparse.Namespace) -> CaptionFileOptions:
@@ -193,15 +209,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = None
     try:
         options = options_from(args)
+        describer = server_describer(server_from(args))  # None without --caption-url: nothing is sent
         target = detect_checkpoint(args.checkpoint) if args.checkpoint else None
         # The style and the captioner it runs, known before any download: the model's kind says what it writes.
         style = prompt_style.resolve(options, target, kind_for(args.model).writes)
         captioner = style.caption
+        if captioner and describer:
+            describer.check()  # a server that is down or refuses the key: one line before any model loads
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options, style, target, caption_file_options(args))
-        if captioner:
+            return ray_main(args, options, style, target, describer, caption_file_options(args))
+        if captioner and not describer:
             check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(
             args.model,
@@ -210,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             vocabulary_dirs=args.vocabulary,
             keep_in_vram=args.keep_in_vram,
         )
-        engine.target = target
-        if style.caption:
+        engine.target, engine.describer = target, describer
+        if style.caption and not describer:
             engine.captioner(style.caption.model)  # now: a missing captioner is a setup error, not one per image
         # Opened once the model is had: with --overwrite, a setup error must not cost the old records.
         records = RecordWriter(args.output, args.overwrite) if args.output else None
@@ -255,8 +274,8 @@ def _run_image(
 ) -> bool:
     try:
         result = engine.extract(path, options, name=str(path))
-    except (ImageError, NonFiniteScores) as error:
-        reason = f"{path}: {error}" if isinstance(error, NonFiniteScores) else str(error)  # ImageError names it
+    except (ImageError, NonFiniteScores, ServerError) as error:  # the image, its scores, or the server on it
+        reason = f"{path}: {error}" if isinstance(error, NonFiniteScores) else str(error)  # the others name it
         print(f"error: {reason}", file=sys.stderr)
         if records:
             records.write([error_record(absolute(path), reason, engine.model_id)])

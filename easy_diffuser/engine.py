@@ -20,12 +20,12 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from . import prompt_style
-from .captioner import Captioner, compose, join, load_captioner
+from .captioner import Captioner, check_supported, compose, join, load_captioner
 from .checkpoint_family import T5_TOKENS, Detected
 from .devices import check_device
 from .embedding import ProgressFn
@@ -46,7 +46,13 @@ from .tag_replacement import TagView, replaced
 from .tag_text import tag_list
 from .vocabulary import Vocabulary
 
+if TYPE_CHECKING:
+    from .describe_server import ServerDescriber
+
 DEFAULT_TAU = 1.0
+# Options whose default a model may set (ModelInfo.defaults, a folder's easy_diffuser.json): used only where the
+# option is left at its schema default, as automatic tau is resolved.
+MODEL_DEFAULT_OPTIONS = ("max_per_category", "general_threshold", "character_threshold")
 __all__ = ["CaptionOptions", "Engine", "ExtractOptions", "Extraction"]
 log = logging.getLogger(__name__)
 
@@ -73,8 +79,7 @@ class Extraction:
         }
         data.update(model=self.model, tau=self.tau, tau_source=self.tau_source, caption=self.caption)
         data.update(prompt_style=self.prompt_style, prompt_style_note=self.style_note)
-        if self.preset:
-            data["preset"] = self.preset.status
+        data["preset"] = self.preset.status if self.preset else None  # null for CLIP, as the HTTP answer says
         if self.source:
             data["source"] = self.source
         return data
@@ -95,6 +100,7 @@ class Engine:
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
+        self.low_vram = False  # the host's --lowvram/--medvram: captioners larger than such a GPU are refused
         self.loaded: Loaded = load_model(model, check_device(device), dtype, self.cache_dir)
         self.kind: Kind = kind_for(model)  # its policy: how tags are chosen, budgeted and framed
         # Which tags an image shows, for the negative prompt's guard and calibration's metric (a tagger's
@@ -109,6 +115,9 @@ class Engine:
         # checkpoint changes; the CLI and Ray from --checkpoint.
         self.target: Detected | None = None
         self.t5_tokens: prompt_style.TokenCounter = prompt_style.t5_token_bound  # the host's T5 tokenizer if it has one
+        # A VLM server that describes in place of any in-process captioner (describe_server.py): set by the surfaces
+        # from --caption-url or the webui's settings; None: nothing is sent anywhere.
+        self.describer: ServerDescriber | None = None
         self._views: dict[str, TagView] = {}  # the last --replace-tags rules' view of the vocabulary
 
     @property
@@ -141,8 +150,8 @@ class Engine:
     ) -> tuple[list[Extraction], torch.Tensor]:
         """extract_many, and the images' features, from which a re-selection needs no model pass."""
         caption = self.style(options).caption
-        captions = self.caption(images, caption) if caption else []
-        embeddings = self.encode(images)
+        embeddings = self.encode(images)  # first: a server's instruction may hold the image's tags
+        captions = self.caption(images, caption, self.grounding(embeddings, options)) if caption else []
         return self.extract_embeddings(embeddings, options, names, captions), embeddings
 
     def encode(self, images: Sequence) -> torch.Tensor:
@@ -175,6 +184,7 @@ class Engine:
             tau_source = "set by the caller"
         style = self.style(options)
         preset = self.kind.preset(options, self.target)
+        note = prompt_style.status(style) + (f"; {self.describer.status}" if style.caption and self.describer else "")
         results = []
         view = self.tag_view(options.replace_tags)
         for index, scores in enumerate(self.scorer.scores(image_embeddings)):
@@ -186,7 +196,7 @@ class Engine:
             prompt, negative = framed(preset, prompt, negative, tags)
             source = names[index] if index < len(names) else ""
             result = Extraction(prompt, negative, tags, self.model_id, selection.tau, tau_source, source, caption)
-            result = replace(result, prompt_style=style.name, style_note=prompt_style.status(style), preset=preset)
+            result = replace(result, prompt_style=style.name, style_note=note, preset=preset)
             results.append(result)
         return results
 
@@ -202,12 +212,12 @@ class Engine:
         and the default counts resolve to the calibration file or the model's own defaults."""
         learned = self._calibration()  # read once per call, not once per image
         tau, tau_source = self._tau(options.tau, learned)
-        counts = {**self._model_selection_defaults(options), **self._learned_negatives(options, learned)}
+        options = self.model_options(options)
         selection = SelectionOptions(
             max_tags=options.max_tags,
-            max_per_category=counts.get("max_per_category", options.max_per_category),
+            max_per_category=options.max_per_category,
             tau=tau,
-            negatives=counts.get("negatives", options.negatives),
+            negatives=self._learned_negatives(options, learned).get("negatives", options.negatives),
             quality_negatives=options.quality_negatives,
             token_budget=self.token_budget(options),
             dedup_threshold=options.dedup_threshold,
@@ -224,14 +234,18 @@ class Engine:
 
     def captioner(self, spec: str) -> Captioner:
         """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
+        check_supported(spec, self.low_vram)
         return load_captioner(spec, self.loaded.device, self.loaded.dtype, self.cache_dir)
 
     def style(self, options: ExtractOptions) -> prompt_style.Style:
         """The prompt style the options mean for `self.target`, with the captioner it runs."""
         return prompt_style.resolve(options, self.target, self.kind.writes)
 
-    def caption(self, images: Sequence, options: CaptionOptions) -> list[str]:
-        """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM."""
+    def caption(self, images: Sequence, options: CaptionOptions, tags: Sequence[str] = ()) -> list[str]:
+        """One caption per image; the captioner then leaves the GPU so that it and CLIP never share VRAM.
+        A server describes instead when one is set (`tags`: each image's, for its instruction)."""
+        if self.describer is not None:  # nothing of it on this machine: no lock while the server answers
+            return self.describer.caption_all(images, options, tags)
         with self._lock:
             captioner = self.captioner(options.model)
             try:
@@ -239,6 +253,14 @@ class Engine:
             finally:
                 if not self.keep_in_vram and captioner.device.type != "cpu":
                     captioner.to("cpu")
+
+    def grounding(self, embeddings: torch.Tensor, options: ExtractOptions) -> list[str]:
+        """Each image's positive tags as text, for a server whose instruction asks for them; else none."""
+        if self.describer is None or not self.describer.grounded:
+            return []
+        untagged = replace(options, caption=None, prompt_style="tags")  # the tags alone: no caption, no preset
+        results = self.extract_embeddings(embeddings, untagged)
+        return [", ".join(tag.tag for tag in result.tags if tag.role == "positive") for result in results]
 
     def _with_caption(
         self, caption: str, tags: list[TagScore], options: ExtractOptions, style: prompt_style.Style
@@ -254,12 +276,16 @@ class Engine:
         tags = [replace(tag, role="off") if tag.tag in dropped else tag for tag in tags]
         return join(escape(caption), [format_prompt(kept, options.weights)], style.sentences), tags, caption
 
-    def _model_selection_defaults(self, options: ExtractOptions) -> dict:
-        """A model folder may ask for other defaults (shapes-demo: one tag per category)."""
-        defaults = {}
-        if options.max_per_category == ExtractOptions.max_per_category and "max_per_category" in self.loaded.defaults:
-            defaults["max_per_category"] = int(self.loaded.defaults["max_per_category"])
-        return defaults
+    def model_options(self, options: ExtractOptions) -> ExtractOptions:
+        """The options with the model's own defaults where they are left at the schema's: a model (its ModelInfo,
+        its folder's easy_diffuser.json) may ask for other MODEL_DEFAULT_OPTIONS (shapes-demo: one tag per
+        category; PixAI: the thresholds of its card)."""
+        changes = {
+            name: type(getattr(options, name))(self.loaded.defaults[name])
+            for name in MODEL_DEFAULT_OPTIONS
+            if name in self.loaded.defaults and getattr(options, name) == getattr(ExtractOptions, name)
+        }
+        return replace(options, **changes) if changes else options
 
     def _learned_negatives(self, options: ExtractOptions, learned: dict) -> dict:
         """With tau automatic and the default count, the count of negatives learned with tau."""

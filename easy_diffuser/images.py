@@ -43,6 +43,9 @@ _UPRIGHT = {
 _ORIENTATION_TAG = 0x0112
 # The thinnest shape a model is shown whole (see bounded): wider than phone panoramas (about 5:1).
 MAX_ASPECT = 8
+# Where a flattened image keeps the RGBA picture it was made from (with_alpha): PIL's info travels with the image
+# through every surface, pickling (Ray) included, and is never written into a saved file.
+TRANSPARENT = "easy_diffuser.rgba"
 
 
 class ImageError(ValueError):
@@ -152,8 +155,15 @@ def _to_rgb(image: Image.Image, orientation: int) -> Image.Image:
         background = Image.new("RGB", image.size, "white")
         rgba = image.convert("RGBA")
         background.paste(rgba, mask=rgba.getchannel("A"))
+        background.info[TRANSPARENT] = rgba  # for a model that flattens on another colour (with_alpha)
         return background
     return image.convert("RGB")
+
+
+def with_alpha(image: Image.Image) -> Image.Image:
+    """The RGBA picture load_image flattened `image` from, or `image` itself when it had no alpha: a model whose
+    reference preprocessing composites transparency on another colour (JTP: grey) starts from it."""
+    return image.info.get(TRANSPARENT, image)
 
 
 def _to_eight_bit(image: Image.Image) -> Image.Image:

@@ -14,13 +14,19 @@ import argparse
 import math
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NoReturn, Optional
+from urllib.parse import urlsplit
 
 from .caption_files import parse_replacements
 from .checkpoint_family import TOKEN_BUDGET
+from .exit_codes import EXIT_SETUP_FAILED
 from .families import AUTOMATIC
 from .families import CHOICES as FAMILY_CHOICES
 from .images import IMAGE_SUFFIXES
+from .joycaption import DEFAULT_LENGTH as JOYCAPTION_DEFAULT_LENGTH
+from .joycaption import DEFAULT_MODE as JOYCAPTION_DEFAULT_MODE
+from .joycaption import LENGTHS as JOYCAPTION_LENGTHS
+from .joycaption import MODES as JOYCAPTION_MODES
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_DESCRIBER = "Qwen/Qwen2-VL-2B-Instruct"  # the captioner of the sentences style: a paragraph, not a line
@@ -75,10 +81,10 @@ class Option:
     step: float = 1  # the tab slider's
     automatic: str = ""  # for None: what None means ("calibrated or the model's default"); "" when None is no value
     choices: tuple[str, ...] = ()  # for kind str: the values it takes (compared in lower case)
-    text: bool = False  # for kind str: free text of at most `maximum` characters (a prompt), lines allowed
-    # For kind str other than a list of tags: what it takes, as messages say it, and its rule ("" or why not).
-    describes: str = ""
-    rule: Callable[[str], str] | None = None
+    text: str = "comma-separated tags"  # for kind str without choices: what the text is, as messages say it
+    metavar: str = "TAGS"  # for kind str without choices: the command line's placeholder
+    free_text: bool = False  # for kind str: text of at most `maximum` characters (a prompt), lines allowed
+    rule: Callable[[str], str] | None = None  # for kind str without choices: its own check, "" or why not
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
@@ -88,7 +94,7 @@ class Option:
             if not isinstance(value, str) or value.strip().lower() not in self.choices:
                 raise OptionError(self.name, f"{self.accepts}, not {shown(value)}")
             return value.strip().lower()
-        if self.text:
+        if self.free_text:
             if (
                 not isinstance(value, str)
                 or len(value) > self.maximum
@@ -121,7 +127,7 @@ class Option:
         return self.check(value)
 
     def argument_type(self) -> Callable[[str], Any]:
-        """`parse` as an argparse `type=`: a bad value is argparse's one-line usage error, which names the flag."""
+        """`parse` as an argparse `type=`: a bad value is CommandLineParser's one-line error, which names the flag."""
 
         def parse(text: str) -> Any:
             try:
@@ -133,20 +139,14 @@ class Option:
         return parse
 
     @property
-    def tag_list(self) -> bool:
-        """Whether the value is a comma-separated list of tags (exclude_tags): what a str option is unless it is
-        a choice, free text, or says what it takes (`describes`, or a subclass's own check)."""
-        return self.kind is str and not (self.choices or self.text or self.describes) and type(self) is Option
-
-    @property
     def accepts(self) -> str:
         """What the option takes, as the messages say it: "must be a whole number from 1 to 75"."""
         if self.choices:
             return f"must be one of {', '.join(self.choices)}"
-        if self.text:
+        if self.free_text:
             return f"must be text of at most {self.maximum:,.0f} characters (no control characters but line breaks)"
         if self.kind is str:
-            return self.describes or f"must be comma-separated tags, at most {MAX_TAG_LIST} printable characters"
+            return f"must be {self.text}, at most {MAX_TAG_LIST} printable characters"
         kind = "a whole number" if self.kind is int else "a number"
         automatic = f", or none for automatic ({self.automatic})" if self.automatic else ""
         return f"must be {kind} from {self.minimum:g} to {self.maximum:g}{automatic}"
@@ -299,7 +299,8 @@ OPTIONS: tuple[Option, ...] = (
         "or semicolon in a tag): a renamed tag is counted and budgeted as its new name; an empty new removes it",
         "Replace tags",
         "--replace-tags",
-        describes=f"must be old,new pairs separated by ;, at most {MAX_TAG_LIST} printable characters",
+        text="old,new pairs separated by ;",
+        metavar="OLD,NEW;...",
         rule=lambda text: _problem(parse_replacements, text),
     ),
     # The prompt style (prompt_style.py). booru is the booru tagger models' prompt (the WD tagger backend).
@@ -346,9 +347,92 @@ CAPTION_OPTIONS: tuple[Option, ...] = (
         1,
         512,
     ),
+    # JoyCaption's instructions (joycaption.py); other captioners have none and ignore them.
+    Option(
+        "mode",
+        str,
+        JOYCAPTION_DEFAULT_MODE,
+        "what JoyCaption writes: descriptive (a detailed description), casual, stable-diffusion (a prompt), "
+        "midjourney, danbooru (Danbooru tags) or booru-like (looser tags); other captioners ignore it",
+        "JoyCaption mode",
+        "--caption-mode",
+        choices=tuple(JOYCAPTION_MODES),
+    ),
+    Option(
+        "length",
+        str,
+        JOYCAPTION_DEFAULT_LENGTH,
+        "how long JoyCaption writes: a word (very short to very long), at most N words (20 to 260 in tens), "
+        "or any (its own choice); other captioners ignore it",
+        "JoyCaption length",
+        "--caption-length",
+        choices=JOYCAPTION_LENGTHS,
+    ),
 )
 OPTION = {option.name: option for option in OPTIONS}
 CAPTION_OPTION = {option.name: option for option in CAPTION_OPTIONS}
+
+# -- A VLM server that describes the images (describe_server.py): the host's setting, not a request's --
+TAGS_PLACEHOLDER = "{tags}"  # in the instruction: the image's own positive tags, so the description is grounded
+DEFAULT_INSTRUCTION = (
+    "Describe this image in one detailed paragraph to be used as a prompt for Stable Diffusion or Flux: the "
+    "subject, the setting, the style or medium, the lighting and colours, and the composition. Write plain "
+    "sentences, no lists and no preamble. A tagger saw these tags; use those that are right: {tags}"
+)
+SERVER_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "url",
+        str,
+        "",
+        "an OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp) that describes the images, which are "
+        "SENT TO IT: its API base, e.g. http://127.0.0.1:11434/v1; empty: no server, nothing is sent anywhere",
+        "VLM server URL (images are sent to it; empty: none)",
+        "--caption-url",
+        text="an http:// or https:// URL",
+        metavar="URL",
+    ),
+    Option(
+        "server_model",
+        str,
+        "",
+        "the model the server describes with, as the server names it (e.g. qwen2.5vl:7b)",
+        "VLM server model",
+        "--caption-server-model",
+        text="a model name",
+        metavar="NAME",
+    ),
+    Option(
+        "instruction",
+        str,
+        DEFAULT_INSTRUCTION,
+        f"what the server is asked about each image; {TAGS_PLACEHOLDER} is replaced by the image's tags",
+        "VLM server instruction ({tags}: the image's tags)",
+        "--caption-instruction",
+        text="one line of text",
+        metavar="TEXT",
+    ),
+    Option(
+        "concurrency",
+        int,
+        4,
+        "descriptions asked of the server at once (a folder runs at the server's speed)",
+        "VLM server requests at once",
+        "--caption-concurrency",
+        1,
+        64,
+    ),
+    Option(
+        "timeout",
+        float,
+        120,
+        "seconds the server may take to answer one image (connecting may take 3)",
+        "VLM server timeout (seconds)",
+        "--caption-timeout",
+        1,
+        3600,
+    ),
+)
+SERVER_OPTION = {option.name: option for option in SERVER_OPTIONS}
 
 # -- Check and Refine by the round trip (refine.py): generate from a prompt pair, compare with the source --
 REFINE_OPTIONS: tuple[Option, ...] = (
@@ -382,7 +466,18 @@ REFINE_OPTIONS: tuple[Option, ...] = (
 REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
 # The pair Check and Refine start from: the CLI's --prompt (default: extracted), HTTP's fields, the tab's boxes.
 PROMPT_OPTIONS: tuple[Option, ...] = (
-    Option("prompt", str, "", "the prompt to start from", "Prompt", "--prompt", 0, MAX_PROMPT_CHARS, text=True),
+    Option(
+        "prompt",
+        str,
+        "",
+        "the prompt to start from",
+        "Prompt",
+        "--prompt",
+        0,
+        MAX_PROMPT_CHARS,
+        free_text=True,
+        metavar="TEXT",
+    ),
     Option(
         "negative_prompt",
         str,
@@ -392,7 +487,8 @@ PROMPT_OPTIONS: tuple[Option, ...] = (
         "--negative-prompt",
         0,
         MAX_PROMPT_CHARS,
-        text=True,
+        free_text=True,
+        metavar="TEXT",
     ),
 )
 PROMPT_OPTION = {option.name: option for option in PROMPT_OPTIONS}
@@ -436,6 +532,8 @@ DATASET_OPTIONS: tuple[Option, ...] = (
         "the extension of the caption files, beside each image with its name (.txt, .caption, ...)",
         "Caption file extension",
         "--caption-extension",
+        text="a file extension such as .txt or .caption",
+        metavar="EXT",
     ),
     Option(
         "min_share",
@@ -471,7 +569,8 @@ CAPTION_FILE_OPTIONS: tuple[Option, ...] = (
         "words written first in every caption file, whatever the image shows (a LoRA's trigger; comma-separated)",
         "Trigger words",
         "--trigger",
-        describes=f"must be words, at most {MAX_TAG_LIST} printable characters",
+        text="words",
+        metavar="WORDS",
     ),
     Option(
         "underscores",
@@ -514,8 +613,9 @@ CAPTION_FILE_OPTIONS: tuple[Option, ...] = (
         "what separates the items of a caption file",
         "Separator",
         "--separator",
-        describes="must be 1 to 16 printable characters, such as ', '",
-        rule=lambda text: "" if 1 <= len(text) <= 16 else "must be 1 to 16 printable characters, such as ', '",
+        text="a separator such as ', ' (1 to 16 characters)",
+        metavar="TEXT",
+        rule=lambda text: "" if 1 <= len(text) <= 16 else "must be a separator such as ', ' (1 to 16 characters)",
     ),
 )
 CAPTION_FILE_OPTION = {option.name: option for option in CAPTION_FILE_OPTIONS}
@@ -539,11 +639,46 @@ class CaptionOptions:
     beams: int = CAPTION_OPTION["beams"].default
     min_length: int = CAPTION_OPTION["min_length"].default
     max_length: int = CAPTION_OPTION["max_length"].default
+    mode: str = CAPTION_OPTION["mode"].default  # JoyCaption's instruction (joycaption.MODES)
+    length: str = CAPTION_OPTION["length"].default  # and its length (joycaption.LENGTHS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise OptionError("caption.model", f"must name a captioner, not {shown(self.model)}")
         _checked(self, CAPTION_OPTIONS, "caption.")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """A VLM server that describes images in place of an in-process captioner; `url` empty: none."""
+
+    url: str = SERVER_OPTION["url"].default
+    server_model: str = SERVER_OPTION["server_model"].default
+    instruction: str = SERVER_OPTION["instruction"].default
+    concurrency: int = SERVER_OPTION["concurrency"].default
+    timeout: float = SERVER_OPTION["timeout"].default
+
+    def __post_init__(self) -> None:
+        _checked(self, SERVER_OPTIONS, "caption_")
+        object.__setattr__(self, "url", self.url.strip().rstrip("/"))
+        if not self.url:
+            return
+        parts = urlsplit(self.url)
+        if not _is_http_url(self.url):
+            raise OptionError("caption_url", f"must be an http:// or https:// URL, not {shown(self.url)}")
+        if parts.username or parts.password:
+            raise OptionError("caption_url", "must not hold a user or password: put the key in EASY_DIFFUSER_API_KEY")
+        if not self.server_model.strip():
+            raise OptionError("caption_server_model", "must name the server's model (e.g. qwen2.5vl:7b) with a URL")
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 @dataclass(frozen=True)
@@ -583,7 +718,7 @@ class ExtractOptions:
         """Options from a JSON object (HTTP) or keyword arguments (Python API); unknown names are refused.
 
         `caption` is false/None (off), true (the default captioner), a captioner id, or an object
-        with `model`, `beams`, `min_length` and `max_length`."""
+        with `model`, `beams`, `min_length`, `max_length`, `mode` and `length`."""
         known = {option.name for option in OPTIONS} | {"caption"}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -683,10 +818,16 @@ def schema_help() -> dict[str, Any]:
     """The options as data (GET /options): what each accepts, for clients and documentation."""
 
     def describe(option: Option) -> dict[str, Any]:
-        kind = "choice" if option.choices else "comma-separated tags" if option.tag_list else option.kind.__name__
-        entry = {"type": "text" if kind == "str" else kind, "default": option.default, "help": option.help}
-        if kind == "str":
-            entry["accepts"] = option.accepts
+        kind = (
+            "choice"
+            if option.choices
+            else "text"
+            if option.free_text
+            else option.text
+            if option.kind is str
+            else option.kind.__name__
+        )
+        entry = {"type": kind, "default": option.default, "help": option.help}
         if option.minimum is not None:
             entry.update(minimum=option.minimum, maximum=option.maximum)
         if option.choices:
@@ -713,6 +854,13 @@ def schema_help() -> dict[str, Any]:
     }
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag costs one line naming it, not argparse's whole usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_SETUP_FAILED, f"{self.prog}: error: {message} (all options: {self.prog} --help)\n")
+
+
 def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> None:
     """The option as a command-line flag: its range and default in the help, its check as the argument's type."""
     if option.kind is bool:  # on by default: --no-NAME turns it off
@@ -720,10 +868,9 @@ def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> N
         group.add_argument(option.flag, dest=dest, action=action, default=option.default, help=option.help)
         return
     if option.kind is str and not option.choices:
-        parse, metavar = option.argument_type(), "TAGS" if option.tag_list else "TEXT"
-        default = f" (default: {option.default!r})" if option.default else ""
+        parse = option.argument_type()
         group.add_argument(
-            option.flag, dest=dest, type=parse, default=option.default, metavar=metavar, help=option.help + default
+            option.flag, dest=dest, type=parse, default=option.default, metavar=option.metavar, help=option.help
         )
         return
     default = option.automatic or option.default

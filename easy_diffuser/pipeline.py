@@ -134,46 +134,107 @@ def run(
     done = 0
     captioned = engine.style(options).caption is not None  # the captioner needs the decoded image
     prepared = _prepare_in_order(tasks, preprocessor, captioned, workers or default_workers(), 4 * batch_size)
+    # A VLM server describes in a pool of its concurrency while the model goes on with the next batches: `ahead`
+    # batches in flight keep at least twice that many images asked or waiting, so the server is never idle.
+    concurrency = engine.describer.server.concurrency if captioned and engine.describer else 0
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="describe") if concurrency else None
+    ahead = -(-2 * concurrency // batch_size)
+    in_flight: deque[tuple[int, Finish]] = deque()
     try:
         for batch in _batches(prepared, batch_size):
             if should_stop():
                 outcome.stopped = True
                 break
-            decoded = [item for item in batch if not item.error]
-            extracted, results = _extract(engine, preprocessor, decoded, options) if decoded else ([], [])
-            failed = [item for item in batch if item.error]  # unreadable, or the model's scores were not finite
-            outcome.failed.extend((item.task.path, item.error) for item in failed)
-            writer.put_errors(failed)
-            if extracted:
-                writer.put(extracted, results)
-            done += len(batch)
+            good = [item for item in batch if not item.error]
+            _failed(batch, writer, outcome)
+            in_flight.append((len(batch), _extract(engine, preprocessor, good, options, pool)))
+            while len(in_flight) > ahead:
+                done += _finish(*in_flight.popleft(), writer, outcome)
+                if progress:
+                    progress(done, len(tasks))
+        while in_flight:
+            done += _finish(*in_flight.popleft(), writer, outcome)
             if progress:
                 progress(done, len(tasks))
     finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
         prepared.close()  # cancels decoding nobody will use
         writer.close()  # every result handed over is written before we return
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
+# A batch's results once its descriptions are in: (images extracted, their results, images that failed).
+Finish = Callable[[], tuple[list["Prepared"], list[Extraction], list["Prepared"]]]
+
+
+def _finish(size: int, finish: Finish, writer: "_Writer", outcome: Outcome) -> int:
+    """Hand a batch's results to the writer; its size, for the progress."""
+    extracted, results, failed = finish()
+    if extracted:
+        writer.put(extracted, results)
+    _failed(failed, writer, outcome)
+    return size
+
+
+def _failed(items: list[Prepared], writer: "_Writer", outcome: Outcome) -> None:
+    for item in items:
+        if item.error:
+            outcome.failed.append((item.task.path, item.error))
+            writer.put_errors([item])
+
+
 def _extract(
-    engine: Engine, preprocessor: Preprocessor, batch: list[Prepared], options: ExtractOptions
-) -> tuple[list[Prepared], list[Extraction]]:
-    """The images extracted and their results; an image the model gives non-finite scores is left out, its
-    `error` set, and the rest of the batch goes on."""
+    engine: Engine,
+    preprocessor: Preprocessor,
+    batch: list[Prepared],
+    options: ExtractOptions,
+    pool: ThreadPoolExecutor | None,
+) -> Finish:
+    """The batch through the model now; its results once a server (in `pool`) has described it. An image the
+    model gives non-finite scores, or the server could not describe, gets its `error` and is among the failed;
+    the rest of the batch goes on."""
+    batch, embeddings, unscored = _encoded(engine, preprocessor, batch)
+    if not batch:
+        return lambda: ([], [], unscored)
     caption = engine.style(options).caption
-    captions = engine.caption([item.image for item in batch], caption) if caption else []
-    try:
-        embeddings = engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch]))
-    except NonFiniteScores as error:
-        kept = error.finite.tolist()
-        for item, finite in zip(batch, kept):
-            if not finite:
-                item.error = f"{item.task.path}: {error}"
-        embeddings = error.features[error.finite]
-        batch, captions = list(itertools.compress(batch, kept)), list(itertools.compress(captions, kept))
     names = [str(item.task.path) for item in batch]
-    return batch, engine.extract_embeddings(embeddings, options, names, captions) if batch else []
+    if pool is None or engine.describer is None or caption is None:
+        captions = engine.caption([item.image for item in batch], caption) if caption else []
+        results = engine.extract_embeddings(embeddings, options, names, captions)
+        return lambda: (batch, results, unscored)
+    tags = engine.grounding(embeddings, options) or [""] * len(batch)
+    describe = engine.describer.describe
+    asked = [pool.submit(describe, item.image, caption, text) for item, text in zip(batch, tags)]
+
+    def finish() -> tuple[list[Prepared], list[Extraction], list[Prepared]]:
+        described = [future.result() for future in asked]
+        for item, text in zip(batch, described):
+            item.error = "" if isinstance(text, str) else f"{item.task.path}: {text}"
+        kept = [index for index, item in enumerate(batch) if not item.error]
+        failed = unscored + [item for item in batch if item.error]
+        if not kept:
+            return [], [], failed
+        captions = [described[index] for index in kept]
+        results = engine.extract_embeddings(embeddings[kept], options, [names[index] for index in kept], captions)
+        return [batch[index] for index in kept], results, failed
+
+    return finish
+
+
+def _encoded(
+    engine: Engine, preprocessor: Preprocessor, batch: list[Prepared]
+) -> tuple[list[Prepared], torch.Tensor, list[Prepared]]:
+    """(the images the model scored, their features, those it gave non-finite scores, each with its `error`)."""
+    try:
+        return batch, engine.encode_tensors(preprocessor.to_tensors([item.pixels for item in batch])), []
+    except NonFiniteScores as error:
+        finite = error.finite.tolist()
+        unscored = [item for item, ok in zip(batch, finite) if not ok]
+        for item in unscored:
+            item.error = f"{item.task.path}: {error}"
+        return list(itertools.compress(batch, finite)), error.features[error.finite], unscored
 
 
 def _prepare(task: Task, preprocessor: Preprocessor, keep_image: bool) -> Prepared:

@@ -35,11 +35,12 @@ import numpy as np
 from .batch import caption_owners, find_images
 from .caption_files import CaptionWriter
 from .checkpoint_family import Detected
+from .describe_server import ServerDescriber
 from .engine import Engine, Extraction, ExtractOptions
 from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .files import OutputLock, read_regular_file, write_atomically
-from .images import IMAGE_SUFFIXES, ImageError
+from .images import IMAGE_SUFFIXES, ImageError, load_image
 from .options import CaptionFileOptions
 from .pipeline import Preprocessor
 from .prompt_style import Style
@@ -81,19 +82,22 @@ def main(
     options: ExtractOptions,
     style: Style,
     target: Detected | None,
+    describer: ServerDescriber | None = None,
     caption_files: CaptionFileOptions = CaptionFileOptions(),
 ) -> int:
-    """The CLI's --engine ray; `target` is the --checkpoint the prompts are for (None: none named)."""
+    """The CLI's --engine ray; `target` is the --checkpoint the prompts are for (None: none named). A captioner
+    runs only as a VLM server (`describer`), which every actor asks: nothing is loaded on them for it."""
     try:
         import ray
     except ImportError:
         print("error: --engine ray needs Ray: pip install 'easy-diffuser[ray]'", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    if args.output is None or style.caption:
+    if args.output is None or (style.caption and describer is None):
         reason = (
             "needs --output DIR for its records"
             if args.output is None
-            else "does not run a captioner (--caption, --prompt-style sentences) yet" + _why_a_captioner(style)
+            else "runs a captioner (--caption, --prompt-style sentences) only as a VLM server (--caption-url)"
+            + _why_a_captioner(style)
         )
         print(f"error: --engine ray {reason}", file=sys.stderr)
         return EXIT_SETUP_FAILED
@@ -112,6 +116,7 @@ def main(
             overwrite=args.overwrite,
             batch_size=args.batch_size,
             target=target,
+            describer=describer,
             caption_files=caption_files,
         )
     except (ModelError, ValueError, OSError, ConnectionError) as error:
@@ -147,6 +152,7 @@ def run_job(
     batch_size: int = 64,
     extractor: type | None = None,
     target: Detected | None = None,
+    describer: ServerDescriber | None = None,
     caption_files: CaptionFileOptions = CaptionFileOptions(),
 ) -> JobSummary:
     """Extract every path not yet in `output` on the running Ray cluster; `extractor` defaults to TagExtractor.
@@ -163,7 +169,20 @@ def run_job(
         if not todo:  # nothing to do: no model, no actors
             return JobSummary(0, 0, len(paths), time.perf_counter() - started)
         files = caption_files if captions else None
-        _extract(todo, paths, output, model, options, target, cache_dir, vocabulary_dirs, files, batch_size, extractor)
+        _extract(
+            todo,
+            paths,
+            output,
+            model,
+            options,
+            target,
+            cache_dir,
+            vocabulary_dirs,
+            files,
+            batch_size,
+            extractor,
+            describer,
+        )
         new = [item for item in _read_output(output, ["path", "error"])[1] if item["path"] not in done]
     finally:
         if lock:
@@ -193,6 +212,7 @@ def _extract(
     caption_files: CaptionFileOptions | None,
     batch_size: int,
     extractor: type | None,
+    describer: ServerDescriber | None = None,
 ) -> None:
     import ray
 
@@ -228,6 +248,7 @@ def _extract(
             "options": options,
             "target": target,  # a frozen dataclass: pickled to every actor
             "caption_files": caption_files,  # None: no caption files
+            "describer": describer,  # the server every actor asks (its repr leaves the key out)
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -303,6 +324,7 @@ class TagExtractor:
         options: ExtractOptions,
         target: Detected | None,
         caption_files: CaptionFileOptions | None,
+        describer: ServerDescriber | None = None,
     ) -> None:
         import ray
         import torch
@@ -311,6 +333,7 @@ class TagExtractor:
         _install_cache(cache_file[0], ray.get(cache_file[1]))  # an object reference: the file travels once per node
         self.engine = Engine(model, device, cache_dir=cache_dir, vocabulary_dirs=vocabulary_dirs)
         self.engine.target = target  # the --checkpoint the prompts are for, as the CLI's own engine has it
+        self.engine.describer = describer
         self.options = options
         tagger = self.engine.kind.writes == "booru"  # its tags are booru tags, written with spaces
         self.captions = CaptionWriter.of(caption_files, options, tagger) if caption_files else None
@@ -332,13 +355,33 @@ class TagExtractor:
                     if not finite:
                         rows[index] = error_record(paths[index], f"{paths[index]}: {error}", self.engine.model_id)
                 embeddings, good = error.features[error.finite], list(itertools.compress(good, error.finite.tolist()))
+            captions: list[str] = []
+            if self.engine.style(self.options).caption:  # a server's (main refuses any other captioner)
+                good, embeddings, captions = self._describe(batch, good, embeddings, rows)
             names = [paths[index] for index in good]
-            for index, result in zip(good, self.engine.extract_embeddings(embeddings, self.options, names)):
+            results = self.engine.extract_embeddings(embeddings, self.options, names, captions) if good else []
+            for index, result in zip(good, results):
                 rows[index] = record(result, paths[index])
                 if self.captions and is_local(paths[index]) and rows[index]["error"] is None:
                     owner, source = batch["caption_owner"][index], _source(batch["source"][index])
                     rows[index]["error"] = _write_caption(paths[index], source, result, owner, self.captions)
         return pa.Table.from_pylist(rows, schema=arrow_schema())
+
+    def _describe(self, batch: dict[str, np.ndarray], good: list[int], embeddings: Any, rows: list[dict]) -> tuple:
+        """(images described, their embeddings, their descriptions): each image read again for the server, the
+        batch's descriptions asked at once; an image the server fails gets its error record."""
+        engine, caption = self.engine, self.engine.style(self.options).caption
+        assert engine.describer is not None and caption is not None
+        paths = [batch["path"][index] for index in good]
+        images = [load_image(_read(_source(batch["source"][index])), path) for index, path in zip(good, paths)]
+        described = engine.describer.caption_each(images, caption, engine.grounding(embeddings, self.options))
+        kept = []
+        for position, (index, path, text) in enumerate(zip(good, paths, described)):
+            if isinstance(text, str):
+                kept.append(position)
+            else:
+                rows[index] = error_record(path, recorded_path(f"{path}: {text}"), engine.model_id)
+        return [good[i] for i in kept], embeddings[kept], [described[i] for i in kept]
 
 
 def _source(source: bytes) -> str:

@@ -23,7 +23,16 @@ from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError, load_image
 from .models import DEFAULT_MODEL
-from .options import OPTIONS, PROMPT_OPTION, REFINE_OPTIONS, ExtractOptions, OptionError, RefineOptions, add_argument
+from .options import (
+    OPTIONS,
+    PROMPT_OPTION,
+    REFINE_OPTIONS,
+    CommandLineParser,
+    ExtractOptions,
+    OptionError,
+    RefineOptions,
+    add_argument,
+)
 from .refine import SCORE_HELP, Refinement, Round, checked_pair, refine
 from .scoring import NonFiniteScores
 
@@ -36,7 +45,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         if command == "check"
         else "Generate from the prompt pair, compare with the image, and try better pairs round by round"
     )
-    parser = argparse.ArgumentParser(prog=f"easy-diffuser {command}", description=f"{what}. {SCORE_HELP}.")
+    parser = CommandLineParser(prog=f"easy-diffuser {command}", description=f"{what}. {SCORE_HELP}.")
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument(
         "--generator",

@@ -19,10 +19,13 @@ from importlib.metadata import EntryPoint, entry_points
 from .errors import ModelError, one_line
 from .kinds.base import Kind, ModelInfo
 from .kinds.clip import ClipKind
+from .kinds.jtp import JtpKind
+from .kinds.pixai import PixaiKind
 from .kinds.wd_tagger import WdTaggerKind
 
 ENTRY_POINT_GROUP = "easy_diffuser.kinds"
-BUILTIN_KINDS: tuple[Kind, ...] = (WdTaggerKind(), ClipKind())  # asked in this order; CLIP last
+# Asked in this order: the particular kinds first (a PixAI or JTP folder may hold a WD-style config.json), CLIP last.
+BUILTIN_KINDS: tuple[Kind, ...] = (PixaiKind(), JtpKind(), WdTaggerKind(), ClipKind())
 log = logging.getLogger(__name__)
 
 

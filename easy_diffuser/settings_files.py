@@ -46,6 +46,8 @@ def check_model_defaults(data: dict[str, Any], path: Path | str) -> dict[str, An
     _check_number(data, "tau", path, *TAU_RANGE)
     _check_whole(data, "negatives", path, 0, MAX_NEGATIVES)
     _check_whole(data, "max_per_category", path, 1, 1000)
+    _check_number(data, "general_threshold", path, 0, 1)
+    _check_number(data, "character_threshold", path, 0, 1)
     _check_whole(data, "calibration_tags", path, 1, 1000)
     _check_number(data, "prob_center", path, -1e6, 1e6)
     _check_number(data, "prob_temperature", path, 1e-6, 1e6)  # a divisor: 0 would make every probability NaN

@@ -93,6 +93,105 @@ def logits_for(probabilities: dict[str, float], tags=TAGS, rest: float = 0.001) 
     return [float(torch.logit(torch.tensor(probabilities.get(name, rest)))) for name, _ in tags]
 
 
+# PixAI v0.9's layout (tags_v0.9_13k.json, char_ip_map.json, model_v0.9.pth), at toy size: general tags first,
+# then characters, in tag_map's indices (written in another order than the indices, as a JSON object may be).
+PIXAI_GENERAL = ("1girl", "solo", "long_hair", "smile", "^_^", "red_circle")
+PIXAI_CHARACTERS = ("saber_(fate)", "hatsune_miku", "new_character_(2025)")
+PIXAI_CHARACTER_MAP = {
+    "saber_(fate)": ["fate_(series)", "fate/stay_night"],
+    "hatsune_miku": ["vocaloid"],
+    "rin_tohsaka": ["fate_(series)"],  # a character this model doesn't know
+}
+
+
+def write_pixai(folder: Path, logits: list[float] | None = None, seed: int = 0, config: bool = True) -> Path:
+    """A PixAI folder with random weights in its published layout; with `logits`, the head gives exactly those for
+    every image (its weights 0). `config`: a WD-format config.json of a tiny EVA02 beside the weights."""
+    import timm
+
+    architecture, model_args, size = ARCHITECTURES["eva02"]
+    names = PIXAI_GENERAL + PIXAI_CHARACTERS
+    folder.mkdir(parents=True, exist_ok=True)
+    if config:
+        (folder / "config.json").write_text(
+            json.dumps(
+                {
+                    "architecture": architecture,
+                    "num_classes": len(names),
+                    "model_args": model_args,
+                    "pretrained_cfg": {"input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.5] * 3},
+                }
+            )
+        )
+    tag_map = {name: index for index, name in reversed(list(enumerate(names)))}
+    split = {"gen_tag_count": len(PIXAI_GENERAL), "character_tag_count": len(PIXAI_CHARACTERS)}
+    (folder / "tags_v0.9_13k.json").write_text(json.dumps({"tag_map": tag_map, "tag_split": split}))
+    (folder / "char_ip_map.json").write_text(json.dumps(PIXAI_CHARACTER_MAP))
+    torch.manual_seed(seed)
+    encoder = timm.create_model(architecture, pretrained=False, **model_args)
+    encoder.reset_classifier(0)
+    head = torch.nn.Linear(encoder.num_features, len(names))
+    if logits is None:
+        torch.nn.init.normal_(head.weight, std=0.3)
+    else:
+        torch.nn.init.zeros_(head.weight)
+        head.bias.data = torch.tensor(logits, dtype=torch.float32)
+    state = {f"0.{key}": value for key, value in encoder.state_dict().items()}
+    state.update({"1.head.0.weight": head.weight.data, "1.head.0.bias": head.bias.data})
+    torch.save(state, folder / "model_v0.9.pth")
+    return folder
+
+
+def pixai_logits(probabilities: dict[str, float], rest: float = 0.001) -> list[float]:
+    names = PIXAI_GENERAL + PIXAI_CHARACTERS
+    return [float(torch.logit(torch.tensor(probabilities.get(name, rest)))) for name in names]
+
+
+# JTP PILOT2's layout (JTP_PILOT2-e3-vit_so400m_patch14_siglip_384.safetensors, tags.json {tag: index}) at toy size:
+# the SigLIP SO400M ViT of timm, attention pool and all, with JTP's gated head.
+JTP_TAGS = ("anthro", "canid", "mammal", "fur", "smile", "<3", "solo", "red_background")
+JTP_WEIGHTS = "JTP_PILOT2-e3-vit_so400m_patch14_siglip_384.safetensors"
+JTP_ARGS = {"img_size": 28, "patch_size": 14, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
+
+
+def write_jtp(folder: Path, logits: list[float] | None = None, seed: int = 0) -> Path:
+    """A JTP folder with random weights; with `logits` (values then gates, 2 per tag) the head gives exactly those."""
+    import timm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    architecture, size = "vit_so400m_patch14_siglip_384", JTP_ARGS["img_size"]
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": architecture,
+                "num_classes": len(JTP_TAGS),
+                "model_args": JTP_ARGS,
+                "pretrained_cfg": {"input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.5] * 3},
+            }
+        )
+    )
+    tags = {name: index for index, name in reversed(list(enumerate(JTP_TAGS)))}  # another order than the indices
+    (folder / "tags.json").write_text(json.dumps(tags))
+    torch.manual_seed(seed)
+    model = timm.create_model(architecture, pretrained=False, num_classes=len(JTP_TAGS), **JTP_ARGS)
+    linear = torch.nn.Linear(model.head.in_features, 2 * len(JTP_TAGS))
+    if logits is None:
+        torch.nn.init.normal_(linear.weight, std=0.3)
+    else:
+        torch.nn.init.zeros_(linear.weight)
+        linear.bias.data = torch.tensor(logits, dtype=torch.float32)
+    state = {key: value for key, value in model.state_dict().items() if not key.startswith("head.")}
+    state.update({"head.linear.weight": linear.weight.data, "head.linear.bias": linear.bias.data})
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(folder / JTP_WEIGHTS))
+    return folder
+
+
+def jtp_logits(probabilities: dict[str, float], rest: float = 0.001) -> list[float]:
+    """Values and gates that give these probabilities: each gate wide open (sigmoid(30) is 1 in float32)."""
+    values = [float(torch.logit(torch.tensor(probabilities.get(name, rest)))) for name in JTP_TAGS]
+    return values + [30.0] * len(JTP_TAGS)
+
+
 def set_nan(weights: Path, key: str) -> Path:
     """Damage a safetensors file as a bad download or a diverged training run would: one NaN in tensor `key`."""
     from safetensors.torch import load_file

@@ -141,6 +141,28 @@ def test_an_unreachable_hub_fails_at_once_without_the_hubs_retries(tmp_path, mon
     assert "http://127.0.0.1:9 is not reachable" in message and str(placed_folder(model_id, tmp_path)) in message
 
 
+@pytest.mark.parametrize(
+    "model_id, describer",
+    [("Salesforce/blip-image-captioning-base", False), ("microsoft/git-base-coco", False)]
+    + [("Qwen/Qwen2-VL-2B-Instruct", True)],
+)
+def test_the_offline_error_lists_the_files_this_captioner_has(tmp_path, monkeypatch, model_id, describer):
+    """BLIP and GIT have no chat template and one weights file; Qwen2-VL has both a template and sharded weights."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    with pytest.raises(ModelError) as error:
+        load_captioner(model_id, cache_dir=tmp_path)
+    message = str(error.value)
+    assert "(config.json, the .safetensors weights" in message
+    if describer:
+        assert "weights and their index, the tokenizer, preprocessor and chat template files)" in message
+    else:
+        assert "weights, the tokenizer and preprocessor files)" in message and "chat template" not in message
+
+
 def test_files_placed_in_the_cache_folder_load_by_id_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model_id = "microsoft/git-base-coco"
@@ -165,16 +187,26 @@ def test_a_bin_only_folder_loads_without_unpickling_code(tmp_path, monkeypatch):
 
 def test_other_models_and_names_are_refused(tmp_path):
     transformers.BertConfig(**SMALL).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ModelError, match="captioners are BLIP, GIT or Qwen2-VL models"):
+    with pytest.raises(ModelError, match=r"captioners are BLIP, GIT, Qwen2-VL or LLaVA \(JoyCaption\) models"):
         load_captioner(str(tmp_path / "bert"))
     with pytest.raises(ModelError, match="unknown captioner"):
         load_captioner("blip", cache_dir=tmp_path)
 
 
-def test_without_transformers_the_error_says_what_to_install(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "model_id, needs",
+    [
+        ("Salesforce/blip-image-captioning-base", "needs transformers>=4.26.0"),
+        ("Qwen/Qwen2-VL-2B-Instruct", "needs transformers>=4.45.0"),  # what the sentences style's docs say
+        ("SomeOrg/some-captioner", "transformers>=4.26.0 for BLIP and GIT, transformers>=4.45.0 for Qwen2-VL"),
+    ],
+)
+def test_without_transformers_the_error_says_what_to_install(monkeypatch, tmp_path, model_id, needs):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
-    with pytest.raises(ModelError, match=r"easy-diffuser\[caption\]"):
-        load_captioner("Salesforce/blip-image-captioning-base", cache_dir=tmp_path)
+    with pytest.raises(ModelError) as error:
+        load_captioner(model_id, cache_dir=tmp_path)
+    assert str(error.value).startswith("captions need the transformers package: pip install 'easy-diffuser[caption]'")
+    assert needs in str(error.value)
 
 
 def test_registry_and_options():
@@ -184,6 +216,7 @@ def test_registry_and_options():
         "microsoft/git-base-coco",
         "microsoft/git-large-coco",
         "Qwen/Qwen2-VL-2B-Instruct",
+        "fancyfeast/llama-joycaption-beta-one-hf-llava",
     }
     assert all(info.use for info in CAPTIONERS.values())
     assert CaptionOptions() == CaptionOptions(beams=3, min_length=5, max_length=30)

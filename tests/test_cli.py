@@ -32,6 +32,17 @@ def test_json_output_for_an_image(shapes_red_circle, cache_dir, capsys):
     assert "red" in result["prompt"] and "circle" in result["prompt"]
 
 
+def test_json_always_says_the_preset_as_the_http_answer_does(shapes_red_circle, cache_dir, capsys):
+    """null for a CLIP model (it takes no family preset), the preset and why for a tagger: the same keys either way."""
+    answers = {}
+    for model in ("shapes-demo", "shapes-booru"):
+        assert main([str(shapes_red_circle), "--model", model, "--cache-dir", str(cache_dir), "--json"]) == 0
+        answers[model] = json.loads(capsys.readouterr().out)
+    assert answers["shapes-demo"]["preset"] is None
+    assert answers["shapes-booru"]["preset"].startswith("No preset")  # no checkpoint named: automatic finds none
+    assert answers["shapes-demo"].keys() == answers["shapes-booru"].keys()
+
+
 def test_bad_files_cost_one_line_each_and_the_rest_still_run(tmp_path, shapes_red_circle, cache_dir):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("hello")

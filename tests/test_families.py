@@ -253,7 +253,7 @@ def test_clip_prompts_take_no_preset(red_circle) -> None:
     engine = Engine("shapes-demo")
     engine.target = detect("ponyDiffusionV6XL")
     result = engine.extract(red_circle, ExtractOptions(family="pony"))
-    assert "score_9" not in result.prompt and result.preset is None and "preset" not in result.to_dict()
+    assert "score_9" not in result.prompt and result.preset is None and result.to_dict()["preset"] is None
 
 
 @pytest.mark.parametrize(

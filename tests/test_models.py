@@ -159,7 +159,7 @@ def test_without_network_the_default_model_fails_in_one_line_without_retries(
     assert shown.count("\n") == 1 and shown.startswith("error: no network and no cached weights for ViT-L-14/openai")
     assert f"{address} is not reachable" in shown and f"save it as {cache_dir / 'ViT-L-14-openai'}" in shown
     assert not [record for record in caplog.records if "Retrying" in record.getMessage()]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "troubleshooting.md").read_text()
     as_documented = shown.replace(address, "https://huggingface.co").split(" is not reachable")[0]
     assert f"| `{as_documented} is not reachable: ...)` |" in readme  # the troubleshooting row
 

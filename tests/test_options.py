@@ -72,6 +72,25 @@ def test_the_command_line_refuses_the_same_values_naming_the_flag(flag, text, pr
     assert error.startswith(f"easy-diffuser: error: argument {flag.split('=')[0]}: {problem}")
 
 
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["image.png", "--tags", "0"], "easy-diffuser: error: argument --tags: must be a whole number from 1 to 75"),
+        (["image.png", "--tau", "nan"], "easy-diffuser: error: argument --tau: must be a number from -5 to 5"),
+        (["image.png", "--no-such-flag"], "easy-diffuser: error: unrecognized arguments: --no-such-flag"),
+        (["calibrate", "--negatives", "x"], "easy-diffuser calibrate: error: argument --negatives: must be a whole"),
+        (["refine", "image.png"], "easy-diffuser refine: error: the following arguments are required: --generator"),
+    ],
+    ids=["tags", "tau", "unknown-flag", "calibrate", "refine"],
+)
+def test_a_bad_flag_costs_one_line_not_the_usage_block(argv, line, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith(line)
+    assert err.rstrip().endswith(f"(all options: {line.split(': error')[0]} --help)")
+
+
 def test_every_flag_and_its_help_come_from_the_schema():
     parser = build_parser()
     text = parser.format_help()

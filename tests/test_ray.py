@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 
@@ -333,6 +334,32 @@ def test_ray_prompts_follow_the_checkpoint_as_the_single_process_clis_do(local_r
     distributed = by_path(read_records(tmp_path / "shards.jsonl"))
     assert distributed == by_path(read_records(tmp_path / "local.jsonl"))
     assert sorted(item["prompt"] + "\n" for item in distributed.values()) == sorted(captions)
+
+
+def test_every_actor_asks_the_vlm_server_with_the_records_of_the_single_process_cli(local_ray, tmp_path):
+    """Sentences on Ray from a VLM server: the actors load no captioner (none is placed, and the hub is off),
+    ask the server, and a description the server fails is that image's error record, as without Ray."""
+    from vlm_server import PARAGRAPH, StandInServer
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, colour in enumerate(["red", "green", "blue", "yellow"]):
+        draw_scene(folder / f"img{index}.png", 48, colour=colour)
+    Image.new("RGB", (13, 48), "red").save(folder / "narrow.png")  # the stand-in fails images 13 pixels wide
+    with StandInServer(refuse_width=13) as server:
+        common = [str(folder), "--model", "shapes-demo", "--cache-dir", str(tmp_path / "cache"), "--no-captions"]
+        common += ["--prompt-style", "sentences", "--caption-url", server.url, "--caption-server-model", "vlm"]
+        assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 1
+        assert main([*common, "--engine", "ray", "--output", str(tmp_path / "shards.jsonl")]) == 1
+    assert len(server.requests) == 2 * 5 and server.problems == []
+    local, distributed = (
+        by_path(read_records(tmp_path / "local.jsonl")),
+        by_path(read_records(tmp_path / "shards.jsonl")),
+    )
+    assert distributed == local and len(local) == 5
+    failed = {Path(path).name: item["error"] for path, item in distributed.items() if item["error"]}
+    assert list(failed) == ["narrow.png"] and "CUDA out of memory" in failed["narrow.png"]
+    assert all(item["prompt"].startswith(PARAGRAPH) for item in distributed.values() if not item["error"])
 
 
 def test_ray_writes_the_caption_files_the_single_process_cli_writes(local_ray, tmp_path):

@@ -442,7 +442,10 @@ def test_cli_bad_checkpoint_file_and_ray_are_setup_errors(tmp_path, capsys):
     code, out, err = run_cli(
         ["x.png", "--engine", "ray", "--output", str(tmp_path / "out"), "--prompt-style=sentences"], capsys
     )
-    assert code == 2 and "does not run a captioner (--caption, --prompt-style sentences) yet" in err
+    assert (
+        code == 2
+        and "runs a captioner (--caption, --prompt-style sentences) only as a VLM server (--caption-url)" in err
+    )
 
 
 def test_ray_says_when_the_checkpoint_made_automatic_run_a_captioner_and_a_tagger_needs_none(

@@ -155,7 +155,7 @@ def test_every_key_that_does_not_build_the_network_is_refused_before_timm(
         ({"depth": 1.0}, "model_args.depth must be a whole number from 1 to 96, not 1.0"),
         ({"class_token": "false"}, "model_args.class_token must be true or false"),
         ({"act_layer": ["gelu"]}, "model_args.act_layer must be an activation's name"),
-        ({"global_pool": "map"}, "model_args.global_pool must be one of"),
+        ({"global_pool": "attention"}, "model_args.global_pool must be one of"),
         ({"mlp_ratio": 1e300}, "model_args.mlp_ratio must be a number from 0.1 to 16, not 1e+300"),
     ],
 )

@@ -122,3 +122,75 @@ def build_qwen2_vl(folder: Path) -> Path:
     image_processor = transformers.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)  # 4 visual tokens
     processor = transformers.Qwen2VLProcessor(image_processor, tokenizer, chat_template=QWEN_TEMPLATE)
     return _save(model, processor, folder)
+
+
+# JoyCaption Beta One: LLaVA over a SigLIP tower and a Llama decoder, with Llama 3's tokenizer.json (byte-level
+# BPE; here over the 256 byte characters without merges), its special tokens and header-style chat template,
+# which writes the image token at the start of the first user turn and leaves <|begin_of_text|> to the tokenizer
+# (the model card: its processor() adds exactly one), and the processor_config.json keys of the hub repository
+# (`num_additional_image_tokens`, read from transformers 4.47 on).
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+IMAGE_TOKEN = "<image>"
+LLAMA_TEMPLATE = (
+    "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% if message['role'] == 'user' and loop.index0 == 1 %}<image>{% endif %}"
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+JOY_VISION = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+JOY_IMAGE_TOKENS = (32 // 8) ** 2  # a SigLIP tower: one feature per patch, no class token
+
+
+def llama3_tokenizer(folder: Path) -> "transformers.PreTrainedTokenizerFast":
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    bpe = Tokenizer(models.BPE(vocab, [], ignore_merges=True))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens([*LLAMA_SPECIALS, IMAGE_TOKEN])
+    bos = bpe.token_to_id("<|begin_of_text|>")
+    # Llama 3's tokenizer.json starts every text with <|begin_of_text|>, as this one does.
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
+    )
+
+
+def build_joycaption(folder: Path) -> Path:
+    tokenizer = llama3_tokenizer(folder)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in [*LLAMA_SPECIALS, IMAGE_TOKEN]}
+    config = transformers.LlavaConfig(
+        vision_config=transformers.SiglipVisionConfig(intermediate_size=37, **JOY_VISION).to_dict(),
+        text_config=transformers.LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=256,
+            bos_token_id=ids["<|begin_of_text|>"],
+            eos_token_id=ids["<|eot_id|>"],
+            pad_token_id=ids["<|end_of_text|>"],
+        ).to_dict(),
+        image_token_index=ids[IMAGE_TOKEN],
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-2,
+        image_seq_length=JOY_IMAGE_TOKENS,
+        pad_token_id=ids["<|end_of_text|>"],
+    )
+    model = transformers.LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|eot_id|>"]
+    image_processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+    processor = transformers.LlavaProcessor(image_processor, tokenizer, chat_template=LLAMA_TEMPLATE)
+    _save(model, processor, folder)
+    settings = folder / "processor_config.json"
+    written = json.loads(settings.read_text()) if settings.exists() else {"processor_class": "LlavaProcessor"}
+    written.update(patch_size=8, vision_feature_select_strategy="full", num_additional_image_tokens=0)
+    settings.write_text(json.dumps(written, indent=2))
+    return folder

@@ -18,7 +18,7 @@ from ..devices import default_device
 from ..engine import Engine
 from ..errors import ModelError
 from ..models import DEFAULT_MODEL
-from ..options import OPTION, REFINE_OPTION
+from ..options import OPTION, REFINE_OPTION, CommandLineParser
 from . import store
 from .generators import make_generator
 from .report import NO_PLOT, summary_lines, table_text
@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="easy-diffuser calibrate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,

@@ -79,6 +79,7 @@ FLAG_OR_NULL = Rule(lambda value: value is None or isinstance(value, bool), "tru
 # A name timm's get_act_layer resolves (tagger._activation checks it is one).
 ACTIVATION = Rule(lambda value: isinstance(value, str) and 0 < len(value) <= 40, "an activation's name")
 POOL = one_of("", "avg", "token", "max", "avgmax")
+VIT_POOL = one_of("", "avg", "token", "max", "avgmax", "map")  # map: SigLIP's attention pool (one more block)
 
 # The keys the WD v3 configs use and those that shape the network: nothing that names a file, a URL or a hub,
 # nothing that makes timm read or fetch (pretrained, pretrained_cfg, checkpoint_path, ...), no device.
@@ -103,6 +104,7 @@ VIT_KEYS = {
     "final_norm": FLAG,
     "fc_norm": FLAG_OR_NULL,
     "act_layer": ACTIVATION,
+    "global_pool": VIT_POOL,
 }
 EVA_KEYS = {
     **TRANSFORMER,
@@ -155,6 +157,7 @@ TRANSFORMER_SIZES = {
     "medium": (512, 12),
     "base": (768, 12),
     "large": (1024, 24),
+    "so400m": (1152, 27),  # SigLIP's shape-optimised ViT (JTP PILOT2's); its mlp_ratio 3.7 counted as 4
     "huge": (1280, 32),
     "giant": (1408, 40),
     "gigantic": (1664, 48),
@@ -234,7 +237,11 @@ def _transformer(sizes: Sizes, mlp_matrices: int) -> float:
 
 
 def _vit(sizes: Sizes) -> float:
-    return _transformer(sizes, mlp_matrices=2)
+    """A ViT's blocks; SigLIP's attention pool ("map", its default) is one block more."""
+    pool = sizes.args.get("global_pool", "map" if "siglip" in sizes.architecture else "token")
+    width = sizes.get("embed_dim", {word: size[0] for word, size in TRANSFORMER_SIZES.items()})
+    pool_block = (4 + 2 * sizes.args.get("mlp_ratio", 4)) * width**2 if pool == "map" else 0
+    return _transformer(sizes, mlp_matrices=2) + pool_block
 
 
 def _eva(sizes: Sizes) -> float:

@@ -118,7 +118,7 @@ class TagTable:
 
 @dataclass
 class LoadedTagger(OnDevice):
-    """A timm tagger with everything needed to use it (the counterpart of models.LoadedModel)."""
+    """A timm tagger with everything needed to use it (the counterpart of clip_loading.LoadedClip)."""
 
     model_id: str
     model: torch.nn.Module
@@ -137,8 +137,12 @@ class LoadedTagger(OnDevice):
         # in pairs, 0.87 in sixteens); a GPU takes the batch whole.
         chunks = batch.split(CPU_CHUNK) if device.type == "cpu" else (batch,)
         with cpu_matmuls(device):
-            logits = torch.cat([self.model(chunk.to(device, self.dtype)) for chunk in chunks])
-        return torch.sigmoid(logits.float()).cpu()
+            outputs = torch.cat([self.model(chunk.to(device, self.dtype)) for chunk in chunks])
+        return self.activated(outputs.float()).cpu()
+
+    def activated(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The network's outputs as probabilities: a WD head gives logits (a kind whose head gives more says so)."""
+        return torch.sigmoid(outputs)
 
 
 class TaggerScorer(TagScorer):
@@ -198,7 +202,7 @@ class WdTaggerKind(Kind):
         """The tagger a spec names, on the CPU (models.load_model moves it); ModelError in one line otherwise."""
         info = WD_MODELS.get(spec)
         if info is not None:
-            folder = DATA_DIR / info.shipped if info.shipped else _fetch(spec, cache_dir)
+            folder = DATA_DIR / info.shipped if info.shipped else fetch(spec, cache_dir)
             return load_folder(folder, model_id=spec, defaults=info.defaults)
         path = Path(spec).expanduser()
         if path.is_dir():
@@ -241,14 +245,15 @@ def placed_folder(repo: str, cache_dir: Path) -> Path:
     return Path(cache_dir) / "taggers" / safe_name(repo)
 
 
-def _fetch(repo: str, cache_dir: Path) -> Path:
-    """The folder holding the repository's three files: placed by hand, cached by the hub, or downloaded.
-    Only those three files are ever fetched (the repositories also hold a model.onnx)."""
+def fetch(repo: str, cache_dir: Path, files: Sequence[str] = TAGGER_FILES, gated: bool = False) -> Path:
+    """The folder holding the repository's `files` (paths in it): placed by hand, cached by the hub, or downloaded.
+    Only those files are ever fetched (the WD repositories also hold a model.onnx). A `gated` repository
+    gives its files only to a logged-in user who accepted its terms: the error says how."""
     placed = placed_folder(repo, cache_dir)
-    if all((placed / name).is_file() for name in TAGGER_FILES):
-        return placed
+    if all((placed / name).is_file() for name in files):
+        return (placed / files[0]).parent  # the files may lie in a folder of the repository (JTP_PILOT2/)
     try:
-        return _hub_folder(repo, cache_dir, local_only=True)
+        return _hub_folder(repo, files, cache_dir, local_only=True)
     except Exception:
         pass
     try:
@@ -257,21 +262,24 @@ def _fetch(repo: str, cache_dir: Path) -> Path:
         from huggingface_hub import constants
 
         require_reachable(constants.ENDPOINT)
-        return _hub_folder(repo, cache_dir, local_only=False)
+        return _hub_folder(repo, files, cache_dir, local_only=False)
     except Exception as error:  # network, hub and file errors all mean the same thing to the user
+        how = (
+            f"The repository is gated: log in (huggingface-cli login), accept its terms on "
+            f"https://huggingface.co/{repo}, then run huggingface-cli download {repo} {' '.join(files)} "
+            f"--local-dir {placed}"
+            if gated
+            else f"Without network: download {', '.join(files)} from https://huggingface.co/{repo} into {placed}"
+        )
         raise ModelError(
-            f"cannot get tagger {repo} ({type(error).__name__}: {one_line(error, 200)}). Without network: download "
-            f"{', '.join(TAGGER_FILES)} from https://huggingface.co/{repo} into {placed}, or pass a tagger folder"
+            f"cannot get tagger {repo} ({type(error).__name__}: {one_line(error, 200)}). {how}, or pass a tagger folder"
         ) from None
 
 
-def _hub_folder(repo: str, cache_dir: Path, local_only: bool) -> Path:
+def _hub_folder(repo: str, files: Sequence[str], cache_dir: Path, local_only: bool) -> Path:
     from huggingface_hub import hf_hub_download
 
-    paths = [
-        Path(hf_hub_download(repo, name, cache_dir=str(cache_dir), local_files_only=local_only))
-        for name in TAGGER_FILES
-    ]
+    paths = [Path(hf_hub_download(repo, name, cache_dir=str(cache_dir), local_files_only=local_only)) for name in files]
     return paths[0].parent  # the hub puts a revision's files in one snapshot folder
 
 

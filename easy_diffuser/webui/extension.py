@@ -26,7 +26,14 @@ class Extension:
         if mismatch:
             print(f"Easy Diffuser: {mismatch}", file=sys.stderr)
         self.host = host
-        self.service = Service(host.resolve_model, host.weights_folder, host.placement, host.queued, host.checkpoint)
+        self.service = Service(
+            host.resolve_model,
+            host.weights_folder,
+            host.placement,
+            host.queued,
+            host.checkpoint,
+            lambda: settings.describer(host.opts),  # read at every use: Settings may change it at any time
+        )
         self.handlers = Handlers(host, self.service)
 
     def on_ui_settings(self) -> None:

@@ -117,9 +117,11 @@ class WebuiHost:
         device = self._device()
         dtype = torch.float32 if shared.cmd_opts.no_half else default_dtype(device)
         keep = shared.opts.easy_diffuser_keep_in_vram
+        # Forge Classic has neither flag (its memory manager decides alone).
+        low = bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
         if self._manager is not None:
-            return Placement(device, dtype, partial(self._manager.acquire, device), self._manager.release, keep)
-        return Placement(device, dtype, partial(_acquire, device, dtype), _release, keep)
+            return Placement(device, dtype, partial(self._manager.acquire, device), self._manager.release, keep, low)
+        return Placement(device, dtype, partial(_acquire, device, dtype), _release, keep, low)
 
     def _device(self) -> torch.device:
         # A1111's device_interrogate already honours --use-cpu; the managers ignore the flag, so check it for all.

@@ -15,6 +15,7 @@ import torch
 
 from ..captioner import unload_captioners
 from ..checkpoint_family import Detected
+from ..describe_server import ServerDescriber
 from ..embedding import ProgressFn
 from ..engine import Engine
 from ..kinds.base import Loaded
@@ -41,6 +42,7 @@ class Placement:
     acquire: Callable[[Loaded], None]  # before a use: make room, put the model on `device`
     release: Callable[[Loaded], None]  # after a use: move it off unless the user keeps it
     keep_in_vram: bool = False  # the captioner, too, stays on the device between uses
+    low_vram: bool = False  # the host runs with --lowvram or --medvram: large captioners are refused
 
 
 class Service:
@@ -53,11 +55,13 @@ class Service:
         placement: Callable[[], Placement],
         exclusive: Callable[[Callable[[], T]], T],
         checkpoint: Callable[[], tuple[Optional[Detected], Optional[TokenCounter]]] = lambda: (None, None),
+        describer: Callable[[], Optional[ServerDescriber]] = lambda: None,
     ) -> None:
         self._resolve_model = resolve_model  # requested name (None: the configured one) -> model spec
         # The host's loaded checkpoint: what detection found (its family, name and metadata, which also pick a
         # tagger's preset), and its T5 tokenizer if it has one.
         self._checkpoint = checkpoint
+        self._describer = describer  # the VLM server the settings name now (None: none; ModelError: a bad setting)
         self._cache_dir = cache_dir
         self._placement = placement
         self._exclusive = exclusive
@@ -101,6 +105,8 @@ class Service:
                 self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
                 self._spec = spec
             self._engine.keep_in_vram = placement.keep_in_vram
+            self._engine.describer = self._describer()
+            self._engine.low_vram = placement.low_vram
             return work(self._aimed(self._engine))
         finally:
             placement.release(loaded)

@@ -11,8 +11,10 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from ..captioner import CAPTIONERS
-from ..options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, Option
+from ..captioner import CAPTIONERS, memory_note
+from ..describe_server import API_KEY_VARIABLE, ServerDescriber, api_key_from_environment, server_describer
+from ..errors import ModelError
+from ..options import CAPTION_OPTIONS, DEFAULT_CAPTIONER, OPTION, SERVER_OPTIONS, Option, OptionError, ServerOptions
 from ..registry import list_models
 from .http_api import DEFAULT_MAX_REQUEST_MB
 from .service import AUTO
@@ -34,6 +36,11 @@ class Setting:
 
 def slider_args(option: Option) -> dict[str, float]:
     return {"minimum": option.minimum, "maximum": option.maximum, "step": option.step}
+
+
+def _control(option: Option) -> tuple[Any, dict]:
+    """A choice (JoyCaption's mode and length) as a dropdown, a number as a slider over its range."""
+    return (gr.Dropdown, {"choices": list(option.choices)}) if option.choices else (gr.Slider, slider_args(option))
 
 
 def definitions(forced_model: Optional[str]) -> list[Setting]:
@@ -59,12 +66,35 @@ def definitions(forced_model: Optional[str]) -> list[Setting]:
         Setting(
             "caption",
             False,
-            "Caption the image before the tags (BLIP, GIT or Qwen2-VL; needs transformers, which the webui has)",
+            "Caption the image before the tags (BLIP, GIT, Qwen2-VL or JoyCaption; needs transformers, which the "
+            "webui has)",
         ),
-        Setting("caption_model", DEFAULT_CAPTIONER, "Captioner", gr.Dropdown, {"choices": list(CAPTIONERS)}),
+        Setting(
+            "caption_model",
+            DEFAULT_CAPTIONER,
+            f"Captioner ({memory_note()})",
+            gr.Dropdown,
+            {"choices": list(CAPTIONERS)},
+        ),
         *(
-            Setting(f"caption_{option.name}", option.default, option.label, gr.Slider, slider_args(option))
+            Setting(f"caption_{option.name}", option.default, option.label, *_control(option))
             for option in CAPTION_OPTIONS
+        ),
+        *(
+            Setting(
+                f"caption_{option.name}",
+                option.default,
+                option.label,
+                *((gr.Slider, slider_args(option)) if option.minimum is not None else (gr.Textbox, {})),
+            )
+            for option in SERVER_OPTIONS
+        ),
+        Setting(
+            "caption_api_key",
+            "",
+            f"VLM server API key, if it wants one (sent to that server only, never shown; else {API_KEY_VARIABLE})",
+            gr.Textbox,
+            {"type": "password"},
         ),
         Setting("round_trip_save", False, "Save the images Check and Refine generate to the txt2img outputs folder"),
         Setting(
@@ -82,3 +112,15 @@ def _model_label(forced: Optional[str]) -> str:
     if forced:
         return f"CLIP model: {forced} is in force, set by --easy-diffuser-model (this setting is ignored)"
     return "CLIP model (Auto: ViT-H-14 for SD 2.x checkpoints, else ViT-L-14/openai)"
+
+
+def describer(opts: Any) -> Optional[ServerDescriber]:
+    """The VLM server the Settings name (None: no URL, nothing is sent); ModelError for a value it can't take."""
+    try:
+        server = ServerOptions(
+            **{option.name: getattr(opts, f"easy_diffuser_caption_{option.name}") for option in SERVER_OPTIONS}
+        )
+    except OptionError as error:
+        raise ModelError(f"Settings > Easy Diffuser: {error}") from None
+    key = str(getattr(opts, "easy_diffuser_caption_api_key", "") or "").strip()
+    return server_describer(server, key or api_key_from_environment())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import gradio as gr
 
 from ..calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, store
-from ..captioner import CAPTIONERS
+from ..captioner import CAPTIONERS, memory_note
 from ..engine import DEFAULT_TAU, automatic_values
 from ..options import CAPTION_FILE_OPTION, OPTION, REFINE_OPTIONS, Option
 from . import controls, dataset_panel
@@ -151,6 +151,7 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
             list(CAPTIONERS),
             value=opts.easy_diffuser_caption_model,
             label="Captioner",
+            info=memory_note(),
             elem_id="easy_diffuser_caption_model",
         )
     style = OPTION["prompt_style"]

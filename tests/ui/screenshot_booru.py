@@ -1,4 +1,4 @@
-"""Take the README's picture of booru mode (docs/booru-tab.png) with the browser tests' stand-in webui.
+"""Take docs/booru.md's picture of booru mode (docs/booru-tab.png) with the browser tests' stand-in webui.
 
     PYTHONPATH=$PWD .venv-gradio3/bin/python tests/ui/screenshot_booru.py [--out docs/booru-tab.png]
 

@@ -1,4 +1,4 @@
-"""Take the README's picture of Check and Refine (docs/refine-tab.png) with the browser tests' stand-in webui.
+"""Take docs/webui.md's picture of Check and Refine (docs/refine-tab.png) with the browser tests' stand-in webui.
 
     PYTHONPATH=$PWD .venv-gradio3/bin/python tests/ui/screenshot_refine.py [--out docs/refine-tab.png]
 

@@ -93,6 +93,16 @@ def test_settings_are_registered_in_their_section(webui):
     assert shared.opts.easy_diffuser_keep_in_vram is False
 
 
+def test_the_captioner_setting_says_joycaptions_memory_before_it_is_chosen(webui):
+    webui()
+    label = shared.opts.data_labels["easy_diffuser_caption_model"].label
+    assert "JoyCaption needs about 17 GB of VRAM (bf16)" in label and "--lowvram" in label
+    assert shared.opts.data_labels["easy_diffuser_caption_mode"].component_args["choices"][:2] == [
+        "descriptive",
+        "casual",
+    ]
+
+
 def test_the_settings_page_says_when_the_command_line_forces_the_model(webui):
     webui()
     assert "--easy-diffuser-model" not in shared.opts.data_labels["easy_diffuser_model"].label
@@ -173,6 +183,33 @@ def test_low_vram_sends_the_sd_model_to_the_cpu_first_and_ours_back_after(webui,
     gc_before = devices.gc_calls
     placement.release(loaded)
     assert loaded.moves[-1][0] == devices.cpu and devices.gc_calls == gc_before + 1
+
+
+@pytest.mark.parametrize("flags", [("--lowvram",), ("--medvram",), ()])
+def test_a_low_vram_webui_refuses_joycaption_in_the_status_before_loading_it(webui, red_circle, monkeypatch, flags):
+    from PIL import Image
+
+    import easy_diffuser.engine as engine_module
+    from easy_diffuser.captioner import JOYCAPTION
+    from easy_diffuser.errors import ModelError
+
+    module = webui(*flags)
+    assert module.host.placement().low_vram is bool(flags)
+    loads = []
+
+    def load_captioner(spec, *args, **kwargs):
+        loads.append(spec)
+        raise ModelError("no weights here")
+
+    monkeypatch.setattr(engine_module, "load_captioner", load_captioner)
+    *_, status, _, _, _ = module.extract(
+        Image.open(red_circle), None, {**TAB, "caption": True, "caption_model": JOYCAPTION}, Progress()
+    )
+    if flags:
+        assert "easy-diffuser-error" in status and "--lowvram or --medvram" in html.unescape(status)
+        assert "VLM server" in status and loads == []
+    else:
+        assert loads == [JOYCAPTION] and "no weights here" in status  # memory allowing, it loads
 
 
 def test_keep_in_vram_leaves_the_model_where_it_is(webui, monkeypatch):
@@ -457,7 +494,7 @@ def test_the_batch_section_writes_caption_files_as_its_options_say_and_refuses_a
     for name, value, message in (
         ("caption_extension", "../a", "caption_extension: must be a file extension such as .txt or .caption"),
         ("caption_extension", ".png", "caption_extension: must be a file extension such as .txt or .caption"),
-        ("separator", "", "separator: must be 1 to 16 printable characters"),
+        ("separator", "", "separator: must be a separator such as ', ' (1 to 16 characters)"),
         ("replace_tags", "square", "replace_tags: must be old,new pairs separated by ;"),
     ):
         refused = module.caption(str(folder), False, {**BATCH, **options, name: value}, Progress())

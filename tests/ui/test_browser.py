@@ -347,7 +347,7 @@ def test_check_and_refine_work_on_the_prompt_boxes_as_they_stand(page, red_circl
     expect(report.locator(".easy-diffuser-best")).to_have_count(1)
     expect(textarea(page, "easy_diffuser_prompt")).to_have_value(re.compile(r"\bcircle\b"))  # the best pair
     assert page.locator("#easy_diffuser_round_trip_images img").count() >= 3
-    # The README's docs/refine-tab.png is this view under gradio 3 (tests/ui/screenshot_refine.py takes it).
+    # docs/webui.md's docs/refine-tab.png is this view under gradio 3 (tests/ui/screenshot_refine.py takes it).
 
 
 def test_refine_stop_keeps_the_finished_rounds(page, red_circle, monkeypatch):

@@ -303,7 +303,7 @@ def test_tag_replacements_apply_before_selection_and_a_bad_list_is_one_line(clie
         "replace_tags: must be old,new pairs separated by ; (\\, for a comma in a tag; 'red' is not one), not 'red'"
     )
     described = client.get("/easy-diffuser/v1/options").json()
-    assert described["replace_tags"]["accepts"].startswith("must be old,new pairs")
+    assert described["replace_tags"]["type"] == "old,new pairs separated by ;"
     assert described["caption_files"]["fields"]["existing"]["choices"] == ["skip", "overwrite", "append", "prepend"]
 
 

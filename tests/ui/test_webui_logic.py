@@ -94,6 +94,8 @@ def test_control_values_become_extract_options():
     assert (manual.tau, manual.negatives, manual.caption) == (2.5, 5, None)
     captioned = controls.extract_options({**TAB, "caption": True}, {"beams": 2})
     assert captioned.caption == CaptionOptions(TAB["caption_model"], beams=2)
+    joy = controls.extract_options({**TAB, "caption": True}, {"mode": "Danbooru", "length": "40"})  # Settings
+    assert (joy.caption.mode, joy.caption.length) == ("danbooru", "40")
     booru = controls.extract_options({**TAB, "general_mcut": True, "family": "pony", "general_threshold": 0.5})
     assert (booru.general_mcut, booru.character_mcut, booru.family) == (True, False, "pony")
     assert booru.general_threshold == 0.5

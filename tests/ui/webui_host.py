@@ -163,7 +163,7 @@ def serve(demo: gr.Blocks) -> str:
 def screenshot_tab(
     out: Path, settings: Mapping[str, Any], work: Callable[[Any], None], selector: str = "#tab_easy_diffuser"
 ) -> int:
-    """The README's pictures: start the stand-in webui with these settings (an image is extracted on Extract only),
+    """The pictures in docs/: start the stand-in webui with these settings (an image is extracted on Extract only),
     let `work` use the page (a Playwright page in headless Chromium), then take the tab's picture (or the picture
     of the part `selector` picks) into `out`."""
     from playwright.sync_api import expect, sync_playwright
@@ -192,7 +192,7 @@ def screenshot_tab(
 
 
 def picture_path(description: str, default: Path, argv: list[str] | None) -> Path:
-    """A picture script's command line: --out (the README's file by default)."""
+    """A picture script's command line: --out (the picture's file in docs/ by default)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=default)
     return parser.parse_args(argv).out
