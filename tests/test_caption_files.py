@@ -271,8 +271,13 @@ def test_the_command_line_writes_what_the_options_say_and_overwrite_is_existing_
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main([*common, "--overwrite", "--existing", "append"])
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        "easy-diffuser: error: --overwrite is --existing overwrite: give one of --overwrite and --existing append"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "easy-diffuser: error: --overwrite is --existing overwrite: give one of --overwrite and --existing append"
+        )
     )
 
 
