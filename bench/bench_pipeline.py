@@ -32,6 +32,7 @@ from bench_tagger import SIZES, random_tagger  # noqa: E402
 
 from easy_diffuser import pipeline  # noqa: E402
 from easy_diffuser.batch import caption_folder, find_images  # noqa: E402
+from easy_diffuser.caption_files import caption_path  # noqa: E402
 from easy_diffuser.devices import default_dtype  # noqa: E402
 from easy_diffuser.engine import Engine  # noqa: E402
 from easy_diffuser.images import load_image  # noqa: E402
@@ -83,7 +84,7 @@ def old_loop_rate(engine: Engine, images: list[Path], batch_size: int) -> float:
     for first in range(0, len(images), batch_size):
         chunk = images[first : first + batch_size]
         for result in engine.extract_many([load_image(path) for path in chunk], names=[str(path) for path in chunk]):
-            pipeline.caption_path(Path(result.source)).write_text(result.prompt + "\n")
+            caption_path(Path(result.source)).write_text(result.prompt + "\n")
     return len(images) / (time.perf_counter() - start)
 
 

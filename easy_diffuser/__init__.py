@@ -11,12 +11,13 @@ Try it offline with the tiny model shipped in the package:
 from .engine import Engine, Extraction, ExtractOptions
 from .errors import ModelError
 from .images import ImageError
-from .options import CaptionOptions, OptionError
+from .options import CaptionFileOptions, CaptionOptions, OptionError
 from .registry import list_models
 from .session import EasyDiffuser, start
 from .webui_client import WebuiError
 
 __all__ = [
+    "CaptionFileOptions",
     "CaptionOptions",
     "EasyDiffuser",
     "Engine",

@@ -1,8 +1,8 @@
 """Command line: `easy-diffuser IMAGE_OR_FOLDER... [--model NAME|PATH] [--json]`
 (and `easy-diffuser calibrate FOLDER ...`, see calibration/cli.py).
 
-Images print their prompts (or one JSON object each with --json); folders get a `.txt`
-caption beside every image. A bad image costs one line on stderr, never the others.
+Images print their prompts (or one JSON object each with --json); folders get a caption file
+(`.txt`, or --caption-extension) beside every image. A bad image costs one line on stderr, never the others.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .images import ImageError
 from .models import DEFAULT_MODEL
 from .options import (
+    CAPTION_FILE_OPTIONS,
     CAPTION_OPTIONS,
     DEFAULT_CAPTIONER,
     OPTIONS,
     SERVER_OPTIONS,
+    CaptionFileOptions,
     CaptionOptions,
     CommandLineParser,
     ExtractOptions,
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing .txt captions")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="make captions and records again (captions: --existing overwrite)"
+    )
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument(
         "--cache-dir", default=None, help="weights and embedding cache (default: ~/.cache/easy_diffuser)"
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         add_argument(prompts, option, option.name)
     _add_caption_arguments(parser)
+    files = parser.add_argument_group("caption files", "the file beside each image of a folder (docs/datasets.md)")
+    for option in CAPTION_FILE_OPTIONS:
+        add_argument(files, option, option.name)
     _add_scale_arguments(parser)
     return parser
 
@@ -160,6 +167,14 @@ def server_from(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(**{option.name: getattr(args, f"caption_{option.name}") for option in SERVER_OPTIONS})
 
 
+def caption_file_options(args: argparse.Namespace) -> CaptionFileOptions:
+    """The caption-file flags as options; --overwrite is the short form of --existing overwrite."""
+    given = {option.name: getattr(args, option.name) for option in CAPTION_FILE_OPTIONS}
+    if args.overwrite:
+        given["existing"] = "overwrite"
+    return CaptionFileOptions(**given)
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
@@ -189,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.captions = args.engine == "local" if args.captions is None else args.captions
     if not args.captions and not args.output:
         parser.error("--no-captions needs --output FILE for the records, or there is nothing to write")
+    if args.overwrite and args.existing not in ("skip", "overwrite"):
+        parser.error(f"--overwrite is --existing overwrite: give one of --overwrite and --existing {args.existing}")
     records = None
     try:
         options = options_from(args)
@@ -202,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.engine == "ray":
             from .ray_job import main as ray_main  # only when asked: the core install and the webui never import Ray
 
-            return ray_main(args, options, style, target, describer)
+            return ray_main(args, options, style, target, describer, caption_file_options(args))
         if captioner and not describer:
             check_supported(captioner.model)  # a transformers too old for it: one line before any download
         engine = Engine(
@@ -290,6 +307,7 @@ def _run_folder(
         captions=args.captions,
         batch_size=args.batch_size,
         workers=args.workers,
+        caption_files=caption_file_options(args),
     )
     bar.close()
     for path, reason in summary.failed:

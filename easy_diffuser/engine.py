@@ -42,6 +42,7 @@ from .scorers import TagScorer
 from .scoring import require_finite
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
+from .tag_replacement import TagView, replaced
 from .tag_text import tag_list
 from .vocabulary import Vocabulary
 
@@ -117,6 +118,7 @@ class Engine:
         # A VLM server that describes in place of any in-process captioner (describe_server.py): set by the surfaces
         # from --caption-url or the webui's settings; None: nothing is sent anywhere.
         self.describer: ServerDescriber | None = None
+        self._views: dict[str, TagView] = {}  # the last --replace-tags rules' view of the vocabulary
 
     @property
     def model_id(self) -> str:
@@ -184,8 +186,9 @@ class Engine:
         preset = self.kind.preset(options, self.target)
         note = prompt_style.status(style) + (f"; {self.describer.status}" if style.caption and self.describer else "")
         results = []
+        view = self.tag_view(options.replace_tags)
         for index, scores in enumerate(self.scorer.scores(image_embeddings)):
-            tags = select(scores, self.vocabulary, self.scorer.twins, self.token_costs, selection)
+            tags = select(view.scores(scores), view.vocabulary, view.twins, view.token_costs, selection)
             prompt, negative = prompts(tags, options.weights)
             caption = ""
             if style.caption:
@@ -196,6 +199,13 @@ class Engine:
             result = replace(result, prompt_style=style.name, style_note=note, preset=preset)
             results.append(result)
         return results
+
+    def tag_view(self, rules: str) -> TagView:
+        """The vocabulary selection sees: the model's, or as `replace_tags` rules rename it (tag_replacement.py)."""
+        if rules not in self._views:
+            scorer = self.scorer
+            self._views = {rules: replaced(self.vocabulary, scorer.twins, self.token_costs, scorer.token_count, rules)}
+        return self._views[rules]
 
     def selection_options(self, options: ExtractOptions) -> tuple[SelectionOptions, str]:
         """What the options mean for this model now, and where tau came from: automatic tau

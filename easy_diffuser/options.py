@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, NoReturn, Optional
 from urllib.parse import urlsplit
 
+from .caption_files import parse_replacements
 from .checkpoint_family import TOKEN_BUDGET
 from .exit_codes import EXIT_SETUP_FAILED
 from .families import AUTOMATIC
@@ -83,6 +84,7 @@ class Option:
     text: str = "comma-separated tags"  # for kind str without choices: what the text is, as messages say it
     metavar: str = "TAGS"  # for kind str without choices: the command line's placeholder
     free_text: bool = False  # for kind str: text of at most `maximum` characters (a prompt), lines allowed
+    rule: Callable[[str], str] | None = None  # for kind str without choices: its own check, "" or why not
 
     def check(self, value: Any) -> Any:
         """The value in this option's type, or OptionError: wrong type, not finite, or out of range."""
@@ -103,6 +105,9 @@ class Option:
         if self.kind is str:
             if not isinstance(value, str) or len(value) > MAX_TAG_LIST or not value.isprintable():
                 raise OptionError(self.name, f"{self.accepts}, not {str(value)[:80]!r}")
+            problem = self.rule(value) if self.rule else ""
+            if problem:
+                raise OptionError(self.name, f"{problem}, not {shown(value)}")
             return value
         if self.kind is bool:
             if not isinstance(value, bool):
@@ -285,6 +290,18 @@ OPTIONS: tuple[Option, ...] = (
         "tags written first, in this order, when the image has them (comma-separated)",
         "Always-first tags",
         "--first-tags",
+    ),
+    Option(
+        "replace_tags",
+        str,
+        "",
+        "tags renamed before selection, as old,new;old2,new2 (kohya's --tag_replacement; \\, and \\; for a comma "
+        "or semicolon in a tag): a renamed tag is counted and budgeted as its new name; an empty new removes it",
+        "Replace tags",
+        "--replace-tags",
+        text="old,new pairs separated by ;",
+        metavar="OLD,NEW;...",
+        rule=lambda text: _problem(parse_replacements, text),
     ),
     # The prompt style (prompt_style.py). booru is the booru tagger models' prompt (the WD tagger backend).
     Option(
@@ -515,6 +532,8 @@ DATASET_OPTIONS: tuple[Option, ...] = (
         "the extension of the caption files, beside each image with its name (.txt, .caption, ...)",
         "Caption file extension",
         "--caption-extension",
+        text="a file extension such as .txt or .caption",
+        metavar="EXT",
     ),
     Option(
         "min_share",
@@ -529,6 +548,77 @@ DATASET_OPTIONS: tuple[Option, ...] = (
     ),
 )
 DATASET_OPTION = {option.name: option for option in DATASET_OPTIONS}
+
+# -- Caption files beside a folder's images (batch.py, ray_job.py; caption_files.py writes them) --
+CAPTION_FILE_OPTIONS: tuple[Option, ...] = (
+    DATASET_OPTION["caption_extension"],  # one definition: the dataset tool reads the files this writes
+    Option(
+        "existing",
+        str,
+        "skip",
+        "a caption file already there: skip the image, overwrite the file, or append or prepend the tags it "
+        "lacks (the rest of its text kept as it is)",
+        "Existing caption files",
+        "--existing",
+        choices=("skip", "overwrite", "append", "prepend"),
+    ),
+    Option(
+        "trigger",
+        str,
+        "",
+        "words written first in every caption file, whatever the image shows (a LoRA's trigger; comma-separated)",
+        "Trigger words",
+        "--trigger",
+        text="words",
+        metavar="WORDS",
+    ),
+    Option(
+        "underscores",
+        str,
+        "spaces",
+        "tags in caption files as booru writes them (keep: long_hair) or with spaces (long hair); kaomoji such as "
+        "^_^ and tags of three characters keep theirs",
+        "Underscores",
+        "--underscores",
+        choices=("keep", "spaces"),
+    ),
+    Option(
+        "escape_parentheses",
+        bool,
+        True,
+        "escape parentheses in caption files, saber \\(fate\\), as prompts need them (off: saber (fate))",
+        "Escape parentheses",
+        "--escape-parentheses",
+    ),
+    Option(
+        "character_first",
+        bool,
+        False,
+        "character tags first in caption files (taggers)",
+        "Character tags first",
+        "--character-first",
+    ),
+    Option(
+        "character_expand",
+        bool,
+        False,
+        "a character tag and its series as two tags in caption files: saber_(fate) -> saber, fate (taggers)",
+        "Expand character tags",
+        "--character-expand",
+    ),
+    Option(
+        "separator",
+        str,
+        ", ",
+        "what separates the items of a caption file",
+        "Separator",
+        "--separator",
+        text="a separator such as ', ' (1 to 16 characters)",
+        metavar="TEXT",
+        rule=lambda text: "" if 1 <= len(text) <= 16 else "must be a separator such as ', ' (1 to 16 characters)",
+    ),
+)
+CAPTION_FILE_OPTION = {option.name: option for option in CAPTION_FILE_OPTIONS}
 
 
 def _checked(instance: Any, schema: tuple[Option, ...], prefix: str = "") -> None:
@@ -610,6 +700,7 @@ class ExtractOptions:
     first_tags: str = OPTION["first_tags"].default
     prompt_style: str = OPTION["prompt_style"].default
     family: str = OPTION["family"].default  # families.CHOICES; the preset applies to a tagger's prompts
+    replace_tags: str = OPTION["replace_tags"].default  # caption_files.parse_replacements; applied before selection
     caption: Optional[CaptionOptions] = None  # None: tags only
     dedup_threshold: float = 0.95  # Python API only: text-embedding cosine above which two tags count as one
 
@@ -636,6 +727,41 @@ class ExtractOptions:
         if "caption" in values:
             given["caption"] = caption_from(values["caption"])
         return replace(base or cls(), **given)
+
+
+@dataclass(frozen=True)
+class CaptionFileOptions:
+    """How a folder's caption files are named and written (caption_files.py); prompts are not affected."""
+
+    caption_extension: str = CAPTION_FILE_OPTION["caption_extension"].default
+    existing: str = CAPTION_FILE_OPTION["existing"].default
+    trigger: str = CAPTION_FILE_OPTION["trigger"].default
+    underscores: str = CAPTION_FILE_OPTION["underscores"].default
+    escape_parentheses: bool = CAPTION_FILE_OPTION["escape_parentheses"].default
+    character_first: bool = CAPTION_FILE_OPTION["character_first"].default
+    character_expand: bool = CAPTION_FILE_OPTION["character_expand"].default
+    separator: str = CAPTION_FILE_OPTION["separator"].default
+
+    def __post_init__(self) -> None:
+        _checked(self, CAPTION_FILE_OPTIONS)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "CaptionFileOptions":
+        """From a JSON object or keyword arguments; unknown names are refused."""
+        known = sorted(option.name for option in CAPTION_FILE_OPTIONS)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise OptionError(unknown[0], f"is not a caption file option; they are {', '.join(known)}")
+        return cls(**values)
+
+
+def _problem(parse: Callable[[str], Any], text: str) -> str:
+    """ "" when `parse` takes the text, else its ValueError's message."""
+    try:
+        parse(text)
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -717,6 +843,10 @@ def schema_help() -> dict[str, Any]:
             "default": False,
             "fields": {option.name: describe(option) for option in CAPTION_OPTIONS},
         },
+        "caption_files": {  # folder captioning's (the CLI, the tab's batch section, Ray), not /extract's
+            "type": "object",
+            "fields": {option.name: describe(option) for option in CAPTION_FILE_OPTIONS},
+        },
         "refine": {  # POST /refine's fields, not /extract's
             "type": "object",
             "fields": {option.name: describe(option) for option in (*PROMPT_OPTIONS, *REFINE_OPTIONS)},
@@ -733,8 +863,9 @@ class CommandLineParser(argparse.ArgumentParser):
 
 def add_argument(group: argparse._ArgumentGroup, option: Option, dest: str) -> None:
     """The option as a command-line flag: its range and default in the help, its check as the argument's type."""
-    if option.kind is bool:
-        group.add_argument(option.flag, dest=dest, action="store_true", help=option.help)
+    if option.kind is bool:  # on by default: --no-NAME turns it off
+        action = argparse.BooleanOptionalAction if option.default else "store_true"
+        group.add_argument(option.flag, dest=dest, action=action, default=option.default, help=option.help)
         return
     if option.kind is str and not option.choices:
         parse = option.argument_type()

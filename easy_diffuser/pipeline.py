@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .caption_files import CaptionWriter
 from .engine import Engine, Extraction, ExtractOptions
-from .files import remove_leftover_temp_files, write_text_atomically
 from .images import ImageError, ImageInput, load_image
 from .kinds.base import Loaded
+from .options import CaptionFileOptions
 from .records import RecordWriter, absolute, error_record, record
 from .scoring import NonFiniteScores
 
@@ -83,7 +84,7 @@ def _split_transform(transform: Callable) -> tuple[list | None, np.ndarray | Non
 @dataclass
 class Task:
     path: Path
-    caption: bool = True  # write path.txt
+    caption: bool = True  # write its caption file
     record: bool = False  # write a record
 
 
@@ -104,6 +105,7 @@ class Outcome:
     stopped: bool = False
     seconds: float = 0.0
     recorded: int = 0  # records written
+    unchanged: list[Path] = field(default_factory=list)  # caption files that had every tag already (append, prepend)
 
 
 def default_workers() -> int:
@@ -120,12 +122,15 @@ def run(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_result: Callable[[Extraction], None] | None = None,
+    caption_files: CaptionFileOptions = CaptionFileOptions(),
 ) -> Outcome:
-    """Extract every task's image and write its caption and/or record; one bad image or file costs one failure."""
+    """Extract every task's image and write its caption file and/or record; one bad image or file costs one
+    failure."""
     outcome = Outcome()
     started = time.perf_counter()
     preprocessor = Preprocessor(engine.loaded)
-    writer = _Writer(outcome, records, engine.model_id, on_result)
+    captions = CaptionWriter.of(caption_files, options, engine.kind.writes == "booru")
+    writer = _Writer(outcome, records, engine.model_id, on_result, captions)
     done = 0
     captioned = engine.style(options).caption is not None  # the captioner needs the decoded image
     prepared = _prepare_in_order(tasks, preprocessor, captioned, workers or default_workers(), 4 * batch_size)
@@ -278,9 +283,15 @@ class _Writer:
     """Writes captions and records in a thread of its own, so the model never waits on the disk."""
 
     def __init__(
-        self, outcome: Outcome, records: RecordWriter | None, model: str, on_result: Callable[[Extraction], None] | None
+        self,
+        outcome: Outcome,
+        records: RecordWriter | None,
+        model: str,
+        on_result: Callable[[Extraction], None] | None,
+        captions: CaptionWriter,
     ) -> None:
         self.outcome, self.records, self.model, self.on_result = outcome, records, model, on_result
+        self.captions = captions
         self.crash: BaseException | None = None
         self.queue: queue.Queue = queue.Queue(maxsize=4)  # a slow disk holds the model back after 4 batches, not never
         self.thread = threading.Thread(target=self._work, name="caption-writer", daemon=True)
@@ -318,21 +329,23 @@ class _Writer:
             [record(result, absolute(item.task.path)) for item, result in zip(batch, results) if item.task.record],
         )
         for prepared, result in zip(batch, results):
-            if prepared.task.caption and not self._write_caption(prepared.task.path, result.prompt):
+            written = self._write_caption(prepared.task.path, result) if prepared.task.caption else "written"
+            if written == "failed":
                 continue
-            self.outcome.written.append(prepared.task.path)
+            (self.outcome.written if written == "written" else self.outcome.unchanged).append(prepared.task.path)
             if self.on_result:
                 self.on_result(result)
 
-    def _write_caption(self, image: Path, prompt: str) -> bool:
-        caption = caption_path(image)
+    def _write_caption(self, image: Path, result: Extraction) -> str:
+        """ "written", "unchanged" (a caption file that had every tag already), or "failed" (one line in outcome)."""
         try:
-            remove_leftover_temp_files(caption)  # from a run killed while writing this caption
-            write_text_atomically(caption, prompt + "\n")
-        except OSError as error:  # read-only folder, full disk, a folder in the caption's place, ...
-            self.outcome.failed.append((image, f"{caption}: cannot write the caption ({error.strerror or error})"))
-            return False
-        return True
+            return self.captions.write(image, result)
+        except OSError as error:  # read-only folder, full disk, a folder in the caption's place, a FIFO, ...
+            reason = f"cannot write the caption ({error.strerror or error})"
+        except UnicodeDecodeError:  # append/prepend to a file that is no UTF-8 text: never rewritten
+            reason = "not UTF-8 text, left as it is (save it as UTF-8 to add to it)"
+        self.outcome.failed.append((image, f"{self.captions.path(image)}: {reason}"))
+        return "failed"
 
     def _write_records(self, batch: list[Prepared], rows: list[dict]) -> None:
         if not rows or self.records is None:
@@ -343,7 +356,3 @@ class _Writer:
         except OSError as error:
             reason = f"{self.records.lines}: cannot write the record ({error.strerror or error})"
             self.outcome.failed.extend((item.task.path, reason) for item in batch if item.task.record)
-
-
-def caption_path(image: Path) -> Path:
-    return image.with_suffix(".txt")

@@ -9,9 +9,10 @@ no budget).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from .selection import TagScore
+if TYPE_CHECKING:  # annotations only: selection.py imports options.py, which imports caption_files.py and so this
+    from .selection import TagScore
 
 _SPECIAL = re.compile(r"([\\()\[\]])")
 WEIGHT_STEP = 0.05
@@ -25,10 +26,24 @@ def escape(tag: str) -> str:
 
 
 def format_prompt(tags: Sequence[TagScore], weights: bool = False) -> str:
+    if not weights:
+        return ", ".join(escape(tag.tag) for tag in tags)
+    return ", ".join(weighted(escape(tag.tag), weight) for tag, weight in zip(tags, tag_weights(tags)))
+
+
+def tag_weights(tags: Sequence[TagScore]) -> list[float]:
+    """Each tag's weight by how far its relevance stands above the others' mean, in WEIGHT_STEPs."""
     if not tags:
-        return ""
+        return []
     mean = sum(tag.relevance for tag in tags) / len(tags)
-    return ", ".join(_weighted(tag, mean) if weights else escape(tag.tag) for tag in tags)
+    low, high = WEIGHT_RANGE
+    weights = [1.0 + WEIGHT_PER_RELEVANCE * (tag.relevance - mean) for tag in tags]
+    return [round(min(high, max(low, weight)) / WEIGHT_STEP) * WEIGHT_STEP for weight in weights]
+
+
+def weighted(text: str, weight: float) -> str:
+    """`(text:w)`, or the text alone at weight 1."""
+    return text if abs(weight - 1.0) < 1e-9 else f"({text}:{weight:.2f})"
 
 
 def prompts(tags: Sequence[TagScore], weights: bool = False) -> tuple[str, str]:
@@ -36,12 +51,3 @@ def prompts(tags: Sequence[TagScore], weights: bool = False) -> tuple[str, str]:
     positive = [tag for tag in tags if tag.role == "positive"]
     negative = [tag for tag in tags if tag.role == "negative"]
     return format_prompt(positive, weights), format_prompt(negative)
-
-
-def _weighted(tag: TagScore, mean_relevance: float) -> str:
-    low, high = WEIGHT_RANGE
-    weight = 1.0 + WEIGHT_PER_RELEVANCE * (tag.relevance - mean_relevance)
-    weight = round(min(high, max(low, weight)) / WEIGHT_STEP) * WEIGHT_STEP
-    if abs(weight - 1.0) < 1e-9:
-        return escape(tag.tag)
-    return f"({escape(tag.tag)}:{weight:.2f})"

@@ -2,7 +2,7 @@
 
     paths (driver: folders listed, lists read) -> decode + preprocess (CPU tasks)
           -> Engine in an actor pool (one per GPU, num_gpus=1; CPU actors without GPUs), map_batches
-          -> Parquet or JSON Lines shards in DIR (records.py's record), .txt captions beside local images if asked
+          -> Parquet or JSON Lines shards in DIR (records.py's record), caption files beside local images if asked
 
 Local paths and URIs (s3://, gs://, ...) are read through pyarrow's filesystems, so a cluster reads its
 bucket where credentials exist. The driver builds the tag-embedding cache once and hands the file to
@@ -33,14 +33,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .batch import caption_owners, find_images
+from .caption_files import CaptionWriter
 from .checkpoint_family import Detected
 from .describe_server import ServerDescriber
-from .engine import Engine, ExtractOptions
+from .engine import Engine, Extraction, ExtractOptions
 from .errors import ModelError
 from .exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from .files import OutputLock, read_regular_file, write_atomically
 from .images import IMAGE_SUFFIXES, ImageError, load_image
-from .pipeline import Preprocessor, caption_path
+from .options import CaptionFileOptions
+from .pipeline import Preprocessor
 from .prompt_style import Style
 from .records import (
     LEFT_AS_IT_IS,
@@ -81,6 +83,7 @@ def main(
     style: Style,
     target: Detected | None,
     describer: ServerDescriber | None = None,
+    caption_files: CaptionFileOptions = CaptionFileOptions(),
 ) -> int:
     """The CLI's --engine ray; `target` is the --checkpoint the prompts are for (None: none named). A captioner
     runs only as a VLM server (`describer`), which every actor asks: nothing is loaded on them for it."""
@@ -114,6 +117,7 @@ def main(
             batch_size=args.batch_size,
             target=target,
             describer=describer,
+            caption_files=caption_files,
         )
     except (ModelError, ValueError, OSError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -149,9 +153,11 @@ def run_job(
     extractor: type | None = None,
     target: Detected | None = None,
     describer: ServerDescriber | None = None,
+    caption_files: CaptionFileOptions = CaptionFileOptions(),
 ) -> JobSummary:
     """Extract every path not yet in `output` on the running Ray cluster; `extractor` defaults to TagExtractor.
-    `target` is the checkpoint the prompts are for, as Engine.target (its family's prompt style and preset)."""
+    `target` is the checkpoint the prompts are for, as Engine.target (its family's prompt style and preset).
+    With `captions`, each local image gets its caption file as `caption_files` say (as batch.py writes them)."""
     started = time.perf_counter()
     lock = _lock(output)
     try:
@@ -162,6 +168,7 @@ def run_job(
         todo = [path for path in dict.fromkeys(paths) if recorded_path(path) not in done]
         if not todo:  # nothing to do: no model, no actors
             return JobSummary(0, 0, len(paths), time.perf_counter() - started)
+        files = caption_files if captions else None
         _extract(
             todo,
             paths,
@@ -171,7 +178,7 @@ def run_job(
             target,
             cache_dir,
             vocabulary_dirs,
-            captions,
+            files,
             batch_size,
             extractor,
             describer,
@@ -202,7 +209,7 @@ def _extract(
     target: Detected | None,
     cache_dir: str | None,
     vocabulary_dirs: Sequence[str],
-    captions: bool,
+    caption_files: CaptionFileOptions | None,
     batch_size: int,
     extractor: type | None,
     describer: ServerDescriber | None = None,
@@ -215,7 +222,8 @@ def _extract(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     actors = gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)  # on CPUs, half decode, half extract
-    owners = caption_owners([Path(path) for path in paths if is_local(path)]) if captions else {}
+    extension = caption_files.caption_extension if caption_files else ".txt"
+    owners = caption_owners([Path(path) for path in paths if is_local(path)], extension) if caption_files else {}
     items = [
         {
             "path": recorded_path(path),  # Arrow holds valid Unicode only; the file's own name travels as bytes
@@ -239,7 +247,7 @@ def _extract(
             "cache_file": (str(cache or ""), ray.put(cache.read_bytes() if cache and cache.exists() else b"")),
             "options": options,
             "target": target,  # a frozen dataclass: pickled to every actor
-            "captions": captions,
+            "caption_files": caption_files,  # None: no caption files
             "describer": describer,  # the server every actor asks (its repr leaves the key out)
         },
         batch_size=batch_size,
@@ -315,7 +323,7 @@ class TagExtractor:
         cache_file: tuple,
         options: ExtractOptions,
         target: Detected | None,
-        captions: bool,
+        caption_files: CaptionFileOptions | None,
         describer: ServerDescriber | None = None,
     ) -> None:
         import ray
@@ -326,7 +334,9 @@ class TagExtractor:
         self.engine = Engine(model, device, cache_dir=cache_dir, vocabulary_dirs=vocabulary_dirs)
         self.engine.target = target  # the --checkpoint the prompts are for, as the CLI's own engine has it
         self.engine.describer = describer
-        self.options, self.captions = options, captions
+        self.options = options
+        tagger = self.engine.kind.writes == "booru"  # its tags are booru tags, written with spaces
+        self.captions = CaptionWriter.of(caption_files, options, tagger) if caption_files else None
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
@@ -354,7 +364,7 @@ class TagExtractor:
                 rows[index] = record(result, paths[index])
                 if self.captions and is_local(paths[index]) and rows[index]["error"] is None:
                     owner, source = batch["caption_owner"][index], _source(batch["source"][index])
-                    rows[index]["error"] = _write_caption(paths[index], source, result.prompt, owner)
+                    rows[index]["error"] = _write_caption(paths[index], source, result, owner, self.captions)
         return pa.Table.from_pylist(rows, schema=arrow_schema())
 
     def _describe(self, batch: dict[str, np.ndarray], good: list[int], embeddings: Any, rows: list[dict]) -> tuple:
@@ -379,16 +389,18 @@ def _source(source: bytes) -> str:
     return source.decode("utf-8", "surrogateescape")
 
 
-def _write_caption(path: str, source: str, prompt: str, owner: str) -> str | None:
-    """None, or why there is no caption: written for another image of the same stem (batch.py), or unwritable."""
+def _write_caption(path: str, source: str, result: Extraction, owner: str, captions: CaptionWriter) -> str | None:
+    """None, or why there is no caption file: it is another image's of the same stem (batch.py), or it can't be
+    written (or read, to append to it)."""
     if owner != path:
-        name = caption_path(Path(path)).name
+        name = captions.path(Path(path)).name
         return f"{path}: not captioned, {name} is {Path(owner).name}'s caption; rename one of them"
-    caption = caption_path(Path(source))
     try:
-        write_atomically(caption, lambda temp: temp.write_text(prompt + "\n", encoding="utf-8"))
+        captions.write(Path(source), result)
     except OSError as error:
-        return recorded_path(f"{caption}: cannot write the caption ({error.strerror or error})")
+        return recorded_path(f"{captions.path(Path(source))}: cannot write the caption ({error.strerror or error})")
+    except UnicodeDecodeError:
+        return recorded_path(f"{captions.path(Path(source))}: not UTF-8 text, left as it is (save it as UTF-8)")
     return None
 
 

@@ -360,3 +360,29 @@ def test_every_actor_asks_the_vlm_server_with_the_records_of_the_single_process_
     failed = {Path(path).name: item["error"] for path, item in distributed.items() if item["error"]}
     assert list(failed) == ["narrow.png"] and "CUDA out of memory" in failed["narrow.png"]
     assert all(item["prompt"].startswith(PARAGRAPH) for item in distributed.values() if not item["error"])
+
+
+def test_ray_writes_the_caption_files_the_single_process_cli_writes(local_ray, tmp_path):
+    """The caption-file options reach every actor: extension, append to the user's caption, trigger, underscores,
+    character expansion and tag replacement give the same bytes as without Ray."""
+    folders = [tmp_path / "local", tmp_path / "ray"]
+    for folder in folders:
+        folder.mkdir()
+        draw_scene(folder / "star.png", colour="yellow", shape="star", background="white")
+        draw_scene(folder / "circle.png", colour="red", shape="circle", background="white")
+        (folder / "circle.caption").write_text("my words, red\n")
+    options = ["--model", "shapes-booru", "--cache-dir", str(tmp_path / "cache"), "--caption-extension", ".caption"]
+    options += ["--existing", "append", "--trigger", "ohwx", "--underscores", "keep", "--character-expand"]
+    options += ["--replace-tags", "circle,ring"]
+    assert main([str(folders[0]), *options]) == 0
+    assert main([str(folders[1]), *options, "--engine", "ray", "--captions", "--output", str(tmp_path / "out")]) == 0
+    written = [{path.name: path.read_text() for path in folder.glob("*.caption")} for folder in folders]
+    assert (
+        written[0]
+        == written[1]
+        == {
+            "circle.caption": "ohwx, my words, red, general, ring, large, white_background\n",
+            "star.caption": "ohwx, twinkle, shapes, general, yellow, white_background, large, star\n",
+        }
+    )
+    assert not list(folders[1].glob("*.txt"))

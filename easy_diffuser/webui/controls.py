@@ -15,7 +15,7 @@ from ..captioner import join
 from ..engine import Engine, Extraction, framed
 from ..errors import ModelError
 from ..images import ImageInput, load_image
-from ..options import OPTION, CaptionOptions, ExtractOptions, OptionError
+from ..options import CAPTION_FILE_OPTIONS, OPTION, CaptionFileOptions, CaptionOptions, ExtractOptions, OptionError
 from ..prompt import escape, prompts
 from ..registry import kind_for, kinds
 from ..selection import Role, TagScore, with_role
@@ -40,6 +40,9 @@ CONTROLS = (
     "caption_model",
     "prompt_style",
 )
+# The batch section's caption-file controls: the schema's caption-file options and the tag replacements,
+# which the batch's own extractions take.
+CAPTION_FILE_CONTROLS = (*(option.name for option in CAPTION_FILE_OPTIONS), "replace_tags")
 # The controls a re-selection answers at once; the captioner ones need the image again (Extract), Weights has
 # a handler of its own. The prompt style re-selects with the caption it has; only a description the image has
 # not had yet needs Extract.
@@ -78,6 +81,13 @@ def extract_options(values: Mapping[str, Any], caption_decoding: Mapping[str, in
     if automatic:
         passed.update(tau=None, negatives=OPTION["negatives"].default)
     return ExtractOptions(**passed, caption=caption)
+
+
+def batch_options(values: Mapping[str, Any], options: ExtractOptions) -> tuple[ExtractOptions, CaptionFileOptions]:
+    """The batch section's values (keyed by CAPTION_FILE_CONTROLS): the tab's options with its tag replacements,
+    and the caption-file options; OptionError (a ValueError) names a bad one."""
+    files = CaptionFileOptions(**{option.name: values[option.name] for option in CAPTION_FILE_OPTIONS})
+    return replace(options, replace_tags=values["replace_tags"]), files
 
 
 def extract(engine: Engine, image: ImageInput, options: ExtractOptions) -> "Extracted":

@@ -133,15 +133,15 @@ class Handlers:
         self,
         folder: str,
         recursive: bool,
-        overwrite: bool,
         values: Mapping[str, Any],
         progress: gr.Progress = gr.Progress(),
     ) -> str:
+        """Caption a folder; `values` holds the tab's controls and the section's caption-file controls."""
         if not folder.strip():
             return markup.error_html("Enter the folder to caption.")
         self._stop_batch.clear()
         try:
-            options = self._options(values)
+            options, caption_files = controls.batch_options(values, self._options(values))
         except ValueError as error:
             return markup.error_html(str(error))
         images = _reporter(progress, "Captioning", "images")
@@ -152,9 +152,9 @@ class Handlers:
                 folder.strip(),
                 options,
                 recursive,
-                overwrite,
                 progress=images,
                 should_stop=self._stop_batch.is_set,
+                caption_files=caption_files,
             )
 
         try:

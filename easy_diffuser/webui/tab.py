@@ -16,7 +16,7 @@ import gradio as gr
 from ..calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, store
 from ..captioner import CAPTIONERS, memory_note
 from ..engine import DEFAULT_TAU, automatic_values
-from ..options import OPTION, REFINE_OPTIONS, Option
+from ..options import CAPTION_FILE_OPTION, OPTION, REFINE_OPTIONS, Option
 from . import controls, dataset_panel
 from .handlers import Handlers
 
@@ -211,16 +211,40 @@ def _batch_section(handlers: Handlers, inputs: dict) -> None:
         folder = gr.Textbox(
             label="Folder", placeholder="a folder on the webui's machine", elem_id="easy_diffuser_batch_folder"
         )
-        with gr.Row():
-            recursive = gr.Checkbox(label="Include sub-folders")
-            overwrite = gr.Checkbox(label="Overwrite existing captions")
+        recursive = gr.Checkbox(label="Include sub-folders", elem_id="easy_diffuser_batch_recursive")
+        files = _caption_file_controls()
         with gr.Row():
             run = gr.Button("Caption folder", variant="primary", elem_id="easy_diffuser_batch_run")
             stop = gr.Button("Stop", elem_id="easy_diffuser_batch_stop")
         report = gr.HTML(elem_id="easy_diffuser_batch_report")
         dataset_panel.build(folder, recursive)
-    _wire(run.click, handlers.caption, [folder, recursive, overwrite], inputs, [report])
+    _wire(run.click, handlers.caption, [folder, recursive], {**inputs, **files}, [report])
     stop.click(handlers.stop_caption, queue=False)  # unqueued, so it runs while the batch holds the queue
+
+
+def _caption_file_controls() -> dict[str, gr.components.Component]:
+    """The caption-file options (controls.CAPTION_FILE_CONTROLS) and Replace tags, from the options schema."""
+
+    def control(option: Option) -> gr.components.Component:
+        common = {"label": option.label, "elem_id": f"easy_diffuser_batch_{option.name}"}
+        if option.choices:
+            return gr.Radio(list(option.choices), value=option.default, info=option.help, **common)
+        if option.kind is bool:
+            return gr.Checkbox(option.default, **common)
+        return gr.Textbox(option.default, info=option.help, **common)
+
+    made = {}
+    with gr.Row():
+        for name in ("caption_extension", "existing", "underscores"):
+            made[name] = control(CAPTION_FILE_OPTION[name])
+    with gr.Row():
+        for name in ("trigger", "separator"):
+            made[name] = control(CAPTION_FILE_OPTION[name])
+    made["replace_tags"] = control(OPTION["replace_tags"])
+    with gr.Row():
+        for name in ("escape_parentheses", "character_first", "character_expand"):
+            made[name] = control(CAPTION_FILE_OPTION[name])
+    return {name: made[name] for name in controls.CAPTION_FILE_CONTROLS}
 
 
 def _calibrate_section(handlers: Handlers, status: gr.HTML) -> None:

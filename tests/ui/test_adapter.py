@@ -22,6 +22,7 @@ from modules import call_queue, devices, lowvram, processing, sd_models, shared 
 from easy_diffuser.calibration import store  # noqa: E402
 from easy_diffuser.calibration.shapes_proof import scenes, write_folder  # noqa: E402
 from easy_diffuser.engine import calibration_path  # noqa: E402
+from easy_diffuser.options import CAPTION_FILE_OPTIONS  # noqa: E402
 from easy_diffuser.shapes.world import draw, random_scene  # noqa: E402
 from easy_diffuser.webui import handlers, tab  # noqa: E402
 
@@ -48,7 +49,9 @@ TAB = {
     "caption_model": "Salesforce/blip-image-captioning-base",
     "prompt_style": "automatic",
 }
-BATCH = {**TAB, "max_tags": 8, "quality_negatives": 0}
+# The batch section's caption-file controls at the schema's defaults.
+FILES = {**{option.name: option.default for option in CAPTION_FILE_OPTIONS}, "replace_tags": ""}
+BATCH = {**TAB, "max_tags": 8, "quality_negatives": 0, **FILES}
 
 
 @pytest.fixture
@@ -463,14 +466,43 @@ def test_batch_captions_a_folder_and_stops_on_request(webui, tmp_path, monkeypat
         return (lambda done, total: (report(done, total), module._stop_batch.set())) if desc == "Captioning" else report
 
     monkeypatch.setattr(handlers, "_reporter", reporter)
-    stopped = module.caption(str(folder), False, False, BATCH, stop_after_first_chunk)
+    stopped = module.caption(str(folder), False, BATCH, stop_after_first_chunk)
     assert "(stopped)" in stopped and len(list(folder.glob("*.txt"))) == 8
     monkeypatch.setattr(handlers, "_reporter", original)
-    done = module.caption(str(folder), False, False, BATCH, Progress())
+    done = module.caption(str(folder), False, BATCH, Progress())
     assert "2 captioned, 8 already captioned, 1 failed" in done and "broken.png" in done
     assert "blue" in (folder / "9.txt").read_text()
-    assert "Enter the folder" in module.caption("  ", False, False, BATCH, Progress())
-    assert "no such folder" in module.caption(str(tmp_path / "nope"), False, False, BATCH, Progress())
+    assert "Enter the folder" in module.caption("  ", False, BATCH, Progress())
+    assert "no such folder" in module.caption(str(tmp_path / "nope"), False, BATCH, Progress())
+
+
+def test_the_batch_section_writes_caption_files_as_its_options_say_and_refuses_a_bad_one(webui, tmp_path):
+    module = webui()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    draw(random_scene(random.Random(0), colour="blue", shape="square", size="large"), 64).save(folder / "a.png")
+    (folder / "a.caption").write_text("my words, Blue\n")
+    options = {**FILES, "caption_extension": ".caption", "existing": "append", "trigger": "ohwx", "separator": ","}
+    options["replace_tags"] = "square,box"
+    done = module.caption(str(folder), False, {**BATCH, **options}, Progress())
+    assert "1 captioned" in done and not (folder / "a.txt").exists()
+    text = (folder / "a.caption").read_text()
+    assert text.startswith("ohwx,my words, Blue,") and text.endswith("\n") and "box" in text.split(",")
+    assert "square" not in text and text.count("blue") + text.count("Blue") == 1  # Blue was there: not added
+    again = module.caption(str(folder), False, {**BATCH, **options}, Progress())
+    assert "0 captioned, 1 unchanged" in again and (folder / "a.caption").read_text() == text
+    for name, value, message in (
+        ("caption_extension", "../a", "caption_extension: must be a file extension such as .txt or .caption"),
+        ("caption_extension", ".png", "caption_extension: must be a file extension such as .txt or .caption"),
+        ("separator", "", "separator: must be a separator such as ', ' (1 to 16 characters)"),
+        ("replace_tags", "square", "replace_tags: must be old,new pairs separated by ;"),
+    ):
+        refused = module.caption(str(folder), False, {**BATCH, **options, name: value}, Progress())
+        assert message in html.unescape(refused) and "easy-diffuser-error" in refused
+    assert (folder / "a.caption").read_text() == text and sorted(p.name for p in folder.iterdir()) == [
+        "a.caption",
+        "a.png",
+    ]
 
 
 # Two taus at two negatives on 10 shapes-world scenes, drawn at the shapes model's own size: a few seconds on a CPU.

@@ -465,3 +465,39 @@ def test_the_tag_lists_put_tags_first_and_leave_tags_out_without_the_model(page,
     expect(status).to_contain_text("exclude_tags: must be comma-separated tags, at most 4000 printable characters")
     assert prompt.input_value() == chosen
     assert forward_passes == []
+
+
+def test_the_batch_section_shows_the_caption_file_options_and_writes_what_they_say(page, tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    shutil.copy(SAMPLE, folder / "circle.png")
+    (folder / "circle.caption").write_text("my words, Red\n")
+    page.locator("#easy_diffuser_batch").get_by_text("Batch: caption a folder", exact=True).click()
+    extension, separator = (
+        textarea(page, "easy_diffuser_batch_caption_extension"),
+        textarea(page, "easy_diffuser_batch_separator"),
+    )
+    expect(extension).to_have_value(".txt")  # the schema's defaults
+    expect(separator).to_have_value(", ")
+    expect(page.locator("#easy_diffuser_batch_existing input[value=skip]")).to_be_checked()
+    expect(page.locator("#easy_diffuser_batch_underscores input[value=spaces]")).to_be_checked()
+    expect(page.locator("#easy_diffuser_batch_escape_parentheses input[type=checkbox]")).to_be_checked()
+    for name in ("character_first", "character_expand"):
+        expect(page.locator(f"#easy_diffuser_batch_{name} input[type=checkbox]")).not_to_be_checked()
+    textarea(page, "easy_diffuser_batch_folder").fill(str(folder))
+    extension.fill(".caption")
+    page.locator("#easy_diffuser_batch_existing").get_by_label("append").check()
+    textarea(page, "easy_diffuser_batch_trigger").fill("ohwx")
+    textarea(page, "easy_diffuser_batch_replace_tags").fill("circle,ring")
+    page.click("#easy_diffuser_batch_run")
+    report = page.locator("#easy_diffuser_batch_report .easy-diffuser-status")
+    expect(report).to_contain_text("1 captioned")
+    text = (folder / "circle.caption").read_text()
+    assert text.startswith("ohwx, my words, Red, ring, ") and text.endswith("\n") and "circle" not in text
+    assert sorted(path.name for path in folder.iterdir()) == ["circle.caption", "circle.png"]
+    page.click("#easy_diffuser_batch_run")  # a second run has every tag there: the file stays as it is
+    expect(report).to_contain_text("1 unchanged")
+    extension.fill(".png")
+    page.click("#easy_diffuser_batch_run")
+    expect(report).to_contain_text("caption_extension: must be a file extension such as .txt or .caption")
+    assert (folder / "circle.caption").read_text() == text

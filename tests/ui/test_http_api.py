@@ -289,6 +289,24 @@ def test_options_describes_every_option(client):
     assert body["tau"]["null"] and body["caption"]["fields"]["beams"]["maximum"] == 16
 
 
+def test_tag_replacements_apply_before_selection_and_a_bad_list_is_one_line(client, image_b64):
+    plain = client.post(EXTRACT, json={"image": image_b64}).json()["prompt"].split(", ")
+    assert "red" in plain
+    renamed = client.post(EXTRACT, json={"image": image_b64, "replace_tags": "red,crimson"})
+    assert renamed.json()["prompt"].split(", ") == ["crimson" if tag == "red" else tag for tag in plain]
+    token = renamed.json()["reselect"]
+    again = client.post(EXTRACT, json={"reselect": token, "replace_tags": "red,"}).json()["prompt"].split(", ")
+    assert "red" not in again and "crimson" not in again
+    refused = client.post(EXTRACT, json={"image": image_b64, "replace_tags": "red"})
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == (
+        "replace_tags: must be old,new pairs separated by ; (\\, for a comma in a tag; 'red' is not one), not 'red'"
+    )
+    described = client.get("/easy-diffuser/v1/options").json()
+    assert described["replace_tags"]["type"] == "old,new pairs separated by ;"
+    assert described["caption_files"]["fields"]["existing"]["choices"] == ["skip", "overwrite", "append", "prepend"]
+
+
 def test_reselect_answers_other_options_without_the_image_or_the_queue(client, image_b64):
     first = client.post(EXTRACT, json={"image": image_b64, "max_tags": 1})
     assert first.status_code == 200

@@ -20,6 +20,7 @@ from modules import devices, processing, script_callbacks, sd_models, shared  # 
 from PIL import Image  # noqa: E402
 
 from easy_diffuser.kinds.clip import ClipScorer  # noqa: E402
+from easy_diffuser.options import CAPTION_FILE_OPTIONS  # noqa: E402
 
 import webui_host  # noqa: E402
 from taggers import set_nan, write_tagger  # noqa: E402
@@ -127,6 +128,7 @@ def test_the_tab_says_it_in_the_status_line_and_batch_counts_it(webui, nan_tagge
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "a.png").write_bytes(red_circle.read_bytes())
-    summary = tab.caption(str(folder), False, False, TAB, Progress())
+    batch = {**TAB, **{option.name: option.default for option in CAPTION_FILE_OPTIONS}, "replace_tags": ""}
+    summary = tab.caption(str(folder), False, batch, Progress())
     assert "0 captioned, 0 already captioned, 1 failed" in summary and DAMAGED in summary
     assert list(folder.glob("*.txt")) == []
