@@ -106,3 +106,26 @@ def test_a_broken_plugin_is_one_warning_and_everything_else_works(tmp_path):
     assert len(warnings) == 3 and "Traceback" not in process.stderr
     for plugin_name, words in (("fails", "ImportError"), ("impostor", "not a subclass"), ("clash", "already taken")):
         assert any(f"kind plugin {plugin_name!r}" in line and words in line for line in warnings), warnings
+
+
+@pytest.mark.parametrize("kind", ["pixai", "jtp"])
+def test_the_newer_tagger_kinds_go_through_check_and_refine_unchanged(kind, tmp_path, transparent_strip):
+    """A kind module is all a model needs: calibration's metric and the round trip take PixAI and JTP as they
+    take WD (the generation here is the source itself, so the pair loses and adds no tag)."""
+    import math
+
+    from PIL import Image
+
+    from easy_diffuser.calibration.generators import CallableGenerator
+    from easy_diffuser.engine import Engine
+    from easy_diffuser.refine import check_image
+
+    import taggers
+
+    folder = (taggers.write_pixai if kind == "pixai" else taggers.write_jtp)(tmp_path / kind)
+    engine = Engine(str(folder), cache_dir=tmp_path / "cache")
+    assert engine.kind.name == f"{kind}-tagger"
+    image = Image.open(transparent_strip).convert("RGB")  # a generation is RGB
+    result = check_image(engine, image, CallableGenerator(lambda prompt, negative, seed: image, "the source"))
+    (only,) = result.rounds
+    assert math.isfinite(only.loss) and only.lost == [] and only.added == []

@@ -296,14 +296,24 @@ def test_a_second_job_on_the_same_output_folder_is_refused(tmp_path):
     assert ray_job.run_job([], str(output), "shapes-demo").images == 0  # released: the next one runs
 
 
-def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_ray, tmp_path):
-    from taggers import write_tagger
+@pytest.mark.parametrize("kind", ["wd-tagger", "pixai", "jtp"])
+def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_ray, tmp_path, kind):
+    """Every tagger kind, through the same job: JTP's transparency over grey (kept beside the decoded image) and
+    PixAI's copyrights survive the trip to the actors."""
+    import numpy as np
+    from PIL import Image
+
+    import taggers
 
     folder = tmp_path / "images"
     folder.mkdir()
     for index, colour in enumerate(["red", "green", "blue", "yellow"] * 2):
         draw_scene(folder / f"img{index}.{'jpg' if index % 2 else 'png'}", 48, colour=colour)
-    model = str(write_tagger(tmp_path / "wd-tiny", "convnext"))
+    pixels = np.random.default_rng(2).integers(0, 256, (40, 70, 4), dtype=np.uint8)
+    pixels[:, :20, 3] = 0
+    Image.fromarray(pixels, "RGBA").save(folder / "transparent.png")
+    writers = {"wd-tagger": lambda path: taggers.write_tagger(path, "convnext"), "pixai": taggers.write_pixai}
+    model = str(writers.get(kind, taggers.write_jtp)(tmp_path / f"{kind}-tiny"))
     common = [str(folder), "--model", model, "--cache-dir", str(tmp_path / "cache"), "--no-captions"]
     assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 0
     assert main([*common, "--engine", "ray", "--output", str(tmp_path / "shards.jsonl")]) == 0
@@ -311,7 +321,7 @@ def test_a_tagger_runs_on_ray_with_the_records_of_the_single_process_cli(local_r
         by_path(read_records(tmp_path / "local.jsonl")),
         by_path(read_records(tmp_path / "shards.jsonl")),
     )
-    assert distributed == local and len(local) == 8
+    assert distributed == local and len(local) == 9
 
 
 def test_ray_prompts_follow_the_checkpoint_as_the_single_process_clis_do(local_ray, tmp_path):
