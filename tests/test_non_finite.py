@@ -174,6 +174,8 @@ def test_a_clip_with_a_nan_text_tower_is_refused_at_load_and_caches_nothing(tmp_
 
 def test_ray_batches_give_the_same_error_record_and_keep_the_good_image(blank_images_give_nan, tmp_path, shapes_engine):
     """TagExtractor as a Ray actor runs it, on one batch (its __init__ only loads the engine from Ray's store)."""
+    from easy_diffuser.caption_files import CaptionWriter
+    from easy_diffuser.options import CaptionFileOptions
     from easy_diffuser.pipeline import Preprocessor
 
     good, blank = good_and_blank(tmp_path)
@@ -187,7 +189,8 @@ def test_ray_batches_give_the_same_error_record_and_keep_the_good_image(blank_im
         "error": ["", ""],
     }
     extractor = TagExtractor.__new__(TagExtractor)
-    extractor.engine, extractor.options, extractor.captions = shapes_engine, ExtractOptions(), True
+    writer = CaptionWriter.of(CaptionFileOptions(), ExtractOptions(), tagger=False)  # .txt beside the image
+    extractor.engine, extractor.options, extractor.captions = shapes_engine, ExtractOptions(), writer
     rows = extractor(batch).to_pylist()
     assert rows[0]["error"] == f"{blank}: the model shapes-demo {DAMAGED}" and rows[0]["tags"] == []
     assert rows[1]["error"] is None and "red" in rows[1]["prompt"]

@@ -115,7 +115,7 @@ def venvs_ci_makes() -> list[str]:
 
 def test_uninstall_and_the_venvs_table_name_every_venv_ci_makes():
     venvs = venvs_ci_makes()
-    assert len(venvs) == 5 and ".venv-timm095" in venvs
+    assert len(venvs) == 6 and ".venv-timm095" in venvs and ".venv-transformers448" in venvs
     uninstall = DOCS["install.md"].split("## Uninstall", 1)[1]
     table = [line.strip() for line in DOCS["testing.md"].splitlines() if line.strip().startswith("| `.venv")]
     for venv in venvs:
