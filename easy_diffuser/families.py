@@ -40,6 +40,7 @@ class Conventions:
     ratings: Mapping[str, str] = field(default_factory=dict)  # WD rating -> the family's word
     safe_negative: str = ""  # what the card's negative starts with for a safe picture ("nsfw")
     names: tuple[str, ...] = ()  # lower-case patterns (regular expressions) that name the family
+    furry_source: str = ""  # the card's tag for its e621-style (furry) training data: e621 tags lead with it
 
     def positive(self, tags: Sequence[str]) -> str:
         """The prompt: the quality prefix, the image's tags (their rating word among them), the quality suffix."""
@@ -86,6 +87,8 @@ CONVENTIONS: dict[str, Conventions] = {
                 "explicit": "rating_explicit",
             },
             names=(r"pony", r"pdxl", r"score_9"),
+            # The same card: "Other special data selection tags include, 'source_pony', 'source_furry', ...".
+            furry_source="source_furry",
         ),
         # https://huggingface.co/cagliostrolab/animagine-xl-3.1 (Usage Guidelines): quality tags last,
         # "masterpiece, best quality, very aesthetic, absurdres"; its recommended negative prompt; ratings

@@ -131,6 +131,24 @@ def test_one_threshold_of_0_2_and_e621_tags_as_prompts_write_them(fixed, transpa
 
 
 @needs_siglip
+def test_under_pony_e621_tags_lead_with_its_cards_source_furry(fixed, transparent_strip, cache_dir):
+    """Pony's card names source_furry as the tag of its e621-style data: JTP's tags take it after the quality
+    tags; a Danbooru tagger's do not, and neither do JTP's under a family whose card names none."""
+    from easy_diffuser.checkpoint_family import detect
+
+    engine = Engine(str(fixed), cache_dir=cache_dir)
+    engine.target = detect("ponyDiffusionV6XL.safetensors")
+    prompt = engine.extract(transparent_strip).prompt
+    assert prompt.startswith("score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, source_furry, ")
+    assert prompt.endswith("anthro, canid, fur, red background")
+    engine.target = detect("noobaiXLNAIXL_vPred10.safetensors")
+    assert "source_furry" not in engine.extract(transparent_strip).prompt
+    booru = Engine("shapes-booru", cache_dir=cache_dir)
+    booru.target = detect("ponyDiffusionV6XL.safetensors")
+    assert "source_furry" not in booru.extract(transparent_strip).prompt
+
+
+@needs_siglip
 def test_the_tab_shows_no_character_threshold_for_it():
     from easy_diffuser.webui.controls import shown_for
 

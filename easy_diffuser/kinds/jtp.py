@@ -14,20 +14,26 @@ like WD's, so it keeps the WD kind's scorer and policy; only this differs:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import ModelError, ModelFileError, one_line
+from ..families import Preset
 from ..images import with_alpha
+from ..options import ExtractOptions
 from ..tag_text import prompt_syntax
 from ..weights import content_hash, read_state_dict
 from .base import ModelInfo, folder_defaults
 from .timm_network import build_network, read_config, read_json
 from .wd_tagger import MAX_TAGS_BYTES, TAGGER_DEFAULTS, LoadedTagger, TagTable, WdTaggerKind, fetch
+
+if TYPE_CHECKING:
+    from ..checkpoint_family import Detected
 
 REPOSITORY = "RedRocket/JointTaggerProject"
 WEIGHTS, TAGS = "JTP_PILOT2-e3-vit_so400m_patch14_siglip_384.safetensors", "tags.json"
@@ -75,6 +81,16 @@ class JtpKind(WdTaggerKind):
     name = "jtp-tagger"
     models: ClassVar[Sequence[ModelInfo]] = JTP_MODELS
     controls = frozenset({"general_threshold", "general_mcut", "family"})  # one category: no character threshold
+
+    def preset(self, options: ExtractOptions, target: "Detected | None") -> Preset:
+        """The family's preset; one whose card names a tag for its e621-style data (Pony's source_furry) leads
+        these e621 tags with it."""
+        preset = super().preset(options, target)
+        family = preset.family
+        if family is None or not family.furry_source:
+            return preset
+        prefix = ", ".join(filter(None, (family.prefix, family.furry_source)))
+        return replace(preset, family=replace(family, prefix=prefix))
 
     def claims(self, spec: str) -> bool:
         """A folder holding JTP's weights, or the weights file itself."""
