@@ -43,7 +43,7 @@ from .scoring import require_finite
 from .selection import SelectionOptions, TagScore, select
 from .settings_files import SettingsFileError, read_calibration
 from .tag_replacement import TagView, replaced
-from .tag_text import tag_list
+from .tag_text import normal, tag_list
 from .vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -312,7 +312,8 @@ def framed(preset: Preset | None, positive: str, negative: str, tags: Sequence[T
     family's template after the image's own negatives (CLIP's, with no preset, as they are)."""
     if preset is None:
         return positive, negative
-    return preset.positive([positive]), preset.negative([negative], _wd_rating(tags, preset))
+    shown = {normal(tag.tag) for tag in tags if tag.role == "positive"}
+    return preset.positive([positive]), preset.negative([negative], _wd_rating(tags, preset), shown)
 
 
 def _wd_rating(tags: Sequence[TagScore], preset: Preset) -> str | None:

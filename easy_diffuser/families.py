@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from .checkpoint_family import Detected
+from .tag_text import normal
 
 AUTOMATIC, NONE = "automatic", "none"
 # Metadata keys that name the model or what it was trained from, in order of trust.
@@ -46,11 +47,14 @@ class Conventions:
         """The prompt: the quality prefix, the image's tags (their rating word among them), the quality suffix."""
         return ", ".join(part for part in (self.prefix, *tags, self.suffix) if part)
 
-    def negative_prompt(self, negatives: Sequence[str], rating: str | None = None) -> str:
+    def negative_prompt(self, negatives: Sequence[str], rating: str | None = None, shown: Collection[str] = ()) -> str:
         """The image's own negatives first, then the family's template (§5 of the booru issue); a picture
-        rated general also keeps the card's "nsfw" out."""
+        rated general also keeps the card's "nsfw" out. A template term the image shows (`shown`: its positive
+        tags, tag_text.normal) stays out too: no tag is in both prompts (NoobAI's "furry" for a furry picture)."""
         template = [self.safe_negative] if rating == "general" else []
-        return ", ".join(part for part in (*negatives, *template, self.negative) if part)
+        terms = [term.strip() for term in ", ".join(filter(None, (*template, self.negative))).split(",")]
+        kept = [term for term in terms if term and normal(term) not in shown]
+        return ", ".join(part for part in (*negatives, *kept) if part)
 
 
 _ANIMAGINE_RATINGS = {"general": "safe", "sensitive": "sensitive", "questionable": "nsfw", "explicit": "explicit"}
@@ -140,8 +144,8 @@ class Preset:
     def positive(self, tags: Sequence[str]) -> str:
         return self.family.positive(tags) if self.family else ", ".join(tags)
 
-    def negative(self, negatives: Sequence[str], rating: str | None = None) -> str:
-        return self.family.negative_prompt(negatives, rating) if self.family else ", ".join(negatives)
+    def negative(self, negatives: Sequence[str], rating: str | None = None, shown: Collection[str] = ()) -> str:
+        return self.family.negative_prompt(negatives, rating, shown) if self.family else ", ".join(negatives)
 
 
 def choose(setting: str, target: Detected | None = None) -> Preset:

@@ -142,7 +142,11 @@ def test_under_pony_e621_tags_lead_with_its_cards_source_furry(fixed, transparen
     assert prompt.startswith("score_9, score_8_up, score_7_up, score_6_up, score_5_up, score_4_up, source_furry, ")
     assert prompt.endswith("anthro, canid, fur, red background")
     engine.target = detect("noobaiXLNAIXL_vPred10.safetensors")
-    assert "source_furry" not in engine.extract(transparent_strip).prompt
+    noobai = engine.extract(transparent_strip)
+    assert "source_furry" not in noobai.prompt
+    # NoobAI's template keeps furry content out; a term the picture shows is not also a negative.
+    negatives = noobai.negative_prompt.split(", ")
+    assert "anthro" not in negatives and {"worst quality", "furry", "feral"} <= set(negatives)
     booru = Engine("shapes-booru", cache_dir=cache_dir)
     booru.target = detect("ponyDiffusionV6XL.safetensors")
     assert "source_furry" not in booru.extract(transparent_strip).prompt
