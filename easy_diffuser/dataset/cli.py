@@ -9,12 +9,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Sequence
 
 from tqdm import tqdm
 
 from ..exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
-from ..options import DATASET_OPTION
+from ..options import DATASET_OPTION, CommandLineParser
 from .captions import DatasetError
 from .edits import Edit, edit_folder, parse_renames, parse_tags
 from .journal import JournalError, undo
@@ -30,14 +30,8 @@ EXAMPLES = """examples:
 EDIT_LISTS = ("rename_tag", "remove_tag", "add_tag", "where")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """A refusal in one line (argparse's usage lines would bury it)."""
-        self.exit(EXIT_SETUP_FAILED, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
+    parser = CommandLineParser(
         prog="easy-diffuser dataset",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
