@@ -156,6 +156,9 @@ def serve(demo: gr.Blocks) -> str:
     inject_javascript_and_css()
     demo.queue(64)
     app, local_url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    # A request the browser left open must not hold demo.close() (a test's teardown) for ever: uvicorn waits for
+    # open connections' tasks at shutdown, with no limit unless given one; past it, it cancels them.
+    demo.server.config.timeout_graceful_shutdown = 10
     script_callbacks.app_started_callback(demo, app)
     return local_url
 
