@@ -102,8 +102,7 @@ class TopRelevance:
     """CLIP's rule: the most relevant tags, at most max_per_category each, near-duplicates merged, to max_tags."""
 
     def positives(self, scores, vocabulary, twins, token_costs, options, excluded, first) -> list[int]:
-        quality = set(vocabulary.in_category(NEGATIVE_QUALITY))
-        return _first(first, _pick_positives(scores, vocabulary, twins, token_costs, options, quality | excluded))
+        return _first(first, _pick_positives(scores, vocabulary, twins, token_costs, options, excluded))
 
     def never_negative(self, vocabulary: Vocabulary) -> set[int]:
         return set()
@@ -127,7 +126,8 @@ def select(
     excluded = set(vocabulary.indices(options.exclude))
     first = vocabulary.indices(options.first)
     rule = options.rule
-    positives = rule.positives(scores, vocabulary, text_embeddings, token_costs, options, excluded, first)
+    # The standard quality faults are never positive tags, whatever the rule.
+    positives = rule.positives(scores, vocabulary, text_embeddings, token_costs, options, excluded | quality, first)
     blocked = rule.never_negative(vocabulary) | quality | excluded
     negative_budget = TokenBudget(options.token_budget)
     negatives = _pick_negatives(scores, text_embeddings, token_costs, options, blocked, positives, negative_budget)
