@@ -293,24 +293,3 @@ def test_on_a_timm_without_siglip_it_is_one_line_asking_for_a_newer_one(cache_di
         load_model(jtp.REPOSITORY, cache_dir=cache_dir)
     message = str(error.value)
     assert "\n" not in message and f"is not in timm {timm.__version__}" in message and "pip install -U timm" in message
-
-
-@needs_siglip
-def test_calibration_measures_it_by_its_own_probabilities(folder, cache_dir, transparent_strip):
-    """The calibration round trip runs unchanged: an image's own tags are the closest to it."""
-    import math
-
-    from easy_diffuser.calibration.generators import CallableGenerator
-    from easy_diffuser.calibration.sweep import Setting, measure
-
-    engine = Engine(str(folder), cache_dir=cache_dir)
-    source = load_image(transparent_strip)
-    other = Image.fromarray(np.random.default_rng(5).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-
-    def loss(image):
-        generator = CallableGenerator(lambda prompt, negative, seed: image, "fixed")
-        rows, stopped = measure(engine, [source], generator, [Setting(-1.0, 2), Setting(1.0, 2)], ExtractOptions())
-        assert not stopped and all(math.isfinite(row.loss) for row in rows)
-        return rows[0].loss
-
-    assert loss(source) < loss(other)

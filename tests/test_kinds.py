@@ -5,16 +5,28 @@ reads is the code that runs here."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import timm
+from PIL import Image
 
+from easy_diffuser.calibration.generators import CallableGenerator
+from easy_diffuser.calibration.sweep import Setting, measure
+from easy_diffuser.engine import Engine
 from easy_diffuser.errors import ModelError
+from easy_diffuser.images import load_image
+from easy_diffuser.options import ExtractOptions
+from easy_diffuser.refine import check_image
 from easy_diffuser.registry import BUILTIN_KINDS, kind_for
+
+import taggers
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "docs" / "sample.png"  # a red circle on gray
@@ -108,24 +120,44 @@ def test_a_broken_plugin_is_one_warning_and_everything_else_works(tmp_path):
         assert any(f"kind plugin {plugin_name!r}" in line and words in line for line in warnings), warnings
 
 
-@pytest.mark.parametrize("kind", ["pixai", "jtp"])
-def test_the_newer_tagger_kinds_go_through_check_and_refine_unchanged(kind, tmp_path, transparent_strip):
-    """A kind module is all a model needs: calibration's metric and the round trip take PixAI and JTP as they
-    take WD (the generation here is the source itself, so the pair loses and adds no tag)."""
-    import math
+NEWER_TAGGERS = [
+    "pixai",
+    pytest.param(
+        "jtp", marks=pytest.mark.skipif(not timm.is_model("vit_so400m_patch14_siglip_384"), reason="no SigLIP")
+    ),
+]
 
-    from PIL import Image
 
-    from easy_diffuser.calibration.generators import CallableGenerator
-    from easy_diffuser.engine import Engine
-    from easy_diffuser.refine import check_image
-
-    import taggers
-
+def newer_tagger(kind: str, tmp_path: Path) -> Engine:
+    """A tiny PixAI or JTP replica in its published layout, loaded."""
     folder = (taggers.write_pixai if kind == "pixai" else taggers.write_jtp)(tmp_path / kind)
     engine = Engine(str(folder), cache_dir=tmp_path / "cache")
     assert engine.kind.name == f"{kind}-tagger"
+    return engine
+
+
+@pytest.mark.parametrize("kind", NEWER_TAGGERS)
+def test_the_newer_tagger_kinds_go_through_check_and_refine_unchanged(kind, tmp_path, transparent_strip):
+    """A kind module is all a model needs: calibration's metric and the round trip take PixAI and JTP as they
+    take WD (the generation here is the source itself, so the pair loses and adds no tag)."""
+    engine = newer_tagger(kind, tmp_path)
     image = Image.open(transparent_strip).convert("RGB")  # a generation is RGB
     result = check_image(engine, image, CallableGenerator(lambda prompt, negative, seed: image, "the source"))
     (only,) = result.rounds
     assert math.isfinite(only.loss) and only.lost == [] and only.added == []
+
+
+@pytest.mark.parametrize("kind", NEWER_TAGGERS)
+def test_calibration_measures_the_newer_tagger_kinds_by_their_own_probabilities(kind, tmp_path, transparent_strip):
+    """The calibration sweep runs unchanged on them: an image's own tags are the closest to it."""
+    engine = newer_tagger(kind, tmp_path)
+    source = load_image(transparent_strip)
+    other = Image.fromarray(np.random.default_rng(5).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+
+    def loss(image):
+        generator = CallableGenerator(lambda prompt, negative, seed: image, "fixed")
+        rows, stopped = measure(engine, [source], generator, [Setting(-1.0, 2), Setting(1.0, 2)], ExtractOptions())
+        assert not stopped and all(math.isfinite(row.loss) for row in rows)
+        return rows[0].loss
+
+    assert loss(source) < loss(other)

@@ -277,23 +277,3 @@ def test_any_tagger_folder_may_set_its_default_thresholds(tmp_path, transparent_
     (folder / "easy_diffuser.json").write_text('{"general_threshold": 1.5}')
     with pytest.raises(ModelError, match="easy_diffuser.json: 'general_threshold' must be a number from 0 to 1"):
         Engine(str(folder), cache_dir=tmp_path / "third")
-
-
-def test_calibration_measures_it_by_its_own_probabilities(folder, cache_dir, transparent_strip):
-    """The calibration round trip runs unchanged: an image's own tags are the closest to it."""
-    import math
-
-    from easy_diffuser.calibration.generators import CallableGenerator
-    from easy_diffuser.calibration.sweep import Setting, measure
-
-    engine = Engine(str(folder), cache_dir=cache_dir)
-    source = load_image(transparent_strip)
-    other = Image.fromarray(np.random.default_rng(5).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-
-    def loss(image):
-        generator = CallableGenerator(lambda prompt, negative, seed: image, "fixed")
-        rows, stopped = measure(engine, [source], generator, [Setting(-1.0, 2), Setting(1.0, 2)], ExtractOptions())
-        assert not stopped and all(math.isfinite(row.loss) for row in rows)
-        return rows[0].loss
-
-    assert loss(source) < loss(other)
