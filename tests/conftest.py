@@ -92,3 +92,20 @@ def transparent_strip(tmp_path) -> Path:
     path = tmp_path / "strip.png"
     Image.fromarray(pixels, "RGBA").save(path)
     return path
+
+
+@pytest.fixture
+def blank_images_give_nan(monkeypatch):
+    """shapes-demo gives NaN for a one-colour image alone (as a half-precision overflow would for one image)."""
+    import torch
+
+    from easy_diffuser.kinds.clip import ClipScorer
+
+    features = ClipScorer.features
+
+    def one_bad_row(self, batch: torch.Tensor) -> torch.Tensor:
+        result = features(self, batch).clone()
+        result[batch.flatten(2).std(dim=2).amax(dim=1) < 1e-6] = float("nan")
+        return result
+
+    monkeypatch.setattr(ClipScorer, "features", one_bad_row)

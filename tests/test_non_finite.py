@@ -16,7 +16,6 @@ from easy_diffuser.calibration.generators import CallableGenerator, ShapesGenera
 from easy_diffuser.cli import main
 from easy_diffuser.engine import ExtractOptions
 from easy_diffuser.exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
-from easy_diffuser.kinds.clip import ClipScorer
 from easy_diffuser.ray_job import TagExtractor
 from easy_diffuser.records import read_records
 from easy_diffuser.refine import refine_image
@@ -49,19 +48,6 @@ def nan_clip(tmp_path_factory) -> Path:
     folder = write_model_folder(tmp_path_factory.mktemp("clip") / "clip-nan")
     set_nan(folder / "open_clip_model.safetensors", "visual.attnpool.c_proj.weight")
     return folder
-
-
-@pytest.fixture
-def blank_images_give_nan(monkeypatch):
-    """shapes-demo gives NaN for a one-colour image alone (as a half-precision overflow would for one image)."""
-    features = ClipScorer.features
-
-    def one_bad_row(self, batch: torch.Tensor) -> torch.Tensor:
-        result = features(self, batch).clone()
-        result[batch.flatten(2).std(dim=2).amax(dim=1) < 1e-6] = float("nan")
-        return result
-
-    monkeypatch.setattr(ClipScorer, "features", one_bad_row)
 
 
 def good_and_blank(folder: Path) -> tuple[Path, Path]:

@@ -13,13 +13,12 @@ gr = pytest.importorskip("gradio")
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-import torch  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from modules import devices, processing, script_callbacks, sd_models, shared  # noqa: E402
 from PIL import Image  # noqa: E402
+from test_adapter import TAB, Progress  # noqa: E402  the tab's starting values, gr.Progress's stand-in
 
-from easy_diffuser.kinds.clip import ClipScorer  # noqa: E402
 from easy_diffuser.options import CAPTION_FILE_OPTIONS  # noqa: E402
 
 import webui_host  # noqa: E402
@@ -28,24 +27,6 @@ from taggers import set_nan, write_tagger  # noqa: E402
 EXTRACT = "/easy-diffuser/v1/extract"
 REFINE = "/easy-diffuser/v1/refine"
 DAMAGED = "gave non-finite scores for this image: its weights may be damaged (NaN/inf); re-download them"
-TAB = {
-    "max_tags": 24,
-    "auto_tau": True,
-    "tau": 1.0,
-    "negatives": 8,
-    "quality_negatives": 6,
-    "general_threshold": 0.35,
-    "character_threshold": 0.85,
-    "general_mcut": False,
-    "character_mcut": False,
-    "family": "automatic",
-    "exclude_tags": "",
-    "first_tags": "",
-    "weights": False,
-    "caption": False,
-    "caption_model": "Salesforce/blip-image-captioning-base",
-    "prompt_style": "automatic",
-}
 
 
 @pytest.fixture(scope="module")
@@ -71,28 +52,10 @@ def webui(models_path, monkeypatch):
     return start
 
 
-@pytest.fixture
-def blank_images_give_nan(monkeypatch):
-    """shapes-demo gives NaN for a one-colour image alone (as a half-precision overflow would for one image)."""
-    features = ClipScorer.features
-
-    def one_bad_row(self, batch: torch.Tensor) -> torch.Tensor:
-        result = features(self, batch).clone()
-        result[batch.flatten(2).std(dim=2).amax(dim=1) < 1e-6] = float("nan")
-        return result
-
-    monkeypatch.setattr(ClipScorer, "features", one_bad_row)
-
-
 def b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-class Progress:
-    def __call__(self, *args, **kwargs) -> None:
-        pass
 
 
 def one_line_422(response, model: str) -> str:
