@@ -247,12 +247,14 @@ def whole_sentences(text: str) -> str:
 
 def load_captioner(
     spec: str = DEFAULT_CAPTIONER,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Captioner:
-    """Load a captioner once per (spec, cache folder) and reuse it; move it to `device`/`dtype`."""
-    return _loaded(spec, Path(cache_dir or DEFAULT_CACHE_DIR)).to(device, dtype)
+    """Load a captioner once per (spec, cache folder) and reuse it; move it to `device`/`dtype` (device None: where
+    it is, the CPU when first loaded, for a host's memory manager to move)."""
+    captioner = _loaded(spec, Path(cache_dir or DEFAULT_CACHE_DIR))
+    return captioner.to(device or captioner.device, dtype)
 
 
 def unload_captioners() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import torch
 
@@ -28,6 +28,22 @@ class OnDevice:
     def to(self: T, device: str | torch.device, dtype: torch.dtype | None = None) -> T:
         self.model.to(device=device, dtype=dtype)
         return self
+
+
+class Movable(Protocol):
+    """What a host moves between the CPU and its GPU: a loaded model (kinds.base.Loaded) or a captioner."""
+
+    model: torch.nn.Module
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Any: ...
+
+
+class HostPlacement(Protocol):
+    """A host's rules around each use of a model (webui/service.Placement): before it, make room and put the model
+    on the device; after it, take it off unless the user keeps it there."""
+
+    acquire: Callable[[Movable], None]
+    release: Callable[[Movable], None]
 
 
 def default_device() -> str:

@@ -18,16 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
 from . import prompt_style
 from .captioner import Captioner, check_supported, compose, join, load_captioner
 from .checkpoint_family import T5_TOKENS, Detected
-from .devices import check_device
+from .devices import HostPlacement, check_device
 from .embedding import ProgressFn
 from .families import Preset
 from .files import safe_name
@@ -100,6 +101,9 @@ class Engine:
     ) -> None:
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
         self.keep_in_vram = keep_in_vram  # False: the captioner leaves the GPU before CLIP runs
+        # The webui's rules for putting the captioner on the GPU and taking it off (its memory manager's, under
+        # Forge); None: the captioner moves itself, and keep_in_vram decides.
+        self.placement: HostPlacement | None = None
         self.low_vram = False  # the host's --lowvram/--medvram: captioners larger than such a GPU are refused
         self.loaded: Loaded = load_model(model, check_device(device), dtype, self.cache_dir)
         self.kind: Kind = kind_for(model)  # its policy: how tags are chosen, budgeted and framed
@@ -235,7 +239,8 @@ class Engine:
     def captioner(self, spec: str) -> Captioner:
         """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
         check_supported(spec, self.low_vram)
-        return load_captioner(spec, self.loaded.device, self.loaded.dtype, self.cache_dir)
+        device = None if self.placement else self.loaded.device  # a host places it at each use
+        return load_captioner(spec, device, self.loaded.dtype, self.cache_dir)
 
     def style(self, options: ExtractOptions) -> prompt_style.Style:
         """The prompt style the options mean for `self.target`, with the captioner it runs."""
@@ -246,13 +251,22 @@ class Engine:
         A server describes instead when one is set (`tags`: each image's, for its instruction)."""
         if self.describer is not None:  # nothing of it on this machine: no lock while the server answers
             return self.describer.caption_all(images, options, tags)
-        with self._lock:
-            captioner = self.captioner(options.model)
-            try:
-                return [captioner.caption(image, options) for image in images]
-            finally:
-                if not self.keep_in_vram and captioner.device.type != "cpu":
-                    captioner.to("cpu")
+        with self._lock, self._placed(self.captioner(options.model)) as captioner:
+            return [captioner.caption(image, options) for image in images]
+
+    @contextmanager
+    def _placed(self, captioner: Captioner) -> Iterator[Captioner]:
+        """The captioner on the device for its captions, through the host's placement where one is set (a memory
+        manager makes room for it beside CLIP, evicting the checkpoint if need be); else it leaves unless kept."""
+        if self.placement is not None:
+            self.placement.acquire(captioner)
+        try:
+            yield captioner
+        finally:
+            if self.placement is not None:
+                self.placement.release(captioner)
+            elif not self.keep_in_vram and captioner.device.type != "cpu":
+                captioner.to("cpu")
 
     def grounding(self, embeddings: torch.Tensor, options: ExtractOptions) -> list[str]:
         """Each image's positive tags as text, for a server whose instruction asks for them; else none."""

@@ -29,7 +29,7 @@ except ImportError:  # webui before 1.8
 
 from ..calibration.generators import CallableGenerator, webui_generator
 from ..checkpoint_family import Detected, detect, read_metadata
-from ..devices import default_dtype
+from ..devices import Movable, default_dtype
 from ..kinds.base import Loaded
 from ..prompt_style import TokenCounter, t5_counter
 from ..registry import list_models
@@ -116,12 +116,11 @@ class WebuiHost:
     def placement(self) -> Placement:
         device = self._device()
         dtype = torch.float32 if shared.cmd_opts.no_half else default_dtype(device)
-        keep = shared.opts.easy_diffuser_keep_in_vram
         # Forge Classic has neither flag (its memory manager decides alone).
         low = bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
         if self._manager is not None:
-            return Placement(device, dtype, partial(self._manager.acquire, device), self._manager.release, keep, low)
-        return Placement(device, dtype, partial(_acquire, device, dtype), _release, keep, low)
+            return Placement(device, dtype, partial(self._manager.acquire, device), self._manager.release, low)
+        return Placement(device, dtype, partial(_acquire, device, dtype), _release, low)
 
     def _device(self) -> torch.device:
         # A1111's device_interrogate already honours --use-cpu; the managers ignore the flag, so check it for all.
@@ -214,7 +213,7 @@ def _warn_once(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _acquire(device: torch.device, dtype: torch.dtype, loaded: Loaded) -> None:
+def _acquire(device: torch.device, dtype: torch.dtype, loaded: Movable) -> None:
     if shared.cmd_opts.lowvram or shared.cmd_opts.medvram:  # as modules/interrogate.py: the SD model leaves first
         from modules import lowvram  # A1111's low-VRAM mode, only where these flags exist
 
@@ -223,7 +222,7 @@ def _acquire(device: torch.device, dtype: torch.dtype, loaded: Loaded) -> None:
     loaded.to(device, dtype)
 
 
-def _release(loaded: Loaded) -> None:
+def _release(loaded: Movable) -> None:
     if not shared.opts.easy_diffuser_keep_in_vram:
         loaded.to(devices.cpu)
     devices.torch_gc()
@@ -258,7 +257,9 @@ class _ManagedMemory:
     def __init__(self, memory_management: Any, model_patcher: type) -> None:
         self.manager = memory_management
         self.model_patcher = model_patcher
-        self.patcher: Any = None
+        self.in_use: list[Any] = []  # the patchers of our models in use now: CLIP or a tagger, and a captioner
+        # Those in use or kept in VRAM: reForge's manager holds its models' patchers by weak reference only.
+        self.held: list[Any] = []
         # reForge (ComfyUI's newer manager) loads only the part of a model that fits and leaves the rest on the CPU,
         # which works for the layers of its own models alone: ours is asked for whole.
         whole = "force_full_load" in inspect.signature(memory_management.load_models_gpu).parameters
@@ -267,18 +268,38 @@ class _ManagedMemory:
     def text_encoder_device(self) -> torch.device:
         return self.manager.text_encoder_device()
 
-    def acquire(self, device: torch.device, loaded: Loaded) -> None:
-        if self.patcher is None or self.patcher.model.model is not loaded.model:
-            offload = self.manager.text_encoder_offload_device()
-            self.patcher = self.model_patcher(
-                EasyDiffuserModel(loaded.model), load_device=device, offload_device=offload
-            )
-        self.manager.load_models_gpu([self.patcher], **self.load_options)
+    def acquire(self, device: torch.device, loaded: Movable) -> None:
+        self.held = [patcher for patcher in self.held if self._on_device(patcher)]  # the manager evicted the rest
+        offload = self.manager.text_encoder_offload_device()
+        patcher = self._patcher(loaded) or self.model_patcher(
+            EasyDiffuserModel(loaded.model), load_device=device, offload_device=offload
+        )
+        # Together with the others in use: making room for a captioner must not evict the tagger it runs beside.
+        in_use = [*_without(self.in_use, patcher), patcher]
+        self.manager.load_models_gpu(in_use, **self.load_options)
+        self.in_use, self.held = in_use, [*_without(self.held, patcher), patcher]
 
-    def release(self, loaded: Loaded) -> None:
+    def release(self, loaded: Movable) -> None:
+        patcher = self._patcher(loaded)
+        self.in_use = _without(self.in_use, patcher)
         if not shared.opts.easy_diffuser_keep_in_vram:
+            self.held = _without(self.held, patcher)
             # What free_memory() does to the models it evicts, for ours alone.
-            for entry in [e for e in self.manager.current_loaded_models if e.model is self.patcher]:
+            for entry in [e for e in self.manager.current_loaded_models if e.model is patcher]:
                 self.manager.current_loaded_models.remove(entry)
                 entry.model_unload()
         self.manager.soft_empty_cache()
+
+    def _patcher(self, loaded: Movable) -> Any:
+        """The patcher that holds `loaded`, if one does: the manager must be handed the same one again while it
+        holds the model (a second would count it twice)."""
+        return next((patcher for patcher in self.held if patcher.model.model is loaded.model), None)
+
+    def _on_device(self, patcher: Any) -> bool:
+        return any(patcher is held for held in self.in_use) or any(
+            entry.model is patcher for entry in self.manager.current_loaded_models
+        )
+
+
+def _without(patchers: list[Any], patcher: Any) -> list[Any]:
+    return [held for held in patchers if held is not patcher]

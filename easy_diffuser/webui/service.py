@@ -16,9 +16,9 @@ import torch
 from ..captioner import unload_captioners
 from ..checkpoint_family import Detected
 from ..describe_server import ServerDescriber
+from ..devices import Movable
 from ..embedding import ProgressFn
 from ..engine import Engine
-from ..kinds.base import Loaded
 from ..models import load_model, unload_models
 from ..prompt_style import TokenCounter, t5_token_bound
 
@@ -39,9 +39,8 @@ class Placement:
 
     device: torch.device
     dtype: torch.dtype
-    acquire: Callable[[Loaded], None]  # before a use: make room, put the model on `device`
-    release: Callable[[Loaded], None]  # after a use: move it off unless the user keeps it
-    keep_in_vram: bool = False  # the captioner, too, stays on the device between uses
+    acquire: Callable[[Movable], None]  # before a use: make room, put the model (or captioner) on `device`
+    release: Callable[[Movable], None]  # after a use: move it off unless the user keeps it
     low_vram: bool = False  # the host runs with --lowvram or --medvram: large captioners are refused
 
 
@@ -104,7 +103,7 @@ class Service:
                 # The model is already on its device, so the first-use vocabulary encoding runs there.
                 self._engine = Engine(spec, loaded.device, loaded.dtype, self._cache_dir(), progress=progress)
                 self._spec = spec
-            self._engine.keep_in_vram = placement.keep_in_vram
+            self._engine.placement = placement  # the captioner goes on and off the device by the same rules
             self._engine.describer = self._describer()
             self._engine.low_vram = placement.low_vram
             return work(self._aimed(self._engine))

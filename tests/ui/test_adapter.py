@@ -237,8 +237,10 @@ def forge(monkeypatch):
             manager.calls.append(("unload", self.model))
 
     def load_models_gpu(patchers):
-        manager.calls.append(("load", patchers[0]))
-        manager.current_loaded_models.insert(0, Entry(patchers[0]))
+        manager.calls.append(("load", *patchers))
+        for patcher in patchers:
+            if all(entry.model is not patcher for entry in manager.current_loaded_models):
+                manager.current_loaded_models.insert(0, Entry(patcher))
 
     manager.load_models_gpu = load_models_gpu
     manager.text_encoder_device = lambda: torch.device("cuda")
@@ -268,8 +270,6 @@ def test_forge_goes_through_its_memory_manager(webui, forge):
     placement.release(loaded)
     assert forge.calls[1:] == [("unload", patcher), ("empty_cache",)]
     assert forge.current_loaded_models == [other]  # only ours was evicted
-    placement.acquire(loaded)
-    assert forge.calls[-1] == ("load", patcher)  # the same patcher again, not a new one
 
 
 def test_forge_places_and_evicts_a_tagger_through_its_memory_manager_too(webui, forge, tmp_path):
@@ -284,6 +284,23 @@ def test_forge_places_and_evicts_a_tagger_through_its_memory_manager_too(webui, 
     assert action == "load" and patcher.model.model is loaded.model  # the timm network, as CLIP's
     placement.release(loaded)
     assert forge.calls[1:] == [("unload", patcher), ("empty_cache",)]
+
+
+def test_forge_places_the_captioner_beside_our_model(webui, forge, red_circle, tmp_path):
+    """The captioner moved itself onto Forge's GPU past the manager: now it is loaded together with our model (so
+    that room is made for both at once) and unloaded after its caption."""
+    from PIL import Image
+    from tiny_captioners import build_blip
+
+    module = webui()
+    blip = str(build_blip(tmp_path / "blip"))
+    prompt, *_ = module.extract(
+        Image.open(red_circle), None, {**TAB, "caption": True, "caption_model": blip}, Progress()
+    )
+    ours = module.service.engine.loaded.model
+    (_, clip), (_, beside, captioner), (_, unloaded), _, (_, last), _ = forge.calls
+    assert clip.model.model is beside.model.model is ours and unloaded is captioner and last is clip
+    assert type(captioner.model.model).__name__ == "BlipForConditionalGeneration" and prompt
 
 
 def test_forge_keep_in_vram_leaves_it_to_the_manager(webui, forge):

@@ -60,6 +60,12 @@ def on_the_gpu(manager) -> list:
     return [getattr(model, "model", model) for model in models]
 
 
+def gpu_holds(manager, *models) -> bool:
+    """Whether the manager holds exactly these models (each with a `model`) on the GPU, in any order (reForge
+    loads a list in set order)."""
+    return sorted(map(id, on_the_gpu(manager))) == sorted(id(model.model) for model in models)
+
+
 @pytest.mark.parametrize("host", webui_host.HOSTS)
 def test_the_extension_loads_extracts_and_sends_in_every_host(webui, host, red_circle):
     """Forge Classic failed here: `ImportError: cannot import name 'lowvram' from 'modules'` when the script loaded."""
@@ -115,7 +121,6 @@ def test_the_old_forge_backend_makes_room_for_our_model_and_takes_it_back(webui,
 
     shared.opts.easy_diffuser_keep_in_vram = True
     placement.acquire(ours)
-    assert manager.current_loaded_models[0].model is patcher  # the same patcher again, not a new one
     placement.release(ours)
     assert on_the_gpu(manager) == [ours.model]  # kept, until the manager needs the room
     manager.load_models_gpu([checkpoint])
@@ -143,3 +148,62 @@ def test_forge_classic_has_no_low_vram_flags_and_needs_none(webui):
         shared.make_parser().parse_args(["--lowvram"])
     placement = module.host.placement()
     assert placement.device == manager.text_encoder_device()  # no devices.device_interrogate to ask
+
+
+@pytest.fixture(scope="module")
+def blip(tmp_path_factory):
+    """A tiny random BLIP captioner in its real file layout, for the tab's caption checkbox."""
+    from tiny_captioners import build_blip
+
+    torch.manual_seed(0)
+    return str(build_blip(tmp_path_factory.mktemp("captioner") / "blip"))
+
+
+@pytest.mark.parametrize("host", OLD_FORGE_BACKEND)
+def test_the_captioner_goes_through_the_old_forge_backend_too(webui, host, red_circle, blip):
+    """The captioner moved itself onto the manager's device, past the manager, beside whatever the checkpoint
+    held there: now the manager loads it beside our model, and takes it back first."""
+    module, manager = webui(host, "--no-half")
+    prompt, *_ = module.extract(
+        Image.open(red_circle), None, {**TAB, "caption": True, "caption_model": blip}, Progress()
+    )
+    ours = module.service.engine.loaded.model
+    moves = [(call[0], call[1].model.model) for call in manager.calls if call[0] in ("load", "unload")]
+    captioner = next(model for _, model in moves if model is not ours)
+    assert type(captioner).__name__ == "BlipForConditionalGeneration" and prompt
+    assert moves[0] == ("load", ours) and ("load", captioner) in moves  # reForge loads ours again beside it
+    assert moves[-2:] == [("unload", captioner), ("unload", ours)] and manager.current_loaded_models == []
+
+
+@pytest.mark.parametrize("host", OLD_FORGE_BACKEND)
+def test_the_captioner_and_our_model_never_overcommit_the_gpu_with_the_checkpoint(webui, host, monkeypatch):
+    """8 GiB GPU, a 5 GiB checkpoint: our 1 GiB model fits beside it; the 2 GiB captioner does not, and the
+    manager evicts the checkpoint for it, never our model that is in use. Kept in VRAM, both stay for the next use
+    and are handed over as the same patchers."""
+    module, manager = webui(host)
+    from ldm_patched.modules.model_patcher import ModelPatcher
+
+    monkeypatch.setattr(manager, "torch_device", GPU)
+    monkeypatch.setattr(manager, "total_vram", 8 * GIB)
+    checkpoint = ModelPatcher(torch.nn.Linear(1, 1), load_device=GPU, offload_device=torch.device("cpu"), size=5 * GIB)
+    manager.load_models_gpu([checkpoint])
+    placement = module.host.placement()
+    ours, captioner = SimpleNamespace(model=Network(GIB)), SimpleNamespace(model=Network(2 * GIB, True))
+
+    placement.acquire(ours)
+    assert gpu_holds(manager, ours, checkpoint)
+    placement.acquire(captioner)
+    assert gpu_holds(manager, ours, captioner) and manager.get_free_memory(GPU) == 5 * GIB
+    placement.release(captioner)
+    assert gpu_holds(manager, ours)
+    placement.release(ours)
+    assert gpu_holds(manager)
+
+    shared.opts.easy_diffuser_keep_in_vram = True
+    for use in (placement.acquire, placement.release):
+        use(ours), use(captioner)
+    kept = [entry.model for entry in manager.current_loaded_models]
+    assert gpu_holds(manager, ours, captioner)  # until the manager needs the room
+    placement.acquire(ours), placement.acquire(captioner)
+    assert {id(entry.model) for entry in manager.current_loaded_models} == {id(patcher) for patcher in kept}
+    assert len(manager.current_loaded_models) == 2  # the same patchers again: nothing counted twice
