@@ -251,11 +251,13 @@ def test_webui_generator_uses_processing_without_saving_and_stops_on_interrupt()
         @staticmethod
         def process_images(p):
             assert lock.locked()  # generation runs under the queue lock
+            assert p.scripts.alwayson_scripts == []  # reForge reads it without asking whether there are scripts
             return SimpleNamespace(images=[Image.new("RGB", (8, 8), "blue")])
 
     lock = threading.Lock()
     shared = SimpleNamespace(state=SimpleNamespace(interrupted=False), sd_model=object())
-    generator = webui_generator(Processing, shared, width=64, height=48, steps=4, queue_lock=lock)
+    scripts = SimpleNamespace(ScriptRunner=lambda: SimpleNamespace(alwayson_scripts=[]))  # modules.scripts
+    generator = webui_generator(Processing, shared, scripts, width=64, height=48, steps=4, queue_lock=lock)
     image = generator.generate("red, circle", "blue", 7)
     assert image.getpixel((0, 0)) == (0, 0, 255) and not lock.locked()
     assert (made["seed"], made["width"], made["height"], made["steps"]) == (7, 64, 48, 4)

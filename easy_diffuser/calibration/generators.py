@@ -114,6 +114,7 @@ class CallableGenerator:
 def webui_generator(
     processing: Any,
     shared: Any,
+    scripts: Any,
     width: int = 256,
     height: int = 256,
     steps: int = 12,
@@ -124,10 +125,11 @@ def webui_generator(
 ) -> CallableGenerator:
     """In-process txt2img with the webui's loaded checkpoint, for the tab.
 
-    `processing` is `modules.processing` and `shared` is `modules.shared`, passed in by webui/host.py so
-    this module stays free of webui imports. Pass `queue_lock=modules.call_queue.queue_lock` when the caller
-    does not already hold the queue (a handler wrapped with wrap_gradio_gpu_call does: then leave
-    it None, A1111's lock is not re-entrant). Images are not saved to the user's outputs unless `save`.
+    `processing`, `shared` and `scripts` are those `modules` of the webui, passed in by webui/host.py so
+    this module stays free of webui imports. Each image runs without the extensions' scripts (an empty
+    ScriptRunner: A1111 takes None for one, reForge does not). Pass `queue_lock=modules.call_queue.queue_lock`
+    when the caller does not already hold the queue (a handler wrapped with wrap_gradio_gpu_call does: then
+    leave it None, A1111's lock is not re-entrant). Images are not saved to the user's outputs unless `save`.
     Interrupt (shared.state.interrupted) raises GenerationStopped.
     """
 
@@ -150,6 +152,7 @@ def webui_generator(
                 do_not_save_samples=not save,
                 do_not_save_grid=True,
             )
+            p.scripts = scripts.ScriptRunner()  # not a constructor field: a property of the webui's
             with contextlib.closing(p):
                 processed = processing.process_images(p)
         if shared.state.interrupted or not processed.images:

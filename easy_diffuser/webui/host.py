@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
-from modules import call_queue, devices, paths, processing, sd_models, shared, ui_components
+from modules import call_queue, devices, paths, processing, scripts, sd_models, shared, ui_components
 
 try:
     from modules.infotext_utils import paste_fields
@@ -170,7 +170,8 @@ class WebuiHost:
 
         The same rule as between two extractions (Keep in VRAM decides), and under a memory manager the way
         back too: it may evict our model to make room for the checkpoint."""
-        generator = webui_generator(processing, shared, width, height, steps, queue_lock=None, save=save)  # queue held
+        # The queue is already held (queue_lock=None).
+        generator = webui_generator(processing, shared, scripts, width, height, steps, queue_lock=None, save=save)
         rules = self.placement()
 
         def generate(prompt: str, negative_prompt: str, seed: int) -> Any:

@@ -98,6 +98,22 @@ def test_the_http_route_answers_behind_api_auth_in_every_host(webui, host, red_c
     assert answer.status_code == 200 and "red" in answer.json()["prompt"]
 
 
+@pytest.mark.parametrize("host", webui_host.HOSTS)
+def test_check_generates_through_the_hosts_own_txt2img(webui, host, red_circle, monkeypatch):
+    """reForge's txt2img reads p.scripts.alwayson_scripts where A1111 first asks whether p.scripts is None: Check
+    and Refine failed there with an AttributeError, in the real host, until each image got an empty ScriptRunner."""
+    from modules import processing, sd_models
+
+    webui(host, "--api")
+    monkeypatch.setattr(sd_models, "checkpoints_list", {"stand-in.safetensors": object()})
+    app = FastAPI()
+    script_callbacks.app_started_callback(object(), app)
+    image = base64.b64encode(red_circle.read_bytes()).decode()
+    body = {"image": image, "prompt": "red, circle", "rounds": 0, "width": 64}
+    answer = TestClient(app).post("/easy-diffuser/v1/refine", json=body).json()
+    assert answer["error"] == "" and len(answer["rounds"]) == 1 and processing.calls[-1].width == 64
+
+
 @pytest.mark.parametrize("host", OLD_FORGE_BACKEND)
 def test_the_old_forge_backend_makes_room_for_our_model_and_takes_it_back(webui, host, monkeypatch):
     """On a GPU of 8 GiB with a 6 GiB checkpoint loaded, our 1 GiB model does not fit beside it with the manager's

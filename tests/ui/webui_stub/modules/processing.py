@@ -9,7 +9,7 @@ shared.state.interrupted is set.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from easy_diffuser.shapes import world
 from modules import shared
@@ -43,6 +43,7 @@ class StableDiffusionProcessing:
     tiling: bool = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
+    scripts: object = field(default=None, init=False)  # the real one's is a property, set after construction
 
     def close(self):
         pass
@@ -77,6 +78,7 @@ class Processed:
 
 def process_images(p: StableDiffusionProcessing) -> Processed:
     calls.append(p)
+    p.scripts.alwayson_scripts  # as reForge's process_images_inner reads them (A1111 checks for None first)
     if shared.state.interrupted:  # the real loop breaks before sampling: no image
         return Processed(p, [], p.seed)
     scene = world.scene_from_prompt(p.prompt, p.negative_prompt, random.Random(p.seed))
