@@ -118,6 +118,8 @@ def check_page(base: str, check: bool, batch: bool) -> list[tuple[str, bool, str
             results.append(check_in_tab(page))
         if batch:
             results.append(batch_in_tab(page))
+        if check and batch:  # a checkpoint, and a folder on the webui's machine
+            results.append(calibrate_in_tab(page))
         page.locator("#easy_diffuser_max_tags input[type=number]").fill("1")  # last: the batch uses it too
         page.locator("#easy_diffuser_max_tags input[type=number]").press("Enter")
         expect(prompt_box).to_have_value(re.compile(r"^[^,]+$"))
@@ -143,6 +145,32 @@ def batch_in_tab(page: Any) -> tuple[str, bool, str]:
     caption = (folder / "circle.txt").read_text()
     shutil.rmtree(folder)
     return ("Batch captions a folder", has_red_circle(caption), repr(caption))
+
+
+def calibrate_in_tab(page: Any) -> tuple[str, bool, str]:
+    """Calibrate tau on a folder of two pictures, two taus, at 64x64 and one step; nothing applied."""
+    import shutil
+    import tempfile
+
+    from PIL import Image, ImageOps
+    from playwright.sync_api import expect
+
+    folder = Path(tempfile.mkdtemp(prefix="easy-diffuser-calibrate-"))
+    shutil.copy(SAMPLE, folder / "circle.png")
+    ImageOps.mirror(Image.open(SAMPLE)).save(folder / "mirrored.png")
+    page.locator("#easy_diffuser_calibrate").get_by_text("Calibrate tau", exact=True).click()
+    textarea(page, "easy_diffuser_calibrate_folder").fill(str(folder))
+    textarea(page, "easy_diffuser_calibrate_taus").fill("0, 1")
+    textarea(page, "easy_diffuser_calibrate_negatives").fill("2")
+    for name, value in (("width", 64), ("height", 64), ("steps", 1)):
+        box = page.locator(f"#easy_diffuser_calibrate_{name} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+    page.click("#easy_diffuser_calibrate_run")
+    report = page.locator("#easy_diffuser_calibrate_report .easy-diffuser-calibration")
+    expect(report).to_contain_text("Best on 2 images")
+    shutil.rmtree(folder)
+    return ("Calibrate tau generates through the host's txt2img", True, report.inner_text().splitlines()[0])
 
 
 def textarea(page: Any, elem_id: str) -> Any:
@@ -186,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth", help="user:password of the webui's --api-auth")
     parser.add_argument("--concurrent", type=int, default=50, help="requests sent at once (default 50)")
     parser.add_argument("--tagger", default="shapes-booru", help="a booru tagger the route should run")
-    parser.add_argument("--batch", action="store_true", help="also caption a folder (the webui runs on this machine)")
+    parser.add_argument(
+        "--batch", action="store_true", help="also caption a folder, and calibrate with --check (the webui runs here)"
+    )
     parser.add_argument("--check", action="store_true", help="also Check by generating (a checkpoint is loaded)")
     parser.add_argument(
         "--captions",
