@@ -1,12 +1,13 @@
 """The extension checked by hand in a real webui (A1111, Forge, Forge Classic, reForge) started with it in
 extensions/ and `--api`: not collected by pytest, since CI has no webui. docs/hosts.md says how to start one.
 
-    python tests/ui/real_host_check.py http://127.0.0.1:7860 [--auth user:password] [--tagger shapes-booru]
+    python tests/ui/real_host_check.py http://127.0.0.1:7860 [--auth user:password] [--check] [--batch] [--booru]
 
 In headless Chromium (Playwright, /usr/bin/chromium): the tab is on the page, Extract fills both prompts, Send to
-txt2img fills txt2img's fields and selects its tab. Over HTTP: the route answers, refuses bad input with 4xx, takes
-`--concurrent` requests at once, and the booru tagger extracts in the host's own timm. Prints one line per check;
-exits 1 if any failed.
+txt2img and img2img fill their boxes, select their tab and update the token counters, a control reselects; with
+options, Check, Batch, Calibrate tau and a tagger's controls. Over HTTP: the route answers, refuses bad input with
+4xx, takes `--concurrent` requests at once, and the booru tagger extracts in the host's own timm. Prints one line
+per check; exits 1 if any failed.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def check_http(
     return results
 
 
-def check_page(base: str, check: bool, batch: bool) -> list[tuple[str, bool, str]]:
+def check_page(base: str, check: bool, batch: bool, booru: bool) -> list[tuple[str, bool, str]]:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=120_000)
@@ -105,9 +106,10 @@ def check_page(base: str, check: bool, batch: bool) -> list[tuple[str, bool, str
         prompt_box, negative_box = textarea(page, "easy_diffuser_prompt"), textarea(page, "easy_diffuser_neg_prompt")
         expect(prompt_box).to_have_value(re.compile(r"\bred\b"))
         prompt, negative = prompt_box.input_value(), negative_box.input_value()
-        results.append(
-            ("Extract fills both prompts", has_red_circle(prompt) and bool(negative), f"{prompt!r} / {negative!r}")
-        )
+        filled = has_red_circle(prompt) and (booru or bool(negative))  # shapes-booru's tau leaves no negatives
+        results.append(("Extract fills the prompts", filled, f"{prompt!r} / {negative!r}"))
+        if booru:
+            results += booru_controls(page)
         results += send(page, "txt2img", prompt, negative)
         tab.click()
         results += send(page, "img2img", prompt, negative)
@@ -120,10 +122,7 @@ def check_page(base: str, check: bool, batch: bool) -> list[tuple[str, bool, str
             results.append(batch_in_tab(page))
         if check and batch:  # a checkpoint, and a folder on the webui's machine
             results.append(calibrate_in_tab(page))
-        page.locator("#easy_diffuser_max_tags input[type=number]").fill("1")  # last: the batch uses it too
-        page.locator("#easy_diffuser_max_tags input[type=number]").press("Enter")
-        expect(prompt_box).to_have_value(re.compile(r"^[^,]+$"))
-        results.append(("a live control reselects (max tags 1)", True, repr(prompt_box.input_value())))
+        results.append(live_control(page, booru))
         results.append(("no traceback on the page", "Traceback" not in page.content(), ""))
         browser.close()
     return results
@@ -173,6 +172,46 @@ def calibrate_in_tab(page: Any) -> tuple[str, bool, str]:
     return ("Calibrate tau generates through the host's txt2img", True, report.inner_text().splitlines()[0])
 
 
+def live_control(page: Any, booru: bool) -> tuple[str, bool, str]:
+    """A control reselects at once: max tags 1 (a tagger's: a general threshold above every tag). Last, as the
+    batch and calibration take the tab's values too."""
+    from playwright.sync_api import expect
+
+    name, value, wanted = ("general_threshold", 1, r"^(?!.*\bred\b)") if booru else ("max_tags", 1, r"^[^,]+$")
+    box = page.locator(f"#easy_diffuser_{name} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    expect(textarea(page, "easy_diffuser_prompt")).to_have_value(re.compile(wanted))
+    return (
+        f"a live control reselects ({name} {value})",
+        True,
+        repr(textarea(page, "easy_diffuser_prompt").input_value()),
+    )
+
+
+def booru_controls(page: Any) -> list[tuple[str, bool, str]]:
+    """With a booru tagger as the model setting: its controls in place of max tags, and a family preset that
+    reselects at once (Pony's quality prefix leads)."""
+    from playwright.sync_api import expect
+
+    shown = {name: page.locator(f"#easy_diffuser_{name}").is_visible() for name in ("general_threshold", "family")}
+    hidden = not page.locator("#easy_diffuser_max_tags").is_visible()
+    family = page.locator("#easy_diffuser_family input")
+    family.click()
+    family.fill("pony")
+    family.press("Enter")
+    expect(textarea(page, "easy_diffuser_prompt")).to_have_value(re.compile(r"^score_9, "))
+    prompt = textarea(page, "easy_diffuser_prompt").input_value()
+    status = page.locator("#easy_diffuser_status .easy-diffuser-status").last.inner_text()
+    family.click()
+    family.fill("automatic")  # back, so that what Send checks next is the tags as extracted
+    family.press("Enter")
+    return [
+        ("a tagger's controls are shown, max tags hidden", all(shown.values()) and hidden, repr(shown)),
+        ("a family preset reselects (Pony)", "Pony" in status, f"{prompt!r}; {status!r}"[:300]),
+    ]
+
+
 def textarea(page: Any, elem_id: str) -> Any:
     return page.locator(f"#{elem_id} textarea")
 
@@ -217,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch", action="store_true", help="also caption a folder, and calibrate with --check (the webui runs here)"
     )
+    parser.add_argument("--booru", action="store_true", help="the model setting is a booru tagger: check its controls")
     parser.add_argument("--check", action="store_true", help="also Check by generating (a checkpoint is loaded)")
     parser.add_argument(
         "--captions",
@@ -230,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.url.rstrip("/")
     checks: list[partial[list[tuple[str, bool, str]]]] = []
     if not args.no_browser:
-        checks.append(partial(check_page, base, args.check, args.batch))
+        checks.append(partial(check_page, base, args.check, args.batch, args.booru))
     checks.append(partial(check_http, base, args.auth, args.concurrent, args.tagger, args.captions))
     failed = 0
     for check in checks:
