@@ -8,26 +8,34 @@ Try it offline with the tiny model shipped in the package:
     ed.print_caption()
 """
 
-from .engine import Engine, Extraction, ExtractOptions
-from .errors import ModelError
-from .images import ImageError
-from .options import CaptionFileOptions, CaptionOptions, OptionError
-from .registry import list_models
-from .session import EasyDiffuser, start
-from .webui_client import WebuiError
+from __future__ import annotations
 
-__all__ = [
-    "CaptionFileOptions",
-    "CaptionOptions",
-    "EasyDiffuser",
-    "Engine",
-    "ExtractOptions",
-    "Extraction",
-    "ImageError",
-    "ModelError",
-    "OptionError",
-    "WebuiError",
-    "list_models",
-    "start",
-]
+import importlib
+from typing import Any
+
+# Each name from its module on first use: importing the package (the dataset command, the options schema)
+# does not import torch.
+_MODULES = {
+    "CaptionFileOptions": "options",
+    "CaptionOptions": "options",
+    "EasyDiffuser": "session",
+    "Engine": "engine",
+    "ExtractOptions": "engine",
+    "Extraction": "engine",
+    "ImageError": "images",
+    "ModelError": "errors",
+    "OptionError": "options",
+    "WebuiError": "webui_client",
+    "list_models": "registry",
+    "start": "session",
+}
+__all__ = list(_MODULES)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value

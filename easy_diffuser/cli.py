@@ -191,10 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .calibration.cli import main as calibrate_main
 
         return calibrate_main(argv[1:])
-    if argv[:1] == ["dataset"]:  # `easy-diffuser dataset FOLDER --report DIR | edits | --undo`: dataset/cli.py
-        from .dataset.cli import main as dataset_main
-
-        return dataset_main(argv[1:])
     if argv[:1] in (["refine"], ["check"]):  # `easy-diffuser refine IMAGE --generator ...`: refine_cli.py
         from .refine_cli import main as refine_main
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from easy_diffuser.cli import main
+from easy_diffuser.command import main
 from easy_diffuser.dataset import journal
 from easy_diffuser.dataset.edits import Edit, parse_renames
 from easy_diffuser.options import DATASET_OPTION, OptionError
@@ -54,6 +54,22 @@ def one_error_line(capsys) -> str:
     assert len(lines) == 1, captured.err
     assert "Traceback" not in captured.err
     return lines[0]
+
+
+def test_the_dataset_command_starts_without_torch(tmp_path):
+    """A trainer runs it many times in a row: it started in 4 s, most of it importing torch for nothing."""
+    import subprocess
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "a.txt").write_text("red, circle\n")
+    code = (
+        "import sys; from easy_diffuser.command import main; "
+        f"code = main(['dataset', {str(tmp_path)!r}, '--remove-tag', 'red']); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert process.stdout.splitlines()[-1] == "0 False", process.stderr
+    assert (tmp_path / "a.txt").read_text() == "circle\n"
 
 
 # -- the report

@@ -175,7 +175,7 @@ def test_mappings_are_checked_field_by_field(values, message):
 
 
 def test_start_checks_the_options_before_loading_any_model(monkeypatch):
-    monkeypatch.setattr(easy_diffuser.session, "Engine", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("easy_diffuser.session.Engine", lambda *args, **kwargs: pytest.fail("the model was loaded"))
     with pytest.raises(OptionError, match="max_tags: must be a whole number from 1 to 75, not 0"):
         easy_diffuser.start(model="shapes-demo", max_tags=0)
     with pytest.raises(OptionError, match="colour: is not an option"):

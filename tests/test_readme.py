@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from easy_diffuser.captioner import ARCHITECTURES
-from easy_diffuser.cli import main
+from easy_diffuser.command import main
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
@@ -45,7 +45,7 @@ def test_try_it_is_the_four_commands_of_a_fresh_machine_and_prints_what_it_shows
         ".venv/bin/pip install -e .",
         ".venv/bin/easy-diffuser docs/sample.png --model shapes-demo",
     ]
-    assert 'easy-diffuser = "easy_diffuser.cli:main"' in PYPROJECT.split("[project.scripts]")[1]  # .venv/bin/'s
+    assert 'easy-diffuser = "easy_diffuser.command:main"' in PYPROJECT.split("[project.scripts]")[1]  # .venv/bin/'s
     monkeypatch.chdir(ROOT)
     argv = commands.splitlines()[-1].split()[1:]
     assert main([*argv, "--cache-dir", str(tmp_path)]) == 0  # a fresh cache, as on a fresh machine
