@@ -161,10 +161,7 @@ def calibrate_in_tab(page: Any) -> tuple[str, bool, str]:
     textarea(page, "easy_diffuser_calibrate_folder").fill(str(folder))
     textarea(page, "easy_diffuser_calibrate_taus").fill("0, 1")
     textarea(page, "easy_diffuser_calibrate_negatives").fill("2")
-    for name, value in (("width", 64), ("height", 64), ("steps", 1)):
-        box = page.locator(f"#easy_diffuser_calibrate_{name} input[type=number]")
-        box.fill(str(value))
-        box.press("Enter")
+    smallest_generations(page, "easy_diffuser_calibrate")
     page.click("#easy_diffuser_calibrate_run")
     report = page.locator("#easy_diffuser_calibrate_report .easy-diffuser-calibration")
     expect(report).to_contain_text("Best on 2 images")
@@ -178,9 +175,7 @@ def live_control(page: Any, booru: bool) -> tuple[str, bool, str]:
     from playwright.sync_api import expect
 
     name, value, wanted = ("general_threshold", 1, r"^(?!.*\bred\b)") if booru else ("max_tags", 1, r"^[^,]+$")
-    box = page.locator(f"#easy_diffuser_{name} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    set_number(page, f"easy_diffuser_{name}", value)
     expect(textarea(page, "easy_diffuser_prompt")).to_have_value(re.compile(wanted))
     return (
         f"a live control reselects ({name} {value})",
@@ -212,6 +207,19 @@ def booru_controls(page: Any) -> list[tuple[str, bool, str]]:
     ]
 
 
+def smallest_generations(page: Any, prefix: str) -> None:
+    """64x64 pixels, one step: a CPU generates in a second."""
+    for name, value in (("width", 64), ("height", 64), ("steps", 1)):
+        set_number(page, f"{prefix}_{name}", value)
+
+
+def set_number(page: Any, elem_id: str, value: float) -> None:
+    """A slider's number box typed into, as a user can (Enter commits it)."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
 def textarea(page: Any, elem_id: str) -> Any:
     return page.locator(f"#{elem_id} textarea")
 
@@ -236,10 +244,7 @@ def check_in_tab(page: Any) -> tuple[str, bool, str]:
     from playwright.sync_api import expect
 
     page.locator("#easy_diffuser_round_trip_settings").get_by_text("Check and Refine settings").click()
-    for name, value in (("width", 64), ("height", 64), ("steps", 1)):
-        box = page.locator(f"#easy_diffuser_refine_{name} input[type=number]")
-        box.fill(str(value))
-        box.press("Enter")
+    smallest_generations(page, "easy_diffuser_refine")
     page.click("#easy_diffuser_check")
     report = page.locator("#easy_diffuser_round_trip_report .easy-diffuser-round-trip")
     expect(report).to_contain_text("round-trip loss")
