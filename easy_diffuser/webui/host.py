@@ -283,7 +283,8 @@ class _ManagedMemory:
     def release(self, loaded: Movable) -> None:
         patcher = self._patcher(loaded)
         self.in_use = _without(self.in_use, patcher)
-        if not shared.opts.easy_diffuser_keep_in_vram:
+        # None: never handed over (a failed acquire); the entries of models gone from reForge's list read None too.
+        if patcher is not None and not shared.opts.easy_diffuser_keep_in_vram:
             self.held = _without(self.held, patcher)
             # What free_memory() does to the models it evicts, for ours alone.
             for entry in [e for e in self.manager.current_loaded_models if e.model is patcher]:

@@ -223,3 +223,19 @@ def test_the_captioner_and_our_model_never_overcommit_the_gpu_with_the_checkpoin
     placement.acquire(ours), placement.acquire(captioner)
     assert {id(entry.model) for entry in manager.current_loaded_models} == {id(patcher) for patcher in kept}
     assert len(manager.current_loaded_models) == 2  # the same patchers again: nothing counted twice
+
+
+def test_releasing_a_model_never_handed_over_leaves_reforges_list_alone(webui, monkeypatch):
+    """reForge's list keeps entries whose patcher is gone (their model reads None) until it cleans up; a release
+    after a failed acquire has no patcher either, and must not take those entries for its own."""
+    module, manager = webui("reforge")
+    from ldm_patched.modules.model_patcher import ModelPatcher
+
+    gone = ModelPatcher(torch.nn.Linear(1, 1), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    manager.load_models_gpu([gone])
+    del gone
+    manager.calls.clear()  # the stand-in's record of it: the last reference
+    (dead,) = manager.current_loaded_models
+    assert dead.model is None
+    module.host.placement().release(SimpleNamespace(model=Network(GIB)))
+    assert manager.current_loaded_models == [dead]
