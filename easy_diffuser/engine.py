@@ -237,7 +237,8 @@ class Engine:
         return options.token_budget if options.token_budget is not None else self.kind.token_budget
 
     def captioner(self, spec: str) -> Captioner:
-        """The captioner, loaded on first use, on CLIP's device and dtype (loaded early, its errors show early)."""
+        """The captioner, loaded on first use (loaded early, its errors show early) in CLIP's dtype, on CLIP's device
+        or, under a host's placement, where it is until each use places it."""
         check_supported(spec, self.low_vram)
         device = None if self.placement else self.loaded.device  # a host places it at each use
         return load_captioner(spec, device, self.loaded.dtype, self.cache_dir)
