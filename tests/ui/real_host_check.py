@@ -230,7 +230,7 @@ def send(page: Any, target: str, prompt: str, negative: str, counted: bool) -> l
     from playwright.sync_api import expect
 
     page.click(f"#easy_diffuser_send_{target}")
-    expect(page.locator("#tabs > .tab-nav > button.selected")).to_have_text(re.compile(target))
+    expect(page.locator("#tabs > .tab-nav > button.selected")).to_have_text(re.compile(target, re.I))  # Forge: Txt2img
     sent = (textarea(page, f"{target}_prompt").input_value(), textarea(page, f"{target}_neg_prompt").input_value())
     results = [(f"Send fills {target} and selects it", sent == (prompt, negative), repr(sent))]
     if counted:
