@@ -464,6 +464,8 @@ REFINE_OPTIONS: tuple[Option, ...] = (
     ),
 )
 REFINE_OPTION = {option.name: option for option in REFINE_OPTIONS}
+# Calibration generates many images: smaller ones by default, over refine's ranges (the CLI's and the tab's).
+CALIBRATION_GENERATION = {"width": 256, "height": 256, "steps": 12}
 # The pair Check and Refine start from: the CLI's --prompt (default: extracted), HTTP's fields, the tab's boxes.
 PROMPT_OPTIONS: tuple[Option, ...] = (
     Option(

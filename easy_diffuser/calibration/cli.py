@@ -18,7 +18,7 @@ from ..devices import default_device
 from ..engine import Engine
 from ..errors import ModelError
 from ..models import DEFAULT_MODEL
-from ..options import OPTION, REFINE_OPTION, CommandLineParser
+from ..options import CALIBRATION_GENERATION, OPTION, REFINE_OPTION, CommandLineParser
 from . import store
 from .generators import make_generator
 from .report import NO_PLOT, summary_lines, table_text
@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--seed", type=int, default=0, help="generation seed offset (default: %(default)s)")
     webui = parser.add_argument_group("webui generation")
-    # The ranges are refine's (one definition); calibration's images are smaller by default: it generates many.
-    for name, default, what in (("width", 256, ""), ("height", 256, ""), ("steps", 12, "sampling steps, ")):
+    for name, default in CALIBRATION_GENERATION.items():
         option = REFINE_OPTION[name]
+        what = "sampling steps, " if name == "steps" else ""
         webui.add_argument(
             option.flag,
             type=option.argument_type(),

@@ -21,7 +21,7 @@ from ..calibration.generators import Generator
 from ..engine import Engine
 from ..errors import ModelError
 from ..images import ImageError
-from ..options import CAPTION_OPTION, ExtractOptions, OptionError, RefineOptions
+from ..options import CALIBRATION_GENERATION, CAPTION_OPTION, REFINE_OPTION, ExtractOptions, OptionError, RefineOptions
 from ..refine import Refinement, Round, checked_pair, refine
 from ..scoring import NonFiniteScores
 from . import controls, markup
@@ -184,6 +184,10 @@ class Handlers:
             return markup.error_html("Enter the folder of images to calibrate on."), hidden, hidden, gr.update()
         try:
             taus, negatives = controls.parse_taus(taus_text), controls.parse_negatives(negatives_text)
+            # The sliders' ranges are the schema's; a request to gradio's API may send anything.
+            width, height, steps = (
+                REFINE_OPTION[name].check(value) for name, value in zip(CALIBRATION_GENERATION, (width, height, steps))
+            )
         except ValueError as error:
             return markup.error_html(str(error)), hidden, hidden, gr.update()
         if self.host.no_checkpoint():
@@ -198,7 +202,7 @@ class Handlers:
             progress((done, total), desc=desc, unit="generations")
 
         def work(engine: Engine) -> tuple[Calibration, tuple[float, str]]:
-            generator = self.host.txt2img(engine.loaded, int(width), int(height), int(steps))
+            generator = self.host.txt2img(engine.loaded, width, height, steps)
             result = self._as_job(
                 lambda: calibrate(
                     engine,

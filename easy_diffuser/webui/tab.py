@@ -16,7 +16,7 @@ import gradio as gr
 from ..calibration import DEFAULT_NEGATIVES, DEFAULT_TAUS, store
 from ..captioner import CAPTIONERS, memory_note
 from ..engine import DEFAULT_TAU, automatic_values
-from ..options import CAPTION_FILE_OPTION, OPTION, REFINE_OPTIONS, Option
+from ..options import CALIBRATION_GENERATION, CAPTION_FILE_OPTION, OPTION, REFINE_OPTION, REFINE_OPTIONS, Option
 from . import controls, dataset_panel
 from .handlers import Handlers
 
@@ -270,9 +270,10 @@ def _calibrate_section(handlers: Handlers, status: gr.HTML) -> None:
                 elem_id="easy_diffuser_calibrate_negatives",
             )
         with gr.Row():
-            width = gr.Slider(64, 1024, value=256, step=64, label="Width", elem_id="easy_diffuser_calibrate_width")
-            height = gr.Slider(64, 1024, value=256, step=64, label="Height", elem_id="easy_diffuser_calibrate_height")
-            steps = gr.Slider(1, 50, value=12, step=1, label="Sampling steps", elem_id="easy_diffuser_calibrate_steps")
+            width, height, steps = (
+                _slider(REFINE_OPTION[name], default, elem_id=f"easy_diffuser_calibrate_{name}")
+                for name, default in CALIBRATION_GENERATION.items()
+            )
         with gr.Row():
             run = gr.Button("Calibrate", variant="primary", elem_id="easy_diffuser_calibrate_run")
             stop = gr.Button("Stop", elem_id="easy_diffuser_calibrate_stop")

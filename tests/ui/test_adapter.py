@@ -607,10 +607,33 @@ def test_calibrate_errors_are_one_line(calibration, tmp_path):
     ]:
         report, plot, _, status = module.calibrate_folder(str(where), *CALIBRATE, Progress())
         assert message in report and "easy-diffuser-error" in report and "Traceback" not in report
+    # Sent past the sliders, through gradio's API: each size checked by the schema, as on the command line.
+    for sizes, message in [
+        ((float("nan"), 64, 12), "width: must be a whole number from 64 to 2048, not nan"),
+        ((64, 100_000, 12), "height: must be a whole number from 64 to 2048, not 100000"),
+        ((64, 64, 0), "steps: must be a whole number from 1 to 150, not 0"),
+    ]:
+        report = module.calibrate_folder(str(folder), "0", "2", *sizes, Progress())[0]
+        assert message in html.unescape(report) and report.count("<p") == 1
     shared.opts.easy_diffuser_model = str(tmp_path / "missing.safetensors")
     report = module.calibrate_folder(str(folder), *CALIBRATE, Progress())[0]
     assert "easy-diffuser-error" in report and "missing.safetensors" in report
     assert processing.calls == []
+
+
+def test_the_tabs_calibration_sizes_are_the_command_lines(webui):
+    """The tab had its own ranges (width to 1024, steps to 50) beside the schema's (2048, 150)."""
+    from easy_diffuser.calibration.cli import build_parser
+    from easy_diffuser.options import REFINE_OPTION
+
+    webui()
+    page = webui_host.build_page()
+    sliders = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    command_line = build_parser().parse_args(["folder"])
+    for name in ("width", "height", "steps"):
+        slider, option = sliders[f"easy_diffuser_calibrate_{name}"], REFINE_OPTION[name]
+        assert (slider.minimum, slider.maximum, slider.step) == (option.minimum, option.maximum, option.step)
+        assert slider.value == getattr(command_line, name)
 
 
 def test_calibrate_without_a_checkpoint_says_so_in_one_line_and_does_nothing(calibration, monkeypatch):
