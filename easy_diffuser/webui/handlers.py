@@ -279,8 +279,8 @@ class Handlers:
         if not problem and self.host.no_checkpoint():
             problem = NO_CHECKPOINT_ROUND_TRIP
         try:
-            names = ("rounds", "seeds", "width", "height", "steps")
-            options = RefineOptions(**{name: int(value) for name, value in zip(names, settings)})
+            names = ("rounds", "seeds", "width", "height", "steps")  # the tab's settings sliders, in order
+            options = RefineOptions(**{name: REFINE_OPTION[name].check(value) for name, value in zip(names, settings)})
             checked_pair(prompt, negative)
         except (OptionError, TypeError, ValueError) as error:
             problem = problem or str(error)

@@ -621,6 +621,19 @@ def test_calibrate_errors_are_one_line(calibration, tmp_path):
     assert processing.calls == []
 
 
+def test_check_and_refine_settings_sent_past_the_sliders_are_one_line_naming_the_field(calibration, red_circle):
+    from PIL import Image
+
+    module, _, _ = calibration
+    for settings, message in [
+        ((1, 1, float("nan"), 64, 1), "width: must be a whole number from 64 to 2048, not nan"),
+        ((1, 1, 64, 64, 1.5), "steps: must be a whole number from 1 to 150, not 1.5"),  # was cut to 1
+    ]:
+        *_, (_, report, *_) = module.refine(Image.open(red_circle), "red", "", *settings, progress=Progress())
+        assert message in html.unescape(report) and "Traceback" not in report
+    assert processing.calls == []
+
+
 def test_the_tabs_calibration_sizes_are_the_command_lines(webui):
     """The tab had its own ranges (width to 1024, steps to 50) beside the schema's (2048, 150)."""
     from easy_diffuser.calibration.cli import build_parser
