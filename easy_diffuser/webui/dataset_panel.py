@@ -15,7 +15,7 @@ import gradio as gr
 from PIL import Image
 
 from ..dataset import DatasetError, Edit, EditSummary, JournalError, Report, build_report, edit_folder, undo
-from ..dataset.captions import split_tags
+from ..dataset.captions import counted, split_tags
 from ..dataset.edits import parse_renames, parse_tags
 from ..dataset.report import NO_CHART, write_report
 from ..options import DATASET_OPTION, OptionError
@@ -27,17 +27,12 @@ SHOWN_CHANGES = 12  # a dry run's changes shown
 FAILURES = (DatasetError, JournalError, OptionError, OSError)  # messages written for the user, naming the file
 
 
-def build(folder: gr.Textbox, recursive: gr.Checkbox) -> None:
-    """The panel, acting on the batch section's folder and its sub-folders checkbox."""
-    extension_option, share_option = DATASET_OPTION["caption_extension"], DATASET_OPTION["min_share"]
+def build(folder: gr.Textbox, recursive: gr.Checkbox, extension: gr.Textbox) -> None:
+    """The panel, acting on the batch section's folder, its sub-folders checkbox and its caption extension: the
+    captions the batch writes are the ones the panel reads."""
+    share_option = DATASET_OPTION["min_share"]
     with gr.Accordion("Dataset: tag report and bulk edits", open=False, elem_id="easy_diffuser_dataset"):
         with gr.Row():
-            extension = gr.Textbox(
-                extension_option.default,
-                label=extension_option.label,
-                info=extension_option.help,
-                elem_id="easy_diffuser_dataset_extension",
-            )
             min_share = gr.Slider(
                 share_option.minimum,
                 share_option.maximum,
@@ -163,7 +158,7 @@ def report_html(report: Report, min_share: float, out_dir: str, charted: bool) -
     lines += [html.escape(f"Skipped {file}: {reason}") for file, reason in report.skipped[:SHOWN_NAMES]]
     if min_share:
         rare = report.rare(min_share)
-        lines.append(f"{len(rare)} tags on fewer than {min_share:.1%} of the images: {_names(rare) or '-'}")
+        lines.append(f"{counted(len(rare), 'tag')} on fewer than {min_share:.1%} of the images: {_names(rare) or '-'}")
     head = "<tr><th>tag</th><th>images</th><th>share</th></tr>"
     rows = "".join(
         f"<tr><td>{html.escape(tag)}</td><td>{len(images)}</td><td>{report.share(len(images)):.1%}</td></tr>"

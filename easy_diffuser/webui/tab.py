@@ -217,7 +217,7 @@ def _batch_section(handlers: Handlers, inputs: dict) -> None:
             run = gr.Button("Caption folder", variant="primary", elem_id="easy_diffuser_batch_run")
             stop = gr.Button("Stop", elem_id="easy_diffuser_batch_stop")
         report = gr.HTML(elem_id="easy_diffuser_batch_report")
-        dataset_panel.build(folder, recursive)
+        dataset_panel.build(folder, recursive, files["caption_extension"])
     _wire(run.click, handlers.caption, [folder, recursive], {**inputs, **files}, [report])
     stop.click(handlers.stop_caption, queue=False)  # unqueued, so it runs while the batch holds the queue
 

@@ -92,6 +92,20 @@ def test_report_dry_run_apply_and_undo(page, tmp_path):
     assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
 
 
+def test_the_panel_reads_the_captions_of_the_batch_sections_extension(page, tmp_path):
+    """One extension box for both: the panel had its own, left at .txt while the batch wrote .caption files."""
+    folder = make_dataset(tmp_path / "train")
+    for caption in folder.glob("*.txt"):
+        caption.rename(caption.with_suffix(".caption"))
+    fill(page, "easy_diffuser_batch_folder", str(folder))
+    fill(page, "easy_diffuser_batch_caption_extension", ".caption")
+    fill(page, "easy_diffuser_dataset_out", str(tmp_path / "report"))
+    page.click("#easy_diffuser_dataset_report_run")
+    report = page.locator("#easy_diffuser_dataset_report .easy-diffuser-dataset")
+    expect(report).to_contain_text("3 images, 2 with tags, 0 with an empty caption, 1 without a .caption caption")
+    assert page.locator("#easy_diffuser_dataset_extension").count() == 0
+
+
 def test_a_refusal_is_one_red_line(page, tmp_path):
     folder = make_dataset(tmp_path / "train")
     fill(page, "easy_diffuser_batch_folder", str(folder))
