@@ -156,7 +156,7 @@ def test_min_share_lists_the_rare_tags_rarest_first(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "tags.json").read_text())
     assert (report["min_share"], report["rare_tags"]) == (0.2, ["rare", "few"])
     assert run(folder, "--min-share", "0.1") == 0  # alone: the list, no files
-    assert "1 tags on fewer than 10.0% of the images:\n  rare (1)\n" in capsys.readouterr().out
+    assert "1 tag on fewer than 10.0% of the images:\n  rare (1)\n" in capsys.readouterr().out
 
 
 def test_a_report_inside_the_dataset_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys):
@@ -270,7 +270,7 @@ def test_files_that_are_not_captions_are_never_touched(tmp_path, capsys):
     before = snapshot(folder)
     assert run(folder, "--rename-tag", "x=y", "--add-tag", "z") == 0
     captured = capsys.readouterr()
-    assert "1 captions changed (0 created), 0 unchanged, 5 not captions to touch" in captured.out
+    assert "1 caption changed (0 created), 0 unchanged, 5 not captions to touch" in captured.out
     skipped = sorted(line.split(":")[0] for line in captured.err.splitlines())
     assert skipped == [f"skipped {name}.txt" for name in ("big", "binary", "fifo", "latin1", "link")]
     after = snapshot(folder)

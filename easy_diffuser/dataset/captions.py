@@ -23,6 +23,11 @@ JOINER = ", "  # ... and a tag we add is written after it
 CAPTION_LIMIT = 2**20  # bytes: a caption of more is no caption (a misnamed file), and is never read whole
 
 
+def counted(count: int, noun: str) -> str:
+    """ "1 caption", "2 captions": the reports' counts, in English."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class DatasetError(ValueError):
     """A folder, output or edit that can't be used; the message names it and the fix."""
 

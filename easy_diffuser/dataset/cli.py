@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..exit_codes import EXIT_IMAGE_FAILED, EXIT_SETUP_FAILED
 from ..options import DATASET_OPTION, CommandLineParser
-from .captions import DatasetError
+from .captions import DatasetError, counted
 from .edits import Edit, edit_folder, parse_renames, parse_tags
 from .journal import JournalError, undo
 from .report import NO_CHART, build_report, check_out_dir, write_report
@@ -136,7 +136,7 @@ def _report(args: argparse.Namespace) -> int:
             print(f"chart {NO_CHART}")
     if args.min_share:
         rare = report.rare(args.min_share)
-        print(f"{len(rare)} tags on fewer than {args.min_share:.1%} of the images" + (":" if rare else ""))
+        print(f"{counted(len(rare), 'tag')} on fewer than {args.min_share:.1%} of the images" + (":" if rare else ""))
         for tag in rare:
             print(f"  {tag} ({len(report.tags[tag])})")
     return 0

@@ -22,6 +22,7 @@ from .captions import (
     DatasetError,
     NotACaption,
     caption_path,
+    counted,
     existing_folder,
     find_images,
     read_caption,
@@ -140,7 +141,8 @@ class EditSummary:
 
     def __str__(self) -> str:
         verb = "would change" if self.dry_run else "changed"
-        text = f"{self.changed + self.created} captions {verb} ({self.created} created), {self.unchanged} unchanged"
+        changed = counted(self.changed + self.created, "caption")
+        text = f"{changed} {verb} ({self.created} created), {self.unchanged} unchanged"
         text += f", {len(self.skipped)} not captions to touch" if self.skipped else ""
         return text + (f", {len(self.failed)} could not be written" if self.failed else "")
 

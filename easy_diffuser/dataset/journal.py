@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, TextIO
 
 from ..files import FileTooLarge, locked, read_regular_file, write_atomically, write_text_atomically
-from .captions import CAPTION_LIMIT, existing_folder
+from .captions import CAPTION_LIMIT, counted, existing_folder
 
 JOURNAL_NAME = ".easy-diffuser-journal"
 FORMAT = 1
@@ -109,7 +109,7 @@ class UndoSummary:
     refused: list[str] = field(default_factory=list)  # changed since the edit: left as they are
 
     def __str__(self) -> str:
-        text = f"undid `{self.command}`: {len(self.restored)} captions restored, {len(self.removed)} removed"
+        text = f"undid `{self.command}`: {counted(len(self.restored), 'caption')} restored, {len(self.removed)} removed"
         return text + (f", {self.unchanged} already as before" if self.unchanged else "")
 
     def refusal(self) -> str:

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from ..files import write_atomically
-from .captions import DatasetError, NotACaption, caption_path, existing_folder, find_images, read_caption, split_tags
+from .captions import (
+    DatasetError,
+    NotACaption,
+    caption_path,
+    counted,
+    existing_folder,
+    find_images,
+    read_caption,
+    split_tags,
+)
 
 TOP_TAGS = 30  # bars in the chart
 SHARE_DIGITS = 6
@@ -53,9 +62,10 @@ class Report:
 
     def summary(self) -> str:
         captioned = len(self.images) - len(self.no_caption) - len(self.empty_caption) - len(self.skipped)
+        images, tags = counted(len(self.images), "image"), counted(len(self.tags), "different tag")
         return (
-            f"{self.folder}: {len(self.images)} images, {captioned} with tags, {len(self.empty_caption)} with an empty "
-            f"caption, {len(self.no_caption)} without a {self.extension} caption, {len(self.tags)} different tags"
+            f"{self.folder}: {images}, {captioned} with tags, {len(self.empty_caption)} with an empty caption, "
+            f"{len(self.no_caption)} without a {self.extension} caption, {tags}"
         )
 
 
