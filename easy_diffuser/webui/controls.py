@@ -15,6 +15,7 @@ from ..captioner import join
 from ..engine import Engine, Extraction, framed
 from ..errors import ModelError
 from ..images import ImageInput, load_image
+from ..models import declared_defaults
 from ..options import CAPTION_FILE_OPTIONS, OPTION, CaptionFileOptions, CaptionOptions, ExtractOptions, OptionError
 from ..prompt import escape, prompts
 from ..registry import kind_for, kinds
@@ -40,6 +41,23 @@ CONTROLS = (
     "caption_model",
     "prompt_style",
 )
+THRESHOLDS = ("general_threshold", "character_threshold")  # a tagger's, which a model may set (PixAI's card)
+
+
+def model_thresholds(spec: str) -> dict[str, float]:
+    """The thresholds the tab first shows: the model's own where they are known without loading it (PixAI's card:
+    0.30 and 0.75), else the schema's."""
+    declared = declared_defaults(spec)
+    own = declared[1] if declared else {}
+    return {name: float(own.get(name, OPTION[name].default)) for name in THRESHOLDS}
+
+
+def own_thresholds(values: Mapping[str, Any], shown: Mapping[str, float]) -> dict[str, Any]:
+    """The values, with each threshold still where the page showed it read as "the model's own" (the schema's
+    default, which the engine replaces by the model's): a model chosen in Settings since then keeps its own."""
+    return {**values, **{name: OPTION[name].default for name, value in shown.items() if values.get(name) == value}}
+
+
 # The batch section's caption-file controls: the schema's caption-file options and the tag replacements,
 # which the batch's own extractions take.
 CAPTION_FILE_CONTROLS = (*(option.name for option in CAPTION_FILE_OPTIONS), "replace_tags")

@@ -53,11 +53,13 @@ class Handlers:
         self._calibrating = threading.Event()  # set while a calibration holds the queue
         self._stop_round_trip = threading.Event()
         self._round_trip_running = threading.Event()  # set while Check or Refine generates
+        # The thresholds the page shows until a slider moves (the configured model's own, tab.py sets them).
+        self.thresholds_shown: dict[str, float] = {}
 
     def _options(self, values: Mapping[str, Any]) -> ExtractOptions:
         """The tab's control values as options; the captioner decodes as Settings say."""
         decoding = {name: getattr(self.host.opts, f"easy_diffuser_caption_{name}") for name in CAPTION_OPTION}
-        return controls.extract_options(values, decoding)
+        return controls.extract_options(controls.own_thresholds(values, self.thresholds_shown), decoding)
 
     # -- the image, its tags and its prompts
 

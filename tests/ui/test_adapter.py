@@ -312,6 +312,31 @@ def test_forge_keep_in_vram_leaves_it_to_the_manager(webui, forge):
     assert [call[0] for call in forge.calls] == ["load", "empty_cache"]
 
 
+def test_the_thresholds_shown_are_the_models_own_and_left_there_they_stay_each_models_own(webui, red_circle, tmp_path):
+    """PixAI's sliders showed 0.35/0.85 while its card's 0.30/0.75 applied until moved. Now the page shows the
+    configured model's own; left there, they mean "the model's own", so a WD tagger chosen in Settings afterwards
+    extracts at its 0.35, and a moved slider is what it says."""
+    from PIL import Image
+
+    from easy_diffuser.kinds import pixai
+
+    from taggers import logits_for, write_tagger
+
+    module = webui()
+    shared.opts.easy_diffuser_model = pixai.REPOSITORY
+    sliders = {block.elem_id: block for block in webui_host.build_page().blocks.values() if hasattr(block, "elem_id")}
+    shown = {name: sliders[f"easy_diffuser_{name}"].value for name in ("general_threshold", "character_threshold")}
+    assert shown == {"general_threshold": 0.3, "character_threshold": 0.75}
+
+    wd = write_tagger(tmp_path / "wd", logits=logits_for({"1girl": 0.9, "smile": 0.32}))
+    shared.opts.easy_diffuser_model = str(wd)
+    left = {**TAB, **shown}
+    prompt, *_ = module.extract(Image.open(red_circle), None, left, Progress())
+    assert "1girl" in prompt.split(", ") and "smile" not in prompt.split(", ")  # WD's own 0.35
+    prompt, *_ = module.extract(Image.open(red_circle), None, {**left, "general_threshold": 0.31}, Progress())
+    assert "smile" in prompt.split(", ")  # moved: what the slider says
+
+
 def test_work_runs_under_the_queue_lock(webui):
     module = webui()
     assert module.service.run(lambda engine: call_queue.queue_lock.locked()) is True
