@@ -53,13 +53,15 @@ class Handlers:
         self._calibrating = threading.Event()  # set while a calibration holds the queue
         self._stop_round_trip = threading.Event()
         self._round_trip_running = threading.Event()  # set while Check or Refine generates
-        # The thresholds the page shows until a slider moves (the configured model's own, tab.py sets them).
-        self.thresholds_shown: dict[str, float] = {}
+        # The threshold sliders (tab.py sets them): their value is where the page shows them until moved, the
+        # configured model's own or what the webui's ui-config.json restored over it.
+        self.threshold_sliders: dict[str, Any] = {}
 
     def _options(self, values: Mapping[str, Any]) -> ExtractOptions:
         """The tab's control values as options; the captioner decodes as Settings say."""
         decoding = {name: getattr(self.host.opts, f"easy_diffuser_caption_{name}") for name in CAPTION_OPTION}
-        return controls.extract_options(controls.own_thresholds(values, self.thresholds_shown), decoding)
+        shown = {name: slider.value for name, slider in self.threshold_sliders.items()}
+        return controls.extract_options(controls.own_thresholds(values, shown), decoding)
 
     # -- the image, its tags and its prompts
 

@@ -33,8 +33,8 @@ def build_tab(host: WebuiHost, handlers: Handlers) -> gr.Blocks:
                 image_sources = {} if GRADIO_3 else {"sources": ["upload", "clipboard"]}
                 image = gr.Image(label="Image", type="pil", elem_id="easy_diffuser_image", **image_sources)
                 extract_button = gr.Button("Extract", variant="primary", elem_id="easy_diffuser_extract")
-                handlers.thresholds_shown = controls.model_thresholds(host.resolve_model(None))
-                inputs = _controls(host, handlers.thresholds_shown)
+                inputs = _controls(host)
+                handlers.threshold_sliders = {name: inputs[name] for name in controls.THRESHOLDS}
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="easy_diffuser_prompt")
                 negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="easy_diffuser_neg_prompt")
@@ -96,12 +96,13 @@ def _round_trip_section(handlers: Handlers, image: gr.Image, prompt: gr.Textbox,
     stop.click(handlers.stop_round_trip, queue=False)  # unqueued, so it runs while the round trip holds the queue
 
 
-def _controls(host: WebuiHost, thresholds: dict[str, float]) -> dict[str, gr.components.Component]:
+def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     """The tab's controls, keyed by controls.CONTROLS; ranges from the options schema, starting values from Settings
-    (a tagger's thresholds: the configured model's own, `thresholds`)."""
+    (a tagger's thresholds: the configured model's own)."""
     opts = host.opts
     # The configured model's controls; after each extraction, those of the model that made the tags.
     shown = controls.shown_for(controls.kind_name(host.resolve_model(None)))
+    thresholds = controls.model_thresholds(host.resolve_model(None))
     made = {
         "max_tags": _slider(
             OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags", visible=shown["max_tags"]

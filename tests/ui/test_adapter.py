@@ -336,6 +336,11 @@ def test_the_thresholds_shown_are_the_models_own_and_left_there_they_stay_each_m
     prompt, *_ = module.extract(Image.open(red_circle), None, {**left, "general_threshold": 0.31}, Progress())
     assert "smile" in prompt.split(", ")  # moved: what the slider says
 
+    # The webui's ui-config.json may restore another starting value over ours: where the page shows it counts.
+    module.threshold_sliders["general_threshold"].value = 0.31
+    prompt, *_ = module.extract(Image.open(red_circle), None, {**left, "general_threshold": 0.31}, Progress())
+    assert "smile" not in prompt.split(", ")  # left where shown: WD's own 0.35
+
 
 def test_work_runs_under_the_queue_lock(webui):
     module = webui()
