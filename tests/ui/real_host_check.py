@@ -25,10 +25,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import chromium  # tests/ui/chromium.py: this script runs from its folder
+
 SAMPLE = Path(__file__).resolve().parents[2] / "docs" / "sample.png"  # a red circle on gray
 ROUTE = "/easy-diffuser/v1"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
-CHROMIUM_FLAGS += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def post(url: str, body: Any, auth: str | None) -> tuple[int, dict]:
@@ -92,7 +92,7 @@ def check_page(base: str, check: bool, batch: bool, booru: bool) -> list[tuple[s
     expect.set_options(timeout=120_000)
     results: list[tuple[str, bool, str]] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+        browser = chromium.launch(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(120_000)
         page.goto(base)

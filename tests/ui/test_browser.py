@@ -18,6 +18,7 @@ import pytest
 gr = pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
+import chromium  # noqa: E402
 from modules import call_queue, processing, sd_models, shared  # noqa: E402
 
 from easy_diffuser.calibration.shapes_proof import scenes, write_folder  # noqa: E402
@@ -25,17 +26,7 @@ from easy_diffuser.engine import calibration_path  # noqa: E402
 
 import webui_host  # noqa: E402  (after the skips: it imports gradio)
 
-CHROMIUM = Path("/usr/bin/chromium")
 SAMPLE = Path(__file__).resolve().parents[2] / "docs" / "sample.png"  # a red circle, the README's sample
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WEIGHTED = "(red:1.20), (circle:1.10), (star:0.90)"  # the infotext paste path would turn this into an empty prompt
 TIMEOUT_MS = 60_000
 expect = sync_api.expect
@@ -53,10 +44,10 @@ def page_url(models_path, shapes_model):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
+    if not chromium.CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        browser = chromium.launch(playwright)
         yield browser
         browser.close()
 

@@ -13,11 +13,11 @@ import pytest
 gr = pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
+import chromium  # noqa: E402
 from modules import shared  # noqa: E402
 
 import webui_host  # noqa: E402  (after the skips: it imports gradio)
 
-CHROMIUM = Path("/usr/bin/chromium")
 PNG = b"\x89PNG\r\n\x1a\n"  # never opened: the names pair images with captions
 expect = sync_api.expect
 expect.set_options(timeout=30_000)
@@ -43,10 +43,10 @@ def page_url(models_path, shapes_model):
 
 @pytest.fixture
 def page(page_url):
-    if not CHROMIUM.exists():
+    if not chromium.CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        browser = chromium.launch(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.set_default_timeout(60_000)
         page.goto(page_url)

@@ -27,13 +27,13 @@ for path in (STUB, ROOT):  # the extension folder comes first on sys.path while 
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import chromium  # noqa: E402
 import gradio as gr  # noqa: E402
 import modules  # noqa: E402
 from modules import devices, infotext_utils, paths, script_callbacks, shared  # noqa: E402
 
 import easy_diffuser.webui  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
 # The user moved the Easy Diffuser tab first and img2img before txt2img (Settings > User interface > Tabs order).
 TAB_ORDER = ("easy_diffuser", "img2img", "txt2img")
 
@@ -181,7 +181,7 @@ def screenshot_tab(
         url = serve(demo)
         try:
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+                browser = chromium.launch(playwright)
                 page = browser.new_page(viewport={"width": 1280, "height": 1100})
                 page.set_default_timeout(120_000)
                 page.goto(url)
