@@ -101,8 +101,9 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
     (a tagger's thresholds: the configured model's own)."""
     opts = host.opts
     # The configured model's controls; after each extraction, those of the model that made the tags.
-    shown = controls.shown_for(controls.kind_name(host.resolve_model(None)))
-    thresholds = controls.model_thresholds(host.resolve_model(None))
+    model = host.resolve_model(None)
+    shown = controls.shown_for(controls.kind_name(model))
+    thresholds = controls.model_thresholds(model)
     made = {
         "max_tags": _slider(
             OPTION["max_tags"], opts.easy_diffuser_max_tags, elem_id="easy_diffuser_max_tags", visible=shown["max_tags"]
@@ -115,7 +116,7 @@ def _controls(host: WebuiHost) -> dict[str, gr.components.Component]:
         )
     # Locked while automatic: they show the values in force (read without loading the model where it can be;
     # a model folder's are known after the first extraction), and every extraction shows them again.
-    tau, negatives = automatic_values(host.resolve_model(None), host.weights_folder()) or (
+    tau, negatives = automatic_values(model, host.weights_folder()) or (
         DEFAULT_TAU,
         OPTION["negatives"].default,
     )
